@@ -1,0 +1,38 @@
+# fairsqueeze: the everyday commands. `make bench` and `make test` work on a fresh clone.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+SUITE  ?= default
+ARGS   ?=
+
+.PHONY: setup bench test test-all perf report leaderboard check clean
+
+$(BIN)/fairsqueeze: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# the CPU build of torch first, so nothing pulls the multi-GB CUDA wheels
+	$(BIN)/pip install --quiet "torch==2.13.0"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(BIN)/fairsqueeze
+
+# Runs the suite; finished runs are skipped, so a second call takes seconds.
+bench: setup
+	$(BIN)/fairsqueeze run $(SUITE) --skip-missing-data $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest -q $(ARGS)
+
+# Everything, the slow paper-protocol tests included.
+test-all: setup
+	$(BIN)/python -m pytest -q -m "slow or not slow" $(ARGS)
+
+perf: setup
+	$(BIN)/python -m pytest -q tests/perf --benchmark-only --benchmark-columns=min,mean,max,rounds -m "slow or not slow" $(ARGS)
+
+check: setup
+	$(BIN)/python -m compileall -q bench methods datasets reports leaderboard
+
+clean:
+	rm -rf $(VENV) build *.egg-info

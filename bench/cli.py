@@ -1,0 +1,127 @@
+"""The ``fairsqueeze`` command line: run suites, list registries, show results."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .errors import FairsqueezeError
+
+log = logging.getLogger("fairsqueeze")
+
+
+def _add_store(p: argparse.ArgumentParser) -> None:
+    from .store import DEFAULT_URL
+
+    p.add_argument("--db", default=DEFAULT_URL, help=f"SQLAlchemy database URL (default {DEFAULT_URL})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fairsqueeze", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a suite (a YAML file or a bundled suite name)")
+    run.add_argument("suite")
+    run.add_argument("--data-root", default=None, help="dataset folder (default: $FAIRSQUEEZE_DATA or ./data)")
+    run.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
+    run.add_argument("--quiet", action="store_true", help="no progress bars, no tables")
+    run.add_argument(
+        "--skip-missing-data", action="store_true", help="skip tasks whose files are absent instead of failing"
+    )
+    _add_store(run)
+
+    lst = sub.add_parser("list", help="list registered tasks, models, methods or bundled suites")
+    lst.add_argument("what", choices=["tasks", "models", "methods", "suites"])
+
+    show = sub.add_parser("show", help="print the results table of each task")
+    show.add_argument("--suite", default=None, help="only runs of this suite")
+    show.add_argument("--split", default="test", choices=["val", "test"])
+    _add_store(show)
+    return parser
+
+
+def cmd_run(args) -> int:
+    from .progress import set_quiet
+    from .registry_loader import load_plugins
+    from .runner import Runner, resolve_device
+    from .store import Store
+    from .suite import load_suite
+    from .tasks import data_root
+
+    set_quiet(args.quiet)
+    load_plugins()
+    suite = load_suite(args.suite)  # validated before anything is written
+    device = resolve_device(args.device)
+    runner = Runner(Store(args.db), data_root(args.data_root), device, args.skip_missing_data)
+    report = runner.run(suite)
+    if not args.quiet:
+        print(f"suite {suite.name}: {report.done} run(s) done, {report.skipped} already done, {len(report.failed)} failed")
+        _print_tables(runner.store, suite.name, "test")
+    if report.failed:
+        print(f"fairsqueeze: {len(report.failed)} run(s) failed; errors are in the store (runs.error)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_tables(store, suite: str | None, split: str) -> None:
+    from .results import format_table, results_tables
+
+    tables = results_tables(store, split=split, suite=suite)
+    if not tables:
+        print("no finished runs")
+    for task, table in tables.items():
+        print(f"\n== {task} ({split}) ==")
+        print(format_table(table))
+
+
+def cmd_list(args) -> int:
+    from .registry_loader import load_plugins
+
+    load_plugins()
+    if args.what == "tasks":
+        from .tasks import TASKS
+
+        for name in TASKS.names():
+            print(f"{name:16s} {TASKS.get(name).description}")
+    elif args.what == "models":
+        from .models import MODELS
+
+        for name in MODELS.names():
+            print(f"{name:16s} {MODELS.get(name).description}")
+    elif args.what == "methods":
+        from fairsqueeze.methods import METHODS
+
+        for name in METHODS.names():
+            cls = METHODS.get(name)
+            doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+            print(f"{name:16s} [{cls.family}] {doc}")
+    else:
+        from .suite import bundled_suites
+
+        print("\n".join(bundled_suites()))
+    return 0
+
+
+def cmd_show(args) -> int:
+    from .store import Store
+
+    _print_tables(Store(args.db), args.suite, args.split)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    handlers = {"run": cmd_run, "list": cmd_list, "show": cmd_show}
+    try:
+        return handlers[args.command](args)
+    except FairsqueezeError as exc:
+        print(f"fairsqueeze: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fairsqueeze: interrupted; finished runs are saved, rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

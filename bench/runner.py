@@ -1,0 +1,197 @@
+"""Executes a suite's plan: dense references, methods, evaluation, storage.
+
+For every pending run the engine copies the cached dense model, lets the method transform
+it (seeing train and val only), predicts on val and test, and computes every metric from
+those predictions. Finished runs are skipped; failed or interrupted ones are retried.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+import traceback
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import DatasetMissing, FairsqueezeError
+from .evaluate import predict
+from .footprint import compression_ratio, footprint, measure_latency, serialized_size
+from .metrics import compute_metrics
+from .progress import progress_bar
+from .reference import dense_reference
+from .store import RunResult, Store
+from .suite import RunSpec, Suite
+from .tasks import TASKS, TaskData, build_task, missing_files
+
+log = logging.getLogger("fairsqueeze")
+
+EVAL_SPLITS = ("val", "test")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FairsqueezeError(f"--device {name}: CUDA is not available on this machine")
+    if not (name == "cpu" or name.startswith("cuda")):
+        raise FairsqueezeError(f"--device {name!r}: expected auto, cpu or cuda[:N]")
+    return torch.device(name)
+
+
+@dataclass
+class RunReport:
+    done: int = 0
+    skipped: int = 0
+    failed: list[str] = field(default_factory=list)
+    missing_tasks: list[str] = field(default_factory=list)
+
+
+def _predictions(model, task: TaskData, device) -> dict[str, dict[str, np.ndarray]]:
+    out = {}
+    for name in EVAL_SPLITS:
+        split = getattr(task, name)
+        out[name] = {"index": split.index, "y": split.y, "y_pred": predict(model, split, task.prepare, device), "s": split.s}
+    return out
+
+
+class Runner:
+    def __init__(self, store: Store, data_root: Path, device: torch.device, skip_missing_data: bool = False):
+        self.store = store
+        self.data_root = data_root
+        self.device = device
+        self.skip_missing_data = skip_missing_data
+
+    # -- planning -----------------------------------------------------------------------
+    def pending(self, suite: Suite) -> tuple[list[RunSpec], int]:
+        plan = suite.runs()
+        done = self.store.keys_with_status([r.key for r in plan], "done")
+        return [r for r in plan if r.key not in done], len(done)
+
+    def _load_tasks(self, runs: list[RunSpec], report: RunReport) -> dict[str, TaskData]:
+        """Build every task the pending runs need before anything is written."""
+        tasks: dict[str, TaskData] = {}
+        for entry in {r.task.key: r.task for r in runs}.values():
+            missing = missing_files(TASKS.get(entry.name), self.data_root)
+            try:
+                if missing:
+                    raise DatasetMissing(
+                        f"task {entry.name!r}: dataset file not found: {missing[0]}; "
+                        "set --data-root or FAIRSQUEEZE_DATA to the folder that holds it"
+                    )
+                tasks[entry.key] = build_task(entry.name, self.data_root, **entry.options)
+            except DatasetMissing as exc:
+                if not self.skip_missing_data:
+                    raise
+                log.warning("skipping %s", exc)
+                report.missing_tasks.append(entry.name)
+        return tasks
+
+    # -- execution ----------------------------------------------------------------------
+    def run(self, suite: Suite) -> RunReport:
+        report = RunReport()
+        pending, report.skipped = self.pending(suite)
+        if not pending:
+            return report
+        tasks = self._load_tasks(pending, report)
+        pending = [r for r in pending if r.task.key in tasks]
+        groups: dict[tuple, list[RunSpec]] = defaultdict(list)
+        for spec in pending:
+            groups[(spec.task.key, spec.dense_key)].append(spec)
+
+        bar = progress_bar(total=len(pending), desc=f"suite {suite.name}", unit="run")
+        for (task_key, _), specs in groups.items():
+            task = tasks[task_key]
+            self.store.put_task(task_key, task.name, task.summary())
+            dense, dense_info = dense_reference(specs[0], task, self.device)
+            dense_val = compute_dense_val(dense, task, self.device)
+            dense_fp = footprint(dense)
+            for spec in specs:
+                bar.set_postfix_str(f"{spec.task.name}/{spec.model.name}/{spec.method.label}/s{spec.seed}")
+                ok = self.run_one(spec, suite, task, dense, dense_info, dense_val, dense_fp)
+                report.done += ok
+                if not ok:
+                    report.failed.append(spec.key)
+                bar.update(1)
+        bar.close()
+        return report
+
+    def run_one(self, spec: RunSpec, suite: Suite, task: TaskData, dense, dense_info, dense_val, dense_fp) -> bool:
+        from fairsqueeze.methods import METHODS, MethodContext
+
+        self.store.start_run(
+            spec.key,
+            {
+                "suite": suite.name,
+                "task": spec.task.name,
+                "task_key": spec.task.key,
+                "model": spec.model.label,
+                "method": spec.method.name,
+                "label": spec.method.label,
+                "params": spec.method.params,
+                "seed": spec.seed,
+                "config": {
+                    "task": {"name": spec.task.name, "options": spec.task.options},
+                    "model": {"name": spec.model.name, "options": spec.model.options},
+                    "train": spec.model.train,
+                    "device": str(self.device),
+                },
+                "split_hash": task.split_hash,
+                "dense_hash": spec.dense_key,
+            },
+        )
+        try:
+            method_cls = METHODS.get(spec.method.name)
+            method = method_cls(method_cls.Params(**spec.method.params))
+            torch.manual_seed(spec.seed)
+            generator = torch.Generator().manual_seed(spec.seed)
+            ctx = MethodContext(
+                model=copy.deepcopy(dense),
+                task=task.view(),
+                device=self.device,
+                seed=spec.seed,
+                dense_val=dense_val,
+                generator=generator,
+            )
+            started = time.perf_counter()
+            outcome = method.apply(ctx)
+            apply_seconds = time.perf_counter() - started
+            model = outcome.model.to(self.device).eval()
+
+            preds = _predictions(model, task, self.device)
+            metrics = {
+                split: compute_metrics(p["y"], p["y_pred"], p["s"], num_classes=task.num_classes)
+                for split, p in preds.items()
+            }
+            fp = footprint(model, outcome.sparse_storage)
+            example = task.prepare(task.val.x[: min(len(task.val), 128)], False).to(self.device)
+            fp_row = {k: v for k, v in fp.items() if not isinstance(v, dict)}
+            fp_row.update({f"bytes[{k}]": v for k, v in fp.get("bytes_by_dtype", {}).items()})
+            fp_row["compression_ratio"] = compression_ratio(dense_fp, fp)
+            fp_row["serialized_bytes"] = serialized_size(model)
+            fp_row["latency_s"] = measure_latency(model, example)
+            result = RunResult(
+                metrics=metrics,
+                footprint=fp_row,
+                predictions=preds,
+                timings={"apply_s": apply_seconds, "dense_cached": float(dense_info["cached"])},
+                info={"passes": outcome.passes, **outcome.info, "dense_train_loss": dense_info["history"][-1:] or None},
+            )
+            self.store.finish_run(spec.key, result)
+            return True
+        except KeyboardInterrupt:
+            self.store.fail_run(spec.key, "interrupted")
+            raise
+        except Exception as exc:  # a failing method must not stop the suite
+            log.error("run %s (%s/%s/%s) failed: %s", spec.key, spec.task.name, spec.model.name, spec.method.label, exc)
+            self.store.fail_run(spec.key, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+            return False
+
+
+def compute_dense_val(dense, task: TaskData, device):
+    from fairsqueeze.methods import Predictions
+
+    return Predictions(y=task.val.y, y_pred=predict(dense, task.val, task.prepare, device), s=task.val.s)

@@ -1,0 +1,342 @@
+"""Suite files: YAML describing tasks x models x methods (with params) x seeds.
+
+Example::
+
+    name: default
+    seeds: [0, 1]
+    train: {epochs: 10, lr: 0.01}          # default training config of the dense models
+    tasks:
+      - digits                              # a name, or {name, options}
+      - {name: adult, options: {sensitive: sex}}
+    models:
+      - {name: mlp, options: {hidden: [64, 32]}, tasks: [adult], train: {epochs: 5}}
+    methods:
+      - dense
+      - {name: truncated_svd, params: {layer: fc1}, sweep: {k: [2, 8]}, models: [mlp]}
+
+A method entry's ``sweep`` expands into one entry per combination (for ablations);
+``models`` / ``tasks`` restrict where an entry runs. Every error names the file, the
+key path and its line.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field, fields
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import __version__
+from .errors import ConfigError, FairsqueezeError
+from .hashing import config_hash
+from .training import TrainConfig
+
+TOP_KEYS = {"name", "description", "seeds", "train", "tasks", "models", "methods", "evaluation"}
+TASK_KEYS = {"name", "options"}
+MODEL_KEYS = {"name", "options", "train", "tasks"}
+METHOD_KEYS = {"name", "params", "sweep", "label", "models", "tasks"}
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    name: str
+    options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @cached_property
+    def key(self) -> str:
+        return config_hash({"task": self.name, "options": self.options})
+
+    @property
+    def label(self) -> str:
+        return _label(self.name, self.options)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tasks: tuple[str, ...] | None = None
+
+    @property
+    def label(self) -> str:
+        return _label(self.name, self.options)
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    name: str
+    params: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    label: str = ""
+    models: tuple[str, ...] | None = None
+    tasks: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    task: TaskEntry
+    model: ModelEntry
+    method: MethodEntry
+    seed: int
+
+    @property
+    def dense_key(self) -> str:
+        """Hash of what determines the dense reference (shared by every method)."""
+        return config_hash(
+            {
+                "task": self.task.key,
+                "model": {"name": self.model.name, "options": self.model.options},
+                "train": self.model.train,
+                "seed": self.seed,
+            }
+        )
+
+    @property
+    def key(self) -> str:
+        """Hash of everything that determines this run's result."""
+        return config_hash(
+            {
+                "dense": self.dense_key,
+                "method": self.method.name,
+                "params": self.method.params,
+                "version": __version__,
+            }
+        )
+
+
+def _label(name: str, options: dict[str, Any]) -> str:
+    if not options:
+        return name
+    inner = ",".join(f"{k}={v}" for k, v in sorted(options.items()))
+    return f"{name}({inner})"
+
+
+@dataclass
+class Suite:
+    name: str
+    description: str
+    seeds: tuple[int, ...]
+    tasks: list[TaskEntry]
+    models: list[ModelEntry]
+    methods: list[MethodEntry]
+    source: str = "<memory>"
+
+    def runs(self) -> list[RunSpec]:
+        """The plan: every (task, model, method, seed) the entries' restrictions allow."""
+        plan = []
+        for task in self.tasks:
+            for model in self.models:
+                if model.tasks is not None and task.name not in model.tasks:
+                    continue
+                for seed in self.seeds:
+                    for method in self.methods:
+                        if method.models is not None and model.name not in method.models:
+                            continue
+                        if method.tasks is not None and task.name not in method.tasks:
+                            continue
+                        plan.append(RunSpec(task, model, method, seed))
+        return plan
+
+
+# -- loading ------------------------------------------------------------------------------
+
+
+class _Where:
+    """Turns a key path into 'file: path (line N)' using the composed YAML node tree."""
+
+    def __init__(self, source: str, root_node):
+        self.source = source
+        self.root = root_node
+
+    def line(self, path: tuple) -> int | None:
+        node = self.root
+        line = node.start_mark.line + 1 if node is not None else None
+        for part in path:
+            if isinstance(node, yaml.MappingNode):
+                match = [(k, v) for k, v in node.value if k.value == part]
+                if not match:
+                    break
+                line, node = match[0][0].start_mark.line + 1, match[0][1]
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+                node = node.value[part]
+                line = node.start_mark.line + 1
+            else:
+                break
+        return line
+
+    def __call__(self, path: tuple, message: str) -> ConfigError:
+        text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+        line = self.line(path)
+        at = f" (line {line})" if line else ""
+        return ConfigError(f"{self.source}: {text or '<top>'}{at}: {message}")
+
+
+def resolve_suite_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    bundled = resources.files("fairsqueeze") / "suites" / f"{name_or_path}.yaml"
+    if bundled.is_file():
+        return Path(str(bundled))
+    raise ConfigError(f"suite not found: {name_or_path!r} is neither a file nor a bundled suite ({', '.join(bundled_suites())})")
+
+
+def bundled_suites() -> list[str]:
+    folder = resources.files("fairsqueeze") / "suites"
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_suite(name_or_path: str) -> Suite:
+    path = resolve_suite_path(name_or_path)
+    text = path.read_text()
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{path.name}{at}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    return parse_suite(data, _Where(path.name, node), default_name=path.stem)
+
+
+def _mapping(value, where, path, allowed: set[str]) -> dict:
+    if not isinstance(value, dict):
+        raise where(path, f"expected a mapping, got {type(value).__name__}")
+    for key in value:
+        if key not in allowed:
+            raise where(path + (key,), f"unknown key {key!r} (allowed: {', '.join(sorted(allowed))})")
+    return value
+
+
+def _entry(value, where, path, allowed) -> dict:
+    """An entry is a bare name or a mapping with at least ``name``."""
+    if isinstance(value, str):
+        return {"name": value}
+    entry = _mapping(value, where, path, allowed)
+    if not isinstance(entry.get("name"), str):
+        raise where(path, "missing 'name'")
+    return entry
+
+
+def _options(value, where, path) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise where(path, f"expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _names(value, where, path) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise where(path, "expected a list of names")
+    return tuple(value)
+
+
+def _train(value, base: dict, where, path) -> TrainConfig:
+    value = _options(value, where, path)
+    allowed = {f.name for f in fields(TrainConfig)}
+    for key in value:
+        if key not in allowed:
+            raise where(path + (key,), f"unknown training option {key!r} (allowed: {', '.join(sorted(allowed))})")
+    try:
+        return TrainConfig(**{**base, **value})
+    except (ConfigError, TypeError) as exc:
+        raise where(path, str(exc)) from None
+
+
+def parse_suite(data: Any, where: _Where | None = None, default_name: str = "suite") -> Suite:
+    # imported here: the registries fill up when the plugin packages are imported
+    from .models import MODELS
+    from .registry_loader import load_plugins
+    from .tasks import TASKS, check_options
+
+    load_plugins()
+    where = where or _Where("<suite>", None)
+    data = _mapping(data if data is not None else {}, where, (), TOP_KEYS)
+    for required in ("tasks", "models", "methods"):
+        if not isinstance(data.get(required), list) or not data[required]:
+            raise where((required,), "expected a non-empty list")
+
+    seeds = data.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise where(("seeds",), "expected a non-empty list of integers")
+    base_train = _options(data.get("train"), where, ("train",))
+    _train(base_train, {}, where, ("train",))
+
+    tasks = []
+    for i, raw in enumerate(data["tasks"]):
+        entry = _entry(raw, where, ("tasks", i), TASK_KEYS)
+        options = _options(entry.get("options"), where, ("tasks", i, "options"))
+        try:
+            spec = TASKS.get(entry["name"])
+            check_options(spec.builder, options, f"task {entry['name']!r}")
+        except FairsqueezeError as exc:
+            raise where(("tasks", i), str(exc)) from None
+        tasks.append(TaskEntry(entry["name"], options))
+
+    models = []
+    for i, raw in enumerate(data["models"]):
+        entry = _entry(raw, where, ("models", i), MODEL_KEYS)
+        options = _options(entry.get("options"), where, ("models", i, "options"))
+        try:
+            check_options(MODELS.get(entry["name"]).builder, options, f"model {entry['name']!r}")
+        except FairsqueezeError as exc:
+            raise where(("models", i), str(exc)) from None
+        train = _train(entry.get("train"), base_train, where, ("models", i, "train"))
+        models.append(ModelEntry(entry["name"], options, train, _names(entry.get("tasks"), where, ("models", i, "tasks"))))
+
+    methods = []
+    for i, raw in enumerate(data["methods"]):
+        methods.extend(_method_entries(raw, where, ("methods", i)))
+
+    return Suite(
+        name=str(data.get("name", default_name)),
+        description=str(data.get("description", "")),
+        seeds=tuple(seeds),
+        tasks=tasks,
+        models=models,
+        methods=methods,
+        source=where.source,
+    )
+
+
+def _method_entries(raw, where, path) -> list[MethodEntry]:
+    from fairsqueeze.methods import METHODS
+
+    entry = _entry(raw, where, path, METHOD_KEYS)
+    try:
+        cls = METHODS.get(entry["name"])
+    except FairsqueezeError as exc:
+        raise where(path + ("name",), str(exc)) from None
+    params = _options(entry.get("params"), where, path + ("params",))
+    sweep = _options(entry.get("sweep"), where, path + ("sweep",))
+    for key, values in sweep.items():
+        if not isinstance(values, list) or not values:
+            raise where(path + ("sweep", key), "expected a non-empty list of values")
+    combos = [dict(zip(sweep, values)) for values in itertools.product(*sweep.values())] or [{}]
+    out = []
+    for combo in combos:
+        merged = {**params, **combo}
+        try:
+            method = cls.from_config(merged, where="params")
+        except ConfigError as exc:
+            raise where(path + ("params",), str(exc).removeprefix("params: ")) from None
+        resolved = method.param_dict()
+        label = entry.get("label") or _label(entry["name"], {**params, **combo})
+        if entry.get("label") and combo:
+            label = _label(entry["label"], combo)
+        out.append(
+            MethodEntry(
+                entry["name"],
+                resolved,
+                str(label),
+                _names(entry.get("models"), where, path + ("models",)),
+                _names(entry.get("tasks"), where, path + ("tasks",)),
+            )
+        )
+    return out

@@ -1,0 +1,190 @@
+"""Tasks: a dataset turned into fixed train/val/test splits of (x, y, s).
+
+A task builder is registered by name and called as ``builder(data_root, **options)``.
+It returns a :class:`TaskData`. ``x`` may be float features, or uint8 images (possibly a
+memory-mapped array) that :meth:`TaskData.prepare` turns into float batches.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from .errors import ConfigError, DatasetMissing
+from .hashing import array_hash
+from .registry import Registry
+
+DATA_ENV = "FAIRSQUEEZE_DATA"
+
+# x arrays (and their transforms) for one batch: (x_batch, train) -> float tensor
+BatchTransform = Callable[[torch.Tensor, bool], torch.Tensor]
+
+
+@dataclass
+class Split:
+    """One split: inputs, labels, groups (-1 = unknown group) and row ids in the source."""
+
+    x: Any  # np.ndarray / np.memmap / torch.Tensor, indexed along axis 0
+    y: np.ndarray
+    s: np.ndarray
+    index: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, rows: np.ndarray) -> "Split":
+        rows = np.asarray(rows)
+        return Split(self.x[rows], self.y[rows], self.s[rows], self.index[rows])
+
+    def group_counts(self) -> dict[int, int]:
+        values, counts = np.unique(self.s, return_counts=True)
+        return {int(v): int(c) for v, c in zip(values, counts)}
+
+
+def _to_float(x: torch.Tensor, train: bool) -> torch.Tensor:
+    return x.float()
+
+
+@dataclass
+class TaskData:
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    input_shape: tuple[int, ...]
+    target: str
+    sensitive: str
+    group_names: dict[int, str]
+    class_names: list[str] | None = None
+    transform: BatchTransform = _to_float
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def split_hash(self) -> str:
+        """Hash of the split row ids: two runs with the same hash saw the same rows."""
+        return array_hash(self.train.index, self.val.index, self.test.index)
+
+    def prepare(self, x: Any, train: bool) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            x = torch.from_numpy(np.ascontiguousarray(x))
+        return self.transform(x, train)
+
+    def view(self) -> "TaskView":
+        return TaskView(self)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "task": self.name,
+            "target": self.target,
+            "sensitive": self.sensitive,
+            "num_classes": self.num_classes,
+            "input_shape": list(self.input_shape),
+            "split_hash": self.split_hash,
+            "group_names": {str(k): v for k, v in self.group_names.items()},
+            "sizes": {n: len(getattr(self, n)) for n in ("train", "val", "test")},
+            "group_counts": {n: getattr(self, n).group_counts() for n in ("train", "val", "test")},
+        }
+
+
+class TaskView:
+    """What a method may see of a task: train and val, never test."""
+
+    def __init__(self, data: TaskData):
+        self.name = data.name
+        self.train = data.train
+        self.val = data.val
+        self.num_classes = data.num_classes
+        self.input_shape = data.input_shape
+        self.group_names = data.group_names
+        self.prepare = data.prepare
+
+
+@dataclass
+class TaskSpec:
+    name: str
+    builder: Callable[..., TaskData]
+    description: str
+    files: tuple[str, ...] = ()  # paths under the data root; empty = needs no files
+
+
+TASKS: Registry[TaskSpec] = Registry("task")
+
+
+def register_task(name: str, description: str, files: Sequence[str] = ()):
+    """Register ``builder(data_root: Path, **options) -> TaskData`` under ``name``."""
+
+    def decorator(builder: Callable[..., TaskData]) -> Callable[..., TaskData]:
+        TASKS.register(name)(TaskSpec(name, builder, description, tuple(files)))
+        return builder
+
+    return decorator
+
+
+def data_root(explicit: str | os.PathLike | None = None) -> Path:
+    return Path(explicit or os.environ.get(DATA_ENV) or "data").expanduser()
+
+
+def require_file(path: Path, hint: str = "") -> Path:
+    if not path.exists():
+        extra = f" ({hint})" if hint else ""
+        raise DatasetMissing(
+            f"dataset file not found: {path}{extra}; set --data-root or {DATA_ENV} to the folder that holds it"
+        )
+    return path
+
+
+def missing_files(spec: TaskSpec, root: Path) -> list[Path]:
+    return [root / f for f in spec.files if not (root / f).exists()]
+
+
+def check_options(func: Callable[..., Any], options: dict[str, Any], what: str) -> None:
+    """Raise ConfigError naming the first option that ``func`` does not accept."""
+    params = inspect.signature(func).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    known = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY or p.default is not p.empty]
+    for key in options:
+        if key not in known:
+            raise ConfigError(f"{what}: unknown option {key!r} (known: {', '.join(known)})")
+
+
+def build_task(name: str, root: Path | None = None, **options: Any) -> TaskData:
+    spec = TASKS.get(name)
+    check_options(spec.builder, options, f"task {name!r}")
+    return spec.builder(data_root(root), **options)
+
+
+def stratified_split(
+    y: np.ndarray, s: np.ndarray, fractions: Sequence[float], seed: int
+) -> list[np.ndarray]:
+    """Split row numbers into parts of the given fractions, stratified by (y, s) and seeded.
+
+    Every (label, group) cell is shuffled and cut by the same fractions, so group and label
+    proportions match across parts; the result does not depend on row order beyond ``y``/``s``.
+    """
+    if abs(sum(fractions) - 1) > 1e-9:
+        raise ValueError(f"split fractions must sum to 1, got {fractions}")
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[] for _ in fractions]
+    cells = np.stack([y, s], axis=1)
+    for cell in np.unique(cells, axis=0):
+        rows = np.flatnonzero((cells == cell).all(axis=1))
+        rng.shuffle(rows)
+        bounds = np.round(np.cumsum(fractions)[:-1] * len(rows)).astype(int)
+        for part, chunk in zip(parts, np.split(rows, bounds)):
+            part.append(chunk)
+    return [np.sort(np.concatenate(p)) for p in parts]
+
+
+CACHE_ENV = "FAIRSQUEEZE_CACHE"
+
+
+def cache_root() -> Path:
+    """Where derived artefacts (decoded images, dense checkpoints) are cached."""
+    return Path(os.environ.get(CACHE_ENV) or "results/cache").expanduser()

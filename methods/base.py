@@ -1,0 +1,139 @@
+"""The plugin contract: a method turns a copy of the dense model into an outcome.
+
+A method never evaluates itself and never sees the test split: the engine does both, the
+same way for every method. See CONTRIBUTING.md for a complete one-file example.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from fairsqueeze.errors import ConfigError
+from fairsqueeze.registry import Registry
+from fairsqueeze.tasks import Split, TaskView
+
+METHODS: Registry[type["Method"]] = Registry("method", entry_point_group="fairsqueeze.methods")
+
+
+def register_method(name: str):
+    """Class decorator: make a :class:`Method` subclass available under ``name``."""
+    return METHODS.register(name)
+
+
+@dataclass
+class Predictions:
+    """Per-example labels, predictions and groups on one split."""
+
+    y: np.ndarray
+    y_pred: np.ndarray
+    s: np.ndarray
+
+
+@dataclass
+class Outcome:
+    """What a method returns.
+
+    ``sparse_storage`` names parameters stored as their nonzeros only (zeroed entries count
+    as removed in the footprint); every other parameter is stored dense, zeros included.
+    ``passes`` counts the forward/backward passes over data the method spent, by name.
+    """
+
+    model: nn.Module
+    sparse_storage: tuple[str, ...] = ()
+    passes: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MethodContext:
+    """Everything a method may use. ``model`` is a private copy of the dense reference."""
+
+    model: nn.Module
+    task: TaskView
+    device: torch.device
+    seed: int
+    dense_val: Predictions
+    generator: torch.Generator
+
+    def unprivileged_group(self, metric: str = "accuracy") -> int:
+        """The group on which the dense model does worse on validation (c = 0 in the papers)."""
+        p = self.dense_val
+        scores = {}
+        for g in np.unique(p.s[p.s >= 0]):
+            m = p.s == g
+            if metric != "accuracy":
+                raise ConfigError(f"unprivileged_group: unknown metric {metric!r}")
+            scores[int(g)] = float((p.y[m] == p.y_pred[m]).mean())
+        return min(scores, key=scores.get)
+
+    def scoring_sets(self, size: int | None = None) -> dict[int, Split]:
+        """Balanced per-group samples of the training split (groups with s >= 0).
+
+        Each group gets n = min(size, smallest group size) rows, drawn with the run's seed.
+        """
+        train = self.task.train
+        groups = sorted(int(g) for g in np.unique(train.s) if g >= 0)
+        rows = {g: np.flatnonzero(train.s == g) for g in groups}
+        n = min(len(r) for r in rows.values())
+        if size is not None:
+            n = min(n, int(size))
+        rng = np.random.default_rng(self.seed)
+        return {g: train.subset(np.sort(rng.choice(r, n, replace=False))) for g, r in rows.items()}
+
+    def batches(self, split: Split, batch_size: int = 256, train: bool = False):
+        """Yield (x, y, s) tensors on the device, in order, with eval-time transforms by default."""
+        for start in range(0, len(split), batch_size):
+            rows = slice(start, start + batch_size)
+            x = self.task.prepare(split.x[rows], train).to(self.device)
+            yield x, torch.as_tensor(split.y[rows], device=self.device), torch.as_tensor(split.s[rows])
+
+
+class Method(abc.ABC):
+    """Base class of every method plugin.
+
+    Subclasses define ``Params`` (a dataclass whose defaults are the paper's setting),
+    ``apply``, and optionally ``space`` (an Optuna define-by-run search space).
+    """
+
+    registered_name: ClassVar[str]
+    family: ClassVar[str] = "other"
+    needs: ClassVar[tuple[str, ...]] = ("dense",)
+
+    @dataclass
+    class Params:
+        pass
+
+    def __init__(self, params: "Method.Params | None" = None):
+        self.params = params if params is not None else self.Params()
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any] | None, where: str = "params") -> "Method":
+        config = dict(config or {})
+        fields = {f.name: f for f in dataclasses.fields(cls.Params)}
+        unknown = sorted(set(config) - set(fields))
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown parameter {unknown[0]!r} for method {cls.registered_name!r}"
+                f" (known: {', '.join(fields) or 'none'})"
+            )
+        try:
+            return cls(cls.Params(**config))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+    def param_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.params)
+
+    @abc.abstractmethod
+    def apply(self, ctx: MethodContext) -> Outcome:
+        """Compress or train ``ctx.model`` and return the outcome."""
+
+    def space(self, trial) -> "Method.Params":
+        """The default search space is the paper's setting only; plugins override this."""
+        return self.Params()

@@ -1,0 +1,153 @@
+"""The engine end to end: plan -> dense cache -> methods -> predictions -> metrics -> store."""
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from conftest import tiny_suite
+from fairsqueeze.cli import main
+from fairsqueeze.methods import METHODS, Method, Outcome
+from fairsqueeze.metrics import compute_metrics
+from fairsqueeze.reference import checkpoint_path
+from fairsqueeze.runner import Runner, resolve_device
+from fairsqueeze.store import Store
+
+
+def runner_for(tmp, **kw):
+    return Runner(Store(f"sqlite:///{tmp}/r.db"), tmp / "data", resolve_device("cpu"), **kw)
+
+
+def test_suite_runs_stores_and_resumes(isolated):
+    suite = tiny_suite(["dense", {"name": "truncated_svd", "params": {"layer": "fc2", "k": 2}}])
+    runner = runner_for(isolated)
+    first = runner.run(suite)
+    assert (first.done, first.skipped, first.failed) == (2, 0, [])
+    again = runner.run(suite)
+    assert (again.done, again.skipped) == (0, 2)
+
+    runs = runner.store.runs_frame()
+    assert set(runs["status"]) == {"done"}
+    assert runs["split_hash"].nunique() == 1 and runs["dense_hash"].nunique() == 1
+    # metrics are a pure function of the stored predictions
+    key = runs.loc[runs["method"] == "truncated_svd", "key"].item()
+    stored = runner.store.metrics_frame("test").query("run_key == @key").set_index("name")["value"]
+    p = runner.store.predictions(key, "test")
+    recomputed = compute_metrics(p["y"], p["y_pred"], p["s"], num_classes=2)
+    assert stored["accuracy"] == pytest.approx(recomputed["accuracy"])
+    assert stored["eopp1"] == pytest.approx(recomputed["eopp1"])
+    fp = runner.store.footprint_frame().query("run_key == @key").set_index("name")["value"]
+    assert fp["compression_ratio"] > 1.0  # fc2 (32x16) became 32x2 + 2 + 2x16
+    assert fp["params"] < runner.store.footprint_frame().query("run_key != @key").set_index("name")["value"]["params"]
+
+
+def test_dense_reference_is_trained_once_and_reused(isolated):
+    runner = runner_for(isolated)
+    suite = tiny_suite(["dense"])
+    runner.run(suite)
+    path = checkpoint_path(suite.runs()[0].dense_key)
+    stamp = path.stat().st_mtime_ns
+    runner.run(tiny_suite([{"name": "truncated_svd", "params": {"layer": "fc1", "k": 4}}]))
+    assert path.stat().st_mtime_ns == stamp
+    timings = runner.store.runs_frame()["timings"].tolist()
+    assert '"dense_cached": 1.0' in timings[-1]
+
+
+def test_failed_runs_are_recorded_and_retried(isolated, monkeypatch):
+    calls = {"n": 0}
+
+    class Flaky(Method):
+        """Fails on its first call only."""
+
+        @dataclass
+        class Params:
+            pass
+
+        def apply(self, ctx):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise RuntimeError("boom")
+            return Outcome(model=ctx.model)
+
+    monkeypatch.setitem(METHODS._items, "flaky", Flaky)
+    Flaky.registered_name = "flaky"
+    runner = runner_for(isolated)
+    suite = tiny_suite(["flaky"])
+    report = runner.run(suite)
+    assert len(report.failed) == 1
+    row = runner.store.runs_frame().iloc[0]
+    assert row["status"] == "failed" and "RuntimeError: boom" in row["error"]
+    assert runner.store.metrics_frame().empty  # nothing half-written
+    report = runner.run(suite)
+    assert report.done == 1 and runner.store.runs_frame().iloc[0]["status"] == "done"
+
+
+def test_methods_never_see_the_test_split(isolated, monkeypatch):
+    seen = {}
+
+    class Probe(Method):
+        """Records what the context exposes."""
+
+        @dataclass
+        class Params:
+            pass
+
+        def apply(self, ctx):
+            seen["has_test"] = hasattr(ctx.task, "test")
+            seen["train_rows"] = set(ctx.task.train.index.tolist())
+            seen["scoring_rows"] = set().union(*(set(s.index.tolist()) for s in ctx.scoring_sets().values()))
+            return Outcome(model=ctx.model)
+
+    monkeypatch.setitem(METHODS._items, "probe", Probe)
+    Probe.registered_name = "probe"
+    runner = runner_for(isolated)
+    runner.run(tiny_suite(["probe"]))
+    test_rows = set(runner.store.predictions(runner.store.runs_frame().iloc[0]["key"], "test")["index"].tolist())
+    assert seen["has_test"] is False
+    assert not (seen["train_rows"] & test_rows)
+    assert seen["scoring_rows"] <= seen["train_rows"]
+
+
+def test_cli_errors_are_one_line_and_nonzero(isolated, capsys, tmp_path):
+    db = f"sqlite:///{tmp_path}/cli.db"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tasks: [digits]\nmodels: [mlp]\nmethods: [nosuch]\n")
+    assert main(["run", str(bad), "--db", db, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown method 'nosuch'" in err
+    assert not (tmp_path / "cli.db").exists()  # validation happens before the store is opened
+
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("tasks: [adult]\nmodels: [mlp]\nmethods: [dense]\n")
+    assert main(["run", str(missing), "--db", db, "--data-root", str(tmp_path / "nodata"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "adult" in err and str(tmp_path / "nodata") in err
+    assert Store(db).runs_frame().empty
+
+    assert main(["run", "no-such-suite", "--db", db]) == 2
+    assert "suite not found" in capsys.readouterr().err
+
+
+def test_cli_skip_missing_data_runs_the_rest(isolated, capsys, tmp_path):
+    suite = tmp_path / "s.yaml"
+    suite.write_text(
+        "seeds: [0]\ntrain: {epochs: 1}\ntasks: [adult, {name: digits, options: {target: parity}}]\n"
+        "models: [{name: mlp, options: {hidden: [8, 4]}}]\nmethods: [dense]\n"
+    )
+    db = f"sqlite:///{tmp_path}/s.db"
+    code = main(["run", str(suite), "--db", db, "--data-root", str(tmp_path / "nodata"), "--skip-missing-data"])
+    out = capsys.readouterr().out
+    assert code == 0 and "== digits (test) ==" in out and "accuracy" in out
+    assert main(["show", "--db", db]) == 0
+    assert "== digits (test) ==" in capsys.readouterr().out
+
+
+def test_cli_lists_registries(capsys):
+    for what, expected in [("tasks", "digits"), ("models", "vgg11_paper"), ("methods", "truncated_svd"), ("suites", "default")]:
+        assert main(["list", what]) == 0
+        assert expected in capsys.readouterr().out
+
+
+def test_device_choice():
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(Exception, match="expected auto, cpu or cuda"):
+        resolve_device("tpu")

@@ -1,0 +1,93 @@
+"""Suite files: validation errors name the key and its line; sweeps and restrictions expand."""
+import textwrap
+
+import pytest
+
+from fairsqueeze.errors import ConfigError
+from fairsqueeze.suite import bundled_suites, load_suite, parse_suite
+
+
+def write(tmp_path, text):
+    path = tmp_path / "s.yaml"
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+GOOD = """\
+    name: demo
+    seeds: [0, 1]
+    tasks:
+      - digits
+    models:
+      - {name: mlp, options: {hidden: [8]}}
+    methods:
+      - dense
+      - {name: truncated_svd, params: {layer: fc1}, sweep: {k: [2, 4, 8]}}
+"""
+
+
+def test_plan_expands_sweeps_and_seeds(tmp_path):
+    suite = load_suite(write(tmp_path, GOOD))
+    runs = suite.runs()
+    assert len(runs) == 2 * (1 + 3)
+    ks = sorted({r.method.params["k"] for r in runs if r.method.name == "truncated_svd"})
+    assert ks == [2, 4, 8]
+    assert len({r.key for r in runs}) == len(runs)  # every run has its own key
+    assert len({r.dense_key for r in runs}) == 2  # one dense reference per seed
+
+
+def test_run_key_is_stable_and_depends_on_params(tmp_path):
+    a = load_suite(write(tmp_path, GOOD)).runs()
+    b = load_suite(write(tmp_path, GOOD.replace("[2, 4, 8]", "[2, 4, 9]"))).runs()
+    assert a[0].key == b[0].key  # dense, unchanged
+    assert {r.key for r in a} != {r.key for r in b}
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("      - {name: truncated_svd, params: {layer: fc1, kk: 3}}", r"methods\[1\]\.params \(line 9\): unknown parameter 'kk'"),
+        ("      - {name: truncated_sv}", r"methods\[1\]\.name \(line 9\): unknown method 'truncated_sv'; did you mean 'truncated_svd'"),
+        ("      - {name: dense, colour: red}", r"methods\[1\]\.colour \(line 9\): unknown key 'colour'"),
+    ],
+)
+def test_bad_method_entries_name_key_and_line(tmp_path, bad, message):
+    text = GOOD.replace("      - {name: truncated_svd, params: {layer: fc1}, sweep: {k: [2, 4, 8]}}", bad)
+    with pytest.raises(ConfigError, match=message):
+        load_suite(write(tmp_path, text))
+
+
+def test_bad_task_option_and_top_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"tasks\[0\] \(line 4\): task 'digits': unknown option 'colour'"):
+        load_suite(write(tmp_path, GOOD.replace("- digits", "- {name: digits, options: {colour: 1}}")))
+    with pytest.raises(ConfigError, match=r"sedes \(line 2\): unknown key 'sedes'"):
+        load_suite(write(tmp_path, GOOD.replace("seeds:", "sedes:")))
+    with pytest.raises(ConfigError, match=r"not valid YAML"):
+        load_suite(write(tmp_path, GOOD + "  - [unclosed\n"))
+
+
+def test_training_options_are_checked():
+    base = {"tasks": ["digits"], "models": ["mlp"], "methods": ["dense"]}
+    with pytest.raises(ConfigError, match=r"train\.epoch.*unknown training option 'epoch'"):
+        parse_suite({**base, "train": {"epoch": 3}})
+    with pytest.raises(ConfigError, match=r"unknown optimizer 'sdg'"):
+        parse_suite({**base, "train": {"optimizer": "sdg"}})
+
+
+def test_restrictions_limit_where_entries_run():
+    suite = parse_suite(
+        {
+            "tasks": ["digits"],
+            "models": [{"name": "mlp", "options": {"hidden": [8]}}, {"name": "mlp", "options": {"hidden": [4]}, "tasks": ["adult"]}],
+            "methods": ["dense", {"name": "truncated_svd", "params": {"layer": "fc1", "k": 2}, "tasks": ["adult"]}],
+        }
+    )
+    runs = suite.runs()
+    assert [(r.model.options["hidden"], r.method.name) for r in runs] == [([8], "dense")]
+
+
+def test_default_suite_is_bundled_and_valid():
+    assert "default" in bundled_suites()
+    suite = load_suite("default")
+    assert {t.name for t in suite.tasks} == {"adult", "digits"}
+    assert any(r.method.name == "truncated_svd" for r in suite.runs())
