@@ -1,2 +1,2 @@
 """Dataset adapters. Importing this package registers every built-in task."""
-from . import adult, compas, digits, german  # noqa: F401  (registration)
+from . import adult, celeba, compas, digits, fitzpatrick, german, utkface  # noqa: F401  (registration)
