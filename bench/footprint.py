@@ -1,0 +1,95 @@
+"""What a model really costs to store and to run.
+
+Stored tensors are every parameter plus every buffer whose name ends in ``_codes`` (how a
+quantized module keeps its integer codes). A tensor is stored dense, zeros included, unless
+its name is in ``sparse_storage``: then only its nonzeros count. This is the FairLRF
+convention: zeroed factor entries are removed, unstructured zeros elsewhere save nothing,
+and a sparse entry carries no index overhead.
+"""
+from __future__ import annotations
+
+import io
+import statistics
+import time
+from typing import Any, Iterable, Iterator
+
+import torch
+from torch import nn
+
+CODES_SUFFIX = "_codes"
+
+
+def stored_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    yield from model.named_parameters()
+    for name, buffer in model.named_buffers():
+        if name.endswith(CODES_SUFFIX):
+            yield name, buffer
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def footprint(model: nn.Module, sparse_storage: Iterable[str] = ()) -> dict[str, Any]:
+    """Counts and bytes of what is stored; see the module docstring for the rules."""
+    sparse = set(sparse_storage)
+    tensors = dict(stored_tensors(model))
+    unknown = sorted(sparse - set(tensors))
+    if unknown:
+        raise ValueError(f"sparse_storage names tensors the model does not have: {', '.join(unknown)}")
+    params = nonzeros = stored = 0
+    bytes_by_dtype: dict[str, int] = {}
+    for name, tensor in tensors.items():
+        count = int(torch.count_nonzero(tensor.detach()))
+        kept = count if name in sparse else tensor.numel()
+        params += tensor.numel()
+        nonzeros += count
+        stored += kept
+        key = dtype_name(tensor.dtype)
+        bytes_by_dtype[key] = bytes_by_dtype.get(key, 0) + kept * tensor.element_size()
+    return {
+        "params": params,
+        "nonzeros": nonzeros,
+        "stored_params": stored,
+        "bytes_by_dtype": bytes_by_dtype,
+        "stored_bytes": sum(bytes_by_dtype.values()),
+    }
+
+
+def compression_ratio(dense_fp: dict[str, Any], compressed_fp: dict[str, Any]) -> float:
+    """Stored size of the dense model over that of the compressed one (papers' CR)."""
+    return dense_fp["stored_bytes"] / compressed_fp["stored_bytes"]
+
+
+def serialized_size(model: nn.Module) -> int:
+    """Bytes of the model's state dict as ``torch.save`` writes it (dense, zeros included)."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
+
+
+def _synchronize(device: torch.device) -> None:
+    # CUDA kernels run asynchronously; without waiting, a timer measures only the launch
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_latency(model: nn.Module, example_input: torch.Tensor, repeats: int = 20, warmup: int = 3) -> float:
+    """Median seconds per forward pass on ``example_input``, in eval mode without autograd."""
+    was_training = model.training
+    model.eval()
+    device = example_input.device
+    times = []
+    try:
+        with torch.inference_mode():
+            for _ in range(warmup):
+                model(example_input)
+            for _ in range(max(1, repeats)):
+                _synchronize(device)
+                start = time.perf_counter()
+                model(example_input)
+                _synchronize(device)
+                times.append(time.perf_counter() - start)
+    finally:
+        model.train(was_training)
+    return statistics.median(times)

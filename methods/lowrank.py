@@ -1,0 +1,271 @@
+"""The sparse low-rank family: SLR-w, SLR-a and FairLRF.
+
+All three run one procedure (methods.md §2.2-2.4) on each target linear layer W (out x in):
+
+1. truncated SVD, W ≈ P_out · diag(σ) · P_inᵀ, as a real :class:`FactorizedLinear`
+   (``first.weight`` = P_inᵀ, ``second.weight`` = P_out);
+2. a score per input neuron (row of P_in) and per output neuron (row of P_out);
+3. the ⌊sr·in⌋ input rows and ⌊sr·out⌋ output rows with the smallest score are selected;
+4. in each selected row only the first ``keep = max(min_keep, ⌊rr·k⌋)`` entries survive.
+
+``rr`` is the fraction of the rank *kept* in a selected row: that reading reproduces the
+published compression ratios (rr = 0 zeroes whole rows). The zeroed entries are stored
+sparse, so the footprint counts them as removed. Nothing is fine-tuned.
+
+The scores:
+- SLR-w: absolute weight sums of the dense W (column sums for inputs, row sums for outputs);
+- SLR-a: absolute activations summed over training data, the layer's input for P_in rows
+  and its output (after the following ReLU, when there is one) for P_out rows;
+- FairLRF: the group-aware curvature score s = ½θ²(h⁰ − β·h¹) of every factor entry, with
+  h^c the diagonal loss curvature on the balanced scoring set of group c (c = 0: the
+  unprivileged group); a row's score sums s over the whole row (``row_score="full"``, the
+  paper's wording) or over the entries that would be zeroed (``"tail"``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+import torch
+from torch import nn
+
+from fairsqueeze.errors import ConfigError
+from fairsqueeze.models import resolve_layer
+
+from .base import Method, MethodContext, Outcome, register_method
+from .svd import layer_names
+from .toolbox.curvature import ESTIMATORS, features_before, per_group_curvature, sequential_tail
+from .toolbox.factorize import FactorizedLinear, replace_module
+
+
+@dataclass
+class RowScores:
+    inputs: torch.Tensor  # (in,)
+    outputs: torch.Tensor  # (out,)
+
+
+def kept_entries(rr: float, k: int, min_keep: int) -> int:
+    return min(k, max(min_keep, math.floor(rr * k)))
+
+
+def smallest_rows(scores: torch.Tensor, rate: float) -> torch.Tensor:
+    """Indices of the ⌊rate·n⌋ smallest scores (ties broken by index, deterministically)."""
+    count = math.floor(rate * len(scores))
+    order = torch.from_numpy(np.argsort(scores.detach().cpu().double().numpy(), kind="stable"))
+    return order[:count]
+
+
+@torch.no_grad()
+def sparsify(layer: FactorizedLinear, scores: RowScores, sr: float, keep: int) -> dict[str, int]:
+    """Zero the tail (entries >= keep) of the selected rows of both factors."""
+    rows_in = smallest_rows(scores.inputs, sr)
+    rows_out = smallest_rows(scores.outputs, sr)
+    layer.first.weight[keep:, rows_in] = 0  # columns of P_inᵀ are input-neuron rows
+    layer.second.weight[rows_out, keep:] = 0
+    return {"rows_in": len(rows_in), "rows_out": len(rows_out), "keep": keep}
+
+
+class SparseLowRank(Method):
+    """Shared procedure; subclasses define :meth:`row_scores`."""
+
+    family = "low-rank"
+
+    def validate(self) -> None:
+        p = self.params
+        if p.k < 1:
+            raise ConfigError(f"{self.registered_name}: k must be >= 1")
+        if not (0 <= p.sparsity_rate <= 1 and 0 <= p.keep_rate <= 1):
+            raise ConfigError(f"{self.registered_name}: sparsity_rate and keep_rate must lie in [0, 1]")
+
+    def apply(self, ctx: MethodContext) -> Outcome:
+        self.validate()
+        p = self.params
+        sparse, info, passes = [], {}, {}
+        for name in layer_names(p.layer):
+            path, linear = resolve_layer(ctx.model, name)
+            factorized = FactorizedLinear.from_linear(linear, p.k)
+            keep = kept_entries(p.keep_rate, factorized.rank, p.min_keep)
+            scores, cost = self.row_scores(ctx, path, linear, factorized, keep)
+            replace_module(ctx.model, path, factorized)
+            info[path] = sparsify(factorized, scores, p.sparsity_rate, keep)
+            for key, value in cost.items():
+                passes[key] = passes.get(key, 0.0) + value
+            sparse += [f"{path}.first.weight", f"{path}.second.weight"]
+        return Outcome(model=ctx.model, sparse_storage=tuple(sparse), passes=passes, info={"layers": info})
+
+    def row_scores(self, ctx, path, linear, factorized, keep) -> tuple[RowScores, dict]:
+        raise ConfigError(f"{type(self).__name__} defines no row score")
+
+
+@register_method("slr_w")
+class SLRWeight(SparseLowRank):
+    """Sparse low-rank with absolute-weight neuron importance (Swaminathan et al. 2020)."""
+
+    @dataclass
+    class Params:
+        k: int = 64
+        sparsity_rate: float = 0.5
+        keep_rate: float = 0.5
+        min_keep: int = 0
+        layer: str = "fc2"
+
+    def row_scores(self, ctx, path, linear, factorized, keep):
+        w = linear.weight.detach().abs()
+        return RowScores(inputs=w.sum(0), outputs=w.sum(1)), {}
+
+
+@register_method("slr_a")
+class SLRActivation(SparseLowRank):
+    """Sparse low-rank with absolute-activation neuron importance on training data."""
+
+    @dataclass
+    class Params:
+        k: int = 64
+        sparsity_rate: float = 0.5
+        keep_rate: float = 0.5
+        min_keep: int = 0
+        layer: str = "fc2"
+        samples: int | None = 10000  # training rows scored (None: all), eval-time transforms
+
+    @torch.no_grad()
+    def row_scores(self, ctx, path, linear, factorized, keep):
+        train = ctx.task.train
+        rows = np.arange(len(train))
+        if self.params.samples is not None and self.params.samples < len(rows):
+            rows = np.sort(np.random.default_rng(ctx.seed).choice(rows, self.params.samples, replace=False))
+        relu_after = _followed_by_relu(ctx.model, path)
+        sums = {"in": torch.zeros(linear.in_features), "out": torch.zeros(linear.out_features)}
+
+        def hook(_module, args, output):
+            out = torch.relu(output) if relu_after else output
+            sums["in"] += args[0].detach().abs().sum(0).cpu()
+            sums["out"] += out.detach().abs().sum(0).cpu()
+
+        handle = linear.register_forward_hook(hook)
+        ctx.model.eval()
+        try:
+            for x, _, _ in ctx.batches(train.subset(rows)):
+                ctx.model(x)
+        finally:
+            handle.remove()
+        return RowScores(inputs=sums["in"], outputs=sums["out"]), {"forward": 1.0}
+
+
+def _followed_by_relu(model: nn.Module, path: str) -> bool:
+    parent_path, _, child = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    names = [n for n, _ in parent.named_children()]
+    if not isinstance(parent, nn.Sequential) or child not in names:
+        return False
+    following = list(parent.children())[names.index(child) + 1 :]
+    following = [m for m in following if not isinstance(m, nn.Dropout)]
+    return bool(following) and isinstance(following[0], nn.ReLU)
+
+
+def parse_beta(value: float | str) -> float:
+    """β may be written as a fraction, as the paper does ("5/9")."""
+    try:
+        return float(Fraction(str(value)))
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"fairlrf: beta must be a number or a fraction like '5/9', got {value!r}") from None
+
+
+@register_method("fairlrf")
+class FairLRF(SparseLowRank):
+    """Fairness-oriented sparse SVD: drop the factor rows the unprivileged group needs least."""
+
+    needs = ("dense", "scoring")
+
+    @dataclass
+    class Params:
+        k: int = 64
+        sparsity_rate: float = 0.4
+        keep_rate: float = 0.0
+        beta: float | str = "5/9"
+        min_keep: int = 0
+        layer: str = "fc2"
+        row_score: str = "full"  # "full" row or only the "tail" that would be zeroed
+        unprivileged_group: int | None = None  # None: the group the dense model does worse on (val)
+        scoring_size: int | None = None  # rows per group (None: the smaller group's size)
+        estimator: str = "ggn_exact"
+        batch_size: int = 128
+
+    def validate(self) -> None:
+        super().validate()
+        p = self.params
+        parse_beta(p.beta)
+        if p.row_score not in ("full", "tail"):
+            raise ConfigError(f"fairlrf: row_score must be 'full' or 'tail', got {p.row_score!r}")
+        if p.estimator not in ESTIMATORS:
+            raise ConfigError(f"fairlrf: unknown estimator {p.estimator!r} (known: {', '.join(ESTIMATORS)})")
+
+    def row_scores(self, ctx, path, linear, factorized, keep):
+        p = self.params
+        sets = ctx.scoring_sets(p.scoring_size)
+        if len(sets) != 2:
+            raise ConfigError(f"fairlrf needs exactly two groups in the training split, found {sorted(sets)}")
+        unprivileged = p.unprivileged_group if p.unprivileged_group is not None else ctx.unprivileged_group()
+        if unprivileged not in sets:
+            raise ConfigError(f"fairlrf: unprivileged_group {unprivileged} is not a group of this task ({sorted(sets)})")
+        privileged = next(g for g in sets if g != unprivileged)
+
+        head, original = curvature_head(ctx.model, path, factorized)
+        try:
+            check_head(ctx, path, head, sets[unprivileged])
+            features = {}
+            for c, group in ((0, unprivileged), (1, privileged)):
+                x = torch.cat([ctx.task.prepare(sets[group].x[i : i + 512], False) for i in range(0, len(sets[group]), 512)])
+                features[c] = (features_before(ctx.model, path, x, batch_size=512), torch.as_tensor(sets[group].y))
+            params = {"in": factorized.first.weight, "out": factorized.second.weight}
+            curv = per_group_curvature(
+                head, features, params, p.estimator, batch_size=p.batch_size, generator=ctx.seed
+            )
+        finally:
+            head_parent, name = original
+            setattr(head_parent, name, linear)  # the head borrowed the model's container
+        beta = parse_beta(p.beta)
+        scores = {
+            key: 0.5 * theta.detach() ** 2 * (curv[0].diag[key] - beta * curv[1].diag[key])
+            for key, theta in params.items()
+        }
+        # input-neuron rows are columns of first.weight (k x in); entries j >= keep form the tail
+        tail = slice(keep, None) if p.row_score == "tail" else slice(None)
+        inputs = scores["in"][tail, :].sum(0)
+        outputs = scores["out"][:, tail].sum(1)
+        n_scoring = sum(len(s) for s in sets.values())
+        cost = {
+            "forward": sum(c.forward_passes * c.samples for c in curv.values()) / n_scoring,
+            "backward": sum(c.backward_passes * c.samples for c in curv.values()) / n_scoring,
+            "backward_sweeps": sum(c.backward_sweeps * c.samples for c in curv.values()) / n_scoring,
+        }
+        cost["features_forward"] = 1.0
+        return RowScores(inputs=inputs.cpu(), outputs=outputs.cpu()), {
+            **cost,
+            "unprivileged_group": unprivileged,
+            "scoring_rows_per_group": len(sets[unprivileged]),
+        }
+
+
+@torch.no_grad()
+def check_head(ctx: MethodContext, path: str, head: nn.Module, split) -> None:
+    x = ctx.task.prepare(split.x[:4], False).to(ctx.device)
+    ctx.model.eval()
+    if not torch.allclose(ctx.model(x), head(features_before(ctx.model, path, x)), rtol=1e-4, atol=1e-5):
+        raise ConfigError(f"layer {path!r}: the layers after it are not one nn.Sequential ending in the logits")
+
+
+def curvature_head(model: nn.Module, path: str, factorized: FactorizedLinear):
+    """The part of ``model`` from the target layer to the logits, with the factorized layer in place.
+
+    Needs the layer inside the model's last ``nn.Sequential`` (MLP, VGG classifier); checked by
+    comparing the head's output with the model's on a few rows (:func:`check_head`).
+    """
+    parent_path, _, child = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    if not isinstance(parent, nn.Sequential):
+        raise ConfigError(f"layer {path!r}: curvature scoring needs the layer inside an nn.Sequential")
+    original = getattr(parent, child)
+    setattr(parent, child, factorized)
+    return sequential_tail(parent, child), (parent, child)
