@@ -85,7 +85,7 @@ class SparseLowRank(Method):
         sparse, info, passes = [], {}, {}
         for name in layer_names(p.layer):
             path, linear = resolve_layer(ctx.model, name)
-            factorized = FactorizedLinear.from_linear(linear, p.k)
+            factorized = FactorizedLinear.from_linear(linear, p.k, p.solver)
             keep = kept_entries(p.keep_rate, factorized.rank, p.min_keep)
             scores, cost = self.row_scores(ctx, path, linear, factorized, keep)
             replace_module(ctx.model, path, factorized)
@@ -110,6 +110,7 @@ class SLRWeight(SparseLowRank):
         keep_rate: float = 0.5
         min_keep: int = 0
         layer: str = "fc2"
+        solver: str = "exact"
 
     def row_scores(self, ctx, path, linear, factorized, keep):
         w = linear.weight.detach().abs()
@@ -127,6 +128,7 @@ class SLRActivation(SparseLowRank):
         keep_rate: float = 0.5
         min_keep: int = 0
         layer: str = "fc2"
+        solver: str = "exact"
         samples: int | None = 10000  # training rows scored (None: all), eval-time transforms
 
     @torch.no_grad()
@@ -186,6 +188,7 @@ class FairLRF(SparseLowRank):
         beta: float | str = "5/9"
         min_keep: int = 0
         layer: str = "fc2"
+        solver: str = "exact"
         row_score: str = "full"  # "full" row or only the "tail" that would be zeroed
         unprivileged_group: int | None = None  # None: the group the dense model does worse on (val)
         scoring_size: int | None = None  # rows per group (None: the smaller group's size)

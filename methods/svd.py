@@ -24,15 +24,16 @@ class TruncatedSVD(Method):
     class Params:
         k: int = 64
         layer: str = "fc2"
+        solver: str = "exact"  # or "randomized": approximate top-k SVD, seconds instead of minutes
 
     def space(self, trial) -> "TruncatedSVD.Params":
-        return self.Params(k=trial.suggest_int("k", 1, 256, log=True), layer=self.params.layer)
+        return self.Params(k=trial.suggest_int("k", 1, 256, log=True), layer=self.params.layer, solver=self.params.solver)
 
     def apply(self, ctx: MethodContext) -> Outcome:
         ranks = {}
         for name in layer_names(self.params.layer):
             path, linear = resolve_layer(ctx.model, name)
-            factorized = FactorizedLinear.from_linear(linear, self.params.k)
+            factorized = FactorizedLinear.from_linear(linear, self.params.k, self.params.solver)
             replace_module(ctx.model, path, factorized)
             ranks[path] = factorized.rank
         return Outcome(model=ctx.model, info={"ranks": ranks})
