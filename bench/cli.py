@@ -66,12 +66,18 @@ def cmd_run(args) -> int:
 def _print_tables(store, suite: str | None, split: str) -> None:
     from .results import format_table, results_tables
 
+    from .biascard import format_bias_card
+
     tables = results_tables(store, split=split, suite=suite)
     if not tables:
         print("no finished runs")
+    cards = store.dense_frame().sort_values("seed")
     for task, table in tables.items():
         print(f"\n== {task} ({split}) ==")
         print(format_table(table))
+        for _, row in cards[cards["task"] == task].drop_duplicates("model").iterrows():
+            print(f"\n-- bias card: {task}, dense {row['model']} (seed {row['seed']}) --")
+            print(format_bias_card(row["bias_card"]))
 
 
 def cmd_list(args) -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .biascard import bias_card
 from .errors import DatasetMissing, FairsqueezeError
 from .evaluate import predict
 from .footprint import compression_ratio, footprint, measure_latency, serialized_size
@@ -109,6 +110,18 @@ class Runner:
             dense, dense_info = dense_reference(specs[0], task, self.device)
             dense_val = compute_dense_val(dense, task, self.device)
             dense_fp = footprint(dense)
+            spec = specs[0]
+            self.store.put_dense(
+                spec.dense_key,
+                {
+                    "task_key": task_key,
+                    "task": spec.task.name,
+                    "model": spec.model.label,
+                    "seed": spec.seed,
+                    "history": dense_info["history"],
+                    "bias_card": bias_card(task, dense_val.y_pred),
+                },
+            )
             for spec in specs:
                 bar.set_postfix_str(f"{spec.task.name}/{spec.model.name}/{spec.method.label}/s{spec.seed}")
                 ok = self.run_one(spec, suite, task, dense, dense_info, dense_val, dense_fp)

@@ -6,7 +6,8 @@ Tables:
 - ``metrics``: (run, split, name) -> value; NaN is stored as NULL.
 - ``footprint``: (run, name) -> value (parameter counts, bytes, compression ratio, latency).
 - ``predictions``: (run, split) -> per-example arrays (row id, y, y_pred, s) as a compressed blob.
-- ``tasks``: (task key) -> the task's summary (sizes, group counts, split hash, bias card).
+- ``tasks``: (task key) -> the task's summary (sizes, group counts, split hash).
+- ``dense``: (dense key) -> the dense reference's training history and bias card.
 A finished run is written in one transaction, so a crash never leaves half a result.
 """
 from __future__ import annotations
@@ -97,6 +98,18 @@ tasks = Table(
     Column("key", String(64), primary_key=True),
     Column("name", String(128), nullable=False),
     Column("summary", Text, nullable=False),
+)
+
+dense = Table(
+    "dense",
+    meta,
+    Column("key", String(64), primary_key=True),
+    Column("task_key", String(64), nullable=False),
+    Column("task", String(128), nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("seed", Integer, nullable=False),
+    Column("history", Text),
+    Column("bias_card", Text),
 )
 
 
@@ -194,6 +207,21 @@ class Store:
     def task_summaries(self) -> dict[str, dict[str, Any]]:
         with self.engine.connect() as conn:
             return {r.key: json.loads(r.summary) for r in conn.execute(select(tasks))}
+
+    def put_dense(self, key: str, row: dict[str, Any]) -> None:
+        values = {**row, "key": key}
+        for field in ("history", "bias_card"):
+            values[field] = json.dumps(values.get(field), default=str)
+        with self.engine.begin() as conn:
+            conn.execute(delete(dense).where(dense.c.key == key))
+            conn.execute(insert(dense).values(**values))
+
+    def dense_frame(self) -> pd.DataFrame:
+        with self.engine.connect() as conn:
+            frame = pd.read_sql(select(dense), conn)
+        for field in ("history", "bias_card"):
+            frame[field] = frame[field].map(lambda v: json.loads(v) if v else None)
+        return frame
 
     # -- reading ----------------------------------------------------------------------
     def runs_frame(self, status: str | None = None) -> pd.DataFrame:

@@ -123,12 +123,17 @@ class Method(abc.ABC):
                 f" (known: {', '.join(fields) or 'none'})"
             )
         try:
-            return cls(cls.Params(**config))
+            method = cls(cls.Params(**config))
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: {exc}") from None
+        method.validate()
+        return method
 
     def param_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.params)
+
+    def validate(self) -> None:
+        """Raise ConfigError for invalid parameters; called when a suite is loaded."""
 
     @abc.abstractmethod
     def apply(self, ctx: MethodContext) -> Outcome:

@@ -23,6 +23,7 @@ The scores:
 """
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -35,9 +36,9 @@ from fairsqueeze.errors import ConfigError
 from fairsqueeze.models import resolve_layer
 
 from .base import Method, MethodContext, Outcome, register_method
-from .svd import layer_names
+from .svd import target_layers
 from .toolbox.curvature import ESTIMATORS, features_before, per_group_curvature, sequential_tail
-from .toolbox.factorize import FactorizedLinear, replace_module
+from .toolbox.factorize import SOLVERS, FactorizedLinear, replace_module
 
 
 @dataclass
@@ -46,13 +47,18 @@ class RowScores:
     outputs: torch.Tensor  # (out,)
 
 
+def floor_share(rate: float, n: int) -> int:
+    """⌊rate·n⌋ computed on the decimal value of ``rate`` (0.29 x 100 is 29, not 28)."""
+    return math.floor(Fraction(str(rate)) * n)
+
+
 def kept_entries(rr: float, k: int, min_keep: int) -> int:
-    return min(k, max(min_keep, math.floor(rr * k)))
+    return min(k, max(min_keep, floor_share(rr, k)))
 
 
 def smallest_rows(scores: torch.Tensor, rate: float) -> torch.Tensor:
     """Indices of the ⌊rate·n⌋ smallest scores (ties broken by index, deterministically)."""
-    count = math.floor(rate * len(scores))
+    count = floor_share(rate, len(scores))
     order = torch.from_numpy(np.argsort(scores.detach().cpu().double().numpy(), kind="stable"))
     return order[:count]
 
@@ -74,29 +80,39 @@ class SparseLowRank(Method):
 
     def validate(self) -> None:
         p = self.params
+        name = self.registered_name
         if p.k < 1:
-            raise ConfigError(f"{self.registered_name}: k must be >= 1")
-        if not (0 <= p.sparsity_rate <= 1 and 0 <= p.keep_rate <= 1):
-            raise ConfigError(f"{self.registered_name}: sparsity_rate and keep_rate must lie in [0, 1]")
+            raise ConfigError(f"{name}: k must be >= 1")
+        if not (0 <= p.sparsity_rate <= 1 and 0 <= p.keep_rate <= 1):  # also rejects NaN
+            raise ConfigError(f"{name}: sparsity_rate and keep_rate must lie in [0, 1]")
+        if p.min_keep < 0:
+            raise ConfigError(f"{name}: min_keep must be >= 0")
+        if p.solver not in SOLVERS:
+            raise ConfigError(f"{name}: unknown solver {p.solver!r} (known: {', '.join(SOLVERS)})")
 
     def apply(self, ctx: MethodContext) -> Outcome:
         self.validate()
         p = self.params
         sparse, info, passes = [], {}, {}
-        for name in layer_names(p.layer):
-            path, linear = resolve_layer(ctx.model, name)
+        # every layer is scored on the dense model first, so the result does not depend on
+        # the order in which several layers are listed
+        plans = []
+        for path, linear in target_layers(ctx.model, p.layer):
             factorized = FactorizedLinear.from_linear(linear, p.k, p.solver)
             keep = kept_entries(p.keep_rate, factorized.rank, p.min_keep)
-            scores, cost = self.row_scores(ctx, path, linear, factorized, keep)
-            replace_module(ctx.model, path, factorized)
-            info[path] = sparsify(factorized, scores, p.sparsity_rate, keep)
+            scores, cost, facts = self.row_scores(ctx, path, linear, factorized, keep)
+            plans.append((path, factorized, scores, keep, facts))
             for key, value in cost.items():
                 passes[key] = passes.get(key, 0.0) + value
+        for path, factorized, scores, keep, facts in plans:
+            replace_module(ctx.model, path, factorized)
+            info[path] = {**sparsify(factorized, scores, p.sparsity_rate, keep), **facts}
             sparse += [f"{path}.first.weight", f"{path}.second.weight"]
         return Outcome(model=ctx.model, sparse_storage=tuple(sparse), passes=passes, info={"layers": info})
 
-    def row_scores(self, ctx, path, linear, factorized, keep) -> tuple[RowScores, dict]:
-        raise ConfigError(f"{type(self).__name__} defines no row score")
+    @abc.abstractmethod
+    def row_scores(self, ctx, path, linear, factorized, keep) -> tuple[RowScores, dict, dict]:
+        """(scores, pass counts, facts to report) for one target layer of the dense model."""
 
 
 @register_method("slr_w")
@@ -114,7 +130,7 @@ class SLRWeight(SparseLowRank):
 
     def row_scores(self, ctx, path, linear, factorized, keep):
         w = linear.weight.detach().abs()
-        return RowScores(inputs=w.sum(0), outputs=w.sum(1)), {}
+        return RowScores(inputs=w.sum(0), outputs=w.sum(1)), {}, {}
 
 
 @register_method("slr_a")
@@ -131,6 +147,11 @@ class SLRActivation(SparseLowRank):
         solver: str = "exact"
         samples: int | None = 10000  # training rows scored (None: all), eval-time transforms
 
+    def validate(self) -> None:
+        super().validate()
+        if self.params.samples is not None and self.params.samples < 1:
+            raise ConfigError("slr_a: samples must be >= 1 (or null for all training rows)")
+
     @torch.no_grad()
     def row_scores(self, ctx, path, linear, factorized, keep):
         train = ctx.task.train
@@ -142,8 +163,9 @@ class SLRActivation(SparseLowRank):
 
         def hook(_module, args, output):
             out = torch.relu(output) if relu_after else output
-            sums["in"] += args[0].detach().abs().sum(0).cpu()
-            sums["out"] += out.detach().abs().sum(0).cpu()
+            # token axes (sequence models) are summed like samples
+            sums["in"] += args[0].detach().abs().reshape(-1, linear.in_features).sum(0).cpu()
+            sums["out"] += out.detach().abs().reshape(-1, linear.out_features).sum(0).cpu()
 
         handle = linear.register_forward_hook(hook)
         ctx.model.eval()
@@ -152,7 +174,7 @@ class SLRActivation(SparseLowRank):
                 ctx.model(x)
         finally:
             handle.remove()
-        return RowScores(inputs=sums["in"], outputs=sums["out"]), {"forward": 1.0}
+        return RowScores(inputs=sums["in"], outputs=sums["out"]), {"forward": 1.0}, {"activation_rows": len(rows)}
 
 
 def _followed_by_relu(model: nn.Module, path: str) -> bool:
@@ -201,6 +223,10 @@ class FairLRF(SparseLowRank):
         parse_beta(p.beta)
         if p.row_score not in ("full", "tail"):
             raise ConfigError(f"fairlrf: row_score must be 'full' or 'tail', got {p.row_score!r}")
+        if p.scoring_size is not None and p.scoring_size < 1:
+            raise ConfigError("fairlrf: scoring_size must be >= 1 (or null for the smaller group's size)")
+        if p.batch_size < 1:
+            raise ConfigError("fairlrf: batch_size must be >= 1")
         if p.estimator not in ESTIMATORS:
             raise ConfigError(f"fairlrf: unknown estimator {p.estimator!r} (known: {', '.join(ESTIMATORS)})")
 
@@ -244,18 +270,16 @@ class FairLRF(SparseLowRank):
             "backward_sweeps": sum(c.backward_sweeps * c.samples for c in curv.values()) / n_scoring,
         }
         cost["features_forward"] = 1.0
-        return RowScores(inputs=inputs.cpu(), outputs=outputs.cpu()), {
-            **cost,
-            "unprivileged_group": unprivileged,
-            "scoring_rows_per_group": len(sets[unprivileged]),
-        }
+        facts = {"unprivileged_group": unprivileged, "scoring_rows_per_group": len(sets[unprivileged])}
+        return RowScores(inputs=inputs.cpu(), outputs=outputs.cpu()), cost, facts
 
 
 @torch.no_grad()
 def check_head(ctx: MethodContext, path: str, head: nn.Module, split) -> None:
     x = ctx.task.prepare(split.x[:4], False).to(ctx.device)
     ctx.model.eval()
-    if not torch.allclose(ctx.model(x), head(features_before(ctx.model, path, x)), rtol=1e-4, atol=1e-5):
+    full, tail = ctx.model(x), head(features_before(ctx.model, path, x))
+    if full.shape != tail.shape or not torch.allclose(full, tail, rtol=1e-4, atol=1e-5):
         raise ConfigError(f"layer {path!r}: the layers after it are not one nn.Sequential ending in the logits")
 
 

@@ -3,15 +3,32 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fairsqueeze.models import resolve_layer
+from torch import nn
+
+from fairsqueeze.errors import ConfigError
+from fairsqueeze.models import linear_layers, resolve_layer
 
 from .base import Method, MethodContext, Outcome, register_method
 from .toolbox.factorize import FactorizedLinear, replace_module
 
 
-def layer_names(layer: str) -> list[str]:
-    """A ``layer`` parameter names one layer or several, comma-separated (``"fc1,fc2"``)."""
-    return [name.strip() for name in layer.split(",") if name.strip()]
+def target_layers(model: nn.Module, layer: str) -> list[tuple[str, nn.Linear]]:
+    """Resolve a ``layer`` parameter: one linear layer or several, comma-separated (``"fc1,fc2"``)."""
+    names = [name.strip() for name in str(layer).split(",") if name.strip()]
+    if not names:
+        raise ConfigError(f"layer: no layer named in {layer!r}")
+    targets: dict[str, nn.Linear] = {}
+    for name in names:
+        path, module = resolve_layer(model, name)
+        if not isinstance(module, nn.Linear):
+            raise ConfigError(
+                f"layer {name!r} is a {type(module).__name__}, not a linear layer"
+                f" (linear layers: {', '.join(linear_layers(model))})"
+            )
+        if path in targets:
+            raise ConfigError(f"layer {path!r} is named twice in {layer!r}")
+        targets[path] = module
+    return list(targets.items())
 
 
 @register_method("truncated_svd")
@@ -31,8 +48,7 @@ class TruncatedSVD(Method):
 
     def apply(self, ctx: MethodContext) -> Outcome:
         ranks = {}
-        for name in layer_names(self.params.layer):
-            path, linear = resolve_layer(ctx.model, name)
+        for path, linear in target_layers(ctx.model, self.params.layer):
             factorized = FactorizedLinear.from_linear(linear, self.params.k, self.params.solver)
             replace_module(ctx.model, path, factorized)
             ranks[path] = factorized.rank
