@@ -17,6 +17,6 @@ def set_quiet(quiet: bool) -> None:
 
 
 def progress_bar(iterable=None, **kwargs):
-    kwargs.setdefault("disable", is_quiet())
+    kwargs.setdefault("disable", True if is_quiet() else None)  # None: off when not a terminal
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, **kwargs)

@@ -31,6 +31,10 @@ from .tasks import TASKS, TaskData, build_task, missing_files
 log = logging.getLogger("fairsqueeze")
 
 EVAL_SPLITS = ("val", "test")
+# Latency protocol: median of LATENCY_REPEATS forwards of one validation batch of
+# LATENCY_BATCH rows, after one warm-up, in eval mode on the run's device.
+LATENCY_BATCH = 32
+LATENCY_REPEATS = 5
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -62,7 +66,7 @@ def _predictions(model, task: TaskData, device) -> dict[str, dict[str, np.ndarra
 class Runner:
     def __init__(self, store: Store, data_root: Path, device: torch.device, skip_missing_data: bool = False):
         self.store = store
-        self.data_root = data_root
+        self.data_root = Path(data_root)
         self.device = device
         self.skip_missing_data = skip_missing_data
 
@@ -180,12 +184,12 @@ class Runner:
                 for split, p in preds.items()
             }
             fp = footprint(model, outcome.sparse_storage)
-            example = task.prepare(task.val.x[: min(len(task.val), 128)], False).to(self.device)
+            example = task.prepare(task.val.x[:LATENCY_BATCH], False).to(self.device)
             fp_row = {k: v for k, v in fp.items() if not isinstance(v, dict)}
             fp_row.update({f"bytes[{k}]": v for k, v in fp.get("bytes_by_dtype", {}).items()})
             fp_row["compression_ratio"] = compression_ratio(dense_fp, fp)
             fp_row["serialized_bytes"] = serialized_size(model)
-            fp_row["latency_s"] = measure_latency(model, example)
+            fp_row["latency_s"] = measure_latency(model, example, repeats=LATENCY_REPEATS, warmup=1)
             result = RunResult(
                 metrics=metrics,
                 footprint=fp_row,

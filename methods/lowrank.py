@@ -245,8 +245,13 @@ class FairLRF(SparseLowRank):
             check_head(ctx, path, head, sets[unprivileged])
             features = {}
             for c, group in ((0, unprivileged), (1, privileged)):
-                x = torch.cat([ctx.task.prepare(sets[group].x[i : i + 512], False) for i in range(0, len(sets[group]), 512)])
-                features[c] = (features_before(ctx.model, path, x, batch_size=512), torch.as_tensor(sets[group].y))
+                # inputs are prepared chunk by chunk: only the (small) layer inputs are kept
+                rows = sets[group]
+                feats = [
+                    features_before(ctx.model, path, ctx.task.prepare(rows.x[i : i + 512], False))
+                    for i in range(0, len(rows), 512)
+                ]
+                features[c] = (torch.cat(feats), torch.as_tensor(rows.y))
             params = {"in": factorized.first.weight, "out": factorized.second.weight}
             curv = per_group_curvature(
                 head, features, params, p.estimator, batch_size=p.batch_size, generator=ctx.seed
@@ -277,8 +282,10 @@ class FairLRF(SparseLowRank):
 @torch.no_grad()
 def check_head(ctx: MethodContext, path: str, head: nn.Module, split) -> None:
     x = ctx.task.prepare(split.x[:4], False).to(ctx.device)
+    was_training = ctx.model.training
     ctx.model.eval()
     full, tail = ctx.model(x), head(features_before(ctx.model, path, x))
+    ctx.model.train(was_training)
     if full.shape != tail.shape or not torch.allclose(full, tail, rtol=1e-4, atol=1e-5):
         raise ConfigError(f"layer {path!r}: the layers after it are not one nn.Sequential ending in the logits")
 

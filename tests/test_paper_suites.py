@@ -1,0 +1,118 @@
+"""The bundled protocol suites run end to end in a reduced form on a CPU.
+
+Reduced means: one seed, one short epoch, a few dozen images, the randomized SVD solver and
+small scoring sets; tasks, models, methods and their paper parameters stay as shipped.
+"""
+import csv
+import os
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from fairsqueeze.cli import main
+from fairsqueeze.datasets.images import decoded_total
+from fairsqueeze.runner import Runner, resolve_device
+from fairsqueeze.store import Store
+from fairsqueeze.suite import parse_suite, resolve_suite_path
+
+DATA = os.environ.get("FAIRSQUEEZE_DATA", "data")
+
+# per-method overrides that make a paper-size run cheap without changing what it computes
+CHEAP = {
+    "truncated_svd": {"solver": "randomized"},
+    "slr_w": {"solver": "randomized"},
+    "slr_a": {"solver": "randomized", "samples": 16},
+    "fairlrf": {"solver": "randomized", "scoring_size": 8, "batch_size": 8},
+}
+
+
+def reduced(name: str, limit: int, task_options: dict | None = None) -> dict:
+    data = yaml.safe_load(resolve_suite_path(name).read_text())
+    data["seeds"] = data["seeds"][:1]
+    data["train"] = {**data.get("train", {}), "epochs": 1, "batch_size": 16}
+    for task in data["tasks"]:
+        task["options"] = {**task.get("options", {}), "limit": limit, **(task_options or {})}
+    for method in data["methods"]:
+        if isinstance(method, dict):
+            method["params"] = {**method.get("params", {}), **CHEAP.get(method["name"], {})}
+    return data
+
+
+def run(data: dict, root, db) -> Runner:
+    runner = Runner(Store(f"sqlite:///{db}"), root, resolve_device("cpu"))
+    report = runner.run(parse_suite(data))
+    assert report.failed == [], runner.store.runs_frame()["error"].tolist()
+    return runner
+
+
+def ratios(runner) -> dict[str, float]:
+    runs = runner.store.runs_frame().set_index("key")["label"]
+    fp = runner.store.footprint_frame().query("name == 'compression_ratio'").set_index("run_key")["value"]
+    return {runs[k]: round(v, 3) for k, v in fp.items()}
+
+
+def needs(folder):
+    return pytest.mark.skipif(not os.path.isdir(os.path.join(DATA, folder)), reason=f"{folder} not under the data root")
+
+
+@needs("celeba")
+def test_fairlrf_table1_reduced(isolated):
+    runner = run(reduced("fairlrf_table1", limit=24), DATA, isolated / "t1.db")
+    # the published Table 1 compression ratios: every compressed row prints 1.596
+    assert ratios(runner) == {
+        "dense": 1.0,
+        "truncated SVD (k=1)": 1.596,
+        "SLR-w (0.5, 0.5)": 1.596,
+        "SLR-a (0.5, 0.5)": 1.596,
+        "FairLRF (0.8, 0.65, 5/9)": 1.596,
+    }
+
+
+def write_fitzpatrick(root, rows_per_class=12, classes=("acne", "eczema", "psoriasis")):
+    folder = root / "fitzpatrick17k"
+    (folder / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    with open(folder / "fitzpatrick17k.csv", "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["md5hash", "fitzpatrick_scale", "label", "nine_partition_label", "three_partition_label", "url"])
+        for c, label in enumerate(classes):
+            for i in range(rows_per_class):
+                md5 = f"{label}{i:03d}"
+                out.writerow([md5, 1 + (i % 6), label, f"nine-{c}", f"three-{c % 2}", ""])
+                pixels = rng.integers(0, 255, size=(40, 40, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / "images" / f"{md5}.jpg")
+    return root
+
+
+def test_fairlrf_table2_reduced_on_a_fixture(isolated):
+    root = write_fitzpatrick(isolated / "data")
+    runner = run(reduced("fairlrf_table2", limit=None), root, isolated / "t2.db")
+    # three classes here instead of 114: the ratios follow the same convention, computed by
+    # hand for C = 3 (dense 44,888,450 - 2 * 4097 + 3 * 4097 = 44,892,547 parameters):
+    # svd: fc2 -> 4096*64*2 + 64 + 4096 = 528,448 instead of 16,781,312
+    # SLR (0.5, 0.5): 2048 rows x 32 zeros x 2 factors removed; FairLRF (0.4, 0.0): 1638 x 64 x 2
+    dense = 44_892_547
+    svd = dense - 16_781_312 + 528_448
+    assert ratios(runner) == {
+        "dense": 1.0,
+        "truncated SVD (k=64)": round(dense / svd, 3),
+        "SLR-w (0.5, 0.5)": round(dense / (svd - 2048 * 32 * 2), 3),
+        "SLR-a (0.5, 0.5)": round(dense / (svd - 2048 * 32 * 2), 3),
+        "FairLRF (0.4, 0.0, 5/9)": round(dense / (svd - 1638 * 64 * 2), 3),
+    }
+
+
+@needs("utkface")
+@needs("celeba")
+def test_faces_cpu_reduced_shows_bias_cards_and_decodes_once(isolated, tmp_path, capsys):
+    suite = tmp_path / "faces.yaml"
+    suite.write_text(yaml.safe_dump(reduced("faces_cpu", limit=40)))
+    args = ["run", str(suite), "--data-root", DATA, "--device", "cpu"]
+    assert main(args + ["--db", f"sqlite:///{tmp_path}/a.db"]) == 0
+    out = capsys.readouterr().out
+    assert "-- bias card: celeba" in out and "-- bias card: utkface" in out and "informative" in out
+    before = decoded_total()
+    assert main(args + ["--db", f"sqlite:///{tmp_path}/b.db"]) == 0  # a fresh store: every run again
+    assert decoded_total() == before  # ... from the image cache, without decoding one JPEG
