@@ -37,12 +37,8 @@ from fairsqueeze.tasks import TaskData, register_task, require_file, stratified_
 from .tabular import (
     DEFAULT_FRACTIONS,
     assemble,
-    check_flag,
-    check_fractions,
-    check_seed,
-    choose,
+    common_options,
     encode_features,
-    reject_unknown,
 )
 
 NAME = "german"
@@ -99,12 +95,9 @@ def build(
     include_sensitive: bool = False,
     **unknown: Any,
 ) -> TaskData:
-    reject_unknown(NAME, unknown, OPTIONS)
-    target = choose(NAME, "target", target, TARGETS)
-    sensitive = choose(NAME, "sensitive", sensitive, SENSITIVE)
-    seed = check_seed(NAME, split_seed)
-    fractions = check_fractions(NAME, fractions)
-    include_sensitive = check_flag(NAME, "include_sensitive", include_sensitive)
+    target, sensitive, seed, fractions, include_sensitive = common_options(
+        NAME, unknown, OPTIONS, target, TARGETS, sensitive, SENSITIVE, split_seed, fractions, include_sensitive
+    )
 
     frame = read_german(require_file(Path(root) / FILE, HINT))
     y = (frame["credit"] == 1).to_numpy(np.int64)

@@ -80,6 +80,20 @@ def check_fractions(task: str, fractions: Any) -> tuple[float, float, float]:
 # --- features --------------------------------------------------------------------------
 
 
+def common_options(task: str, unknown: Mapping[str, Any], known: Iterable[str], target: Any, targets: Iterable[str],
+                   sensitive: Any, sensitives: Iterable[str], split_seed: Any, fractions: Any,
+                   include_sensitive: Any) -> tuple[str, str, int, tuple[float, float, float], bool]:
+    """Validate the options every tabular task shares, before any file is read."""
+    reject_unknown(task, unknown, known)
+    return (
+        choose(task, "target", target, targets),
+        choose(task, "sensitive", sensitive, sensitives),
+        check_seed(task, split_seed),
+        check_fractions(task, fractions),
+        check_flag(task, "include_sensitive", include_sensitive),
+    )
+
+
 @dataclass
 class Features:
     x: np.ndarray  # float32, rows of the cleaned table
