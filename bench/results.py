@@ -40,8 +40,19 @@ def results_tables(store: Store, split: str = "test", suite: str | None = None) 
         cols = _columns(list(wide.columns)) + ["compression_ratio"]
         agg = rows.groupby(["model", "label"], sort=False)[cols].mean()
         agg.insert(0, "seeds", rows.groupby(["model", "label"], sort=False)["seed"].nunique())
-        tables[task] = agg
+        tables[task] = agg.join(_change_vs_dense(rows, list(wide.columns)))
     return tables
+
+
+def _change_vs_dense(rows: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """Per-group accuracy change of every row against the dense reference of its model
+    (seed-averaged; NaN where the suite has no dense run for that model)."""
+    acc = sorted(n for n in names if (m := _GROUP.match(n)) and m.group(1) == "accuracy")
+    means = rows.groupby(["model", "label"], sort=False)[acc].mean()
+    dense = rows[rows["method"] == "dense"].groupby("model")[acc].mean()
+    change = means - dense.reindex(means.index.get_level_values("model")).to_numpy()
+    change.columns = [f"Δacc[g={_GROUP.match(c).group(2)}]" for c in acc]
+    return change
 
 
 def format_table(table: pd.DataFrame) -> str:
