@@ -9,6 +9,7 @@ from fairsqueeze.cli import main
 from fairsqueeze.methods import METHODS, Method, Outcome
 from fairsqueeze.metrics import compute_metrics
 from fairsqueeze.reference import checkpoint_path
+from fairsqueeze.results import results_tables
 from fairsqueeze.runner import Runner, resolve_device
 from fairsqueeze.store import Store
 
@@ -38,6 +39,15 @@ def test_suite_runs_stores_and_resumes(isolated):
     fp = runner.store.footprint_frame().query("run_key == @key").set_index("name")["value"]
     assert fp["compression_ratio"] > 1.0  # fc2 (32x16) became 32x2 + 2 + 2x16
     assert fp["params"] < runner.store.footprint_frame().query("run_key != @key").set_index("name")["value"]["params"]
+
+    table = results_tables(runner.store)["digits"]
+    dense_row = table.xs("dense", level="label").iloc[0]
+    svd_row = table.xs("truncated_svd(k=2,layer=fc2)", level="label").iloc[0]
+    assert dense_row["Δacc[g=0]"] == 0 and dense_row["Δacc[g=1]"] == 0
+    dense_key = runs.loc[runs["method"] == "dense", "key"].item()
+    dense_acc = runner.store.metrics_frame("test").query("run_key == @dense_key").set_index("name")["value"]
+    assert svd_row["Δacc[g=1]"] == pytest.approx(stored["accuracy[g=1]"] - dense_acc["accuracy[g=1]"])
+    assert svd_row["compression_ratio"] == pytest.approx(fp["compression_ratio"])
 
 
 def test_dense_reference_is_trained_once_and_reused(isolated):
