@@ -111,7 +111,16 @@ class Runner:
         for (task_key, _), specs in groups.items():
             task = tasks[task_key]
             self.store.put_task(task_key, task.name, task.summary())
-            dense, dense_info = dense_reference(specs[0], task, self.device)
+            try:
+                dense, dense_info = dense_reference(specs[0], task, self.device)
+            except Exception as exc:  # every run of this reference fails with it; the suite goes on
+                log.error("dense reference %s on %s failed: %s", specs[0].model.label, task.name, exc)
+                for spec in specs:
+                    self.store.start_run(spec.key, self._run_row(spec, suite, task))
+                    self.store.fail_run(spec.key, f"dense reference failed: {type(exc).__name__}: {exc}")
+                    report.failed.append(spec.key)
+                bar.update(len(specs))
+                continue
             dense_val = compute_dense_val(dense, task, self.device)
             dense_fp = footprint(dense)
             spec = specs[0]
@@ -136,30 +145,30 @@ class Runner:
         bar.close()
         return report
 
+    def _run_row(self, spec: RunSpec, suite: Suite, task: TaskData) -> dict:
+        return {
+            "suite": suite.name,
+            "task": spec.task.name,
+            "task_key": spec.task.key,
+            "model": spec.model.label,
+            "method": spec.method.name,
+            "label": spec.method.label,
+            "params": spec.method.params,
+            "seed": spec.seed,
+            "config": {
+                "task": {"name": spec.task.name, "options": spec.task.options},
+                "model": {"name": spec.model.name, "options": spec.model.options},
+                "train": spec.model.train,
+                "device": str(self.device),
+            },
+            "split_hash": task.split_hash,
+            "dense_hash": spec.dense_key,
+        }
+
     def run_one(self, spec: RunSpec, suite: Suite, task: TaskData, dense, dense_info, dense_val, dense_fp) -> bool:
         from fairsqueeze.methods import METHODS, MethodContext
 
-        self.store.start_run(
-            spec.key,
-            {
-                "suite": suite.name,
-                "task": spec.task.name,
-                "task_key": spec.task.key,
-                "model": spec.model.label,
-                "method": spec.method.name,
-                "label": spec.method.label,
-                "params": spec.method.params,
-                "seed": spec.seed,
-                "config": {
-                    "task": {"name": spec.task.name, "options": spec.task.options},
-                    "model": {"name": spec.model.name, "options": spec.model.options},
-                    "train": spec.model.train,
-                    "device": str(self.device),
-                },
-                "split_hash": task.split_hash,
-                "dense_hash": spec.dense_key,
-            },
-        )
+        self.store.start_run(spec.key, self._run_row(spec, suite, task))
         try:
             method_cls = METHODS.get(spec.method.name)
             method = method_cls(method_cls.Params(**spec.method.params))
@@ -178,18 +187,7 @@ class Runner:
             apply_seconds = time.perf_counter() - started
             model = outcome.model.to(self.device).eval()
 
-            preds = _predictions(model, task, self.device)
-            metrics = {
-                split: compute_metrics(p["y"], p["y_pred"], p["s"], num_classes=task.num_classes)
-                for split, p in preds.items()
-            }
-            fp = footprint(model, outcome.sparse_storage)
-            example = task.prepare(task.val.x[:LATENCY_BATCH], False).to(self.device)
-            fp_row = {k: v for k, v in fp.items() if not isinstance(v, dict)}
-            fp_row.update({f"bytes[{k}]": v for k, v in fp.get("bytes_by_dtype", {}).items()})
-            fp_row["compression_ratio"] = compression_ratio(dense_fp, fp)
-            fp_row["serialized_bytes"] = serialized_size(model)
-            fp_row["latency_s"] = measure_latency(model, example, repeats=LATENCY_REPEATS, warmup=1)
+            preds, metrics, fp_row = evaluate_outcome(model, outcome.sparse_storage, task, dense_fp, self.device)
             result = RunResult(
                 metrics=metrics,
                 footprint=fp_row,
@@ -206,6 +204,22 @@ class Runner:
             log.error("run %s (%s/%s/%s) failed: %s", spec.key, spec.task.name, spec.model.name, spec.method.label, exc)
             self.store.fail_run(spec.key, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
             return False
+
+
+def evaluate_outcome(model, sparse_storage, task: TaskData, dense_fp: dict, device):
+    """Predictions on val and test, the metrics computed from them, and the footprint."""
+    preds = _predictions(model, task, device)
+    metrics = {
+        split: compute_metrics(p["y"], p["y_pred"], p["s"], num_classes=task.num_classes) for split, p in preds.items()
+    }
+    fp = footprint(model, sparse_storage)
+    fp_row = {k: v for k, v in fp.items() if not isinstance(v, dict)}
+    fp_row.update({f"bytes[{k}]": v for k, v in fp.get("bytes_by_dtype", {}).items()})
+    fp_row["compression_ratio"] = compression_ratio(dense_fp, fp)
+    fp_row["serialized_bytes"] = serialized_size(model)
+    example = task.prepare(task.val.x[:LATENCY_BATCH], False).to(device)
+    fp_row["latency_s"] = measure_latency(model, example, repeats=LATENCY_REPEATS, warmup=1)
+    return preds, metrics, fp_row
 
 
 def compute_dense_val(dense, task: TaskData, device):

@@ -161,3 +161,18 @@ def test_device_choice():
     assert resolve_device("cpu").type == "cpu"
     with pytest.raises(Exception, match="expected auto, cpu or cuda"):
         resolve_device("tpu")
+
+
+def test_a_failing_dense_reference_fails_its_runs_only(isolated, monkeypatch):
+    import fairsqueeze.runner as runner_module
+
+    def broken(spec, task, device):
+        raise MemoryError("out of memory")
+
+    monkeypatch.setattr(runner_module, "dense_reference", broken)
+    runner = runner_for(isolated)
+    report = runner.run(tiny_suite(["dense", {"name": "truncated_svd", "params": {"layer": "fc2", "k": 2}}]))
+    assert len(report.failed) == 2 and report.done == 0
+    runs = runner.store.runs_frame()
+    assert set(runs["status"]) == {"failed"}
+    assert runs["error"].str.contains("dense reference failed: MemoryError").all()
