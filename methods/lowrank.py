@@ -138,13 +138,7 @@ class SLRActivation(SparseLowRank):
     """Sparse low-rank with absolute-activation neuron importance on training data."""
 
     @dataclass
-    class Params:
-        k: int = 64
-        sparsity_rate: float = 0.5
-        keep_rate: float = 0.5
-        min_keep: int = 0
-        layer: str = "fc2"
-        solver: str = "exact"
+    class Params(SLRWeight.Params):
         samples: int | None = 10000  # training rows scored (None: all), eval-time transforms
 
     def validate(self) -> None:
