@@ -15,19 +15,3 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("FAIRSQUEEZE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("FAIRSQUEEZE_QUIET", "1")
     return tmp_path
-
-
-def tiny_suite(methods, seeds=(0,), epochs=2, name="tiny"):
-    """A seconds-long suite on the file-less digits task with a small MLP."""
-    from fairsqueeze.suite import parse_suite
-
-    return parse_suite(
-        {
-            "name": name,
-            "seeds": list(seeds),
-            "train": {"epochs": epochs, "batch_size": 64, "lr": 0.05},
-            "tasks": [{"name": "digits", "options": {"target": "parity"}}],
-            "models": [{"name": "mlp", "options": {"hidden": [32, 16]}}],
-            "methods": methods,
-        }
-    )

@@ -8,7 +8,7 @@ import hashlib
 import pytest
 import torch
 
-from conftest import tiny_suite
+from tiny import tiny_suite
 from fairsqueeze.methods import METHODS
 from fairsqueeze.reference import checkpoint_path
 from fairsqueeze.registry_loader import load_plugins

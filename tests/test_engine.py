@@ -4,7 +4,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from conftest import tiny_suite
+from tiny import tiny_suite
 from fairsqueeze.cli import main
 from fairsqueeze.methods import METHODS, Method, Outcome
 from fairsqueeze.metrics import compute_metrics
