@@ -21,9 +21,6 @@ classifier 4608-4096-4096-114, torchvision's initialisation) and two balanced sc
 64 random images each. Speed depends on shapes, not values, so no pretrained weights or
 datasets are needed. The fixtures are module-scoped and lazy: a normal ``pytest`` run skips
 these tests at collection (``--benchmark-skip`` in the default addopts), so nothing is built.
-They live here, not in a ``tests/perf/conftest.py``: the tests directory has no
-``__init__.py``, and a second module named ``conftest`` on ``sys.path`` would shadow
-``tests/conftest.py`` for the ``from conftest import tiny_suite`` of the other tests.
 
 Threads: ``tests/conftest.py`` pins torch to one thread; the benchmarks keep that (steadier
 timings on a shared machine) and record the thread count in ``extra_info``.
