@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 SUITE  ?= default
 ARGS   ?=
 
-.PHONY: setup bench test test-all perf report leaderboard check clean
+.PHONY: setup bench test test-all perf check clean
 
 $(BIN)/fairsqueeze: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,7 @@ test-all: setup
 	$(BIN)/python -m pytest -q -m "slow or not slow" $(ARGS)
 
 perf: setup
-	$(BIN)/python -m pytest -q tests/perf --benchmark-only --benchmark-columns=min,mean,max,rounds -m "slow or not slow" $(ARGS)
+	$(BIN)/python -m pytest -q tests/perf -o addopts="" --benchmark-only --benchmark-columns=min,mean,max,rounds $(ARGS)
 
 check: setup
 	$(BIN)/python -m compileall -q bench methods datasets reports leaderboard
