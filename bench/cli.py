@@ -56,6 +56,8 @@ def cmd_run(args) -> int:
     report = runner.run(suite)
     if not args.quiet:
         print(f"suite {suite.name}: {report.done} run(s) done, {report.skipped} already done, {len(report.failed)} failed")
+        if report.missing_tasks:
+            print(f"skipped for missing data: {', '.join(report.missing_tasks)}")
         _print_tables(runner.store, suite.name, "test")
     if report.failed:
         print(f"fairsqueeze: {len(report.failed)} run(s) failed; errors are in the store (runs.error)", file=sys.stderr)

@@ -26,7 +26,7 @@ from .progress import progress_bar
 from .reference import dense_reference
 from .store import RunResult, Store
 from .suite import RunSpec, Suite
-from .tasks import TASKS, TaskData, build_task, missing_files
+from .tasks import TaskData, build_task
 
 log = logging.getLogger("fairsqueeze")
 
@@ -80,13 +80,7 @@ class Runner:
         """Build every task the pending runs need before anything is written."""
         tasks: dict[str, TaskData] = {}
         for entry in {r.task.key: r.task for r in runs}.values():
-            missing = missing_files(TASKS.get(entry.name), self.data_root)
             try:
-                if missing:
-                    raise DatasetMissing(
-                        f"task {entry.name!r}: dataset file not found: {missing[0]}; "
-                        "set --data-root or FAIRSQUEEZE_DATA to the folder that holds it"
-                    )
                 tasks[entry.key] = build_task(entry.name, self.data_root, **entry.options)
             except DatasetMissing as exc:
                 if not self.skip_missing_data:
@@ -170,8 +164,7 @@ class Runner:
 
         self.store.start_run(spec.key, self._run_row(spec, suite, task))
         try:
-            method_cls = METHODS.get(spec.method.name)
-            method = method_cls(method_cls.Params(**spec.method.params))
+            method = METHODS.get(spec.method.name).from_config(spec.method.params)
             torch.manual_seed(spec.seed)
             generator = torch.Generator().manual_seed(spec.seed)
             ctx = MethodContext(

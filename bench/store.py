@@ -149,10 +149,6 @@ class Store:
         meta.create_all(self.engine)
 
     # -- runs -------------------------------------------------------------------------
-    def status(self, key: str) -> str | None:
-        with self.engine.connect() as conn:
-            return conn.execute(select(runs.c.status).where(runs.c.key == key)).scalar()
-
     def start_run(self, key: str, row: dict[str, Any]) -> None:
         """Mark ``key`` as running, replacing any earlier failed or interrupted attempt."""
         values = {**row, "key": key, "status": "running", "error": None, "started_at": time.time()}

@@ -34,7 +34,7 @@ from .errors import ConfigError, FairsqueezeError
 from .hashing import config_hash
 from .training import TrainConfig
 
-TOP_KEYS = {"name", "description", "seeds", "train", "tasks", "models", "methods", "evaluation"}
+TOP_KEYS = {"name", "description", "seeds", "train", "tasks", "models", "methods"}
 TASK_KEYS = {"name", "options"}
 MODEL_KEYS = {"name", "options", "train", "tasks"}
 METHOD_KEYS = {"name", "params", "sweep", "label", "models", "tasks"}

@@ -139,10 +139,6 @@ def require_file(path: Path, hint: str = "") -> Path:
     return path
 
 
-def missing_files(spec: TaskSpec, root: Path) -> list[Path]:
-    return [root / f for f in spec.files if not (root / f).exists()]
-
-
 def check_options(func: Callable[..., Any], options: dict[str, Any], what: str) -> None:
     """Raise ConfigError naming the first option that ``func`` does not accept."""
     params = inspect.signature(func).parameters
@@ -157,7 +153,10 @@ def check_options(func: Callable[..., Any], options: dict[str, Any], what: str) 
 def build_task(name: str, root: Path | None = None, **options: Any) -> TaskData:
     spec = TASKS.get(name)
     check_options(spec.builder, options, f"task {name!r}")
-    return spec.builder(data_root(root), **options)
+    try:
+        return spec.builder(data_root(root), **options)
+    except DatasetMissing as exc:
+        raise DatasetMissing(f"task {name!r}: {exc}") from None
 
 
 def stratified_split(

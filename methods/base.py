@@ -61,16 +61,11 @@ class MethodContext:
     dense_val: Predictions
     generator: torch.Generator
 
-    def unprivileged_group(self, metric: str = "accuracy") -> int:
-        """The group on which the dense model does worse on validation (c = 0 in the papers)."""
+    def unprivileged_group(self) -> int:
+        """The group on which the dense model is less accurate on validation (c = 0 in the papers)."""
         p = self.dense_val
-        scores = {}
-        for g in np.unique(p.s[p.s >= 0]):
-            m = p.s == g
-            if metric != "accuracy":
-                raise ConfigError(f"unprivileged_group: unknown metric {metric!r}")
-            scores[int(g)] = float((p.y[m] == p.y_pred[m]).mean())
-        return min(scores, key=scores.get)
+        accuracy = {int(g): float((p.y[p.s == g] == p.y_pred[p.s == g]).mean()) for g in np.unique(p.s[p.s >= 0])}
+        return min(accuracy, key=accuracy.get)
 
     def scoring_sets(self, size: int | None = None) -> dict[int, Split]:
         """Balanced per-group samples of the training split (groups with s >= 0).
