@@ -1,7 +1,27 @@
-"""Supervised training loop shared by the dense reference and methods that fine-tune."""
+"""The one training loop of the suite: dense references and every method that trains.
+
+:class:`Trainer` runs epochs of minibatch steps over a split. Methods adapt it through
+hooks rather than writing loops of their own:
+
+- ``loss(model, batch)``: the training objective (default: cross-entropy of the logits);
+  a fairness penalty or an augmented Lagrangian goes here, ``batch.s`` holds the groups;
+- ``after_step(trainer)``: runs after every optimizer step (re-apply masks, overwrite
+  frozen quantized codes, dual updates);
+- ``on_epoch_end(trainer, epoch)``: once per epoch (grow a dual step size, evaluate on
+  validation and keep the best checkpoint);
+- ``parameters``: which tensors train (default: every parameter that requires grad);
+- ``sampler``: ``"shuffle"`` (every row once per epoch) or ``"balanced"`` (each batch holds
+  ``batch_size // groups`` rows of every group, drawn with the epoch's seed);
+- a subclass may override :meth:`Trainer.step` for a bi-level update (two batches per step).
+
+The trainer counts what it spent (optimizer steps, forward and backward passes over rows,
+wall time) in :attr:`Trainer.cost`, so a method can report its cost beside its fairness.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -42,6 +62,161 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+@dataclass
+class Batch:
+    """One minibatch on the device: inputs, labels, groups and the split row numbers."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    s: torch.Tensor
+    rows: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def cross_entropy(model: nn.Module, batch: Batch) -> torch.Tensor:
+    return nn.functional.cross_entropy(model(batch.x), batch.y)
+
+
+SAMPLERS = ("shuffle", "balanced")
+
+
+@dataclass
+class TrainCost:
+    """What training spent: optimizer steps, passes over rows (forward, backward), seconds."""
+
+    steps: int = 0
+    forward_rows: int = 0
+    backward_rows: int = 0
+    seconds: float = 0.0
+    epochs: int = 0
+    rows_per_epoch: int = field(default=0, repr=False)
+
+    def as_passes(self) -> dict[str, float]:
+        """Counts in passes over the training split (one unit = every row once)."""
+        n = max(self.rows_per_epoch, 1)
+        return {"train_forward": self.forward_rows / n, "train_backward": self.backward_rows / n,
+                "train_steps": float(self.steps), "train_seconds": self.seconds}
+
+
+class Trainer:
+    """Minibatch training of ``model`` on a task's split; see the module notes for the hooks."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: TaskData | TaskView,
+        cfg: TrainConfig,
+        device: torch.device,
+        seed: int,
+        *,
+        loss: Callable[[nn.Module, Batch], torch.Tensor] = cross_entropy,
+        parameters: Iterable[torch.Tensor] | None = None,
+        after_step: Callable[["Trainer"], None] | None = None,
+        on_epoch_end: Callable[["Trainer", int], None] | None = None,
+        sampler: str = "shuffle",
+        desc: str = "train",
+    ):
+        if sampler not in SAMPLERS:
+            raise ConfigError(f"unknown sampler {sampler!r} (known: {', '.join(SAMPLERS)})")
+        self.model = model.to(device)
+        self.task = task
+        self.cfg = cfg
+        self.device = device
+        self.seed = seed
+        self.loss_fn = loss
+        self.after_step = after_step
+        self.on_epoch_end = on_epoch_end
+        self.sampler = sampler
+        self.desc = desc
+        params = list(parameters) if parameters is not None else [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(params, cfg)
+        self.scheduler = (
+            torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.lr_step, cfg.lr_gamma) if cfg.lr_step else None
+        )
+        self.rng = np.random.default_rng(seed)
+        self.cost = TrainCost()
+        self.stop = False  # a hook may set it to end training after the current epoch
+
+    # -- data ------------------------------------------------------------------------------
+    def batch(self, split: Split, rows: np.ndarray, train: bool = True) -> Batch:
+        rows = np.sort(rows)  # sorted reads are memmap-friendly
+        return Batch(
+            x=self.task.prepare(split.x[rows], train).to(self.device),
+            y=torch.as_tensor(split.y[rows], device=self.device),
+            s=torch.as_tensor(split.s[rows], device=self.device),
+            rows=rows,
+        )
+
+    def epoch_rows(self, split: Split) -> Iterator[np.ndarray]:
+        """Row numbers of each batch of one epoch, as the sampler draws them."""
+        size = self.cfg.batch_size
+        if self.sampler == "shuffle":
+            order = self.rng.permutation(len(split))
+            for start in range(0, len(order), size):
+                yield order[start : start + size]
+            return
+        groups = [np.flatnonzero(split.s == g) for g in np.unique(split.s[split.s >= 0])]
+        if len(groups) < 2 or size < len(groups):
+            raise ConfigError(f"balanced batches need >= 2 groups and batch_size >= groups, got {len(groups)} groups")
+        per_group = size // len(groups)
+        shuffled = [self.rng.permutation(g) for g in groups]
+        # an epoch is as long as the largest group; smaller groups are cycled
+        steps = -(-max(len(g) for g in groups) // per_group)
+        for step in range(steps):
+            yield np.concatenate([np.take(g, np.arange(step * per_group, (step + 1) * per_group), mode="wrap")
+                                  for g in shuffled])
+
+    # -- one step --------------------------------------------------------------------------
+    def step(self, batch: Batch) -> float:
+        """One optimizer step on ``batch``; returns the loss. Override for other update rules."""
+        loss = self.loss_fn(self.model, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.count(len(batch), forward=1, backward=1)
+        return float(loss.detach())
+
+    def count(self, rows: int, forward: int = 1, backward: int = 1, steps: int = 1) -> None:
+        self.cost.forward_rows += forward * rows
+        self.cost.backward_rows += backward * rows
+        self.cost.steps += steps
+
+    # -- the loop --------------------------------------------------------------------------
+    def fit(self, split: Split | None = None) -> list[float]:
+        """Train for ``cfg.epochs`` epochs; returns the mean loss of each epoch."""
+        split = split if split is not None else self.task.train
+        if len(split) == 0:
+            raise ConfigError(f"{self.desc}: the training split has no rows")
+        self.cost.rows_per_epoch = len(split)
+        torch.manual_seed(self.seed)
+        history: list[float] = []
+        started = time.perf_counter()
+        bar = progress_bar(range(self.cfg.epochs), desc=self.desc, unit="epoch", leave=False)
+        for epoch in bar:
+            self.model.train()
+            total, count = 0.0, 0
+            for rows in self.epoch_rows(split):
+                batch = self.batch(split, rows)
+                total += self.step(batch) * len(batch)
+                count += len(batch)
+                if self.after_step:
+                    self.after_step(self)
+            if self.scheduler:
+                self.scheduler.step()
+            history.append(total / max(count, 1))
+            self.cost.epochs += 1
+            bar.set_postfix(loss=f"{history[-1]:.4f}")
+            if self.on_epoch_end:
+                self.on_epoch_end(self, epoch)
+            if self.stop:
+                break
+        self.cost.seconds += time.perf_counter() - started
+        self.model.eval()
+        return history
+
+
 def train_model(
     model: nn.Module,
     task: TaskData | TaskView,
@@ -50,40 +225,6 @@ def train_model(
     seed: int,
     split: Split | None = None,
     desc: str = "train",
-    loss_fn=None,
 ) -> list[float]:
-    """Train ``model`` in place on ``split`` (default: the task's train split).
-
-    Shuffling and initialisation-independent randomness come from ``seed`` so the same call
-    gives the same weights. Returns the mean training loss of each epoch.
-    """
-    split = split if split is not None else task.train
-    loss_fn = loss_fn or nn.CrossEntropyLoss()
-    model.to(device).train()
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
-    scheduler = (
-        torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_step, cfg.lr_gamma) if cfg.lr_step else None
-    )
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
-    history: list[float] = []
-    bar = progress_bar(range(cfg.epochs), desc=desc, unit="epoch", leave=False)
-    for _ in bar:
-        order = rng.permutation(len(split))
-        total, count = 0.0, 0
-        for start in range(0, len(order), cfg.batch_size):
-            rows = np.sort(order[start : start + cfg.batch_size])  # sorted reads are memmap-friendly
-            x = task.prepare(split.x[rows], True).to(device)
-            y = torch.as_tensor(split.y[rows], device=device)
-            loss = loss_fn(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(rows)
-            count += len(rows)
-        if scheduler:
-            scheduler.step()
-        history.append(total / max(count, 1))
-        bar.set_postfix(loss=f"{history[-1]:.4f}")
-    model.eval()
-    return history
+    """Plain supervised training of ``model`` in place (the dense reference); epoch losses."""
+    return Trainer(model, task, cfg, device, seed, desc=desc).fit(split)
