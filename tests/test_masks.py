@@ -107,7 +107,20 @@ def test_coupled_residual_outputs_and_bad_requests():
     with pytest.raises(ValueError, match="filters"):
         remove_filters(model, x, {"layer1.0.conv1": torch.ones(3, dtype=torch.bool)})
     with pytest.raises(ValueError, match="Conv2d"):
-        remove_filters(model, x, {"fc": keep})
+        remove_filters(model, x, {"layer1.0.bn1": keep})
     remove_filters(model, x, {"layer1.0.conv1": keep, "layer1.0.conv2": keep})
     assert model.layer1[0].conv1.out_channels == 61 and model.layer1[1].conv2.out_channels == 61
     assert model(x).shape == (1, 4)
+
+
+def test_removing_hidden_neurons_of_an_mlp():
+    net = mlp()
+    with torch.no_grad():
+        net[0].weight[1] = 0
+        net[0].bias[1] = -1.0  # a dead ReLU unit
+    x = torch.randn(6, 5)
+    expected = net(x)
+    keep = torch.tensor([True, False, True, True])
+    remove_filters(net, x, {"0": keep})
+    assert net[0].out_features == 3 and net[2].in_features == 3
+    torch.testing.assert_close(net(x), expected)

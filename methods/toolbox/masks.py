@@ -7,7 +7,8 @@ stays zero). Masks given twice for one weight combine (a weight once pruned stay
 :func:`finalize_masks` bakes the masks into plain zero entries and removes the
 reparametrization, so the model has ordinary parameters again (for storage and scoring).
 
-Structured removal (:func:`remove_filters`) deletes conv output channels through
+Structured removal (:func:`remove_filters`) deletes conv output channels (or linear output
+neurons) through
 Torch-Pruning's dependency graph, which also shrinks everything that consumes them (batch
 norm, the next conv's input channels, the first linear layer after a flatten).
 """
@@ -63,6 +64,8 @@ def finalize_masks(model: nn.Module) -> nn.Module:
 def remove_filters(model: nn.Module, example_input: Tensor, keep: Mapping[str, Tensor]) -> nn.Module:
     """Physically delete the output channels of convs where ``keep[conv_path]`` is False.
 
+    ``keep`` may also name ``nn.Linear`` layers: their output neurons are removed the same way.
+
     Works in place and returns ``model``. Channels coupled to other layers (batch norm, the
     next conv, a linear layer after flattening, residual sums) shrink with them. Two convs
     whose outputs are coupled (the two sides of a residual sum) must not both appear in
@@ -74,18 +77,20 @@ def remove_filters(model: nn.Module, example_input: Tensor, keep: Mapping[str, T
     convs = {}
     for path, flags in keep.items():
         conv = model.get_submodule(path)
-        if not isinstance(conv, nn.Conv2d):
-            raise ValueError(f"remove_filters: {path!r} is not an nn.Conv2d")
+        if not isinstance(conv, (nn.Conv2d, nn.Linear)):
+            raise ValueError(f"remove_filters: {path!r} is neither an nn.Conv2d nor an nn.Linear")
         flags = torch.as_tensor(flags, dtype=torch.bool).flatten()
-        if len(flags) != conv.out_channels:
-            raise ValueError(f"remove_filters: {path!r} has {conv.out_channels} filters, got {len(flags)} flags")
+        width = conv.out_channels if isinstance(conv, nn.Conv2d) else conv.out_features
+        if len(flags) != width:
+            raise ValueError(f"remove_filters: {path!r} has {width} filters, got {len(flags)} flags")
         if not flags.any():
             raise ValueError(f"remove_filters: {path!r} would lose every filter")
         convs[path] = (conv, flags)
     by_module = {conv: path for path, (conv, _) in convs.items()}
     groups = []
     for path, (conv, flags) in convs.items():
-        group = graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=torch.nonzero(~flags).flatten().tolist())
+        fn = tp.prune_conv_out_channels if isinstance(conv, nn.Conv2d) else tp.prune_linear_out_channels
+        group = graph.get_pruning_group(conv, fn, idxs=torch.nonzero(~flags).flatten().tolist())
         coupled = [
             by_module[dep.target.module] for dep, _ in group
             if dep.target.module is not conv and dep.target.module in by_module
