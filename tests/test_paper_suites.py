@@ -25,6 +25,7 @@ CHEAP = {
     "slr_w": {"solver": "randomized"},
     "slr_a": {"solver": "randomized", "samples": 16},
     "fairlrf": {"solver": "randomized", "scoring_size": 8, "batch_size": 8},
+    "fairprune": {"scoring_size": 8, "batch_size": 8},
 }
 
 
@@ -67,6 +68,7 @@ def test_fairlrf_table1_reduced(isolated):
         "SLR-w (0.5, 0.5)": 1.596,
         "SLR-a (0.5, 0.5)": 1.596,
         "FairLRF (0.8, 0.65, 5/9)": 1.596,
+        "FairPrune (55 %, 3/7)": 1.0,  # unstructured zeros are not counted as savings
     }
 
 
@@ -101,7 +103,13 @@ def test_fairlrf_table2_reduced_on_a_fixture(isolated):
         "SLR-w (0.5, 0.5)": round(dense / (svd - 2048 * 32 * 2), 3),
         "SLR-a (0.5, 0.5)": round(dense / (svd - 2048 * 32 * 2), 3),
         "FairLRF (0.4, 0.0, 5/9)": round(dense / (svd - 1638 * 64 * 2), 3),
+        "FairPrune (35 %, 1/3)": 1.0,
     }
+    sparsity = runner.store.footprint_frame().query("name == 'sparsity'").set_index("run_key")["value"]
+    label = runner.store.runs_frame().set_index("key")["label"]
+    pruned = {label[k]: v for k, v in sparsity.items()}["FairPrune (35 %, 1/3)"]
+    weights = dense - 2752 - 2 * 4096 - 3  # every conv and linear weight; biases stay
+    assert pruned == pytest.approx(0.35 * weights / dense, abs=1e-4)  # slack: biases that are still 0
 
 
 @needs("utkface")
