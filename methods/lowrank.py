@@ -39,7 +39,7 @@ from .base import Method, MethodContext, Outcome, register_method
 from .svd import target_layers
 from .toolbox.curvature import ESTIMATORS, features_before, per_group_curvature, sequential_tail
 from .toolbox.factorize import SOLVERS, FactorizedLinear, replace_module
-from .toolbox.scores import group_saliency, scoring_passes
+from .toolbox.scores import group_saliency, scoring_groups, scoring_passes
 
 
 @dataclass
@@ -227,21 +227,14 @@ class FairLRF(SparseLowRank):
 
     def row_scores(self, ctx, path, linear, factorized, keep):
         p = self.params
-        sets = ctx.scoring_sets(p.scoring_size)
-        if len(sets) != 2:
-            raise ConfigError(f"fairlrf needs exactly two groups in the training split, found {sorted(sets)}")
-        unprivileged = p.unprivileged_group if p.unprivileged_group is not None else ctx.unprivileged_group()
-        if unprivileged not in sets:
-            raise ConfigError(f"fairlrf: unprivileged_group {unprivileged} is not a group of this task ({sorted(sets)})")
-        privileged = next(g for g in sets if g != unprivileged)
+        sets, unprivileged = scoring_groups(ctx, p.scoring_size, p.unprivileged_group, "fairlrf")
 
         head, original = curvature_head(ctx.model, path, factorized)
         try:
-            check_head(ctx, path, head, sets[unprivileged])
+            check_head(ctx, path, head, sets[0])
             features = {}
-            for c, group in ((0, unprivileged), (1, privileged)):
+            for c, rows in sets.items():
                 # inputs are prepared chunk by chunk: only the (small) layer inputs are kept
-                rows = sets[group]
                 feats = [
                     features_before(ctx.model, path, ctx.task.prepare(rows.x[i : i + 512], False))
                     for i in range(0, len(rows), 512)
@@ -261,7 +254,7 @@ class FairLRF(SparseLowRank):
         inputs = scores["in"][tail, :].sum(0)
         outputs = scores["out"][:, tail].sum(1)
         cost = {**scoring_passes(curv), "features_forward": 1.0}
-        facts = {"unprivileged_group": unprivileged, "scoring_rows_per_group": len(sets[unprivileged])}
+        facts = {"unprivileged_group": unprivileged, "scoring_rows_per_group": len(sets[0])}
         return RowScores(inputs=inputs.cpu(), outputs=outputs.cpu()), cost, facts
 
 

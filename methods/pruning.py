@@ -36,7 +36,7 @@ from .base import Method, MethodContext, Outcome, register_method
 from .lowrank import parse_beta
 from .toolbox.curvature import ESTIMATORS, prunable_weights
 from .toolbox.pruning import SCOPES, PruningResult, filter_layers, prune_filters, prune_weights
-from .toolbox.scores import GroupSaliency, Magnitude
+from .toolbox.scores import GroupSaliency, Magnitude, scoring_groups
 
 
 class _ScoringData:
@@ -155,21 +155,15 @@ class FairPrune(Pruning):
 
     def score(self, ctx: MethodContext):
         p = self.params
-        sets = ctx.scoring_sets(p.scoring_size)
-        if len(sets) != 2:
-            raise ConfigError(f"{self.registered_name} needs exactly two groups in the training split, found {sorted(sets)}")
-        unprivileged = p.unprivileged_group if p.unprivileged_group is not None else ctx.unprivileged_group()
-        if unprivileged not in sets:
-            raise ConfigError(f"{self.registered_name}: unprivileged_group {unprivileged} is not a group ({sorted(sets)})")
-        privileged = next(g for g in sets if g != unprivileged)
-        data = {0: _ScoringData(ctx, sets[unprivileged], p.batch_size), 1: _ScoringData(ctx, sets[privileged], p.batch_size)}
+        sets, unprivileged = scoring_groups(ctx, p.scoring_size, p.unprivileged_group, self.registered_name)
+        data = {c: _ScoringData(ctx, rows, p.batch_size) for c, rows in sets.items()}
         generator = torch.Generator().manual_seed(ctx.seed)
         score = GroupSaliency(data, parse_beta(p.beta), p.estimator, generator=generator)
         facts = {
             "score": "group_saliency",
             "unprivileged_group": int(unprivileged),
             "beta": parse_beta(p.beta),
-            "scoring_rows_per_group": len(sets[unprivileged]),
+            "scoring_rows_per_group": len(sets[0]),
         }
         return score, facts
 

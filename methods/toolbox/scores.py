@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from .curvature import APPROXIMATIONS, Curvature, Data, network_curvature
 
-__all__ = ["GroupSaliency", "Magnitude", "Scores", "group_saliency"]
+__all__ = ["GroupSaliency", "Magnitude", "Scores", "group_saliency", "scoring_groups"]
 
 
 @dataclass
@@ -35,6 +35,23 @@ class Scores:
 def group_saliency(theta: Tensor, h_unprivileged: Tensor, h_privileged: Tensor, beta: float) -> Tensor:
     """``½θ²(h⁰ − β·h¹)``: the OBD saliency on group 0 minus β times that on group 1."""
     return 0.5 * theta.detach() ** 2 * (h_unprivileged - beta * h_privileged)
+
+
+def scoring_groups(ctx, size: int | None, unprivileged_group: int | None, who: str) -> tuple[dict, int]:
+    """The balanced scoring sets by role (0: unprivileged, 1: privileged) and the unprivileged group's id.
+
+    ``unprivileged_group`` ``None`` means the group the dense model does worse on (validation).
+    """
+    from fairsqueeze.errors import ConfigError
+
+    sets = ctx.scoring_sets(size)
+    if len(sets) != 2:
+        raise ConfigError(f"{who} needs exactly two groups in the training split, found {sorted(sets)}")
+    unprivileged = unprivileged_group if unprivileged_group is not None else ctx.unprivileged_group()
+    if unprivileged not in sets:
+        raise ConfigError(f"{who}: unprivileged_group {unprivileged} is not a group of this task ({sorted(sets)})")
+    privileged = next(g for g in sets if g != unprivileged)
+    return {0: sets[unprivileged], 1: sets[privileged]}, int(unprivileged)
 
 
 class Magnitude:
