@@ -48,6 +48,10 @@ def test_the_smallest_scores_are_removed_per_layer():
     # already removed units are skipped, not re-ranked
     dead = {"a": torch.tensor([False, True, False, False]), "b": torch.zeros(3, dtype=torch.bool)}
     assert select_smallest(scores, dead, {"a": 1, "b": 0})["a"].tolist() == [False, False, False, True]
+    # ties at the cut are broken by position
+    tied = {"a": torch.tensor([1.0, 0.0, 1.0, 1.0, 2.0])}
+    chosen = select_smallest(tied, {"a": torch.zeros(5, dtype=torch.bool)}, {"a": 3})
+    assert chosen["a"].tolist() == [True, True, True, False, False]
     with pytest.raises(ValueError, match="cannot remove"):
         select_smallest(scores, dead, {"a": 4, "b": 0})
 
