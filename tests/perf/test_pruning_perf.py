@@ -111,9 +111,9 @@ def test_structured_pruned_latency_vs_dense(benchmark, narrow_vgg, ratio):
     prune_filters(pruned, Magnitude(), filter_layers(pruned, x[:2]), ratio, x[:2])
     with torch.inference_mode():
         narrow_vgg(x)  # warm-up
-        dense_s = timed_rounds(lambda: narrow_vgg(x), 10)
+        dense_s = timed_rounds(lambda: narrow_vgg(x), 15)
         benchmark(pruned, x)
-        dense_s += timed_rounds(lambda: narrow_vgg(x), 10)
+        dense_s += timed_rounds(lambda: narrow_vgg(x), 15)
     params = {m: sum(p.numel() for p in m.parameters()) for m in (narrow_vgg, pruned)}
     pruned_s = benchmark.stats.stats.min
     benchmark.extra_info.update({
