@@ -282,3 +282,13 @@ def test_csr_bytes_match_torch_sparse_csr(shape):
     expected = csr.values().numel() * 4 + (csr.col_indices().numel() + csr.crow_indices().numel()) * 4
     assert csr_bytes(t) == expected
     assert int(np.count_nonzero(t.numpy())) == csr.values().numel()
+
+
+def test_search_space_tunes_ratio_and_beta_and_keeps_the_rest():
+    import optuna
+
+    trial = optuna.trial.FixedTrial({"ratio": 0.4, "beta": 0.2})
+    fair = METHODS.get("fairprune").from_config({"steps": 2, "estimator": "ggn_mc"}).space(trial)
+    assert (fair.ratio, fair.beta, fair.steps, fair.estimator) == (0.4, 0.2, 2, "ggn_mc")
+    plain = METHODS.get("magnitude_prune").from_config({"scope": "global"}).space(trial)
+    assert (plain.ratio, plain.scope) == (0.4, "global")
