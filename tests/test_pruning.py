@@ -13,7 +13,7 @@ from test_network_curvature import hessian_diag
 from fairsqueeze.errors import ConfigError
 from fairsqueeze.footprint import compression_ratio, csr_bytes, footprint
 from fairsqueeze.methods import METHODS
-from fairsqueeze.methods.toolbox.pruning import prune_filters, prune_weights, select_smallest
+from fairsqueeze.methods.toolbox.pruning import filter_layers, prune_filters, prune_weights, select_smallest
 from fairsqueeze.methods.toolbox.scores import GroupSaliency, Magnitude, Scores
 from fairsqueeze.models import create_model
 
@@ -292,3 +292,13 @@ def test_search_space_tunes_ratio_and_beta_and_keeps_the_rest():
     assert (fair.ratio, fair.beta, fair.steps, fair.estimator) == (0.4, 0.2, 2, "ggn_mc")
     plain = METHODS.get("magnitude_prune").from_config({"scope": "global"}).space(trial)
     assert (plain.ratio, plain.scope) == (0.4, "global")
+
+
+def test_filter_layers_leave_the_logits_and_residual_streams_alone():
+    model = create_model("resnet18", (3, 32, 32), 4).eval()
+    free = filter_layers(model, torch.randn(1, 3, 32, 32))
+    assert "layer1.0.conv1" in free and "layer4.1.conv1" in free
+    assert not {"conv1", "layer1.0.conv2", "layer2.0.downsample.0", "fc"} & set(free)
+    assert len(free) == 8  # the first conv of each of the 8 basic blocks
+    mlp_free = filter_layers(create_model("mlp", (6,), 3, hidden=[8, 8]), torch.randn(2, 6))
+    assert mlp_free == ["fc1", "fc2"]
