@@ -1,8 +1,8 @@
 """Bad input gets one clear line, a non-zero exit and nothing written; broken plugins are named
 and skipped."""
 import logging
-import shutil
 
+import pandas as pd
 import pytest
 
 from fairsqueeze.cli import main
@@ -74,3 +74,72 @@ def test_a_plugin_that_fails_to_import_is_named_and_the_builtins_still_work(tmp_
     (record,) = [r for r in caplog.records if "broken" in r.getMessage()]
     assert "'broken' (broken_plugin) failed to import" in record.getMessage()
     assert "needs a library that is not installed" in record.getMessage()
+
+
+def default_slice() -> dict:
+    """The default suite's fastest slice: digits with the MLP, every method entry, one seed."""
+    import yaml
+
+    from fairsqueeze.suite import resolve_suite_path
+
+    data = yaml.safe_load(resolve_suite_path("default").read_text())
+    data["seeds"] = [0]
+    data["tasks"] = [t for t in data["tasks"] if (t if isinstance(t, str) else t["name"]) == "digits"]
+    data["models"] = [m for m in data["models"] if (m if isinstance(m, str) else m["name"]) == "mlp"]
+    for method in data["methods"]:
+        if isinstance(method, dict):
+            method.pop("models", None)
+            method.pop("tasks", None)
+    return data
+
+
+def test_the_same_suite_twice_gives_identical_stored_metrics(tmp_path, monkeypatch):
+    from fairsqueeze.results import metric_table, suite_runs
+    from fairsqueeze.runner import Runner, resolve_device
+    from fairsqueeze.store import Store
+    from fairsqueeze.suite import parse_suite
+
+    monkeypatch.setenv("FAIRSQUEEZE_QUIET", "1")
+    tables = []
+    for name in ("a", "b"):  # separate caches: the dense models are trained twice as well
+        monkeypatch.setenv("FAIRSQUEEZE_CACHE", str(tmp_path / f"cache-{name}"))
+        store = Store(f"sqlite:///{tmp_path}/{name}.db")
+        report = Runner(store, tmp_path / "data", resolve_device("cpu")).run(parse_suite(default_slice()))
+        assert report.failed == []
+        members = suite_runs(store).set_index("run_key")
+        both = [metric_table(store, members.index, split).add_prefix(f"{split}.") for split in ("val", "test")]
+        tables.append(members[["label"]].join(both[0]).join(both[1]).set_index("label").sort_index())
+    assert len(tables[0]) >= 5
+    pd.testing.assert_frame_equal(tables[0], tables[1], check_exact=True)  # bit for bit
+
+
+def test_a_model_that_outputs_nan_fails_its_run_and_the_suite_goes_on(isolated, monkeypatch):
+    from dataclasses import dataclass
+
+    import torch
+
+    from tiny import tiny_suite
+    from fairsqueeze.methods import Method, Outcome
+    from fairsqueeze.runner import Runner, resolve_device
+    from fairsqueeze.store import Store
+
+    class Poison(Method):
+        """Puts a NaN into the first weight."""
+
+        @dataclass
+        class Params:
+            pass
+
+        def apply(self, ctx):
+            with torch.no_grad():
+                next(ctx.model.parameters())[0, 0] = float("nan")
+            return Outcome(model=ctx.model)
+
+    monkeypatch.setitem(METHODS._items, "poison", Poison)
+    Poison.registered_name = "poison"
+    runner = Runner(Store(f"sqlite:///{isolated}/n.db"), isolated / "data", resolve_device("cpu"))
+    report = runner.run(tiny_suite(["poison", "dense"]))
+    assert report.done == 1 and len(report.failed) == 1
+    runs = runner.store.runs_frame().set_index("method")
+    assert "NonFiniteOutput: the model produced NaN or infinite outputs" in runs.loc["poison", "error"]
+    assert "Traceback" in runs.loc["poison", "error"] and runs.loc["dense", "status"] == "done"
