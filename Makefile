@@ -28,8 +28,10 @@ test: setup
 test-all: setup
 	$(BIN)/python -m pytest -q -m "slow or not slow" $(ARGS)
 
+# Benchmarks, side by side with their references; the figures (extra_info) land in results/perf.json.
 perf: setup
-	$(BIN)/python -m pytest -q tests/perf -o addopts="" --benchmark-only --benchmark-columns=min,mean,max,rounds $(ARGS)
+	mkdir -p results
+	$(BIN)/python -m pytest -q tests/perf -o addopts="" --benchmark-only --benchmark-columns=min,mean,max,rounds --benchmark-json=results/perf.json $(ARGS)
 
 check: setup
 	$(BIN)/python -m compileall -q bench methods datasets reports leaderboard
