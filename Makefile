@@ -33,8 +33,10 @@ perf: setup
 	mkdir -p results
 	$(BIN)/python -m pytest -q tests/perf -o addopts="" --benchmark-only --benchmark-columns=min,mean,max,rounds --benchmark-json=results/perf.json $(ARGS)
 
+# Byte-compiles every package and runs the long crash test (kills at random points).
 check: setup
 	$(BIN)/python -m compileall -q bench methods datasets reports leaderboard
+	$(BIN)/python -m pytest -q -m slow tests/test_crash.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -233,7 +233,8 @@ class FairLRF(SparseLowRank):
     def validate(self) -> None:
         super().validate()
         p = self.params
-        parse_beta(p.beta)
+        if not parse_beta(p.beta) >= 0:  # β weighs the privileged group's curvature; a negative β rewards hurting it
+            raise ConfigError(f"fairlrf: beta must be >= 0, got {p.beta!r}")
         if p.row_score not in ("full", "tail"):
             raise ConfigError(f"fairlrf: row_score must be 'full' or 'tail', got {p.row_score!r}")
         if p.scoring_size is not None and p.scoring_size < 1:

@@ -143,3 +143,20 @@ def test_a_model_that_outputs_nan_fails_its_run_and_the_suite_goes_on(isolated, 
     runs = runner.store.runs_frame().set_index("method")
     assert "NonFiniteOutput: the model produced NaN or infinite outputs" in runs.loc["poison", "error"]
     assert "Traceback" in runs.loc["poison", "error"] and runs.loc["dense", "status"] == "done"
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("{name: fairlrf, params: {sparsity_rate: 1.5}}", "sparsity_rate and keep_rate must lie in"),
+    ("{name: fairlrf, params: {beta: -0.5}}", "beta must be >= 0"),
+    ("{name: fairlrf, params: {beta: 'five ninths'}}", "expected a number or a fraction"),
+    ("{name: slr_w, params: {k: 0}}", "k must be >= 1"),
+    ("{name: truncated_svd, params: {layer: fc9}}", "no layer 'fc9'"),
+    ("{name: truncated_svd, params: {k: 40}}", "k=40 exceeds the rank of fc2"),
+])
+def test_parameters_out_of_range_are_one_line_before_anything_runs(isolated, capsys, entry, message):
+    path = isolated / "s.yaml"
+    path.write_text(f"seeds: [0]\ntasks: [digits]\nmodels: [{{name: mlp, options: {{hidden: [32, 16]}}}}]\n"
+                    f"methods: [{entry}]\n")
+    code, err = run_cli(capsys, str(path), "--db", f"sqlite:///{isolated}/x.db")
+    assert code == 2 and err.count("\n") == 0 and message in err, err
+    assert not (isolated / "x.db").exists()
