@@ -17,7 +17,12 @@ from fairsqueeze.store import Store
 
 load_plugins()
 
-TINY_PARAMS: dict[str, dict] = {}
+TINY_PARAMS: dict[str, dict] = {
+    "lora_erm": {"epochs": 1, "auditor_epochs": 1, "rank": 2},
+    "lora_unlearn": {"epochs": 1, "auditor_epochs": 1, "rank": 2},
+    "lora_orthogonal": {"epochs": 1, "auditor_epochs": 1, "rank": 2},
+    "lora_adversarial": {"epochs": 1, "rounds": 1, "auditor_epochs": 1, "rank": 2},
+}
 
 
 def run_method(tmp, name, db):
