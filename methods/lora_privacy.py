@@ -145,6 +145,7 @@ class Developer:
         self.trainer: Trainer | None = None
         self.sensitive: AdapterMessage | None = None
         self.orth_weight = 0.0
+        self.factors: dict[str, nn.Parameter] = {}
 
     def unlearn(self, message: AdapterMessage, strength: float) -> None:
         """Subtract ``strength`` times the auditor's adapter from the backbone (before training)."""

@@ -12,7 +12,7 @@ from fairsqueeze.methods import METHODS, MethodContext
 from fairsqueeze.methods.lora_privacy import (
     AdapterMessage, Channel, WithheldColumn, choose_backbone, split_roles,
 )
-from fairsqueeze.methods.toolbox.lora import LoraSpec, attach, export_adapter, negate_into, subspace_overlap
+from fairsqueeze.methods.toolbox.lora import LoraSpec, attach, export_adapter, import_adapter, negate_into
 from fairsqueeze.models import cached_weights_path, create_model
 from fairsqueeze.tasks import Split, TaskData
 from fairsqueeze.vision import torchvision
@@ -79,9 +79,11 @@ def test_only_adapter_factors_cross_between_the_sides():
         channel = Channel()
         m.exchange(developer, auditor, channel)
         assert channel.log
+        factor_shapes = {k: p.shape for k, p in developer.factors.items()}
         for data in channel.log:
             message = AdapterMessage.from_bytes(data)
-            assert message.weights and all(k.endswith(("lora_A.weight", "lora_B.weight")) for k in message.weights)
+            # exactly the adapter's factors, each of the developer's adapter shape
+            assert {k: v.shape for k, v in message.weights.items()} == factor_shapes
             assert all(".fc3." not in k for k in message.weights)  # never the head
             assert not {tuple(v.shape) for v in message.weights.values()} & head_shapes
     # a message cannot carry anything else, and nothing else is delivered
@@ -104,6 +106,10 @@ def test_message_round_trips_through_bytes():
     assert got.role == "task" and got.spec == spec
     assert set(got.weights) == set(sent.weights)
     assert all(torch.equal(got.weights[k], sent.weights[k]) for k in sent.weights)
+    import_adapter(model, "task", got)  # fits its own model
+    other = attach(mlp(task), LoraSpec(rank=3, alpha=4.0, dropout=0.0, target_modules="fc1,fc2"), "task")
+    with pytest.raises(ValueError):
+        import_adapter(other, "task", got)  # another rank does not
 
 
 # --------------------------------------------------------------------------- the mechanisms

@@ -169,8 +169,8 @@ def export_adapter(peft_model: nn.Module, name: str, spec: LoraSpec, role: str) 
 def import_adapter(peft_model: nn.Module, name: str, message: AdapterMessage) -> None:
     """Overwrite adapter ``name``'s factors with the message's, in place (optimizer state stays)."""
     params = adapter_parameters(peft_model, name)
-    if set(params) != set(message.weights):
-        raise ValueError("the message's adapter does not fit this model (different targets or backbone)")
+    if set(params) != set(message.weights) or any(p.shape != message.weights[k].shape for k, p in params.items()):
+        raise ValueError("the message's adapter does not fit this model (different targets, rank or backbone)")
     for key, p in params.items():
         p.copy_(message.weights[key])
 
