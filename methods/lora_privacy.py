@@ -187,6 +187,10 @@ class Developer:
         return unwrap(self.model)
 
 
+def _as_float(x: torch.Tensor, train: bool) -> torch.Tensor:
+    return torch.as_tensor(x).float()
+
+
 def _features(backbone: nn.Module) -> nn.Module:
     """The backbone up to its classifier: the head becomes the identity."""
     features = copy.deepcopy(backbone)
@@ -212,12 +216,6 @@ class Auditor:
         self.adversary_accuracy: list[float] = []
         self.eval_rows = 0
 
-    def _trainer(self, model: nn.Module, loss, params, desc: str, epochs: int | None = None) -> Trainer:
-        cfg = self.cfg if epochs is None else dataclasses.replace(self.cfg, epochs=epochs)
-        trainer = Trainer(model, self.data, cfg, self.device, self.seed, loss=loss, parameters=params, desc=desc)
-        self.trainers.append(trainer)
-        return trainer
-
     def sensitive_adapter(self) -> AdapterMessage:
         """Train an adapter (with a private head) to predict s; send the adapter alone."""
         torch.manual_seed(self.seed)
@@ -225,36 +223,46 @@ class Auditor:
         head = nn.Linear(self.width, self.groups)
         net = nn.Sequential(adapted, head)
         params = [*adapter_parameters(adapted, "sensitive").values(), *head.parameters()]
-        self._trainer(net, lambda m, b: nn.functional.cross_entropy(m(b.x), b.s), params, "auditor").fit()
+        trainer = Trainer(net, self.data, self.cfg, self.device, self.seed, parameters=params, desc="auditor",
+                          loss=lambda m, b: nn.functional.cross_entropy(m(b.x), b.s))
+        self.trainers.append(trainer)
+        trainer.fit()
         return export_adapter(adapted, "sensitive", self.spec, role="sensitive")
 
-    def start_adversary(self, weight: float, objective: str, adversary_epochs: int) -> None:
+    def start_adversary(self, weight: float, objective: str, epochs: int, lr: float) -> None:
         torch.manual_seed(self.seed)
         self.shared = attach(copy.deepcopy(self.features), self.spec, "task")
         self.adversary = nn.Linear(self.width, self.groups).to(self.device)
         self.weight, self.objective = float(weight), objective
 
-        def fit_loss(model, batch):
-            with torch.no_grad():
-                z = self.shared(batch.x)
-            return nn.functional.cross_entropy(self.adversary(z), batch.s)
-
         def fool_loss(model, batch):
             logits = self.adversary(self.shared(batch.x))
             if self.objective == "uniform":  # cross-entropy to the uniform distribution over groups
-                return -self.weight * logits.log_softmax(1).mean()
-            return -self.weight * nn.functional.cross_entropy(logits, batch.s)  # gradient reversal
+                return -logits.log_softmax(1).mean()
+            return -nn.functional.cross_entropy(logits, batch.s)  # gradient reversal
 
-        self.fit_adversary = self._trainer(self.shared, fit_loss, self.adversary.parameters(), "adversary",
-                                           epochs=adversary_epochs)
-        self.fool_adversary = self._trainer(self.shared, fool_loss, adapter_parameters(self.shared, "task").values(),
-                                            "auditor", epochs=1)
+        # the adversary is a linear probe: it trains on features computed once per round
+        probe_cfg = dataclasses.replace(self.cfg, epochs=epochs, lr=lr)
+        self.fit_adversary = Trainer(self.adversary, SideView(self.data.train, _as_float), probe_cfg, self.device,
+                                     self.seed, loss=lambda m, b: nn.functional.cross_entropy(m(b.x), b.s),
+                                     desc="adversary")
+        if self.weight:
+            # the update has no other loss term, and Adam ignores a loss's scale: the weight
+            # scales the step size instead
+            fool_cfg = dataclasses.replace(self.cfg, epochs=1, lr=self.cfg.lr * self.weight)
+            self.fool_adversary = Trainer(self.shared, self.data, fool_cfg, self.device, self.seed, loss=fool_loss,
+                                          parameters=adapter_parameters(self.shared, "task").values(), desc="auditor")
+            self.trainers.append(self.fool_adversary)
 
     def adversarial_update(self, message: AdapterMessage) -> AdapterMessage:
         """Fit the adversary on the received adapter's features, then move the adapter against it."""
         import_adapter(self.shared, "task", message)
-        self.fit_adversary.fit()
-        self.adversary_accuracy.append(self._adversary_accuracy())
+        rows = self.data.train
+        features = AuditorRows(self._features(), rows.s, rows.index)
+        self.fit_adversary.fit(features)
+        with torch.no_grad():
+            predicted = self.adversary(features.x.to(self.device)).argmax(1).cpu().numpy()
+        self.adversary_accuracy.append(float((predicted == rows.s).mean()))
         self.adversary.requires_grad_(False)
         if self.weight:
             self.fool_adversary.fit()
@@ -262,23 +270,23 @@ class Auditor:
         return export_adapter(self.shared, "task", self.spec, role="task")
 
     @torch.no_grad()
-    def _adversary_accuracy(self, batch_size: int = 256) -> float:
+    def _features(self, batch_size: int = 256) -> torch.Tensor:
+        """The adapted representation of every auditor row (eval mode, one pass)."""
         self.shared.eval()
-        rows, correct = self.data.train, 0
-        for start in range(0, len(rows), batch_size):
-            x = self.data.prepare(rows.x[start : start + batch_size], False).to(self.device)
-            s = torch.as_tensor(rows.s[start : start + batch_size], device=self.device)
-            correct += int((self.adversary(self.shared(x)).argmax(1) == s).sum())
+        rows = self.data.train
+        out = [self.shared(self.data.prepare(rows.x[i : i + batch_size], False).to(self.device)).cpu()
+               for i in range(0, len(rows), batch_size)]
         self.eval_rows += len(rows)
-        return correct / len(rows)
+        return torch.cat(out)
 
     def passes(self) -> dict[str, float]:
         total: dict[str, float] = {}
         for trainer in self.trainers:
             for key, value in trainer.cost.as_passes().items():
                 total[key] = total.get(key, 0.0) + value
-        if self.eval_rows:
-            total["eval_forward"] = self.eval_rows / len(self.data.train)
+        if self.eval_rows:  # adversarial rounds: feature passes, then probe steps on cached features
+            total["features_forward"] = self.eval_rows / len(self.data.train)
+            total["adversary_steps"] = float(self.fit_adversary.cost.steps)
         return total
 
 
@@ -468,8 +476,8 @@ class AdversarialLoRA(PrivacySplitLoRA):
     """Adv: ``rounds`` x (developer epochs, then the auditor's update against its private adversary).
 
     Each round the developer trains ``epochs / rounds`` epochs and sends the task adapter;
-    the auditor fits its adversary head on the adapted features (adapter frozen) for
-    ``adversary_epochs``, then trains the adapter for one epoch on ``adv_weight`` x the
+    the auditor computes the adapted features of its rows once, fits its adversary (a linear
+    head on the classifier's input) on them for ``adversary_epochs``, then trains the adapter for one epoch on ``adv_weight`` x the
     objective (``uniform``: cross-entropy of the adversary's output to the uniform
     distribution; ``reversal``: minus the adversary's cross-entropy, i.e. gradient reversal)
     and sends the adapter back. The model is the developer's after the last round.
@@ -478,8 +486,9 @@ class AdversarialLoRA(PrivacySplitLoRA):
     @dataclass
     class Params(PrivacySplitLoRA.Params):
         rounds: int = 5               # R; epochs must be a multiple of it
-        adv_weight: float = 1.0       # lambda_adv; the notes suggest 0.1 or 1
-        adversary_epochs: int = 1     # the adversary's fitting epochs per round
+        adv_weight: float = 1.0       # lambda_adv, as a factor on the auditor's update step; the notes suggest 0.1 or 1
+        adversary_epochs: int = 20    # epochs of the adversary (a linear probe on cached features) per round
+        adversary_lr: float = 1e-2    # the adversary's learning rate (AdamW)
         objective: str = "uniform"    # "uniform" or "reversal"
 
     def validate(self) -> None:
@@ -487,8 +496,8 @@ class AdversarialLoRA(PrivacySplitLoRA):
         p = self.params
         if p.rounds < 1 or p.epochs % p.rounds:
             raise ConfigError("lora_adversarial: rounds must be >= 1 and divide epochs")
-        if p.adv_weight < 0 or p.adversary_epochs < 1:
-            raise ConfigError("lora_adversarial: adv_weight >= 0 and adversary_epochs >= 1 are required")
+        if p.adv_weight < 0 or p.adversary_epochs < 1 or p.adversary_lr <= 0:
+            raise ConfigError("lora_adversarial: adv_weight >= 0, adversary_epochs >= 1 and adversary_lr > 0 are required")
         if p.objective not in ("uniform", "reversal"):
             raise ConfigError("lora_adversarial: objective must be 'uniform' or 'reversal'")
 
@@ -500,7 +509,7 @@ class AdversarialLoRA(PrivacySplitLoRA):
 
     def exchange(self, developer, auditor, channel):
         p = self.params
-        auditor.start_adversary(p.adv_weight, p.objective, p.adversary_epochs)
+        auditor.start_adversary(p.adv_weight, p.objective, p.adversary_epochs, p.adversary_lr)
         for _ in range(p.rounds):
             update = auditor.adversarial_update(channel.deliver(developer.train()))
             developer.receive(channel.deliver(update))

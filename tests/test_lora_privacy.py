@@ -165,16 +165,15 @@ def test_adversary_accuracy_falls_over_the_rounds_only_when_the_adversary_pushes
     task = planted_task()
 
     def accuracies(weight):
-        m = method("lora_adversarial", adv_weight=weight, rounds=4, epochs=4, adversary_epochs=5, rank=4, lr=3e-2)
+        m = method("lora_adversarial", adv_weight=weight, rounds=5, epochs=5, rank=4, lr=3e-2)
         developer, auditor, _ = m.sides(context(task, mlp(task)))
         return m.exchange(developer, auditor, Channel())["adversary_accuracy"]
 
-    pushed, off = accuracies(1.0), accuracies(0.0)
+    pushed, off = accuracies(3.0), accuracies(0.0)
     assert pushed[0] == off[0] > 0.9  # s is plain in the features at first
-    # alternating games oscillate: compare the rounds after the first on average (chance is 0.5)
-    later_pushed, later_off = np.mean(pushed[1:]), np.mean(off[1:])
-    assert later_pushed < pushed[0] - 0.2
-    assert later_pushed < later_off - 0.1 and later_off > 0.85
+    assert pushed[-1] < pushed[0] - 0.3  # chance is 0.5
+    # alternating games oscillate: compare the rounds after the first on average
+    assert np.mean(pushed[1:]) < np.mean(off[1:]) - 0.1 and off[-1] > 0.75
 
 
 # --------------------------------------------------------------------------- footprint, backbone, params
