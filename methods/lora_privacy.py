@@ -187,8 +187,27 @@ class Developer:
         return unwrap(self.model)
 
 
-def _as_float(x: torch.Tensor, train: bool) -> torch.Tensor:
-    return torch.as_tensor(x).float()
+def fit_probe(features: np.ndarray, s: np.ndarray, groups: int, c: float) -> tuple[nn.Linear, float]:
+    """The adversary: multinomial logistic regression of s on the features (scikit-learn,
+    L2 penalty with inverse strength ``c``), as a linear layer with one logit per group, and
+    its accuracy on those rows.
+
+    A binary fit has one logit difference; it becomes logits (0, w.x + b), which give the
+    same softmax. A group absent from the rows gets a logit of -30 (probability ~0).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    fit = LogisticRegression(C=c, max_iter=1000).fit(features, s)
+    weight, bias = fit.coef_, fit.intercept_
+    if len(fit.classes_) == 2:
+        weight, bias = np.vstack([np.zeros_like(weight), weight]), np.concatenate([[0.0], bias])
+    layer = nn.Linear(features.shape[1], groups)
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.bias.fill_(-30.0)
+        layer.weight[fit.classes_] = torch.as_tensor(weight, dtype=layer.weight.dtype)
+        layer.bias[fit.classes_] = torch.as_tensor(bias, dtype=layer.bias.dtype)
+    return layer, float(fit.score(features, s))
 
 
 def _features(backbone: nn.Module) -> nn.Module:
@@ -229,11 +248,10 @@ class Auditor:
         trainer.fit()
         return export_adapter(adapted, "sensitive", self.spec, role="sensitive")
 
-    def start_adversary(self, weight: float, objective: str, epochs: int, lr: float) -> None:
+    def start_adversary(self, weight: float, objective: str, c: float) -> None:
         torch.manual_seed(self.seed)
         self.shared = attach(copy.deepcopy(self.features), self.spec, "task")
-        self.adversary = nn.Linear(self.width, self.groups).to(self.device)
-        self.weight, self.objective = float(weight), objective
+        self.weight, self.objective, self.c = float(weight), objective, float(c)
 
         def fool_loss(model, batch):
             logits = self.adversary(self.shared(batch.x))
@@ -241,11 +259,6 @@ class Auditor:
                 return -logits.log_softmax(1).mean()
             return -nn.functional.cross_entropy(logits, batch.s)  # gradient reversal
 
-        # the adversary is a linear probe: it trains on features computed once per round
-        probe_cfg = dataclasses.replace(self.cfg, epochs=epochs, lr=lr)
-        self.fit_adversary = Trainer(self.adversary, SideView(self.data.train, _as_float), probe_cfg, self.device,
-                                     self.seed, loss=lambda m, b: nn.functional.cross_entropy(m(b.x), b.s),
-                                     desc="adversary")
         if self.weight:
             # the update has no other loss term, and Adam ignores a loss's scale: the weight
             # scales the step size instead
@@ -257,16 +270,12 @@ class Auditor:
     def adversarial_update(self, message: AdapterMessage) -> AdapterMessage:
         """Fit the adversary on the received adapter's features, then move the adapter against it."""
         import_adapter(self.shared, "task", message)
-        rows = self.data.train
-        features = AuditorRows(self._features(), rows.s, rows.index)
-        self.fit_adversary.fit(features)
-        with torch.no_grad():
-            predicted = self.adversary(features.x.to(self.device)).argmax(1).cpu().numpy()
-        self.adversary_accuracy.append(float((predicted == rows.s).mean()))
-        self.adversary.requires_grad_(False)
+        features = self._features().numpy()
+        self.adversary, accuracy = fit_probe(features, self.data.train.s, self.groups, self.c)
+        self.adversary.to(self.device).requires_grad_(False)
+        self.adversary_accuracy.append(accuracy)
         if self.weight:
             self.fool_adversary.fit()
-        self.adversary.requires_grad_(True)
         return export_adapter(self.shared, "task", self.spec, role="task")
 
     @torch.no_grad()
@@ -284,9 +293,8 @@ class Auditor:
         for trainer in self.trainers:
             for key, value in trainer.cost.as_passes().items():
                 total[key] = total.get(key, 0.0) + value
-        if self.eval_rows:  # adversarial rounds: feature passes, then probe steps on cached features
+        if self.eval_rows:  # adversarial rounds: one pass for the features the adversary fits on
             total["features_forward"] = self.eval_rows / len(self.data.train)
-            total["adversary_steps"] = float(self.fit_adversary.cost.steps)
         return total
 
 
@@ -476,8 +484,8 @@ class AdversarialLoRA(PrivacySplitLoRA):
     """Adv: ``rounds`` x (developer epochs, then the auditor's update against its private adversary).
 
     Each round the developer trains ``epochs / rounds`` epochs and sends the task adapter;
-    the auditor computes the adapted features of its rows once, fits its adversary (a linear
-    head on the classifier's input) on them for ``adversary_epochs``, then trains the adapter for one epoch on ``adv_weight`` x the
+    the auditor computes the adapted features of its rows (the classifier's input) once, fits
+    its adversary on them (a logistic regression, see :func:`fit_probe`), then trains the adapter for one epoch on ``adv_weight`` x the
     objective (``uniform``: cross-entropy of the adversary's output to the uniform
     distribution; ``reversal``: minus the adversary's cross-entropy, i.e. gradient reversal)
     and sends the adapter back. The model is the developer's after the last round.
@@ -487,8 +495,7 @@ class AdversarialLoRA(PrivacySplitLoRA):
     class Params(PrivacySplitLoRA.Params):
         rounds: int = 5               # R; epochs must be a multiple of it
         adv_weight: float = 1.0       # lambda_adv, as a factor on the auditor's update step; the notes suggest 0.1 or 1
-        adversary_epochs: int = 20    # epochs of the adversary (a linear probe on cached features) per round
-        adversary_lr: float = 1e-2    # the adversary's learning rate (AdamW)
+        adversary_c: float = 1.0      # inverse L2 strength of the adversary (a logistic regression), scikit-learn's default
         objective: str = "uniform"    # "uniform" or "reversal"
 
     def validate(self) -> None:
@@ -496,8 +503,8 @@ class AdversarialLoRA(PrivacySplitLoRA):
         p = self.params
         if p.rounds < 1 or p.epochs % p.rounds:
             raise ConfigError("lora_adversarial: rounds must be >= 1 and divide epochs")
-        if p.adv_weight < 0 or p.adversary_epochs < 1 or p.adversary_lr <= 0:
-            raise ConfigError("lora_adversarial: adv_weight >= 0, adversary_epochs >= 1 and adversary_lr > 0 are required")
+        if p.adv_weight < 0 or p.adversary_c <= 0:
+            raise ConfigError("lora_adversarial: adv_weight >= 0 and adversary_c > 0 are required")
         if p.objective not in ("uniform", "reversal"):
             raise ConfigError("lora_adversarial: objective must be 'uniform' or 'reversal'")
 
@@ -509,7 +516,7 @@ class AdversarialLoRA(PrivacySplitLoRA):
 
     def exchange(self, developer, auditor, channel):
         p = self.params
-        auditor.start_adversary(p.adv_weight, p.objective, p.adversary_epochs, p.adversary_lr)
+        auditor.start_adversary(p.adv_weight, p.objective, p.adversary_c)
         for _ in range(p.rounds):
             update = auditor.adversarial_update(channel.deliver(developer.train()))
             developer.receive(channel.deliver(update))

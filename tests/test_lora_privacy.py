@@ -10,7 +10,7 @@ from torch import nn
 from fairsqueeze.errors import ConfigError
 from fairsqueeze.methods import METHODS, MethodContext
 from fairsqueeze.methods.lora_privacy import (
-    AdapterMessage, Channel, WithheldColumn, choose_backbone, split_roles,
+    AdapterMessage, Channel, WithheldColumn, choose_backbone, fit_probe, split_roles,
 )
 from fairsqueeze.methods.toolbox.lora import LoraSpec, attach, export_adapter, import_adapter, negate_into
 from fairsqueeze.models import cached_weights_path, create_model
@@ -159,6 +159,21 @@ def test_orthogonality_loss_drives_the_overlap_toward_zero():
     erm, orth = overlap(0.0), overlap(10.0)
     assert erm > 0.02  # two independent rank-4 subspaces of a 16/8-dim input overlap
     assert orth < 0.1 * erm
+
+
+@pytest.mark.parametrize("groups", [2, 3])
+def test_the_adversary_layer_predicts_as_the_logistic_regression_it_comes_from(groups):
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    s = rng.integers(0, groups, 300)
+    features = (rng.normal(size=(300, 5)) + 0.8 * s[:, None]).astype(np.float32)
+    layer, accuracy = fit_probe(features, s, groups + 1, c=1.0)  # the last group is absent
+    oracle = LogisticRegression(C=1.0, max_iter=1000).fit(features, s)
+    with torch.no_grad():
+        probs = layer(torch.as_tensor(features)).softmax(1).numpy()
+    np.testing.assert_allclose(probs[:, :groups], oracle.predict_proba(features), atol=1e-5)
+    assert probs[:, groups].max() < 1e-10 and accuracy == oracle.score(features, s) > 1 / groups
 
 
 def test_adversary_accuracy_falls_over_the_rounds_only_when_the_adversary_pushes():
