@@ -483,12 +483,15 @@ class OrthogonalLoRA(PrivacySplitLoRA):
 class AdversarialLoRA(PrivacySplitLoRA):
     """Adv: ``rounds`` x (developer epochs, then the auditor's update against its private adversary).
 
-    Each round the developer trains ``epochs / rounds`` epochs and sends the task adapter;
-    the auditor computes the adapted features of its rows (the classifier's input) once, fits
-    its adversary on them (a logistic regression, see :func:`fit_probe`), then trains the adapter for one epoch on ``adv_weight`` x the
-    objective (``uniform``: cross-entropy of the adversary's output to the uniform
-    distribution; ``reversal``: minus the adversary's cross-entropy, i.e. gradient reversal)
-    and sends the adapter back. The model is the developer's after the last round.
+    Each round the developer trains ``epochs / rounds`` epochs and sends the task adapter.
+    The auditor computes the adapted features of its rows (the classifier's input) once,
+    fits its adversary on them (a logistic regression, see :func:`fit_probe`), trains the
+    adapter for one epoch against it and sends the adapter back. The objective is
+    ``uniform`` (cross-entropy of the adversary's output to the uniform distribution) or
+    ``reversal`` (minus the adversary's cross-entropy, i.e. gradient reversal). That update
+    has no other loss term and AdamW is blind to a loss's scale, so ``adv_weight``
+    (lambda_adv) scales its learning rate instead: ``adv_weight * lr``; 0 switches it off.
+    The model is the developer's after the last round.
     """
 
     @dataclass
