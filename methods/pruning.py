@@ -85,7 +85,10 @@ class Pruning(Method):
             result = prune_filters(ctx.model, score, layers, p.ratio, example, steps=p.steps)
         else:
             result = prune_weights(ctx.model, score, prunable_weights(ctx.model), p.ratio, scope=p.scope, steps=p.steps)
-        return Outcome(model=ctx.model, passes=result.passes, info={**facts, **result.info, **_summary(result)})
+        info = {**facts, **result.info, **_summary(result)}
+        if not any(r.any() for r in result.removed.values()):
+            info["no_op"] = f"ratio {p.ratio} removes no unit of any layer"
+        return Outcome(model=ctx.model, passes=result.passes, info=info)
 
     def score(self, ctx: MethodContext):
         """(score object, facts for the run's info)."""

@@ -248,6 +248,14 @@ def test_parameter_checks(name):
             cls.from_config({"scope": "global"})
 
 
+def test_a_ratio_that_removes_nothing_says_so():
+    data, model = _task_and_model()
+    out = METHODS.get("magnitude_prune").from_config({"ratio": 0.01}).apply(make_ctx(copy.deepcopy(model), data))
+    assert "no_op" in out.info and out.info["removed_fraction"] == 0.0  # layers of <= 64 weights: floor(0.64) = 0
+    out = METHODS.get("magnitude_prune").from_config({"ratio": 0.2}).apply(make_ctx(copy.deepcopy(model), data))
+    assert "no_op" not in out.info
+
+
 def test_paper_defaults():
     p = METHODS.get("fairprune").Params()
     assert (p.ratio, p.beta, p.scope, p.steps, p.estimator) == (0.35, "1/3", "layer", 1, "ggn_exact")
