@@ -65,3 +65,19 @@ def test_loss_hook_changes_training_and_its_absence_does_not():
     plain, again, pen = run(cross_entropy), run(cross_entropy), run(penalized)
     assert torch.equal(plain, again)
     assert pen.norm() < 0.5 * plain.norm()
+
+
+def test_augment_switch_chooses_the_transforms():
+    seen = []
+
+    def transform(x, train):
+        seen.append(train)
+        return torch.as_tensor(x).float()
+
+    task = toy_task()
+    task.transform = transform
+    for augment in (True, False):
+        seen.clear()
+        Trainer(nn.Linear(4, 2), task, TrainConfig(epochs=1, batch_size=40), torch.device("cpu"), 0,
+                augment=augment).fit()
+        assert seen and set(seen) == {augment}
