@@ -307,9 +307,8 @@ class FairQuantize(Method):
                               f"(known: {', '.join(CHECKPOINT_POLICIES)})")
         if not 0 <= p.checkpoint_tolerance <= 1:
             raise ConfigError("fairquantize: checkpoint_tolerance must lie in [0, 1]")
-        known = getattr(curvature, "NETWORK_ESTIMATORS", None) or curvature.ESTIMATORS
-        if p.estimator not in known:
-            raise ConfigError(f"fairquantize: unknown estimator {p.estimator!r} (known: {', '.join(known)})")
+        if p.estimator not in curvature.ESTIMATORS:
+            raise ConfigError(f"fairquantize: unknown estimator {p.estimator!r} (known: {', '.join(curvature.ESTIMATORS)})")
 
     def space(self, trial) -> "FairQuantize.Params":
         p = self.params
@@ -339,6 +338,7 @@ class FairQuantize(Method):
         ]
         if not layers:
             raise ConfigError("fairquantize: the model has no linear or conv layer")
+        names = [f"{layer.path}.weight" for layer in layers]
         by_group = {0: _Batches(ctx, sets[unprivileged], p.curvature_batch_size),
                     1: _Batches(ctx, sets[privileged], p.curvature_batch_size)}
 
@@ -352,7 +352,7 @@ class FairQuantize(Method):
         steps, clipped, checkpoint = [], 0, None
         for n, t in enumerate(targets):
             model.eval()
-            curv = curvature.network_curvature(model, by_group, p.estimator, generator=ctx.seed + n)
+            curv = curvature.network_curvature(model, by_group, p.estimator, params=names, generator=ctx.seed + n)
             scored = sum(c.samples for c in curv.values())  # in passes over the balanced subset
             _add(passes, {"curvature_forward": sum(c.forward_passes * c.samples for c in curv.values()) / scored,
                           "curvature_backward": sum(c.backward_passes * c.samples for c in curv.values()) / scored})
