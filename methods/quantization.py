@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -92,11 +93,18 @@ class Int8PTQ(Method):
 
     @torch.no_grad()
     def apply(self, ctx: MethodContext) -> Outcome:
+        self.validate()
+        with warnings.catch_warnings():
+            # torch.ao's own defaults warn about its deprecation and its observers' arguments
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", message=".*(reduce_range|quantized tensor creation).*")
+            return self._quantize(ctx)
+
+    def _quantize(self, ctx: MethodContext) -> Outcome:
         from torch.ao.nn.quantized.modules.utils import WeightedQuantizedModule
         from torch.ao.quantization import get_default_qconfig_mapping, quantize_dynamic
         from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
-        self.validate()
         p = self.params
         if ctx.device.type != "cpu":
             raise ConfigError("int8_ptq: PyTorch's int8 kernels run on the CPU; run it with --device cpu")
@@ -171,6 +179,8 @@ class _Layer:
     codec: Codec
     mask: Tensor  # bool, shape of the weight: quantized positions
     frozen: Tensor  # the quantized values (valid where mask)
+    positions: Tensor | None = None  # flat indices of the mask, and their frozen values:
+    values: Tensor | None = None  # what is written back after every optimizer step
 
 
 class _Checkpoints:
@@ -345,7 +355,7 @@ class FairQuantize(Method):
         def freeze(trainer: Trainer | None = None) -> None:
             with torch.no_grad():
                 for layer in layers:
-                    layer.module.weight.copy_(torch.where(layer.mask, layer.frozen, layer.module.weight))
+                    layer.module.weight.view(-1).index_copy_(0, layer.positions, layer.values)
 
         targets = cumulative_targets(p.step, p.target)
         passes: dict[str, float] = {}
@@ -369,6 +379,8 @@ class FairQuantize(Method):
                     clipped += layer.codec.clipped(w[new])
                     layer.frozen = torch.where(new, q, layer.frozen)
                     layer.mask = mask
+                    layer.positions = torch.nonzero(mask.reshape(-1)).flatten()
+                    layer.values = layer.frozen.reshape(-1)[layer.positions]
                     quantized_now += int(mask.sum())
             freeze()
             steps.append({"target": float(t), "quantized": quantized_now})

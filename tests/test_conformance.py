@@ -17,7 +17,9 @@ from fairsqueeze.store import Store
 
 load_plugins()
 
-TINY_PARAMS: dict[str, dict] = {}
+TINY_PARAMS: dict[str, dict] = {
+    "fairquantize": {"target": 0.1, "epochs": 1, "batch_size": 32, "scoring_size": 64, "curvature_batch_size": 32},
+}
 
 
 def run_method(tmp, name, db):
