@@ -25,7 +25,8 @@ CHEAP = {
     "slr_w": {"solver": "randomized"},
     "slr_a": {"solver": "randomized", "samples": 16},
     "fairlrf": {"solver": "randomized", "scoring_size": 8, "batch_size": 8},
-    "fairquantize": {"epochs": 1, "scoring_size": 4, "curvature_batch_size": 4},
+    # one quantization step straight to the target (the ratio depends on the target only)
+    "fairquantize": {"step": 0.2, "epochs": 1, "scoring_size": 4, "curvature_batch_size": 4, "estimator": "ggn_mc"},
 }
 
 

@@ -351,3 +351,14 @@ def test_int8_ptq_refuses_devices_without_int8_kernels():
     ctx.device = torch.device("meta")
     with pytest.raises(ConfigError, match="CPU"):
         METHODS.get("int8_ptq").from_config({}).apply(ctx)
+
+
+def test_true_rank_selection_breaks_ties_by_position_on_a_large_layer():
+    rng = np.random.default_rng(0)
+    scores = torch.from_numpy(rng.integers(0, 50, size=20_000).astype(np.float32))  # many ties
+    old = torch.from_numpy(rng.random(20_000) < 0.05)
+    count = 3_000
+    expected = old.clone()
+    order = [i for i in np.argsort(scores.numpy(), kind="stable") if not old[i]]
+    expected[order[: count - int(old.sum())]] = True
+    assert torch.equal(fq.select_to_quantize(scores, old, count), expected)
