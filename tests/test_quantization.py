@@ -362,3 +362,22 @@ def test_true_rank_selection_breaks_ties_by_position_on_a_large_layer():
     order = [i for i in np.argsort(scores.numpy(), kind="stable") if not old[i]]
     expected[order[: count - int(old.sum())]] = True
     assert torch.equal(fq.select_to_quantize(scores, old, count), expected)
+
+
+def test_inference_decodes_once_and_follows_changes_of_the_stored_tensors():
+    torch.manual_seed(0)
+    layer = nn.Linear(5, 3)
+    coded = coded_layer(layer, random_mask(layer.weight.shape, 0.4), fit_codec("pow2", layer.weight)).eval()
+    x = torch.randn(2, 5)
+    with torch.inference_mode():
+        first = coded.dense_weight()
+        assert coded.dense_weight() is first  # reused
+    with torch.no_grad():
+        coded.weight_values.add_(1.0)  # an in-place change (an optimizer step, a load) invalidates it
+        changed = coded.dense_weight()
+    assert not torch.equal(changed, first)
+    expected = coded._decode()
+    torch.testing.assert_close(changed, expected, rtol=0, atol=0)
+    torch.testing.assert_close(coded(x), nn.functional.linear(x, expected, coded.bias))
+    coded.train()
+    assert coded.dense_weight().requires_grad  # training always decodes inside the graph

@@ -169,6 +169,18 @@ class CodedWeight(nn.Module):
         return unpack_mask(self.weight_positions, self.shape.numel()).reshape(self.shape)
 
     def dense_weight(self) -> Tensor:
+        """The float weight. Inference (eval mode, no autograd) decodes once and reuses it
+        until the stored tensors change, as a deployment decodes at load time."""
+        if self.training or torch.is_grad_enabled():
+            return self._decode()
+        stored = (self.weight_values, self.weight_codes, self.weight_positions)
+        key = tuple((t._version, t.data_ptr(), t.device) for t in stored)
+        cached = self.__dict__.get("_decoded")
+        if cached is None or cached[0] != key:
+            cached = self.__dict__["_decoded"] = (key, self._decode())
+        return cached[1]
+
+    def _decode(self) -> Tensor:
         mask = self.coded_mask.reshape(-1)
         flat = torch.empty(self.shape.numel(), dtype=self.weight_values.dtype, device=self.weight_values.device)
         flat = flat.masked_scatter(~mask, self.weight_values)
