@@ -56,6 +56,8 @@ from .base import Method, MethodContext, Outcome, register_method
 from .lowrank import parse_beta
 from .toolbox import curvature
 from .toolbox.factorize import replace_module
+from .toolbox.pruning import select_smallest
+from .toolbox.scores import scoring_groups
 from .toolbox.quantize import QUANTIZABLE, SCHEMES, Codec, coded_layer, coded_summary, fit_codec, quantize
 
 CHECKPOINT_POLICIES = ("fairest_within_tolerance", "best_accuracy", "best_loss", "last")
@@ -165,23 +167,11 @@ def select_to_quantize(scores: Tensor, quantized: Tensor, count: int, reference_
         order = torch.argsort(marked, stable=True)
         return (done | (order <= count)).reshape(scores.shape)
     missing = min(count, flat.numel()) - int(done.sum())
-    new = done.clone()
-    if missing > 0:
-        candidates = torch.where(done, torch.full_like(flat, math.inf), torch.nan_to_num(flat, nan=math.inf))
-        new[_smallest(candidates.cpu().numpy(), missing)] = True
-    return new.reshape(scores.shape)
-
-
-def _smallest(values: np.ndarray, count: int) -> torch.Tensor:
-    """Positions of the ``count`` smallest values, ties taken by position.
-
-    A partition around the count-th value (linear time) instead of a full sort: layers of
-    the paper's VGG-11 hold up to 19 M weights.
-    """
-    threshold = np.partition(values, count - 1)[count - 1]
-    below = np.flatnonzero(values < threshold)
-    ties = np.flatnonzero(values == threshold)[: count - len(below)]
-    return torch.from_numpy(np.concatenate([below, ties]))
+    if missing <= 0:
+        return done.reshape(scores.shape)
+    finite = torch.nan_to_num(flat, nan=torch.finfo(flat.dtype).max)  # an undefined score ranks last
+    new = select_smallest({"w": finite}, {"w": done.cpu()}, {"w": missing})["w"].to(done.device)
+    return (done | new).reshape(scores.shape)
 
 
 @dataclass
@@ -341,13 +331,7 @@ class FairQuantize(Method):
     def apply(self, ctx: MethodContext) -> Outcome:
         self.validate()
         p = self.params
-        sets = ctx.scoring_sets(p.scoring_size)
-        if len(sets) != 2:
-            raise ConfigError(f"fairquantize needs exactly two groups in the training split, found {sorted(sets)}")
-        unprivileged = p.unprivileged_group if p.unprivileged_group is not None else ctx.unprivileged_group()
-        if unprivileged not in sets:
-            raise ConfigError(f"fairquantize: unprivileged_group {unprivileged} is not a group of this task ({sorted(sets)})")
-        privileged = next(g for g in sets if g != unprivileged)
+        sets, unprivileged = scoring_groups(ctx, p.scoring_size, p.unprivileged_group, "fairquantize")
         beta = parse_beta(p.beta)
         train = ctx.task.train
         subset = _balanced_subset(train, sets)
@@ -361,8 +345,7 @@ class FairQuantize(Method):
         if not layers:
             raise ConfigError("fairquantize: the model has no linear or conv layer")
         names = [f"{layer.path}.weight" for layer in layers]
-        by_group = {0: _Batches(ctx, sets[unprivileged], p.curvature_batch_size),
-                    1: _Batches(ctx, sets[privileged], p.curvature_batch_size)}
+        by_group = {role: _Batches(ctx, split, p.curvature_batch_size) for role, split in sets.items()}
 
         def freeze(trainer: Trainer | None = None) -> None:
             with torch.no_grad():
@@ -432,7 +415,7 @@ class FairQuantize(Method):
             "steps": steps,
             "checkpoint": chosen,
             "estimator": p.estimator,
-            "scoring_rows_per_group": len(sets[unprivileged]),
+            "scoring_rows_per_group": len(sets[0]),
         }
         return Outcome(model=model, passes=passes, info=info)
 
