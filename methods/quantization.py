@@ -54,6 +54,7 @@ from fairsqueeze.training import Batch, Trainer, TrainConfig
 
 from .base import Method, MethodContext, Outcome, register_method
 from .lowrank import parse_beta
+from .pruning import _ScoringData
 from .toolbox import curvature
 from .toolbox.factorize import replace_module
 from .toolbox.pruning import select_smallest
@@ -244,17 +245,6 @@ class _Checkpoints:
                 "epoch": chosen["epoch"] if chosen else None, "validation": public}
 
 
-class _Batches:
-    """Re-iterable (x, y) batches of a split with evaluation transforms."""
-
-    def __init__(self, ctx: MethodContext, split, batch_size: int):
-        self.ctx, self.split, self.batch_size = ctx, split, batch_size
-
-    def __iter__(self):
-        for x, y, _ in self.ctx.batches(self.split, self.batch_size):
-            yield x, y
-
-
 def _group_gap_loss(alpha: float):
     def loss(model: nn.Module, batch: Batch) -> Tensor:
         logits = model(batch.x)
@@ -345,7 +335,7 @@ class FairQuantize(Method):
         if not layers:
             raise ConfigError("fairquantize: the model has no linear or conv layer")
         names = [f"{layer.path}.weight" for layer in layers]
-        by_group = {role: _Batches(ctx, split, p.curvature_batch_size) for role, split in sets.items()}
+        by_group = {role: _ScoringData(ctx, split, p.curvature_batch_size) for role, split in sets.items()}
 
         def freeze(trainer: Trainer | None = None) -> None:
             with torch.no_grad():

@@ -16,11 +16,11 @@ Inputs and weights are random: latency depends on shapes, not values. One torch 
 from __future__ import annotations
 
 import copy
-import time
 
 import numpy as np
 import pytest
 import torch
+from test_lowrank_perf import timed_rounds
 from torch import nn
 
 from fairsqueeze.methods import METHODS, MethodContext, Predictions
@@ -62,15 +62,6 @@ def fairquantize_storage(dense):
         mask[torch.randperm(n, generator=torch.Generator().manual_seed(SEED))[: round(0.2 * n)]] = True
         replace_module(model, path, coded_layer(module, mask.reshape(module.weight.shape), fit_codec("pow2", module.weight)))
     return model.eval()
-
-
-def timed_rounds(fn, rounds: int) -> list[float]:
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 @pytest.mark.benchmark(group="quantized-latency")
