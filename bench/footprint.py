@@ -1,7 +1,11 @@
 """What a model really costs to store and to run.
 
 Stored tensors are every parameter plus every buffer whose name ends in ``_codes`` (how a
-quantized module keeps its integer codes). A tensor is stored dense, zeros included, unless
+quantized module keeps its integer codes), plus the packed weights and biases of PyTorch's
+quantized modules (``torch.ao.nn.quantized``: their int8 weights are neither parameters nor
+buffers; they count as ``<module>.weight`` in int8 and ``<module>.bias`` in float). Scales,
+zero points and exponent offsets (a few numbers per tensor or channel) are not counted, as
+in the papers; the serialized size includes them. A tensor is stored dense, zeros included, unless
 its name is in ``sparse_storage``: then only its nonzeros count. This is the FairLRF
 convention: zeroed factor entries are removed, unstructured zeros elsewhere save nothing,
 and a sparse entry carries no index overhead.
@@ -28,6 +32,21 @@ def stored_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     for name, buffer in model.named_buffers():
         if name.endswith(CODES_SUFFIX):
             yield name, buffer
+    yield from packed_quantized_tensors(model)
+
+
+def packed_quantized_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """The integer weights (as their int8 representation) and float biases of ao-quantized modules."""
+    from torch.ao.nn.quantized.modules.utils import WeightedQuantizedModule
+
+    for name, module in model.named_modules():
+        if not isinstance(module, WeightedQuantizedModule):
+            continue
+        weight = module.weight()
+        yield f"{name}.weight", weight.int_repr() if weight.is_quantized else weight
+        bias = module.bias()
+        if bias is not None:
+            yield f"{name}.bias", bias
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -57,6 +76,7 @@ def footprint(model: nn.Module, sparse_storage: Iterable[str] = ()) -> dict[str,
         "stored_params": stored,
         "bytes_by_dtype": bytes_by_dtype,
         "stored_bytes": sum(bytes_by_dtype.values()),
+        "int8_params": sum(t.numel() for t in tensors.values() if t.dtype == torch.int8),
         **sparse_format(model),
     }
 

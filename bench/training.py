@@ -12,6 +12,8 @@ hooks rather than writing loops of their own:
 - ``parameters``: which tensors train (default: every parameter that requires grad);
 - ``sampler``: ``"shuffle"`` (every row once per epoch) or ``"balanced"`` (each batch holds
   ``batch_size // groups`` rows of every group, drawn with the epoch's seed);
+- ``augment``: whether batches get the task's train-time transforms (default) or the
+  evaluation ones (FairQuantize retrains on un-augmented balanced subsets);
 - a subclass may override :meth:`Trainer.step` for a bi-level update (two batches per step).
 
 The trainer counts what it spent (optimizer steps, forward and backward passes over rows,
@@ -120,6 +122,7 @@ class Trainer:
         after_step: Callable[["Trainer"], None] | None = None,
         on_epoch_end: Callable[["Trainer", int], None] | None = None,
         sampler: str = "shuffle",
+        augment: bool = True,
         desc: str = "train",
     ):
         if sampler not in SAMPLERS:
@@ -133,6 +136,7 @@ class Trainer:
         self.after_step = after_step
         self.on_epoch_end = on_epoch_end
         self.sampler = sampler
+        self.augment = augment
         self.desc = desc
         params = list(parameters) if parameters is not None else [p for p in model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(params, cfg)
@@ -208,7 +212,7 @@ class Trainer:
             self.model.train()
             total, count = 0.0, 0
             for rows in self.epoch_rows(split):
-                batch = self.batch(split, rows)
+                batch = self.batch(split, rows, train=self.augment)
                 total += self.step(batch) * len(batch)
                 count += len(batch)
                 if self.after_step:

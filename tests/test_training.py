@@ -67,6 +67,22 @@ def test_loss_hook_changes_training_and_its_absence_does_not():
     assert pen.norm() < 0.5 * plain.norm()
 
 
+def test_augment_switch_chooses_the_transforms():
+    seen = []
+
+    def transform(x, train):
+        seen.append(train)
+        return torch.as_tensor(x).float()
+
+    task = toy_task()
+    task.transform = transform
+    for augment in (True, False):
+        seen.clear()
+        Trainer(nn.Linear(4, 2), task, TrainConfig(epochs=1, batch_size=40), torch.device("cpu"), 0,
+                augment=augment).fit()
+        assert seen and set(seen) == {augment}
+
+
 def test_a_split_that_withholds_a_column_gives_batches_without_it():
     class LabelsOnly:  # one side of a privacy split: reading the groups raises
         def __init__(self, split):

@@ -1,0 +1,427 @@
+"""Quantization: plain int8 post-training quantization and FairQuantize.
+
+``int8_ptq`` is the fairness-unaware twin: PyTorch's own post-training quantization
+(``torch.ao.quantization``), so the returned model runs real int8 kernels and the engine
+measures its latency. ``static`` (the default) quantizes every supported conv/linear layer
+and its activations after calibrating the observers on training rows (FX graph mode);
+``dynamic`` quantizes only the weights of linear layers and the activations on the fly.
+PyTorch's int8 kernels are CPU kernels: the method refuses other devices.
+
+``fairquantize`` follows the reference code of Guo et al. (MICCAI 2024), methods.md §2.6:
+
+1. cumulative targets t_n = n·step (5 % steps by default) up to ``target``;
+2. at each step the per-group diagonal curvature h^c of the loss w.r.t. every conv/linear
+   weight is computed on seeded balanced scoring sets (c = 0: the unprivileged group), and
+   every weight gets the score (h⁰ − β·h¹)·(q(w) − w)²  (the reference's integer weights
+   (9, −5) are β = 5/9 up to a positive factor, which does not change any ranking);
+3. per layer, round(t_n·n) weights are quantized: those already quantized plus the smallest
+   scores among the rest (true ranks). ``reference_argsort_quirk`` reproduces the reference
+   selection instead, which marks positions whose *argsort entry* is <= round(t_n·n) (k + 1
+   essentially arbitrary positions, OR-ed into the mask, so the real fraction can exceed t_n);
+4. all weights retrain for ``epochs`` epochs on balanced batches of the balanced subset
+   (no augmentation), SGD with a step schedule, loss (1 − α)·CE + α·|CE₀ − CE₁|, and after
+   every optimizer step the quantized positions are overwritten with their frozen values;
+5. in the last step the model is validated after every epoch and the checkpoint is chosen by
+   a named policy (``checkpoint``); earlier steps continue from their last epoch, as in the
+   reference code. The reference saves several best-by-metric checkpoints and the FairLRF
+   paper does not say which it reported; the default policy (an assumption, methods.md)
+   takes the lowest validation EOpp1 among the epochs within ``checkpoint_tolerance`` of the
+   best validation accuracy.
+
+The quantized weights are stored as int8 codes (:mod:`.toolbox.quantize`). Choices where the
+reference is silent or differs: the scoring/retraining subset is one seeded balanced sample
+per run (the reference re-draws it unseeded at every step and epoch); only conv and linear
+weights are quantized (the reference also quantizes batch-norm weights of a ResNet); the
+codec of a layer (exponent window or scale) is fitted once on the dense weights and clipped
+exponents are counted in ``info``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fairsqueeze.errors import ConfigError
+from fairsqueeze.metrics import compute_metrics
+from fairsqueeze.training import Batch, Trainer, TrainConfig
+
+from .base import Method, MethodContext, Outcome, register_method
+from .lowrank import parse_beta
+from .pruning import _ScoringData
+from .toolbox import curvature
+from .toolbox.factorize import replace_module
+from .toolbox.pruning import select_smallest
+from .toolbox.scores import scoring_groups
+from .toolbox.quantize import QUANTIZABLE, SCHEMES, Codec, coded_layer, coded_summary, fit_codec, quantize
+
+CHECKPOINT_POLICIES = ("fairest_within_tolerance", "best_accuracy", "best_loss", "last")
+QUANTIZED_BACKENDS = ("x86", "fbgemm", "qnnpack", "onednn")
+
+
+# =========================================================================== int8 PTQ
+
+
+@register_method("int8_ptq")
+class Int8PTQ(Method):
+    """Post-training int8 quantization with PyTorch's quantization (no fine-tuning)."""
+
+    family = "quantization"
+
+    @dataclass
+    class Params:
+        mode: str = "static"  # "static": conv + linear + activations; "dynamic": linear weights only
+        backend: str = "x86"
+        calibration_rows: int = 1024  # training rows for the static observers (eval transforms)
+        batch_size: int = 256
+
+    def validate(self) -> None:
+        p = self.params
+        if p.mode not in ("static", "dynamic"):
+            raise ConfigError(f"int8_ptq: mode must be 'static' or 'dynamic', got {p.mode!r}")
+        if p.backend not in QUANTIZED_BACKENDS:
+            raise ConfigError(f"int8_ptq: unknown backend {p.backend!r} (known: {', '.join(QUANTIZED_BACKENDS)})")
+        if p.calibration_rows < 1 or p.batch_size < 1:
+            raise ConfigError("int8_ptq: calibration_rows and batch_size must be >= 1")
+
+    def space(self, trial) -> "Int8PTQ.Params":
+        return self.Params(mode=trial.suggest_categorical("mode", ["static", "dynamic"]), backend=self.params.backend,
+                           calibration_rows=self.params.calibration_rows, batch_size=self.params.batch_size)
+
+    @torch.no_grad()
+    def apply(self, ctx: MethodContext) -> Outcome:
+        self.validate()
+        with warnings.catch_warnings():
+            # torch.ao's own defaults warn about its deprecation and its observers' arguments
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", message=".*(reduce_range|quantized tensor creation).*")
+            return self._quantize(ctx)
+
+    def _quantize(self, ctx: MethodContext) -> Outcome:
+        from torch.ao.nn.quantized.modules.utils import WeightedQuantizedModule
+        from torch.ao.quantization import get_default_qconfig_mapping, quantize_dynamic
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+        p = self.params
+        if ctx.device.type != "cpu":
+            raise ConfigError("int8_ptq: PyTorch's int8 kernels run on the CPU; run it with --device cpu")
+        if p.backend not in torch.backends.quantized.supported_engines:
+            raise ConfigError(f"int8_ptq: backend {p.backend!r} is not available in this PyTorch build")
+        torch.backends.quantized.engine = p.backend  # the kernels the converted model will call
+        model = ctx.model.eval()
+        passes: dict[str, float] = {}
+        if p.mode == "dynamic":
+            quantized = quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+            rows = 0
+        else:
+            train = ctx.task.train
+            rows = min(p.calibration_rows, len(train))
+            sample = train.subset(np.sort(np.random.default_rng(ctx.seed).choice(len(train), rows, replace=False)))
+            example = ctx.task.prepare(sample.x[:1], False)
+            try:
+                prepared = prepare_fx(model, get_default_qconfig_mapping(p.backend), (example,))
+            except Exception as exc:  # symbolic tracing fails on data-dependent control flow
+                raise ConfigError(f"int8_ptq: static quantization cannot trace this model ({exc}); try mode: dynamic") from exc
+            for x, _, _ in ctx.batches(sample, p.batch_size):
+                prepared(x)
+            quantized = convert_fx(prepared)
+            passes["calibration_forward"] = rows / len(train)
+        modules = [n for n, m in quantized.named_modules() if isinstance(m, WeightedQuantizedModule)]
+        if not modules:
+            raise ConfigError("int8_ptq: no layer of this model could be quantized")
+        info = {"mode": p.mode, "backend": p.backend, "calibration_rows": rows, "quantized_modules": modules}
+        return Outcome(model=quantized, passes=passes, info=info)
+
+
+# =========================================================================== FairQuantize
+
+
+def cumulative_targets(step: float, target: float) -> list[Fraction]:
+    """t_n = n·step, n = 1, 2, ..., with the last one capped at ``target``."""
+    step_f, target_f = Fraction(str(step)), Fraction(str(target))
+    count = math.ceil(target_f / step_f)
+    return [min(n * step_f, target_f) for n in range(1, count + 1)]
+
+
+def target_count(t: Fraction, numel: int) -> int:
+    """round(t·n) as the reference computes it (Python's round: halves to even)."""
+    return int(round(t * numel))
+
+
+def select_to_quantize(scores: Tensor, quantized: Tensor, count: int, reference_argsort_quirk: bool = False) -> Tensor:
+    """The cumulative quantized mask after one step (same shape as ``scores``).
+
+    True ranks: the already-quantized positions plus the ``count − |quantized|`` smallest
+    scores among the others (ties by position). Quirk: the reference code's
+    ``argsort(scores) <= count`` compared position-wise, OR-ed into the old mask.
+    """
+    flat = scores.detach().reshape(-1).double()
+    done = quantized.reshape(-1).bool()
+    if reference_argsort_quirk:
+        marked = torch.where(done, torch.full_like(flat, -1.0e38), flat)
+        order = torch.argsort(marked, stable=True)
+        return (done | (order <= count)).reshape(scores.shape)
+    missing = min(count, flat.numel()) - int(done.sum())
+    if missing <= 0:
+        return done.reshape(scores.shape)
+    finite = torch.nan_to_num(flat, nan=torch.finfo(flat.dtype).max)  # an undefined score ranks last
+    new = select_smallest({"w": finite}, {"w": done.cpu()}, {"w": missing})["w"].to(done.device)
+    return (done | new).reshape(scores.shape)
+
+
+@dataclass
+class _Layer:
+    path: str
+    module: nn.Module
+    codec: Codec
+    mask: Tensor  # bool, shape of the weight: quantized positions
+    frozen: Tensor  # the quantized values (valid where mask)
+    positions: Tensor | None = None  # flat indices of the mask, and their frozen values:
+    values: Tensor | None = None  # what is written back after every optimizer step
+
+
+class _Checkpoints:
+    """Validation after every epoch and the states a named policy may still choose."""
+
+    def __init__(self, ctx: MethodContext, policy: str, tolerance: float, fairness: str, batch_size: int):
+        self.ctx, self.policy, self.tolerance, self.fairness, self.batch_size = ctx, policy, tolerance, fairness, batch_size
+        self.records: list[dict] = []
+        self.kept: list[tuple[dict, dict]] = []  # (record, state dict)
+
+    @torch.no_grad()
+    def validate(self, model: nn.Module) -> dict:
+        val = self.ctx.task.val
+        model.eval()
+        losses, preds = [], []
+        for x, y, _ in self.ctx.batches(val, self.batch_size):
+            logits = model(x)
+            losses.append(F.cross_entropy(logits, y, reduction="sum").item())
+            preds.append(logits.argmax(1).cpu().numpy())
+        metrics = compute_metrics(val.y, np.concatenate(preds), val.s, num_classes=self.ctx.task.num_classes)
+        fair = metrics.get(self.fairness, math.nan)
+        return {"accuracy": metrics["accuracy"], "loss": sum(losses) / len(val),
+                self.fairness: fair, "_fair": fair if math.isfinite(fair) else math.inf}
+
+    def __call__(self, trainer: Trainer, epoch: int) -> None:
+        record = {"epoch": epoch, **self.validate(trainer.model)}
+        trainer.model.train()
+        self.records.append(record)
+        if self.policy == "last":
+            return
+        if any(self._better_or_equal(old, record) for old, _ in self.kept):
+            return
+        self.kept = [(r, s) for r, s in self.kept if not self._better_or_equal(record, r)]
+        self.kept.append((record, copy.deepcopy(trainer.model.state_dict())))
+
+    def _better_or_equal(self, a: dict, b: dict) -> bool:
+        """Whether ``a`` is at least as good as ``b`` for the policy (then ``b`` is never needed)."""
+        if self.policy == "best_accuracy":
+            return a["accuracy"] >= b["accuracy"]
+        if self.policy == "best_loss":
+            return a["loss"] <= b["loss"]
+        return a["accuracy"] >= b["accuracy"] and a["_fair"] <= b["_fair"]
+
+    def choose(self, model: nn.Module) -> dict:
+        """Load the chosen state into ``model``; return what was chosen and why."""
+        if self.policy == "last" or not self.kept:
+            chosen = self.records[-1] if self.records else None
+        elif self.policy in ("best_accuracy", "best_loss"):
+            chosen = self.kept[0][0]
+        else:
+            best = max(r["accuracy"] for r, _ in self.kept)
+            eligible = [(r, s) for r, s in self.kept if r["accuracy"] >= best - self.tolerance]
+            chosen = min(eligible, key=lambda rs: (rs[0]["_fair"], rs[0]["epoch"]))[0]
+        for record, state in self.kept:
+            if record is chosen:
+                model.load_state_dict(state)
+        public = [{k: v for k, v in r.items() if not k.startswith("_")} for r in self.records]
+        return {"policy": self.policy, "tolerance": self.tolerance, "fairness": self.fairness,
+                "epoch": chosen["epoch"] if chosen else None, "validation": public}
+
+
+def _group_gap_loss(alpha: float):
+    def loss(model: nn.Module, batch: Batch) -> Tensor:
+        logits = model(batch.x)
+        ce = F.cross_entropy(logits, batch.y)
+        if alpha == 0:
+            return ce
+        groups = [F.cross_entropy(logits[batch.s == g], batch.y[batch.s == g]) for g in torch.unique(batch.s)]
+        gap = (groups[0] - groups[1]).abs() if len(groups) == 2 else ce * 0
+        return (1 - alpha) * ce + alpha * gap
+
+    return loss
+
+
+@register_method("fairquantize")
+class FairQuantize(Method):
+    """Progressive, curvature-guided power-of-two quantization with retraining (Guo et al. 2024)."""
+
+    family = "quantization"
+    needs = ("dense", "scoring")
+
+    @dataclass
+    class Params:
+        target: float = 0.2  # cumulative quantized fraction of every layer at the end (FairLRF: 0.1 / 0.2)
+        step: float = 0.05  # increment of the cumulative schedule
+        beta: float | str = "5/9"  # reference weights (9, -5)
+        unprivileged_group: int | None = None  # None: the group the dense model does worse on (val)
+        scheme: str = "pow2"  # "pow2" (reference) or "int8_sym" (labelled alternative)
+        exponent_bits: int = 7  # pow2 code: sign + this many exponent bits in one int8
+        reference_argsort_quirk: bool = False
+        estimator: str = "ggn_exact"
+        scoring_size: int | None = None  # rows per group of the balanced subset (None: smaller group)
+        curvature_batch_size: int = 4
+        epochs: int = 20  # retraining epochs per step
+        batch_size: int = 8  # balanced: batch_size // 2 rows of each group (reference: 4 + 4)
+        lr: float = 1e-3
+        momentum: float = 0.0
+        weight_decay: float = 0.0
+        lr_step: int = 4
+        lr_gamma: float = 0.57
+        alpha: float = 0.0  # weight of |CE_0 - CE_1| in the retraining loss
+        checkpoint: str = "fairest_within_tolerance"
+        checkpoint_tolerance: float = 0.01  # accuracy points below the best validation accuracy
+        checkpoint_fairness: str = "eopp1"
+
+    def validate(self) -> None:
+        p = self.params
+        parse_beta(p.beta)
+        if not (0 < p.step <= 1 and 0 < p.target <= 1):
+            raise ConfigError("fairquantize: step and target must lie in (0, 1]")
+        if p.scheme not in SCHEMES:
+            raise ConfigError(f"fairquantize: unknown scheme {p.scheme!r} (known: {', '.join(SCHEMES)})")
+        if not 1 <= p.exponent_bits <= 7:
+            raise ConfigError("fairquantize: exponent_bits must lie in 1..7")
+        if p.scoring_size is not None and p.scoring_size < 1:
+            raise ConfigError("fairquantize: scoring_size must be >= 1 (or null for the smaller group's size)")
+        if p.curvature_batch_size < 1 or p.batch_size < 2 or p.epochs < 0:
+            raise ConfigError("fairquantize: curvature_batch_size >= 1, batch_size >= 2 and epochs >= 0 needed")
+        if p.lr <= 0 or p.lr_step < 0 or not 0 <= p.alpha <= 1:
+            raise ConfigError("fairquantize: lr > 0, lr_step >= 0 and alpha in [0, 1] needed")
+        if p.checkpoint not in CHECKPOINT_POLICIES:
+            raise ConfigError(f"fairquantize: unknown checkpoint policy {p.checkpoint!r} "
+                              f"(known: {', '.join(CHECKPOINT_POLICIES)})")
+        if not 0 <= p.checkpoint_tolerance <= 1:
+            raise ConfigError("fairquantize: checkpoint_tolerance must lie in [0, 1]")
+        if p.estimator not in curvature.ESTIMATORS:
+            raise ConfigError(f"fairquantize: unknown estimator {p.estimator!r} (known: {', '.join(curvature.ESTIMATORS)})")
+
+    def space(self, trial) -> "FairQuantize.Params":
+        p = self.params
+        beta = trial.suggest_float("beta", 0.0, 1.0)
+        epochs = trial.suggest_int("epochs", 0, max(p.epochs, 1))
+        return FairQuantize.Params(**{**vars(p), "beta": beta, "epochs": epochs})
+
+    def apply(self, ctx: MethodContext) -> Outcome:
+        self.validate()
+        p = self.params
+        sets, unprivileged = scoring_groups(ctx, p.scoring_size, p.unprivileged_group, "fairquantize")
+        beta = parse_beta(p.beta)
+        train = ctx.task.train
+        subset = _balanced_subset(train, sets)
+
+        model = ctx.model.to(ctx.device)
+        layers = [
+            _Layer(path, m, codec, torch.zeros_like(m.weight, dtype=torch.bool), torch.zeros_like(m.weight))
+            for path, m in model.named_modules() if isinstance(m, QUANTIZABLE)
+            for codec in [fit_codec(p.scheme, m.weight, p.exponent_bits)]
+        ]
+        if not layers:
+            raise ConfigError("fairquantize: the model has no linear or conv layer")
+        names = [f"{layer.path}.weight" for layer in layers]
+        by_group = {role: _ScoringData(ctx, split, p.curvature_batch_size) for role, split in sets.items()}
+
+        def freeze(trainer: Trainer | None = None) -> None:
+            with torch.no_grad():
+                for layer in layers:
+                    layer.module.weight.view(-1).index_copy_(0, layer.positions, layer.values)
+
+        targets = cumulative_targets(p.step, p.target)
+        passes: dict[str, float] = {}
+        steps, clipped, checkpoint = [], 0, None
+        for n, t in enumerate(targets):
+            model.eval()
+            curv = curvature.network_curvature(model, by_group, p.estimator, params=names, generator=ctx.seed + n)
+            scored = sum(c.samples for c in curv.values())  # in passes over the balanced subset
+            _add(passes, {"curvature_forward": sum(c.forward_passes * c.samples for c in curv.values()) / scored,
+                          "curvature_backward": sum(c.backward_passes * c.samples for c in curv.values()) / scored})
+            quantized_now = 0
+            with torch.no_grad():
+                for layer in layers:
+                    w = layer.module.weight
+                    q = quantize(layer.codec, w)
+                    name = f"{layer.path}.weight"
+                    h = (curv[0].diag[name] - beta * curv[1].diag[name]).to(w.device)
+                    scores = h * (q - w) ** 2
+                    mask = select_to_quantize(scores, layer.mask, target_count(t, w.numel()), p.reference_argsort_quirk)
+                    new = mask & ~layer.mask
+                    clipped += layer.codec.clipped(w[new])
+                    layer.frozen = torch.where(new, q, layer.frozen)
+                    layer.mask = mask
+                    layer.positions = torch.nonzero(mask.reshape(-1)).flatten()
+                    layer.values = layer.frozen.reshape(-1)[layer.positions]
+                    quantized_now += int(mask.sum())
+            freeze()
+            steps.append({"target": float(t), "quantized": quantized_now})
+            last = n == len(targets) - 1
+            checkpoint = _Checkpoints(ctx, p.checkpoint, p.checkpoint_tolerance, p.checkpoint_fairness, 256) if last else None
+            trainer = Trainer(
+                model, ctx.task, _retrain_config(p), ctx.device, ctx.seed + n, loss=_group_gap_loss(p.alpha),
+                after_step=freeze, on_epoch_end=checkpoint, sampler="balanced", augment=False,
+                desc=f"fairquantize step {n + 1}/{len(targets)}",
+            )
+            if p.epochs:
+                trainer.fit(subset)
+            scale = len(subset) / len(train)  # the trainer counts passes over the balanced subset
+            cost = trainer.cost.as_passes()
+            _add(passes, {"train_forward": cost["train_forward"] * scale, "train_backward": cost["train_backward"] * scale,
+                          "train_steps": cost["train_steps"], "train_seconds": cost["train_seconds"]})
+        chosen = checkpoint.choose(model) if checkpoint is not None and checkpoint.records else {
+            "policy": p.checkpoint, "epoch": None, "validation": []}
+        if checkpoint is not None and checkpoint.records:
+            _add(passes, {"validation_forward": float(len(checkpoint.records))})
+
+        for layer in layers:
+            coded = coded_layer(layer.module, layer.mask, layer.codec)
+            if not torch.equal(coded.dense_weight(), layer.module.weight.detach()):
+                raise RuntimeError(f"fairquantize: the codes of {layer.path} do not reproduce its frozen weights")
+            replace_module(model, layer.path, coded)
+        summary = coded_summary(model)
+        info = {
+            "unprivileged_group": unprivileged,
+            "beta": beta,
+            "scheme": p.scheme,
+            "selection": "reference_argsort_quirk" if p.reference_argsort_quirk else "true_ranks",
+            "nominal_fraction": float(targets[-1]),
+            "quantized_fraction": summary["fraction"],
+            "quantized_weights": summary["coded_weights"],
+            "clipped_exponents" if p.scheme == "pow2" else "clipped_codes": clipped,
+            "steps": steps,
+            "checkpoint": chosen,
+            "estimator": p.estimator,
+            "scoring_rows_per_group": len(sets[0]),
+        }
+        return Outcome(model=model, passes=passes, info=info)
+
+
+def _retrain_config(p: "FairQuantize.Params") -> TrainConfig:
+    return TrainConfig(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, optimizer="sgd", momentum=p.momentum,
+                       weight_decay=p.weight_decay, lr_step=p.lr_step, lr_gamma=p.lr_gamma)
+
+
+def _balanced_subset(train, sets):
+    """The training rows of the balanced scoring sets, as one split (rows located by source id)."""
+    position = {int(i): r for r, i in enumerate(train.index)}
+    rows = np.sort(np.concatenate([[position[int(i)] for i in s.index] for s in sets.values()]))
+    return train.subset(rows)
+
+
+def _add(total: dict[str, float], more: dict[str, float]) -> None:
+    for key, value in more.items():
+        total[key] = total.get(key, 0.0) + float(value)
