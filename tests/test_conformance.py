@@ -17,7 +17,11 @@ from fairsqueeze.store import Store
 
 load_plugins()
 
-TINY_PARAMS: dict[str, dict] = {}
+TINY_PARAMS: dict[str, dict] = {
+    "fairalm": {"epochs": 1, "batch_size": 64, "inner_steps": 2},
+    "unconstrained": {"epochs": 1, "batch_size": 64, "inner_steps": 2},
+    "l2_penalty": {"epochs": 1, "batch_size": 64, "inner_steps": 2},
+}
 
 
 def run_method(tmp, name, db):
