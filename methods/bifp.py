@@ -11,11 +11,14 @@ relaxed accuracy-gap penalty enters both. Each training batch is split in two ha
    −κ·(∂ℓ/∂m) ⊙ (∂ℓ/∂θ) per weight, summed over a unit for structured masks; one
    optimizer step on the scores.
 
-L is the cross-entropy. F̂ is the relaxed accuracy gap: the mean soft accuracy (softmax
-probability of the true class; σ of the margin for two classes, the paper's u left
-unspecified) of group 1 minus that of group 0. This is the paper's importance-weighted
-F̂_A with the batch's group frequencies as P̂(S), with the sign of group 0 flipped as its
-derivation needs. The signed F̂ is unbounded below, so the penalty P is ``"abs"`` |F̂|
+L is the cross-entropy. F̂ is the relaxed accuracy gap: the mean soft accuracy of group 1
+minus that of group 0, i.e. the paper's importance-weighted F̂_A with the batch's group
+frequencies as P̂(S) and the sign of group 0 flipped as its derivation needs. The paper
+leaves the surrogate u unspecified; here it is softmax(z / T)_y, the tempered probability
+of the true class (σ(margin / T) for two classes). ``temperature`` T defaults to 0.3: with
+T = 1 the soft gap can be closed by making the better group's predictions less confident
+without changing one of them (seen on the planted task of the tests), a sharper u ties it
+to the accuracy gap. The signed F̂ is unbounded below, so the penalty P is ``"abs"`` |F̂|
 (default), ``"square"`` F̂² or ``"hinge"`` max(0, |F̂| − τ); the run's info names it. A
 batch half without rows of one group has no gap estimate and no penalty.
 ``fair_levels`` keeps the penalty at both levels (default) or at one, for the paper's
@@ -29,17 +32,17 @@ Differences from the paper, on purpose:
   κ = 1e-4, weights and scores both by SGD (momentum 0.9, rate 0.1); the learning rates
   stay constant (BiP decays them with cosine and step schedules).
 
-``sparsity`` is the fraction pruned in every prunable layer: ⌊sparsity·n⌋ of the n filters
-of every conv layer (``structured``, the paper's filter pruning; linear layers stay dense),
-or of the n weights of every conv and linear layer (unstructured); ``schedule="lth"`` raises it over the epochs as the
-lottery-ticket levels 1 − 0.8ⁿ (epoch e uses 1 − 0.8^(e+1)), capped at the target, which
-the last epoch always uses. The classifier (last linear layer) stays dense unless
+``sparsity`` is the fraction pruned in every prunable conv and linear layer: ⌊sparsity·n⌋ of
+its n filters or neurons (``structured``, the paper's filter pruning) or of its n weights
+(unstructured); ``schedule="lth"`` raises it over the epochs as the lottery-ticket levels
+1 − 0.8ⁿ (epoch e uses 1 − 0.8^(e+1)), capped at the target, which the last epoch always
+uses. The classifier (last linear layer) stays dense unless
 ``prune_classifier``. The returned model has the masks applied for good: unstructured
 zeros stay stored (the FairLRF convention: they save nothing without a sparse format; the
-footprint's nonzeros show them), a structured mask removes the pruned filters physically
-(Torch-Pruning, ``toolbox/masks.py``), so the footprint and the latency show it. A filter
-mask is exactly the removal when no normalisation layer follows the conv (VGG without
-batch norm); the engine evaluates the model after removal in any case. Residual networks
+footprint's nonzeros show them), a structured mask removes the pruned filters and neurons
+physically (Torch-Pruning, ``toolbox/masks.py``), so the footprint and the latency show it.
+A unit mask is exactly the removal when no normalisation layer follows the layer (MLPs, VGG
+without batch norm); the engine evaluates the model after removal in any case. Residual networks
 couple the outputs of several convs, which the removal refuses.
 """
 from __future__ import annotations
@@ -92,14 +95,12 @@ def halves(batch: Batch) -> tuple[Batch, Batch]:
     return take(slice(0, None, 2)), take(slice(1, None, 2))
 
 
-def prunable_layers(model: nn.Module, structured: bool, prune_classifier: bool) -> list[str]:
-    """Conv filters for structured masks; every conv and linear layer but the classifier otherwise."""
-    if structured:
-        return [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+def prunable_layers(model: nn.Module, prune_classifier: bool) -> list[str]:
+    """Every conv and linear layer, except the classifier (the last linear layer) by default."""
     paths = [name for name, module in model.named_modules() if isinstance(module, MASKABLE)]
     linear = [name for name in paths if isinstance(model.get_submodule(name), nn.Linear)]
     if linear and not prune_classifier:
-        paths.remove(linear[-1])  # the classifier
+        paths.remove(linear[-1])
     return paths
 
 
@@ -202,6 +203,8 @@ class BiFP(Method):
                 raise ConfigError(f"bifp: {key} must be one of {', '.join(known)}, got {getattr(p, key)!r}")
         if not (p.tolerance >= 0 and p.fairness_weight >= 0 and p.kappa >= 0 and p.mask_lr > 0):
             raise ConfigError("bifp: tolerance, fairness_weight and kappa must be >= 0, mask_lr > 0")
+        if p.structured and p.prune_classifier:
+            raise ConfigError("bifp: a structured mask on the classifier would remove classes")
         if p.epochs < 1 or p.batch_size < 2:
             raise ConfigError("bifp: epochs must be >= 1 and batch_size >= 2 (it is split in two halves)")
         self.train_config()
@@ -227,10 +230,9 @@ class BiFP(Method):
         if groups != [0, 1]:
             raise ConfigError(f"bifp: needs two groups coded 0 and 1, the task has {groups}")
         model = ctx.model.to(ctx.device)
-        paths = prunable_layers(model, p.structured, p.prune_classifier)
+        paths = prunable_layers(model, p.prune_classifier)
         if not paths:
-            raise ConfigError("bifp: structured masks prune conv filters and this model has no conv layer"
-                              if p.structured else "bifp: the model has no prunable layer")
+            raise ConfigError("bifp: the model has no prunable layer")
         masks = ScoreMasks(model, paths, self.sparsity_at(0), p.structured)
         objective = FairObjective(p.fairness_weight, p.penalty, p.tolerance, p.fair_levels, p.temperature)
         trainer = BilevelTrainer(model, ctx.task, self.train_config(), ctx.device, ctx.seed, masks=masks,
@@ -251,7 +253,7 @@ class BiFP(Method):
         kept = sum(int(m.sum()) for m in masks.values())
         total = sum(m.numel() for m in masks.values())
         facts = {"layers": len(masks), "achieved_sparsity": 1 - kept / total}
-        if self.params.structured:
+        if self.params.structured and masks:
             example = ctx.task.prepare(ctx.task.train.x[:2], False).to(ctx.device)
             model.eval()
             remove_filters(model, example, masks)

@@ -21,7 +21,7 @@ TINY_PARAMS: dict[str, dict] = {
     "fairalm": {"epochs": 1, "batch_size": 64, "inner_steps": 2},
     "unconstrained": {"epochs": 1, "batch_size": 64, "inner_steps": 2},
     "l2_penalty": {"epochs": 1, "batch_size": 64, "inner_steps": 2},
-    "bifp": {"structured": False, "sparsity": 0.5, "epochs": 1, "batch_size": 64, "lr": 0.05},
+    "bifp": {"sparsity": 0.5, "epochs": 1, "batch_size": 64, "lr": 0.05},
 }
 
 
