@@ -201,8 +201,8 @@ class BiFP(Method):
         for key, known in (("penalty", PENALTIES), ("schedule", SCHEDULES), ("fair_levels", LEVELS)):
             if getattr(p, key) not in known:
                 raise ConfigError(f"bifp: {key} must be one of {', '.join(known)}, got {getattr(p, key)!r}")
-        if not (p.tolerance >= 0 and p.fairness_weight >= 0 and p.kappa >= 0 and p.mask_lr > 0):
-            raise ConfigError("bifp: tolerance, fairness_weight and kappa must be >= 0, mask_lr > 0")
+        if not (p.tolerance >= 0 and p.fairness_weight >= 0 and p.kappa >= 0 and p.mask_lr > 0 and p.temperature > 0):
+            raise ConfigError("bifp: tolerance, fairness_weight and kappa must be >= 0, mask_lr and temperature > 0")
         if p.structured and p.prune_classifier:
             raise ConfigError("bifp: a structured mask on the classifier would remove classes")
         if p.epochs < 1 or p.batch_size < 2:

@@ -8,7 +8,7 @@ from torch import nn
 
 from fairsqueeze.footprint import footprint
 from fairsqueeze.methods import METHODS, MethodContext
-from fairsqueeze.methods.bifp import BiFP, accuracy_gap, lth_sparsity
+from fairsqueeze.methods.bifp import BiFP, BilevelTrainer, accuracy_gap, lth_sparsity
 from fairsqueeze.methods.toolbox.masks import remove_filters
 from fairsqueeze.methods.toolbox.score_masks import ScoreMasks, TopKStraightThrough
 from fairsqueeze.tasks import Split, TaskData
@@ -121,6 +121,25 @@ def test_weight_mask_gradient_reaches_every_score_as_autograd_of_the_product():
     (nn.functional.linear(x, theta * m, layer.bias)).square().sum().backward()
     assert int(score.mask().sum()) == 6
     assert torch.allclose(score.scores.grad, m.grad * score.scores.sign())  # pruned entries get gradient too
+
+
+def test_implicit_gradient_term_is_minus_kappa_theta_grad_squared():
+    task = minority_rule_task(n=64)
+    model = nn.Sequential(nn.Linear(7, 4), nn.ReLU(), nn.Linear(4, 2))
+    masks = ScoreMasks(model, ["0"], 0.5, structured=False)
+    trainer = BilevelTrainer(model, task, TrainConfig(epochs=1), torch.device("cpu"), 0, masks=masks,
+                             objective=None, mask_lr=0.1, kappa=0.5)
+    layer, score = masks.layers["0"]
+    theta = masks.raw_weight(layer)
+    model(torch.as_tensor(task.train.x)).logsumexp(1).sum().backward()
+    before = score.scores.grad.clone()
+    trainer.add_implicit_gradient()
+    expected = before - 0.5 * theta.detach() * theta.grad.square() * score.scores.sign()
+    assert torch.allclose(score.scores.grad, expected) and not torch.allclose(before, expected)
+    trainer.kappa = 0.0  # switched off: the straight-through gradient alone
+    score.scores.grad = before.clone()
+    trainer.add_implicit_gradient()
+    assert torch.equal(score.scores.grad, before)
 
 
 def conv_net():
