@@ -1,0 +1,149 @@
+"""FairALM and its baselines: the constraint pieces, and the effect on a task built to need it."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fairsqueeze.metrics import compute_metrics
+from fairsqueeze.methods import METHODS, MethodContext
+from fairsqueeze.methods.fairalm import ALMObjective, group_rates
+from fairsqueeze.methods.toolbox.group_surrogates import false_alarm, miss
+from fairsqueeze.tasks import Split, TaskData
+from fairsqueeze.training import Batch
+
+
+def planted_bias_task(n=2000, seed=0):
+    """y depends on x0 and on the group: the best unconstrained rule misses many group-1 positives."""
+    rng = np.random.default_rng(seed)
+
+    def split(offset):
+        s = (rng.random(n) < 0.5).astype(np.int64)
+        x0 = rng.normal(size=n)
+        x = np.stack([x0, s + 0.1 * rng.normal(size=n), rng.normal(size=n)], 1).astype(np.float32)
+        y = (rng.random(n) < 1 / (1 + np.exp(-(2 * x0 + 2 * (1 - 2 * s))))).astype(np.int64)
+        return Split(x, y, s, np.arange(offset, offset + n))
+
+    train, val, test = split(0), split(n), split(2 * n)
+    return TaskData("planted", train, val, test, 2, (3,), "y", "s", {0: "a", 1: "b"})
+
+
+def context(task, seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, 2))
+    return MethodContext(model, task.view(), torch.device("cpu"), seed, None, torch.Generator().manual_seed(seed))
+
+
+def run(name, task, **params):
+    common = {"epochs": 4, "batch_size": 128, "lr": 0.05, "momentum": 0.9, "inner_steps": 2}
+    outcome = METHODS.get(name).from_config({**common, **params}).apply(context(task))
+    with torch.no_grad():
+        pred = outcome.model(torch.as_tensor(task.test.x)).argmax(1).numpy()
+    return outcome, compute_metrics(task.test.y, pred, task.test.s, num_classes=2), pred
+
+
+def test_fairalm_reduces_deo_against_its_unconstrained_twin():
+    task = planted_bias_task()
+    _, plain, plain_pred = run("unconstrained", task)
+    outcome, fair, fair_pred = run("fairalm", task, eta0=0.1)
+    assert plain["deo"] > 0.25  # the planted bias shows without the constraint
+    assert fair["deo"] < 0.5 * plain["deo"]
+    # not by collapsing: both classes are still predicted and accuracy stays useful
+    assert 0.2 < fair_pred.mean() < 0.8 and fair["accuracy"] > 0.7
+    assert outcome.passes["train_steps"] == 4 * 2 * -(-2000 // 128)
+    # the dual forward pass of Algorithm 2 is counted: inner_steps + 1 forwards per batch
+    assert outcome.passes["train_forward"] == pytest.approx(4 * 3) and outcome.passes["train_backward"] == 4 * 2
+
+
+def test_fairalm_without_dual_step_is_its_twin():
+    """η = 0 switches the mechanism off: λ stays 0 and training is the twin's, step for step."""
+    task = planted_bias_task()
+    plain, _, _ = run("unconstrained", task)
+    off, _, _ = run("fairalm", task, eta0=0.0)
+    for a, b in zip(plain.model.parameters(), off.model.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert off.info["multipliers"] == [[0.0]]
+
+
+def test_reference_mode_and_l2_baseline_also_reduce_deo():
+    task = planted_bias_task()
+    _, plain, _ = run("unconstrained", task)
+    _, ref, ref_pred = run("fairalm", task, dual="reference", eta0=2.0)
+    _, l2, _ = run("l2_penalty", task, eta=5.0)
+    assert ref["deo"] < 0.5 * plain["deo"] and 0.2 < ref_pred.mean() < 0.8
+    assert l2["deo"] < plain["deo"]
+
+
+def test_finetune_starts_from_the_dense_weights_and_scratch_does_not():
+    task = planted_bias_task(n=200)
+
+    def trained(ctx):  # stands in for a trained dense model
+        for p in ctx.model.parameters():
+            nn.init.constant_(p, 0.5)
+        return ctx
+
+    def first_weight(init):
+        method = METHODS.get("unconstrained").from_config({"epochs": 1, "lr": 1e-9, "inner_steps": 1, "init": init})
+        return method.apply(trained(context(task))).model[0].weight
+
+    assert torch.allclose(first_weight("finetune"), torch.full((16, 3), 0.5))
+    scratch = first_weight("scratch")
+    assert (scratch - 0.5).abs().min() > 1e-4 and torch.equal(scratch, first_weight("scratch"))  # seeded
+
+
+def test_surrogates_by_hand():
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    p = torch.softmax(logits, 1)[0]
+    assert torch.allclose(miss(logits, "ce")[0], -p.log())
+    assert torch.allclose(false_alarm(logits, "ce")[0], -(1 - p).log())
+    margins = torch.tensor([2.0, -2.0, -3.0])  # z_k − max of the others
+    assert torch.allclose(miss(logits, "sigmoid_margin")[0], torch.sigmoid(-margins))
+    assert torch.allclose(false_alarm(logits, "sigmoid_margin")[0], torch.sigmoid(margins))
+
+
+def test_group_rates_by_hand_and_one_constraint_per_class():
+    logits = torch.randn(8, 2)
+    y = torch.tensor([1, 1, 0, 1, 0, 1, 0, 0])
+    s = torch.tensor([0, 0, 0, 1, 1, 1, 1, -1])  # -1: unknown group, in no cell
+    mu, present = group_rates(logits, y, s, "deo", "ce", 2)
+    ce = nn.functional.cross_entropy(logits, y, reduction="none")
+    assert mu.shape == (2, 1) and present.tolist() == [True]
+    assert torch.allclose(mu[:, 0], torch.stack([ce[[0, 1]].mean(), ce[[3, 5]].mean()]))
+    fpr, _ = group_rates(logits, y, s, "fpr", "ce", 2)
+    wrong = -torch.log_softmax(logits, 1)[:, 0]  # −log(1 − p_1) = −log p_0 for two classes
+    assert torch.allclose(fpr[:, 0], torch.stack([wrong[[2]].mean(), wrong[[4, 6]].mean()]))
+    err, _ = group_rates(logits, y, s, "error_rate", "ce", 2)
+    assert torch.allclose(err[:, 0], torch.stack([ce[[0, 1, 2]].mean(), ce[[3, 4, 5, 6]].mean()]))
+
+    y10 = torch.arange(20) % 10
+    s10 = torch.arange(20) // 10
+    assert group_rates(torch.randn(20, 10), y10, s10, "deo", "ce", 10)[0].shape == (2, 10)
+    assert group_rates(torch.randn(20, 10), y10, s10, "fpr", "sigmoid_margin", 10)[0].shape == (2, 10)
+    assert group_rates(torch.randn(20, 10), y10, s10, "error_rate", "ce", 10)[0].shape == (2, 1)
+
+
+@pytest.mark.parametrize("dual", ["alg2", "reference"])
+def test_a_batch_without_a_cell_gives_no_nan_and_leaves_its_multiplier(dual):
+    model = nn.Linear(3, 2)
+    x = torch.randn(6, 3)
+    y = torch.tensor([1, 1, 0, 0, 0, 1])
+    s = torch.tensor([0, 0, 0, 1, 1, 1])
+    missing = Batch(x, torch.tensor([1, 1, 0, 0, 0, 0]), s, np.arange(6))  # no positive in group 1
+    objective = ALMObjective("deo", "ce", 2, torch.device("cpu"), eta=1.0, eta_growth=1.0, dual=dual)
+    objective.lam += 0.3
+    loss = objective(model, missing)
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
+    assert torch.allclose(loss, nn.functional.cross_entropy(model(x), missing.y))  # the constraint is left out
+
+    class Stub:
+        def __init__(self):
+            self.model = model
+
+        def count(self, *args, **kwargs):
+            pass
+
+    objective.dual_step(Stub())
+    assert torch.allclose(objective.lam, torch.full_like(objective.lam, 0.3)) and objective.absent == 1
+    objective(model, Batch(x, y, s, np.arange(6)))
+    objective.dual_step(Stub())
+    assert not torch.allclose(objective.lam, torch.full_like(objective.lam, 0.3))
