@@ -6,6 +6,7 @@ those predictions. Finished runs are skipped; failed or interrupted ones are ret
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sqlalchemy.exc import IntegrityError
 
 from .biascard import bias_card
 from .errors import DatasetMissing, FairsqueezeError
@@ -106,7 +108,7 @@ class Runner:
             task = tasks[task_key]
             self.store.put_task(task_key, task.name, task.summary())
             try:
-                dense, dense_info = dense_reference(specs[0], task, self.device)
+                dense, dense_info, dense_val, dense_fp = self.prepare_reference(specs[0], task)
             except Exception as exc:  # every run of this reference fails with it; the suite goes on
                 log.error("dense reference %s on %s failed: %s", specs[0].model.label, task.name, exc)
                 for spec in specs:
@@ -115,20 +117,6 @@ class Runner:
                     report.failed.append(spec.key)
                 bar.update(len(specs))
                 continue
-            dense_val = compute_dense_val(dense, task, self.device)
-            dense_fp = footprint(dense)
-            spec = specs[0]
-            self.store.put_dense(
-                spec.dense_key,
-                {
-                    "task_key": task_key,
-                    "task": spec.task.name,
-                    "model": spec.model.label,
-                    "seed": spec.seed,
-                    "history": dense_info["history"],
-                    "bias_card": bias_card(task, dense_val.y_pred),
-                },
-            )
             for spec in specs:
                 bar.set_postfix_str(f"{spec.task.name}/{spec.model.name}/{spec.method.label}/s{spec.seed}")
                 ok = self.run_one(spec, suite, task, dense, dense_info, dense_val, dense_fp)
@@ -138,6 +126,24 @@ class Runner:
                 bar.update(1)
         bar.close()
         return report
+
+    def prepare_reference(self, spec: RunSpec, task: TaskData):
+        """The dense reference of ``spec`` (trained or loaded), its validation predictions and
+        footprint; records the reference's bias card in the store. Reads train and val only."""
+        dense, dense_info = dense_reference(spec, task, self.device)
+        dense_val = compute_dense_val(dense, task, self.device)
+        dense_fp = footprint(dense)
+        row = {
+            "task_key": spec.task.key,
+            "task": spec.task.name,
+            "model": spec.model.label,
+            "seed": spec.seed,
+            "history": dense_info["history"],
+            "bias_card": bias_card(task, dense_val.y_pred),
+        }
+        with contextlib.suppress(IntegrityError):  # another worker wrote the same row first
+            self.store.put_dense(spec.dense_key, row)
+        return dense, dense_info, dense_val, dense_fp
 
     def _run_row(self, spec: RunSpec, suite: Suite, task: TaskData) -> dict:
         return {
@@ -159,7 +165,10 @@ class Runner:
             "dense_hash": spec.dense_key,
         }
 
-    def run_one(self, spec: RunSpec, suite: Suite, task: TaskData, dense, dense_info, dense_val, dense_fp) -> bool:
+    def run_one(
+        self, spec: RunSpec, suite: Suite, task: TaskData, dense, dense_info, dense_val, dense_fp, info: dict | None = None
+    ) -> bool:
+        """Execute one run; ``info`` is stored with its result (e.g. the policy that selected it)."""
         from fairsqueeze.methods import METHODS, MethodContext
 
         self.store.start_run(spec.key, self._run_row(spec, suite, task))
@@ -186,7 +195,12 @@ class Runner:
                 footprint=fp_row,
                 predictions=preds,
                 timings={"apply_s": apply_seconds, "dense_cached": float(dense_info["cached"])},
-                info={"passes": outcome.passes, **outcome.info, "dense_train_loss": dense_info["history"][-1:] or None},
+                info={
+                    "passes": outcome.passes,
+                    **outcome.info,
+                    "dense_train_loss": dense_info["history"][-1:] or None,
+                    **(info or {}),
+                },
             )
             self.store.finish_run(spec.key, result)
             return True

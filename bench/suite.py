@@ -33,11 +33,12 @@ from . import __version__
 from .errors import ConfigError, FairsqueezeError
 from .hashing import config_hash
 from .training import TrainConfig
+from .tuning import TuneSpec, parse_tuning
 
-TOP_KEYS = {"name", "description", "seeds", "train", "tasks", "models", "methods"}
+TOP_KEYS = {"name", "description", "seeds", "train", "tasks", "models", "methods", "tuning"}
 TASK_KEYS = {"name", "options"}
 MODEL_KEYS = {"name", "options", "train", "tasks"}
-METHOD_KEYS = {"name", "params", "sweep", "label", "models", "tasks"}
+METHOD_KEYS = {"name", "params", "sweep", "label", "models", "tasks", "tune"}
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class MethodEntry:
     label: str = ""
     models: tuple[str, ...] | None = None
     tasks: tuple[str, ...] | None = None
+    tune: TuneSpec | None = field(default=None, compare=False)  # tuned on validation instead of fixed params
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,14 @@ class Suite:
     source: str = "<memory>"
 
     def runs(self) -> list[RunSpec]:
-        """The plan: every (task, model, method, seed) the entries' restrictions allow."""
+        """The fixed runs: every (task, model, method, seed) the entries' restrictions allow."""
+        return [r for r in self._matrix() if r.method.tune is None]
+
+    def studies(self) -> list[RunSpec]:
+        """The tuned entries' (task, model, entry, seed): one Optuna study each."""
+        return [r for r in self._matrix() if r.method.tune is not None]
+
+    def _matrix(self) -> list[RunSpec]:
         plan = []
         for task in self.tasks:
             for model in self.models:
@@ -290,9 +299,11 @@ def parse_suite(data: Any, where: _Where | None = None, default_name: str = "sui
         train = _train(entry.get("train"), base_train, where, ("models", i, "train"))
         models.append(ModelEntry(entry["name"], options, train, _names(entry.get("tasks"), where, ("models", i, "tasks"))))
 
+    tuning = _options(data.get("tuning"), where, ("tuning",))
     methods = []
     for i, raw in enumerate(data["methods"]):
-        methods.extend(_method_entries(raw, where, ("methods", i)))
+        methods.extend(_method_entries(raw, where, ("methods", i), tuning))
+    _check_budgets(methods, tuning, where)
 
     return Suite(
         name=str(data.get("name", default_name)),
@@ -305,7 +316,18 @@ def parse_suite(data: Any, where: _Where | None = None, default_name: str = "sui
     )
 
 
-def _method_entries(raw, where, path) -> list[MethodEntry]:
+def _check_budgets(methods: list[MethodEntry], tuning: dict, where) -> None:
+    """Every tuned entry gets the same number of trials unless the suite allows otherwise."""
+    budgets = {m.tune.trials for m in methods if m.tune is not None}
+    if len(budgets) > 1 and not tuning.get("unequal_budgets", False):
+        raise where(
+            ("methods",),
+            f"tuned entries have different trial budgets {sorted(budgets)}; equal budgets keep the comparison"
+            " fair (set tuning.unequal_budgets: true to allow it; reports show each budget)",
+        )
+
+
+def _method_entries(raw, where, path, tuning: dict | None = None) -> list[MethodEntry]:
     from fairsqueeze.methods import METHODS
 
     entry = _entry(raw, where, path, METHOD_KEYS)
@@ -319,6 +341,14 @@ def _method_entries(raw, where, path) -> list[MethodEntry]:
         if not isinstance(values, list) or not values:
             raise where(path + ("sweep", key), "expected a non-empty list of values")
     combos = [dict(zip(sweep, values)) for values in itertools.product(*sweep.values())] or [{}]
+    tune = None
+    if "tune" in entry:
+        if sweep:
+            raise where(path + ("tune",), "an entry is either swept or tuned, not both")
+        try:
+            tune = parse_tuning(tuning, entry["tune"])
+        except ConfigError as exc:
+            raise where(path + ("tune",), str(exc)) from None
     out = []
     for combo in combos:
         merged = {**params, **combo}
@@ -337,6 +367,7 @@ def _method_entries(raw, where, path) -> list[MethodEntry]:
                 str(label),
                 _names(entry.get("models"), where, path + ("models",)),
                 _names(entry.get("tasks"), where, path + ("tasks",)),
+                tune,
             )
         )
     return out

@@ -1,0 +1,271 @@
+"""Tuning: selection policies against hand-picked answers, suite parsing, studies end to end."""
+import json
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from fairsqueeze.cli import main
+from fairsqueeze.errors import ConfigError
+from fairsqueeze.store import Store
+from fairsqueeze.suite import parse_suite
+from fairsqueeze.tuning import Policy, best_utility, fairest_above, fairest_within, trials_frame, utopia
+from fairsqueeze.tuning_report import mean_ci, selections_frame
+from fairsqueeze.worker import sqlite_single_worker
+
+
+def frame(rows):
+    return pd.DataFrame(rows, columns=["number", "utility", "unfairness", "feasible", "degenerate"])
+
+
+TRIALS = frame(
+    [
+        (0, 0.90, 0.20, True, False),
+        (1, 0.88, 0.05, True, False),
+        (2, 0.80, 0.01, True, False),
+        (3, 0.95, 0.00, True, True),  # constant predictions: best on both axes, never selectable
+        (4, 0.99, 0.30, False, False),  # violates the accuracy constraint
+    ]
+)
+
+
+def test_policies_pick_the_hand_computed_trial():
+    assert best_utility(TRIALS) == 0
+    # best utility 0.90: within 5 % means >= 0.855 -> trials 0, 1 -> the fairer is 1
+    assert fairest_within(TRIALS, 0.05) == 1
+    # within 15 %: >= 0.765 admits trial 2 (unfairness 0.01)
+    assert fairest_within(TRIALS, 0.15) == 2
+    assert fairest_above(TRIALS, 0.85) == 1
+    assert fairest_above(TRIALS, 0.95) is None
+    # min-max scaled: trial 0 (1, 0), trial 1 (0.8, 0.15/0.19), trial 2 (0, 1) -> trial 1 is closest to (1, 1)
+    assert utopia(TRIALS) == 1
+
+
+def test_degenerate_and_infeasible_trials_are_excluded_only_because_they_are_flagged():
+    unflagged = TRIALS.assign(degenerate=False)
+    assert best_utility(unflagged) == 3
+    assert fairest_within(unflagged, 0.05) == 3  # the collapsed model would win without the flag
+    assert best_utility(TRIALS.assign(feasible=True)) == 4  # the infeasible one would win without the constraint
+
+
+def test_ties_go_to_the_other_objective_then_the_earlier_trial():
+    tied = frame([(0, 0.9, 0.2, True, False), (1, 0.9, 0.1, True, False), (2, 0.9, 0.1, True, False)])
+    assert best_utility(tied) == 1
+    assert fairest_within(tied, 0.0) == 1
+    assert utopia(tied) == 1  # no spread in utility: both score 1 on it; 1 and 2 tie, 1 is earlier
+
+
+def test_policy_parsing_names_the_problem():
+    assert Policy.parse({"fairest_within": 0.1}).label == "fairest_within(0.1)"
+    assert Policy.parse("utopia").label == "utopia"
+    with pytest.raises(ConfigError, match="unknown selection policy"):
+        Policy.parse("fairest")
+    with pytest.raises(ConfigError, match=r"\{fairest_within: <tolerance>\}"):
+        Policy.parse("fairest_within")
+    with pytest.raises(ConfigError, match="in \\[0, 1\\)"):
+        Policy.parse({"fairest_within": 1.5})
+
+
+def test_mean_ci_matches_scipy():
+    from scipy import stats
+
+    values = pd.Series([0.7, 0.75, 0.72])
+    mean, half = mean_ci(values)
+    low, high = stats.t.interval(0.95, 2, loc=np.mean(values), scale=stats.sem(values))
+    assert mean == pytest.approx(np.mean(values)) and half == pytest.approx((high - low) / 2)
+    assert np.isnan(mean_ci(pd.Series([0.5]))[1])
+
+
+def suite_dict(methods, tuning=None, seeds=(0,), name="tune-tiny"):
+    return {
+        "name": name,
+        "seeds": list(seeds),
+        "train": {"epochs": 2, "batch_size": 64, "lr": 0.05},
+        "tasks": [{"name": "digits", "options": {"target": "parity"}}],
+        "models": [{"name": "mlp", "options": {"hidden": [32, 16]}}],
+        "tuning": tuning or {"trials": 4, "sampler": {"name": "tpe", "seed": 3}},
+        "methods": methods,
+    }
+
+
+def test_suite_tuning_errors_point_at_the_entry():
+    with pytest.raises(ConfigError, match=r"methods\[1\].tune: .*unknown metric 'nosuch'"):
+        parse_suite(suite_dict(["dense", {"name": "truncated_svd", "tune": True}],
+                               {"trials": 3, "objectives": {"utility": "nosuch"}}))
+    with pytest.raises(ConfigError, match="'eodd' is not a metric where higher is better"):
+        parse_suite(suite_dict([{"name": "truncated_svd", "tune": True}], {"trials": 3, "objectives": {"utility": "eodd"}}))
+    with pytest.raises(ConfigError, match="either swept or tuned"):
+        parse_suite(suite_dict([{"name": "truncated_svd", "tune": True, "sweep": {"k": [1, 2]}}]))
+    with pytest.raises(ConfigError, match="unknown sampler 'cmaes'"):
+        parse_suite(suite_dict([{"name": "truncated_svd", "tune": True}], {"trials": 3, "sampler": "cmaes"}))
+
+
+def test_budgets_are_equal_unless_the_suite_says_otherwise():
+    methods = [{"name": "truncated_svd", "tune": True}, {"name": "slr_w", "tune": {"trials": 9}}]
+    with pytest.raises(ConfigError, match=r"different trial budgets \[4, 9\]"):
+        parse_suite(suite_dict(methods))
+    suite = parse_suite(suite_dict(methods, {"trials": 4, "unequal_budgets": True}))
+    assert sorted(s.method.tune.trials for s in suite.studies()) == [4, 9]
+    assert suite.runs() == []  # tuned entries are not fixed runs
+
+
+TUNED = [
+    "dense",
+    {"name": "truncated_svd", "params": {"layer": "fc2", "k": 8}, "tune": True},
+    {"name": "slr_w", "params": {"layer": "fc2", "k": 8}, "tune": True},
+]
+POLICIES = ["best_utility", {"fairest_within": 0.05}, "utopia"]
+
+
+def write_suite(tmp_path, methods=TUNED, tuning=None, name="tune-tiny"):
+    tuning = tuning or {"trials": 4, "sampler": {"name": "tpe", "seed": 3}, "policies": POLICIES,
+                        "constraints": {"accuracy_within": 0.3}}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(suite_dict(methods, tuning, name=name)))
+    return path
+
+
+def test_tuning_end_to_end_through_optuna_and_the_cli(isolated, capsys):
+    db = f"sqlite:///{isolated}/t.db"
+    path = write_suite(isolated)
+    assert main(["run", str(path), "--db", db, "--quiet"]) == 0
+
+    # the studies are Optuna's own, in the engine's database
+    summaries = optuna.get_all_study_summaries(storage=db)
+    assert len(summaries) == 2
+    store = Store(db)
+    chosen = selections_frame(store)
+    for summary in summaries:
+        study = optuna.load_study(study_name=summary.study_name, storage=db)
+        trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+        assert len(study.trials) == len(trials) == 4  # exactly the budget
+        assert study.user_attrs["sampler"] == {"name": "tpe", "seed": 3, "options": {}}
+        assert study.user_attrs["split"] == "val"
+        assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+        assert all(1 <= t.params["k"] <= 8 for t in trials)  # the space stays under the entry's k
+        assert all("accuracy_within" in t.constraints for t in trials)
+        assert study.best_trials and all(t.constraints["accuracy_within"] <= 0 for t in study.best_trials)
+
+        # best utility, recomputed from Optuna's trial values, is what the store says was selected
+        ok = [t for t in trials if t.constraints["accuracy_within"] <= 0 and not t.user_attrs["degenerate"]]
+        best = max(ok, key=lambda t: (t.values[0], -t.values[1], -t.number))
+        row = chosen[(chosen["study"] == summary.study_name) & (chosen["policy"] == "best_utility")].iloc[0]
+        assert int(row["trial"]) == best.number
+        assert json.loads(row["params"]) == best.user_attrs["params"]
+        assert set(chosen[chosen["study"] == summary.study_name]["policy"]) == {"best_utility", "fairest_within(0.05)", "utopia"}
+
+        # the selected configuration was evaluated as an ordinary run, on val and test
+        run = store.runs_frame().set_index("key").loc[row["run_key"]]
+        assert run["status"] == "done"
+        info = json.loads(run["info"])["selected"]
+        assert info["study"] == summary.study_name and "best_utility" in info["policies"] and info["trials"] == 4
+        if study.user_attrs["method"] == "truncated_svd":  # deterministic: the run reproduces the trial on val
+            val = store.metrics_frame("val").query("run_key == @row.run_key").set_index("name")["value"]
+            assert val["f1_avg"] == pytest.approx(best.values[0]) and val["eodd"] == pytest.approx(best.values[1])
+    assert set(store.metrics_frame()["split"]) == {"val", "test"}
+
+    # a second run adds nothing: no extra trial, no new run
+    n_runs = len(store.runs_frame())
+    assert main(["run", str(path), "--db", db, "--quiet"]) == 0
+    assert sum(len(optuna.load_study(study_name=s.study_name, storage=db).trials) for s in summaries) == 8
+    assert len(store.runs_frame()) == n_runs
+
+    capsys.readouterr()
+    assert main(["fronts", "--db", db]) == 0
+    out = capsys.readouterr().out
+    assert "Pareto front:" in out and "sampler tpe (seed 3), 4/4 trials complete" in out
+    assert "selected by fairest_within(0.05): trial" in out
+    assert "selected configurations on test (mean ± 95 % CI over seeds)" in out
+    assert "truncated_svd(k=8,layer=fc2)[utopia]" in out
+
+
+def test_a_sequential_study_is_reproducible_from_its_sampler_seed(isolated):
+    methods = [{"name": "truncated_svd", "params": {"layer": "fc2", "k": 8}, "tune": True}]
+    tuning = {"trials": 5, "sampler": {"name": "random", "seed": 11}}
+    path = write_suite(isolated, methods, tuning)
+    results = []
+    for db in ("a", "b"):
+        url = f"sqlite:///{isolated}/{db}.db"
+        assert main(["run", str(path), "--db", url, "--quiet"]) == 0
+        (summary,) = optuna.get_all_study_summaries(storage=url)
+        study = optuna.load_study(study_name=summary.study_name, storage=url)
+        results.append([(t.params, t.values, t.user_attrs["seed"]) for t in study.trials])
+    assert results[0] == results[1]
+    assert len({json.dumps(p) for p, _, _ in results[0]}) > 1  # the sampler really explored
+
+
+def test_nothing_on_the_tuning_path_reads_the_test_split(isolated, monkeypatch):
+    """While a trial runs, every access to the test split raises; the trials still complete.
+    Outside the trials (the selected run's final evaluation) the split reads normally."""
+    import fairsqueeze.tasks as tasks
+    from fairsqueeze.worker import Worker
+
+    state = {"tuning": False, "trials": 0}
+
+    class Guarded:
+        def __init__(self, split):
+            self._split = split
+
+        def __getattr__(self, name):
+            if state["tuning"]:
+                raise AssertionError("the test split was read during tuning")
+            return getattr(self._split, name)
+
+        def __len__(self):
+            return len(self.__getattr__("y"))
+
+    real_build, real_trial = tasks.build_task, Worker._trial
+    built = []
+
+    def guarded_build(*args, **kwargs):
+        task = real_build(*args, **kwargs)
+        task.test = Guarded(task.test)
+        built.append(task)
+        return task
+
+    def guarded_trial(self, *args):
+        state["tuning"] = True
+        try:
+            with pytest.raises(AssertionError, match="during tuning"):  # the guard is armed
+                built[-1].test.y
+            state["trials"] += 1
+            return real_trial(self, *args)
+        finally:
+            state["tuning"] = False
+
+    monkeypatch.setattr(tasks, "build_task", guarded_build)
+    monkeypatch.setattr(Worker, "_trial", guarded_trial)
+    methods = [{"name": "slr_w", "params": {"layer": "fc2", "k": 8}, "tune": True}]
+    db = f"sqlite:///{isolated}/g.db"
+    path = write_suite(isolated, methods, {"trials": 3, "sampler": "random"})
+    assert main(["run", str(path), "--db", db, "--quiet"]) == 0
+    (summary,) = optuna.get_all_study_summaries(storage=db)
+    study = optuna.load_study(study_name=summary.study_name, storage=db)
+    assert state["trials"] == 3
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    runs = Store(db).runs_frame()
+    assert len(runs) == 1 and runs.iloc[0]["status"] == "done"  # the selected run read test, outside tuning
+
+
+def test_a_second_worker_on_sqlite_is_refused_with_a_pointer_to_postgresql(isolated, capsys):
+    db = f"sqlite:///{isolated}/w.db"
+    path = write_suite(isolated)
+    with sqlite_single_worker(db):
+        assert main(["worker", str(path), "--db", db, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "SQLite allows one worker at a time" in err and "postgresql://" in err
+
+
+def test_trials_frame_reads_constraints_and_flags(isolated):
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for utility, unfairness, slack, degenerate in [(0.9, 0.1, -0.1, False), (0.95, 0.0, 0.2, False), (0.5, 0.0, -1.0, True)]:
+        trial = study.ask()
+        trial.set_constraint("accuracy_within", slack)
+        trial.set_user_attr("degenerate", degenerate)
+        study.tell(trial, [utility, unfairness])
+    table = trials_frame(study)
+    assert table["feasible"].tolist() == [True, False, True]
+    assert table["degenerate"].tolist() == [False, False, True]
+    assert best_utility(table) == 0
