@@ -137,14 +137,16 @@ def cmd_worker(args) -> int:
     from .store import Store
     from .suite import load_suite
     from .tasks import data_root
-    from .worker import HEARTBEAT_S, Worker, sqlite_single_worker
+    from .worker import HEARTBEAT_S, Worker, schema_lock, sqlite_single_worker
 
     set_quiet(args.quiet)
     load_plugins()
     suite = load_suite(args.suite)  # validated before anything is written
     device = resolve_device(args.device)
     with sqlite_single_worker(args.db):
-        runner = Runner(Store(args.db), data_root(args.data_root), device, args.skip_missing_data)
+        with schema_lock(args.db):  # workers started together create the tables one at a time
+            store = Store(args.db)
+        runner = Runner(store, data_root(args.data_root), device, args.skip_missing_data)
         worker = Worker(runner, heartbeat_interval=getattr(args, "heartbeat", None) or HEARTBEAT_S)
         report = worker.run(suite)
     if not args.quiet:

@@ -39,7 +39,7 @@ from typing import Iterator
 import numpy as np
 import optuna
 import torch
-from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text, insert, select, update
+from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text, create_engine, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from .errors import DatasetMissing, FairsqueezeError
@@ -51,6 +51,7 @@ log = logging.getLogger("fairsqueeze")
 
 MAX_TRIAL_RETRIES = 3  # a trial whose worker died is re-enqueued at most this many times
 HEARTBEAT_S = 10  # Optuna heartbeat interval of a running trial (seconds)
+SCHEMA_LOCK_KEY = 0x66737164  # advisory-lock id under which workers create the tables
 
 # heartbeats, stale-trial failure and the retry callback are marked experimental by Optuna
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -96,6 +97,24 @@ def optuna_storage(url: str, heartbeat_interval: int = HEARTBEAT_S, grace_period
         grace_period=grace_period,
         heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_TRIAL_RETRIES),
     )
+
+
+@contextlib.contextmanager
+def schema_lock(url: str) -> Iterator[None]:
+    """On PostgreSQL, serialise the creation of tables by workers that start together (a
+    session advisory lock); elsewhere a no-op."""
+    if not url.startswith("postgresql"):
+        yield
+        return
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            conn.commit()
+    engine.dispose()
 
 
 @contextlib.contextmanager
@@ -217,8 +236,9 @@ class Worker:
         self.runner = runner
         self.store = runner.store
         self.name = name or f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.storage = optuna_storage(self.store.url, heartbeat_interval, grace_period)
-        self.claims = Claims(self.store.engine, self.name)
+        with schema_lock(self.store.url):
+            self.storage = optuna_storage(self.store.url, heartbeat_interval, grace_period)
+            self.claims = Claims(self.store.engine, self.name)
         self.poll_s = poll_s
         self._tasks: dict[str, object] = {}
         self._references: dict[str, tuple] = {}
