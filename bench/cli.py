@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args) -> int:
     from .progress import set_quiet
     from .registry_loader import load_plugins
-    from .runner import Runner, resolve_device
+    from .runner import Runner, plan_suite, resolve_device
     from .store import Store
     from .suite import load_suite
     from .tasks import data_root
@@ -66,17 +66,22 @@ def cmd_run(args) -> int:
 
     set_quiet(args.quiet)
     load_plugins()
-    suite = load_suite(args.suite)  # validated before anything is written
+    suite = load_suite(args.suite)
     device = resolve_device(args.device)
     if suite.studies():  # tuned entries: one worker in this process
         return cmd_worker(args)
+    # everything (suite, data, tasks, method parameters) is checked before the store is opened
+    plan = plan_suite(suite, data_root(args.data_root), args.skip_missing_data)
     with sqlite_single_worker(args.db):
         runner = Runner(Store(args.db), data_root(args.data_root), device, args.skip_missing_data)
-        report = runner.run(suite)
+        report = runner.run(plan)
     if not args.quiet:
         print(f"suite {suite.name}: {report.done} run(s) done, {report.skipped} already done, {len(report.failed)} failed")
         if report.missing_tasks:
             print(f"skipped for missing data: {', '.join(report.missing_tasks)}")
+        if report.flagged:
+            print(f"{len(report.flagged)} run(s) flagged (degenerate: constant predictions; no_effect: same"
+                  " predictions as the dense model); see the flags column")
         _print_tables(runner.store, suite.name, "test")
     if report.failed:
         print(f"fairsqueeze: {len(report.failed)} run(s) failed; errors are in the store (runs.error)", file=sys.stderr)
@@ -85,20 +90,24 @@ def cmd_run(args) -> int:
 
 
 def _print_tables(store, suite: str | None, split: str) -> None:
-    from .results import format_table, results_tables
-
     from .biascard import format_bias_card
+    from .results import format_table, results_tables, suite_runs
 
-    tables = results_tables(store, split=split, suite=suite)
-    if not tables:
-        print("no finished runs")
-    cards = store.dense_frame().sort_values("seed")
-    for task, table in tables.items():
-        print(f"\n== {task} ({split}) ==")
-        print(format_table(table))
-        for _, row in cards[cards["task"] == task].drop_duplicates("model").iterrows():
-            print(f"\n-- bias card: {task}, dense {row['model']} (seed {row['seed']}) --")
-            print(format_bias_card(row["bias_card"]))
+    for name in [suite] if suite else store.suite_names():
+        tables = results_tables(store, split=split, suite=name)
+        if not tables:
+            print(f"suite {name}: no finished runs")
+            continue
+        members = suite_runs(store, name)
+        dense = store.dense_frame().set_index("key")
+        for title, table in tables.items():
+            print(f"\n== {title} ({split}, suite {name}) ==")
+            print(format_table(table))
+            shown = members[(members["task_label"] == title) & (members["method"] == "dense")]
+            for _, row in shown.sort_values("seed").drop_duplicates("model").iterrows():
+                if row["dense_key"] in dense.index:
+                    print(f"\n-- bias card: {title}, dense {row['model']} (seed {row['seed']}) --")
+                    print(format_bias_card(dense.loc[row["dense_key"], "bias_card"]))
 
 
 def cmd_list(args) -> int:
@@ -133,22 +142,24 @@ def cmd_worker(args) -> int:
     """Execute a suite's pending work through the database; several may run at once on PostgreSQL."""
     from .progress import set_quiet
     from .registry_loader import load_plugins
-    from .runner import Runner, resolve_device
+    from .runner import Runner, plan_suite, resolve_device
     from .store import Store
     from .suite import load_suite
     from .tasks import data_root
-    from .worker import HEARTBEAT_S, Worker, schema_lock, sqlite_single_worker
+    from .worker import HEARTBEAT_S, Worker, db_lock, sqlite_single_worker
 
     set_quiet(args.quiet)
     load_plugins()
-    suite = load_suite(args.suite)  # validated before anything is written
+    suite = load_suite(args.suite)
     device = resolve_device(args.device)
+    # everything (suite, data, tasks, method parameters) is checked before the store is opened
+    plan = plan_suite(suite, data_root(args.data_root), args.skip_missing_data)
     with sqlite_single_worker(args.db):
-        with schema_lock(args.db):  # workers started together create the tables one at a time
+        with db_lock(args.db):  # workers started together create the tables one at a time
             store = Store(args.db)
         runner = Runner(store, data_root(args.data_root), device, args.skip_missing_data)
         worker = Worker(runner, heartbeat_interval=getattr(args, "heartbeat", None) or HEARTBEAT_S)
-        report = worker.run(suite)
+        report = worker.run(plan)
     if not args.quiet:
         print(f"suite {suite.name}: this worker did {report.runs} run(s) and {report.trials} trial(s); {len(report.failed)} failed")
         if report.missing_tasks:

@@ -76,7 +76,7 @@ def selected_results(store: Store, suite: str | None = None, split: str = "test"
         utility, unfairness = any_study.user_attrs["objectives"][:2]
         wide = metrics[metrics["run_key"].isin(keys)].pivot_table(index="run_key", columns="name", values="value")
         first = runs.loc[keys[0]]
-        row = {"task": first["task"], "model": first["model"], "label": label, "policy": policy,
+        row = {"task": first["task_label"], "model": first["model"], "label": label, "policy": policy,
                "trials": int(group["trials"].iloc[0]), "seeds": len(keys)}
         for name, series in ((utility, wide.get(utility)), (unfairness, wide.get(unfairness)),
                              ("compression_ratio", ratio.reindex(keys))):

@@ -42,16 +42,18 @@ import torch
 from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text, create_engine, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from .errors import DatasetMissing, FairsqueezeError
+from .errors import FairsqueezeError
 from .hashing import config_hash
+from .runner import suite_definition
 from .suite import MethodEntry, RunSpec, Suite
+from .tasks import sealed_test_split, test_split_violations
 from .tuning import TrialResult, record, score_on_validation, trial_seed, trials_frame, derived_seed
 
 log = logging.getLogger("fairsqueeze")
 
 MAX_TRIAL_RETRIES = 3  # a trial whose worker died is re-enqueued at most this many times
 HEARTBEAT_S = 10  # Optuna heartbeat interval of a running trial (seconds)
-SCHEMA_LOCK_KEY = 0x66737164  # advisory-lock id under which workers create the tables
+DB_LOCK_KEY = 0x66737164  # advisory-lock id under which workers create the tables
 
 # heartbeats, stale-trial failure and the retry callback are marked experimental by Optuna
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -100,19 +102,20 @@ def optuna_storage(url: str, heartbeat_interval: int = HEARTBEAT_S, grace_period
 
 
 @contextlib.contextmanager
-def schema_lock(url: str) -> Iterator[None]:
-    """On PostgreSQL, serialise the creation of tables by workers that start together (a
-    session advisory lock); elsewhere a no-op."""
+def db_lock(url: str) -> Iterator[None]:
+    """On PostgreSQL, one process at a time in the block (a session advisory lock): workers
+    that start together create tables, and replace a suite's membership, in turn. Elsewhere a
+    no-op (SQLite has one worker)."""
     if not url.startswith("postgresql"):
         yield
         return
     engine = create_engine(url)
     with engine.connect() as conn:
-        conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+        conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": DB_LOCK_KEY})
         try:
             yield
         finally:
-            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": DB_LOCK_KEY})
             conn.commit()
     engine.dispose()
 
@@ -225,110 +228,136 @@ class WorkReport:
     trials: int = 0
     failed: list[str] = field(default_factory=list)
     missing_tasks: list[str] = field(default_factory=list)
-    skipped: int = 0
 
 
 class Worker:
-    """Executes a suite's pending runs, trials and selected runs until none remain."""
+    """Executes a planned suite's pending runs, trials and selected runs until none remain."""
 
     def __init__(self, runner, heartbeat_interval: int = HEARTBEAT_S, grace_period: int | None = None,
                  poll_s: float = 1.0, name: str | None = None):
         self.runner = runner
         self.store = runner.store
         self.name = name or f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        with schema_lock(self.store.url):
+        with db_lock(self.store.url):
             self.storage = optuna_storage(self.store.url, heartbeat_interval, grace_period)
             self.claims = Claims(self.store.engine, self.name)
         self.poll_s = poll_s
-        self._tasks: dict[str, object] = {}
-        self._references: dict[str, tuple] = {}
+        self._references: dict[str, object] = {}
         self._finished_studies: set[str] = set()
-        self._info: dict[str, dict] = {}  # run key -> what selected it
+        self._info: dict[str, dict] = {}  # selected run key -> what selected it
         optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     # -- the loop ---------------------------------------------------------------------------
-    def run(self, suite: Suite) -> WorkReport:
-        report = WorkReport()
-        studies = {study_name(suite, s): s for s in suite.studies()}
-        fixed = suite.runs()
-        self.claims.ensure({r.key: "run" for r in fixed} | {name: "study" for name in studies})
+    def run(self, plan) -> WorkReport:
+        report = WorkReport(missing_tasks=list(plan.missing_tasks))
+        suite = plan.suite
+        self.plan = plan
+        for key, task in plan.tasks.items():  # engine bookkeeping, outside any trial
+            with contextlib.suppress(IntegrityError):
+                self.store.put_task(key, task.name, {**task.summary(), "label": plan.labels[key]})
+        studies = {study_name(suite, s): s for s in plan.studies}
+        self.claims.ensure({r.key: "run" for r in plan.runs} | {name: "study" for name in studies})
         for name, spec in studies.items():
             self._create_study(name, suite, spec)
+        selected = self._selected_runs(studies)
+        self._record_membership(selected)
         while True:
-            progressed, busy = self._round(suite, fixed, studies, report)
+            progressed, busy = self._round(plan, studies, selected, report)
             if progressed:
+                selected = self._selected_runs(studies)
+                if set(selected) - set(self._members):
+                    self._record_membership(selected)
                 continue
             if not busy:
                 return report
             time.sleep(self.poll_s)
 
-    def _round(self, suite, fixed, studies, report) -> tuple[bool, bool]:
-        """Do one item if any can be claimed. Returns (did something, something is held elsewhere)."""
+    def _round(self, plan, studies, selected, report) -> tuple[bool, bool]:
+        """Do one item if one can be claimed. Returns (did something, something is held elsewhere)."""
         busy = False
-        runs = fixed + self._selected_runs(suite, studies)
+        runs = list({r.key: r for r in plan.runs + list(selected.values())}.values())
         done = self.store.keys_with_status([r.key for r in runs], "done")
         for spec in runs:
-            if spec.key in done or not self._task_available(spec, report):
+            if spec.key in done:
                 continue
-            outcome = self._do_run(suite, spec, report)
+            outcome = self._do_run(spec, report)
             if outcome is None:
                 busy = True
             elif outcome:
                 return True, busy
         for name, spec in studies.items():
-            if name in self._finished_studies or not self._task_available(spec, report):
+            if name in self._finished_studies:
                 continue
-            outcome = self._do_trial(suite, name, spec, report)
+            outcome = self._do_trial(plan.suite, name, spec, report)
             if outcome is None:
                 busy = True
             elif outcome:
                 return True, busy
         return False, busy
 
+    def _record_membership(self, selected: dict[str, RunSpec]) -> None:
+        """The suite's members: its fixed runs and, once chosen, its selected runs (labelled
+        ``entry[policy]``). Workers write it one at a time."""
+        plan = self.plan
+        rows = [
+            {"task_key": r.task.key, "model": r.model.label, "label": r.method.label, "seed": r.seed,
+             "run_key": r.key, "entry": r.method.entry, "entry_label": r.method.entry_label, "sweep": r.method.sweep}
+            for r in plan.runs + list(selected.values())
+        ]
+        skipped = {t.key for t in plan.suite.tasks if t.key not in plan.tasks}
+        with db_lock(self.store.url):
+            self.store.put_suite(plan.suite.name, plan.suite.description, plan.suite.source,
+                                 suite_definition(plan.suite))
+            self.store.set_members(plan.suite.name, rows, keep_tasks=skipped)
+        self._members = dict(selected)
+
     # -- runs -------------------------------------------------------------------------------
-    def _do_run(self, suite, spec: RunSpec, report) -> bool | None:
+    def _do_run(self, spec: RunSpec, report) -> bool | None:
         """True: executed; False: nothing to do; None: another worker holds it."""
         with self.claims.hold(spec.key) as claim:
             if claim is None:
                 return False if self.claims.failed_since_start(spec.key) else None
             if spec.key in self.store.keys_with_status([spec.key], "done"):  # finished meanwhile
                 return False
+            task, label = self.plan.tasks[spec.task.key], self.plan.labels[spec.task.key]
             try:
-                task, dense, dense_info, dense_val, dense_fp = self._reference(spec)
+                reference = self._reference(spec)
             except Exception as exc:  # the run fails with its reference; the suite goes on
-                log.error("dense reference %s on %s failed: %s", spec.model.label, spec.task.name, exc)
-                task = self._tasks[spec.task.key]
-                self.store.start_run(spec.key, self.runner._run_row(spec, suite, task))
+                log.error("dense reference %s on %s failed: %s", spec.model.label, label, exc)
+                self.store.start_run(spec.key, self.runner._run_row(spec, task, label))
                 self.store.fail_run(spec.key, f"dense reference failed: {type(exc).__name__}: {exc}")
-                ok = False
+                result = None
             else:
-                ok = self.runner.run_one(spec, suite, task, dense, dense_info, dense_val, dense_fp, self._info.get(spec.key))
-            if ok:
-                report.runs += 1
-            else:
+                result = self.runner.run_one(spec, task, label, reference, self._info.get(spec.key))
+            if result is None:
                 claim.failed()
                 report.failed.append(spec.key)
+            else:
+                report.runs += 1
             return True
 
-    def _selected_runs(self, suite: Suite, studies: dict[str, RunSpec]) -> list[RunSpec]:
+    def _selected_runs(self, studies: dict[str, RunSpec]) -> dict[str, RunSpec]:
+        """label -> run spec of every configuration a policy has selected so far."""
         with self.store.engine.connect() as conn:
             rows = conn.execute(select(selections).where(selections.c.study.in_(list(studies)))).all()
         out = {}
-        for row in rows:
+        for row in sorted(rows, key=lambda r: (r.study, r.policy)):
             if row.trial is None:
                 continue
             base = studies[row.study]
-            entry = MethodEntry(base.method.name, json.loads(row.params), row.label, base.method.models, base.method.tasks)
-            spec = RunSpec(base.task, base.model, entry, base.seed)
-            out.setdefault(spec.key, spec)
-            selected = self._info.setdefault(spec.key, {"selected": {"study": row.study, "trial": row.trial,
-                                                                     "trials": row.trials, "split": "val",
-                                                                     "policies": []}})
-            if row.policy not in selected["selected"]["policies"]:
-                selected["selected"]["policies"].append(row.policy)
+            entry = MethodEntry(base.method.name, json.loads(row.params), row.label, base.method.models,
+                                base.method.tasks, entry=base.method.entry, entry_label=base.method.label,
+                                sweep={"policy": row.policy})
+            spec = RunSpec(base.task, base.model, entry, base.seed, base.data)
+            out[(row.label, spec.seed)] = spec
+            chosen = self._info.setdefault(spec.key, {"selected": {"study": row.study, "trial": row.trial,
+                                                                   "trials": row.trials, "split": "val",
+                                                                   "policies": []}})
+            if row.policy not in chosen["selected"]["policies"]:
+                chosen["selected"]["policies"].append(row.policy)
         if out:
-            self.claims.ensure({k: "run" for k in out})
-        return list(out.values())
+            self.claims.ensure({s.key: "run" for s in out.values()})
+        return out
 
     # -- trials -----------------------------------------------------------------------------
     def _create_study(self, name: str, suite: Suite, spec: RunSpec) -> None:
@@ -339,7 +368,7 @@ class Worker:
             return
         attrs = {
             "suite": suite.name,
-            "task": spec.task.label,
+            "task": self.plan.labels[spec.task.key],
             "task_key": spec.task.key,
             "model": spec.model.label,
             "method": spec.method.name,
@@ -373,37 +402,43 @@ class Worker:
                 self._select(suite, name, spec, study)
                 self._finished_studies.add(name)
                 return True
+            reference = self._reference(spec)  # outside the sealed trial: it predicts on test too
             # a fresh sampler per trial, seeded from the position in the study: the study gives
             # the same trials whether it runs in one sitting or resumes after a crash
             finished = [t for t in counted if t.state.is_finished()]
             study.sampler = tune.sampler.build(seed=derived_seed(tune.sampler.seed, name, len(finished)))
-            study.optimize(lambda trial: self._trial(name, spec, trial), n_trials=1, catch=(Exception,),
-                           gc_after_trial=False)
+            study.optimize(lambda trial: self._trial(name, spec, reference, trial), n_trials=1, catch=(Exception,))
             report.trials += 1
             return True
 
-    def _trial(self, name: str, spec: RunSpec, trial: optuna.trial.Trial) -> list[float]:
-        """Apply the method with the trial's params to the dense reference and score it on validation."""
+    def _trial(self, name: str, spec: RunSpec, reference, trial: optuna.trial.Trial) -> list[float]:
+        """Apply the method with the trial's params to the dense reference and score it on
+        validation, with the test split sealed."""
         from fairsqueeze.methods import METHODS, MethodContext
 
         started = time.perf_counter()
-        task, dense, _, dense_val, dense_fp = self._reference(spec)
-        cls = METHODS.get(spec.method.name)
-        params = cls.from_config(spec.method.params).space(trial)
-        method = cls.from_config(dataclasses.asdict(params))  # validated like suite params
-        seed = trial_seed(name, trial)
-        torch.manual_seed(seed)
-        view = task.view()
-        ctx = MethodContext(model=copy.deepcopy(dense), task=view, device=self.runner.device, seed=seed,
-                            dense_val=dense_val, generator=torch.Generator().manual_seed(seed))
-        applied = time.perf_counter()
-        outcome = method.apply(ctx)
-        evaluated = time.perf_counter()
-        model = outcome.model.to(self.runner.device).eval()
-        dense_accuracy = float(np.mean(dense_val.y == dense_val.y_pred))
-        values, metrics, ratio, degenerate, slack = score_on_validation(
-            model, outcome.sparse_storage, view, dense_fp, self.runner.device, spec.method.tune, dense_accuracy
-        )
+        violations = test_split_violations()
+        with sealed_test_split():
+            cls = METHODS.get(spec.method.name)
+            params = cls.from_config(spec.method.params).space(trial)
+            method = cls.from_config(dataclasses.asdict(params))  # validated like suite params
+            seed = trial_seed(name, trial)
+            torch.manual_seed(seed)
+            view = self.plan.tasks[spec.task.key].view()
+            dense_val = reference.val_predictions()
+            ctx = MethodContext(model=copy.deepcopy(reference.model), task=view, device=self.runner.device, seed=seed,
+                                dense_val=dense_val, generator=torch.Generator().manual_seed(seed))
+            applied = time.perf_counter()
+            outcome = method.apply(ctx)
+            evaluated = time.perf_counter()
+            model = outcome.model.to(self.runner.device).eval()
+            dense_accuracy = float(np.mean(dense_val.y == dense_val.y_pred))
+            values, metrics, ratio, degenerate, slack = score_on_validation(
+                model, outcome.sparse_storage, view, reference.footprint, self.runner.device, spec.method.tune,
+                dense_accuracy,
+            )
+        if test_split_violations() != violations:
+            raise FairsqueezeError(f"method {spec.method.name!r} tried to read the test split during tuning")
         end = time.perf_counter()
         seconds = {"apply": evaluated - applied, "evaluate": end - evaluated, "setup": applied - started}
         record(trial, TrialResult(values, metrics, ratio, degenerate, slack, seconds), method.param_dict(), seed)
@@ -423,7 +458,8 @@ class Worker:
             label = f"{spec.method.label}[{policy.label}]"
             run_key = None
             if params is not None:
-                run_key = RunSpec(spec.task, spec.model, MethodEntry(spec.method.name, params, label), spec.seed).key
+                run_key = RunSpec(spec.task, spec.model, MethodEntry(spec.method.name, params, label), spec.seed,
+                                  spec.data).key
             else:
                 log.warning("study %s: no trial qualifies for policy %s", name, policy.label)
             rows.append({"study": name, "policy": policy.label, "suite": suite.name, "label": label, "trial": number,
@@ -433,31 +469,12 @@ class Worker:
             with contextlib.suppress(IntegrityError), self.store.engine.begin() as conn:
                 conn.execute(insert(selections), rows)
 
-    # -- tasks and dense references ----------------------------------------------------------------
-    def _task_available(self, spec: RunSpec, report: WorkReport) -> bool:
-        from .tasks import build_task
-
-        key = spec.task.key
-        if key not in self._tasks:
-            try:
-                task = build_task(spec.task.name, self.runner.data_root, **spec.task.options)
-            except DatasetMissing as exc:
-                if not self.runner.skip_missing_data:
-                    raise
-                log.warning("skipping %s", exc)
-                self._tasks[key] = None
-                report.missing_tasks.append(spec.task.name)
-                return False
-            with contextlib.suppress(IntegrityError):  # another worker recorded it first
-                self.store.put_task(key, task.name, task.summary())
-            self._tasks[key] = task
-        return self._tasks[key] is not None
-
+    # -- dense references ----------------------------------------------------------------------
     def _reference(self, spec: RunSpec):
         from .reference import checkpoint_path
 
         if spec.dense_key not in self._references:
-            task = self._tasks[spec.task.key]
-            with file_lock(checkpoint_path(spec.dense_key).with_suffix(".lock")):
-                self._references[spec.dense_key] = (task, *self.runner.prepare_reference(spec, task))
+            task = self.plan.tasks[spec.task.key]
+            with file_lock(checkpoint_path(spec.dense_key).with_suffix(".lock")):  # one trainer per machine
+                self._references[spec.dense_key] = self.runner.prepare_reference(spec, task)
         return self._references[spec.dense_key]

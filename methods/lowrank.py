@@ -37,7 +37,7 @@ from fairsqueeze.errors import ConfigError
 from fairsqueeze.models import resolve_layer
 
 from .base import Method, MethodContext, Outcome, register_method
-from .svd import target_layers
+from .svd import check_ranks, target_layers
 from .toolbox.curvature import ESTIMATORS, features_before, per_group_curvature, sequential_tail
 from .toolbox.factorize import SOLVERS, FactorizedLinear, replace_module
 
@@ -91,6 +91,9 @@ class SparseLowRank(Method):
         if p.solver not in SOLVERS:
             raise ConfigError(f"{name}: unknown solver {p.solver!r} (known: {', '.join(SOLVERS)})")
 
+    def check_model(self, model: nn.Module) -> None:
+        check_ranks(model, self.params.layer, self.params.k)
+
     def apply(self, ctx: MethodContext) -> Outcome:
         self.validate()
         p = self.params
@@ -109,7 +112,23 @@ class SparseLowRank(Method):
             replace_module(ctx.model, path, factorized)
             info[path] = {**sparsify(factorized, scores, p.sparsity_rate, keep), **facts}
             sparse += [f"{path}.first.weight", f"{path}.second.weight"]
-        return Outcome(model=ctx.model, sparse_storage=tuple(sparse), passes=passes, info={"layers": info})
+        out = {"layers": info}
+        unprivileged = {facts.get("unprivileged_group") for *_, facts in plans} - {None}
+        if unprivileged:
+            out["unprivileged_group"] = unprivileged.pop()
+        if no_op := self.no_op_reason(plans):
+            out["no_op"] = no_op
+        return Outcome(model=ctx.model, sparse_storage=tuple(sparse), passes=passes, info=out)
+
+    def no_op_reason(self, plans) -> str | None:
+        """Why the sparsification zeroes nothing (the result then equals truncated SVD), or None."""
+        p = self.params
+        for path, factorized, _, keep, _ in plans:
+            if keep < factorized.rank and (floor_share(p.sparsity_rate, factorized.in_features)
+                                           or floor_share(p.sparsity_rate, factorized.out_features)):
+                return None
+        return (f"nothing is zeroed (sparsity_rate {p.sparsity_rate}, kept entries per row >= k): "
+                "the result equals truncated SVD")
 
     def space(self, trial):
         """Around the papers' settings: the rank from 1 up to the entry's ``k`` (log scale), the

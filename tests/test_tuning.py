@@ -159,7 +159,7 @@ def test_tuning_end_to_end_through_optuna_and_the_cli(isolated, capsys):
         # the selected configuration was evaluated as an ordinary run, on val and test
         run = store.runs_frame().set_index("key").loc[row["run_key"]]
         assert run["status"] == "done"
-        info = json.loads(run["info"])["selected"]
+        info = run["info"]["selected"]
         assert info["study"] == summary.study_name and "best_utility" in info["policies"] and info["trials"] == 4
         if study.user_attrs["method"] == "truncated_svd":  # deterministic: the run reproduces the trial on val
             val = store.metrics_frame("val").query("run_key == @row.run_key").set_index("name")["value"]
@@ -197,56 +197,55 @@ def test_a_sequential_study_is_reproducible_from_its_sampler_seed(isolated):
 
 
 def test_nothing_on_the_tuning_path_reads_the_test_split(isolated, monkeypatch):
-    """While a trial runs, every access to the test split raises; the trials still complete.
-    Outside the trials (the selected run's final evaluation) the split reads normally."""
-    import fairsqueeze.tasks as tasks
-    from fairsqueeze.worker import Worker
+    """Trials run with the test split sealed: an ordinary tuning completes every trial without
+    a single attempt to read it, while a method that reaches for it fails its trial."""
+    from dataclasses import dataclass
 
-    state = {"tuning": False, "trials": 0}
+    from fairsqueeze.methods import METHODS, Method, Outcome
+    from fairsqueeze.tasks import TestSplitSealed, build_task, test_split_violations
 
-    class Guarded:
-        def __init__(self, split):
-            self._split = split
+    seen = []
 
-        def __getattr__(self, name):
-            if state["tuning"]:
-                raise AssertionError("the test split was read during tuning")
-            return getattr(self._split, name)
+    class Peek(Method):
+        """Tries to read the test split by rebuilding its task."""
 
-        def __len__(self):
-            return len(self.__getattr__("y"))
+        @dataclass
+        class Params:
+            n: int = 1
 
-    real_build, real_trial = tasks.build_task, Worker._trial
-    built = []
+        def space(self, trial):
+            return self.Params(n=trial.suggest_int("n", 1, 3))
 
-    def guarded_build(*args, **kwargs):
-        task = real_build(*args, **kwargs)
-        task.test = Guarded(task.test)
-        built.append(task)
-        return task
+        def apply(self, ctx):
+            try:
+                build_task("digits", target="parity").test.y
+                seen.append("read")
+            except TestSplitSealed:
+                seen.append("sealed")
+            return Outcome(model=ctx.model)
 
-    def guarded_trial(self, *args):
-        state["tuning"] = True
-        try:
-            with pytest.raises(AssertionError, match="during tuning"):  # the guard is armed
-                built[-1].test.y
-            state["trials"] += 1
-            return real_trial(self, *args)
-        finally:
-            state["tuning"] = False
+    monkeypatch.setitem(METHODS._items, "peek", Peek)
+    Peek.registered_name = "peek"
 
-    monkeypatch.setattr(tasks, "build_task", guarded_build)
-    monkeypatch.setattr(Worker, "_trial", guarded_trial)
-    methods = [{"name": "slr_w", "params": {"layer": "fc2", "k": 8}, "tune": True}]
+    before = test_split_violations()
     db = f"sqlite:///{isolated}/g.db"
-    path = write_suite(isolated, methods, {"trials": 3, "sampler": "random"})
+    path = write_suite(isolated, [{"name": "slr_w", "params": {"layer": "fc2", "k": 8}, "tune": True}],
+                       {"trials": 3, "sampler": "random"})
     assert main(["run", str(path), "--db", db, "--quiet"]) == 0
     (summary,) = optuna.get_all_study_summaries(storage=db)
     study = optuna.load_study(study_name=summary.study_name, storage=db)
-    assert state["trials"] == 3
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert test_split_violations() == before  # nothing on the tuning path tried
     runs = Store(db).runs_frame()
-    assert len(runs) == 1 and runs.iloc[0]["status"] == "done"  # the selected run read test, outside tuning
+    assert len(runs) == 1 and runs.iloc[0]["status"] == "done"  # the selected run read test, after tuning
+
+    db = f"sqlite:///{isolated}/p.db"
+    path = write_suite(isolated, [{"name": "peek", "tune": True}], {"trials": 2, "sampler": "random"}, name="peek")
+    main(["run", str(path), "--db", db, "--quiet"])
+    (summary,) = optuna.get_all_study_summaries(storage=db)
+    study = optuna.load_study(study_name=summary.study_name, storage=db)
+    assert seen == ["sealed", "sealed"]
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
 
 
 def test_a_second_worker_on_sqlite_is_refused_with_a_pointer_to_postgresql(isolated, capsys):
