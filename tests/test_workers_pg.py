@@ -86,8 +86,8 @@ MIXED = [
     "dense",
     {"name": "truncated_svd", "params": {"layer": "fc2"}, "sweep": {"k": [2, 4]}},
     {"name": "slr_w", "params": {"layer": "fc2", "k": 8}},
-    {"name": "truncated_svd", "params": {"layer": "fc2", "k": 8}, "tune": True},
-    {"name": "slr_w", "params": {"layer": "fc2", "k": 8}, "tune": True},
+    {"name": "truncated_svd", "label": "svd-tuned", "params": {"layer": "fc2", "k": 8}, "tune": True},
+    {"name": "slr_w", "label": "slr_w-tuned", "params": {"layer": "fc2", "k": 8}, "tune": True},
 ]
 
 
