@@ -324,15 +324,18 @@ def score_on_validation(model, sparse_storage, task_view, dense_fp, device, spec
 
 
 def record(trial: optuna.trial.Trial, result: TrialResult, params: dict[str, Any], seed: int) -> None:
-    """Store what selection and reports need on the trial itself (visible in the dashboard)."""
+    """Store what selection and reports need on the trial itself (visible in the dashboard):
+    the resolved params and one ``result`` record (two writes: each is a database round trip)."""
     if result.accuracy_slack is not None:
         trial.set_constraint("accuracy_within", float(result.accuracy_slack))
     trial.set_user_attr("params", params)
-    trial.set_user_attr("seed", seed)
-    trial.set_user_attr("degenerate", bool(result.degenerate))
-    trial.set_user_attr("compression_ratio", float(result.compression_ratio))
-    trial.set_user_attr("val", {k: (float(v) if math.isfinite(v) else None) for k, v in result.metrics.items()})
-    trial.set_user_attr("seconds", result.seconds)
+    trial.set_user_attr("result", {
+        "seed": seed,
+        "degenerate": bool(result.degenerate),
+        "compression_ratio": float(result.compression_ratio),
+        "seconds": result.seconds,
+        "val": {k: (float(v) if math.isfinite(v) else None) for k, v in result.metrics.items()},
+    })
 
 
 # -- reading studies -------------------------------------------------------------------------
@@ -348,7 +351,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "utility": t.values[0],
             "unfairness": t.values[1],
             "feasible": all(v <= 0 for v in t.constraints.values()),
-            "degenerate": bool(t.user_attrs.get("degenerate", False)),
+            "degenerate": bool(t.user_attrs.get("result", {}).get("degenerate", False)),
             "params": t.user_attrs.get("params", t.params),
         }
         if compression:

@@ -149,7 +149,7 @@ def test_tuning_end_to_end_through_optuna_and_the_cli(isolated, capsys):
         assert study.best_trials and all(t.constraints["accuracy_within"] <= 0 for t in study.best_trials)
 
         # best utility, recomputed from Optuna's trial values, is what the store says was selected
-        ok = [t for t in trials if t.constraints["accuracy_within"] <= 0 and not t.user_attrs["degenerate"]]
+        ok = [t for t in trials if t.constraints["accuracy_within"] <= 0 and not t.user_attrs["result"]["degenerate"]]
         best = max(ok, key=lambda t: (t.values[0], -t.values[1], -t.number))
         row = chosen[(chosen["study"] == summary.study_name) & (chosen["policy"] == "best_utility")].iloc[0]
         assert int(row["trial"]) == best.number
@@ -191,7 +191,7 @@ def test_a_sequential_study_is_reproducible_from_its_sampler_seed(isolated):
         assert main(["run", str(path), "--db", url, "--quiet"]) == 0
         (summary,) = optuna.get_all_study_summaries(storage=url)
         study = optuna.load_study(study_name=summary.study_name, storage=url)
-        results.append([(t.params, t.values, t.user_attrs["seed"]) for t in study.trials])
+        results.append([(t.params, t.values, t.user_attrs["result"]["seed"]) for t in study.trials])
     assert results[0] == results[1]
     assert len({json.dumps(p) for p, _, _ in results[0]}) > 1  # the sampler really explored
 
@@ -262,7 +262,7 @@ def test_trials_frame_reads_constraints_and_flags(isolated):
     for utility, unfairness, slack, degenerate in [(0.9, 0.1, -0.1, False), (0.95, 0.0, 0.2, False), (0.5, 0.0, -1.0, True)]:
         trial = study.ask()
         trial.set_constraint("accuracy_within", slack)
-        trial.set_user_attr("degenerate", degenerate)
+        trial.set_user_attr("result", {"degenerate": degenerate})
         study.tell(trial, [utility, unfairness])
     table = trials_frame(study)
     assert table["feasible"].tolist() == [True, False, True]
