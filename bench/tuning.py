@@ -10,8 +10,9 @@ Pareto front (``study.best_trials``) both honour it.
 
 A selection policy is a small pure function of the table of finished trials that returns the
 chosen trial number. Only that configuration is then evaluated on test, as an ordinary run.
-Degenerate trials (constant predictions on validation) and infeasible ones are never
-selected: a model that predicts one class has zero gaps and is not "fair".
+Flagged trials (the engine's flags on validation: degenerate, i.e. constant predictions, or
+no effect, i.e. the dense model's predictions) and infeasible ones are never selected: a
+model that predicts one class has zero gaps and is not "fair".
 
 The studies live in the engine's database (Optuna's RDB storage on the same URL), so
 ``optuna-dashboard <url>`` shows them.
@@ -65,13 +66,15 @@ class Objectives:
 
 # -- selection policies -------------------------------------------------------------------------
 # Each takes a frame with one row per finished trial: columns ``number``, ``utility``,
-# ``unfairness``, ``feasible``, ``degenerate`` (and ``compression`` when it is an objective),
+# ``unfairness``, ``feasible``, ``flagged`` (and ``compression`` when it is an objective),
 # and returns the selected trial number, or None when no trial qualifies.
 
 
 def candidates(trials: pd.DataFrame) -> pd.DataFrame:
-    """Feasible, non-degenerate trials with finite objective values."""
-    ok = trials["feasible"].astype(bool) & ~trials["degenerate"].astype(bool)
+    """Feasible, unflagged trials with finite objective values. A flagged trial is degenerate
+    (constant predictions on validation, overall or in one group) or had no effect
+    (predictions equal to the dense model's): its gaps measure nothing, so it is never chosen."""
+    ok = trials["feasible"].astype(bool) & ~trials["flagged"].astype(bool)
     ok &= np.isfinite(trials["utility"].astype(float)) & np.isfinite(trials["unfairness"].astype(float))
     return trials[ok]
 
@@ -301,16 +304,19 @@ class TrialResult:
     values: list[float]
     metrics: dict[str, float]
     compression_ratio: float
-    degenerate: bool
+    flags: list[str]  # the engine's outcome flags on validation: degenerate, no_effect
     accuracy_slack: float | None  # constraint value (<= 0 is feasible)
     seconds: dict[str, float]
 
 
-def score_on_validation(model, sparse_storage, task_view, dense_fp, device, spec: TuneSpec, dense_val_accuracy: float):
-    """Objective values of a compressed model on validation; never reads the test split."""
+def score_on_validation(model, sparse_storage, task_view, dense_fp, device, spec: TuneSpec, dense_val) -> TrialResult:
+    """Objective values, metrics, footprint and flags of a compressed model on validation
+    (``dense_val``: the dense model's validation predictions); never reads the test split.
+    ``seconds`` is left for the caller to fill in."""
     from .evaluate import predict
     from .footprint import compression_ratio, footprint
     from .metrics import compute_metrics
+    from .runner import outcome_flags
 
     val = task_view.val
     y_pred = predict(model, val, task_view.prepare, device)
@@ -318,9 +324,9 @@ def score_on_validation(model, sparse_storage, task_view, dense_fp, device, spec
     ratio = compression_ratio(dense_fp, footprint(model, sparse_storage))
     slack = None
     if spec.accuracy_within is not None:
-        slack = (1 - spec.accuracy_within) * dense_val_accuracy - metrics["accuracy"]
-    degenerate = len(np.unique(y_pred)) < 2
-    return spec.objectives.values(metrics, ratio), metrics, ratio, degenerate, slack
+        slack = (1 - spec.accuracy_within) * float(np.mean(dense_val.y == dense_val.y_pred)) - metrics["accuracy"]
+    flags, _ = outcome_flags({"val": {"y_pred": y_pred, "s": val.s}}, {"val": dense_val.y_pred}, is_reference=False)
+    return TrialResult(spec.objectives.values(metrics, ratio), metrics, ratio, flags, slack, {})
 
 
 def record(trial: optuna.trial.Trial, result: TrialResult, params: dict[str, Any], seed: int) -> None:
@@ -331,7 +337,7 @@ def record(trial: optuna.trial.Trial, result: TrialResult, params: dict[str, Any
     trial.set_user_attr("params", params)
     trial.set_user_attr("result", {
         "seed": seed,
-        "degenerate": bool(result.degenerate),
+        "flags": list(result.flags),
         "compression_ratio": float(result.compression_ratio),
         "seconds": result.seconds,
         "val": {k: (float(v) if math.isfinite(v) else None) for k, v in result.metrics.items()},
@@ -351,13 +357,13 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "utility": t.values[0],
             "unfairness": t.values[1],
             "feasible": all(v <= 0 for v in t.constraints.values()),
-            "degenerate": bool(t.user_attrs.get("result", {}).get("degenerate", False)),
+            "flagged": bool(t.user_attrs.get("result", {}).get("flags")),
             "params": t.user_attrs.get("params", t.params),
         }
         if compression:
             row["compression"] = t.values[2]
         rows.append(row)
-    columns = ["number", "utility", "unfairness", "feasible", "degenerate", "params"] + (["compression"] if compression else [])
+    columns = ["number", "utility", "unfairness", "feasible", "flagged", "params"] + (["compression"] if compression else [])
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import optuna
 import torch
 from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text, create_engine, insert, select, text, update
@@ -47,7 +46,7 @@ from .hashing import config_hash
 from .runner import suite_definition
 from .suite import MethodEntry, RunSpec, Suite
 from .tasks import sealed_test_split, test_split_violations
-from .tuning import TrialResult, record, score_on_validation, trial_seed, trials_frame, derived_seed
+from .tuning import derived_seed, record, score_on_validation, trial_seed, trials_frame
 
 log = logging.getLogger("fairsqueeze")
 
@@ -432,17 +431,14 @@ class Worker:
             outcome = method.apply(ctx)
             evaluated = time.perf_counter()
             model = outcome.model.to(self.runner.device).eval()
-            dense_accuracy = float(np.mean(dense_val.y == dense_val.y_pred))
-            values, metrics, ratio, degenerate, slack = score_on_validation(
-                model, outcome.sparse_storage, view, reference.footprint, self.runner.device, spec.method.tune,
-                dense_accuracy,
-            )
+            result = score_on_validation(model, outcome.sparse_storage, view, reference.footprint, self.runner.device,
+                                         spec.method.tune, dense_val)
         if test_split_violations() != violations:
             raise FairsqueezeError(f"method {spec.method.name!r} tried to read the test split during tuning")
         end = time.perf_counter()
-        seconds = {"apply": evaluated - applied, "evaluate": end - evaluated, "setup": applied - started}
-        record(trial, TrialResult(values, metrics, ratio, degenerate, slack, seconds), method.param_dict(), seed)
-        return values
+        result.seconds = {"apply": evaluated - applied, "evaluate": end - evaluated, "setup": applied - started}
+        record(trial, result, method.param_dict(), seed)
+        return result.values
 
     def _select(self, suite: Suite, name: str, spec: RunSpec, study: optuna.Study) -> None:
         """Apply every policy of the entry to the finished trials and store the choices."""

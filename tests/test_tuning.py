@@ -17,7 +17,7 @@ from fairsqueeze.worker import sqlite_single_worker
 
 
 def frame(rows):
-    return pd.DataFrame(rows, columns=["number", "utility", "unfairness", "feasible", "degenerate"])
+    return pd.DataFrame(rows, columns=["number", "utility", "unfairness", "feasible", "flagged"])
 
 
 TRIALS = frame(
@@ -43,8 +43,8 @@ def test_policies_pick_the_hand_computed_trial():
     assert utopia(TRIALS) == 1
 
 
-def test_degenerate_and_infeasible_trials_are_excluded_only_because_they_are_flagged():
-    unflagged = TRIALS.assign(degenerate=False)
+def test_flagged_and_infeasible_trials_are_excluded_only_because_they_are_flagged():
+    unflagged = TRIALS.assign(flagged=False)
     assert best_utility(unflagged) == 3
     assert fairest_within(unflagged, 0.05) == 3  # the collapsed model would win without the flag
     assert best_utility(TRIALS.assign(feasible=True)) == 4  # the infeasible one would win without the constraint
@@ -149,7 +149,7 @@ def test_tuning_end_to_end_through_optuna_and_the_cli(isolated, capsys):
         assert study.best_trials and all(t.constraints["accuracy_within"] <= 0 for t in study.best_trials)
 
         # best utility, recomputed from Optuna's trial values, is what the store says was selected
-        ok = [t for t in trials if t.constraints["accuracy_within"] <= 0 and not t.user_attrs["result"]["degenerate"]]
+        ok = [t for t in trials if t.constraints["accuracy_within"] <= 0 and not t.user_attrs["result"]["flags"]]
         best = max(ok, key=lambda t: (t.values[0], -t.values[1], -t.number))
         row = chosen[(chosen["study"] == summary.study_name) & (chosen["policy"] == "best_utility")].iloc[0]
         assert int(row["trial"]) == best.number
@@ -259,14 +259,14 @@ def test_a_second_worker_on_sqlite_is_refused_with_a_pointer_to_postgresql(isola
 
 def test_trials_frame_reads_constraints_and_flags(isolated):
     study = optuna.create_study(directions=["maximize", "minimize"])
-    for utility, unfairness, slack, degenerate in [(0.9, 0.1, -0.1, False), (0.95, 0.0, 0.2, False), (0.5, 0.0, -1.0, True)]:
+    for utility, unfairness, slack, flags in [(0.9, 0.1, -0.1, []), (0.95, 0.0, 0.2, []), (0.5, 0.0, -1.0, ["degenerate"])]:
         trial = study.ask()
         trial.set_constraint("accuracy_within", slack)
-        trial.set_user_attr("result", {"degenerate": degenerate})
+        trial.set_user_attr("result", {"flags": flags})
         study.tell(trial, [utility, unfairness])
     table = trials_frame(study)
     assert table["feasible"].tolist() == [True, False, True]
-    assert table["degenerate"].tolist() == [False, False, True]
+    assert table["flagged"].tolist() == [False, False, True]
     assert best_utility(table) == 0
 
 
@@ -304,3 +304,46 @@ def test_every_method_s_search_space_gives_valid_params_that_fit_the_model(name)
         assert len(set(seen)) > 1
     unchanged = {k: v for k, v in base.param_dict().items() if k not in study.trials[0].params}
     assert all(json.loads(s)[k] == v for s in seen for k, v in unchanged.items())  # the rest stays as given
+
+
+def test_a_trial_is_scored_on_validation_and_flagged_like_a_run():
+    """Objectives and the constraint come from validation; a constant model and one equal to the
+    dense model carry the engine's flags, a model that changes some predictions does not."""
+    import torch
+
+    from fairsqueeze.footprint import footprint
+    from fairsqueeze.methods import Predictions
+    from fairsqueeze.metrics import compute_metrics
+    from fairsqueeze.tasks import Preparer, Split
+    from fairsqueeze.tuning import parse_tuning, score_on_validation
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 4)).astype(np.float32)
+    val = Split(x, (x[:, 0] > 0).astype(np.int64), rng.integers(0, 2, 200), np.arange(200))
+    view = type("View", (), {"val": val, "prepare": Preparer(lambda t, train: t.float()), "num_classes": 2})()
+    dense = torch.nn.Linear(4, 2)
+    with torch.no_grad():
+        dense.weight.copy_(torch.tensor([[-1.0, 0, 0, 0], [1.0, 0, 0, 0]]))
+        dense.bias.zero_()
+    dense_pred = dense(torch.from_numpy(x)).argmax(1).numpy()
+    dense_val = Predictions(val.y, dense_pred, val.s)
+    spec = parse_tuning({"trials": 1, "constraints": {"accuracy_within": 0.1}}, True)
+    cpu = torch.device("cpu")
+
+    same = score_on_validation(dense, (), view, footprint(dense), cpu, spec, dense_val)
+    assert same.flags == ["no_effect"] and same.accuracy_slack == pytest.approx(0.9 * 1.0 - 1.0)
+    expected = compute_metrics(val.y, dense_pred, val.s, num_classes=2)
+    assert same.values == [expected["f1_avg"], expected["eodd"]] and same.compression_ratio == 1.0
+
+    constant = torch.nn.Linear(4, 2)
+    with torch.no_grad():
+        constant.weight.zero_()
+        constant.bias.copy_(torch.tensor([1.0, 0.0]))
+    assert "degenerate" in score_on_validation(constant, (), view, footprint(dense), cpu, spec, dense_val).flags
+
+    shifted = torch.nn.Linear(4, 2)
+    with torch.no_grad():
+        shifted.weight.copy_(dense.weight)
+        shifted.bias.copy_(torch.tensor([0.0, 0.3]))  # a few rows near the boundary change class
+    result = score_on_validation(shifted, (), view, footprint(dense), cpu, spec, dense_val)
+    assert result.flags == [] and result.accuracy_slack > -0.1
