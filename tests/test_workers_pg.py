@@ -146,3 +146,27 @@ def test_a_killed_worker_s_trial_is_retried_by_the_other_after_its_heartbeat(
     assert retry.system_attrs["failed_trial"] == 0 and retry.params == study.trials[0].params
     assert trials == 3
     assert outcome(shared) == expected  # the final results equal a single-worker run
+
+
+def test_a_killed_worker_s_fixed_run_is_taken_over_by_the_other(postgres_server, tmp_path, monkeypatch, capsys):
+    import sleepy_plugin  # noqa: F401
+
+    suite = write_suite(tmp_path, ["dense", {"name": "sleepy_svd", "params": {"layer": "fc2", "k": 4}}], name="pgfix")
+    cache = tmp_path / "cache"
+    single = postgres_server.new_database()
+    work_here(suite, single, cache, monkeypatch, capsys)
+    expected = outcome(single)
+
+    shared = postgres_server.new_database()
+    marker = tmp_path / "started"
+    victim = start_worker(suite, shared, cache, sleep_s=120, marker=marker)
+    deadline = time.time() + 120
+    while not (marker.exists() and str(victim.pid) in marker.read_text()):
+        assert victim.poll() is None and time.time() < deadline, "the first worker never started the run"
+        time.sleep(0.2)
+    victim.send_signal(signal.SIGKILL)  # holding the run's row lock
+    victim.wait()
+
+    runs, trials = finish(start_worker(suite, shared, cache))
+    assert (runs, trials) == (1, 0)  # the dense run was finished by the victim, the killed one is redone
+    assert outcome(shared) == expected
