@@ -61,26 +61,23 @@ def selected_results(store: Store, suite: str | None = None, split: str = "test"
     """
     chosen = selections_frame(store, suite)
     chosen = chosen[chosen["run_key"].notna()]
-    if chosen.empty:
+    runs = store.runs_frame(status="done", keys=chosen["run_key"].unique())
+    if chosen.empty or runs.empty:
         return pd.DataFrame()
-    runs = store.runs_frame(status="done").set_index("key")
-    metrics = store.metrics_frame(split)
-    fp = store.footprint_frame()
+    chosen = chosen.merge(runs[["key", "task_label", "model"]], left_on="run_key", right_on="key")
+    metrics = store.metrics_frame(split, keys=chosen["run_key"].unique())
+    wide = metrics.pivot_table(index="run_key", columns="name", values="value")
+    fp = store.footprint_frame(keys=chosen["run_key"].unique())
     ratio = fp[fp["name"] == "compression_ratio"].set_index("run_key")["value"]
     rows = []
-    for (label, policy), group in chosen.groupby(["label", "policy"], sort=True):
-        keys = [k for k in group["run_key"] if k in runs.index]
-        if not keys:
-            continue
-        any_study = optuna.load_study(study_name=group["study"].iloc[0], storage=store.url)
-        utility, unfairness = any_study.user_attrs["objectives"][:2]
-        wide = metrics[metrics["run_key"].isin(keys)].pivot_table(index="run_key", columns="name", values="value")
-        first = runs.loc[keys[0]]
-        row = {"task": first["task_label"], "model": first["model"], "label": label, "policy": policy,
+    for (task, model, label, policy), group in chosen.groupby(["task_label", "model", "label", "policy"], sort=True):
+        objectives = optuna.load_study(study_name=group["study"].iloc[0], storage=store.url).user_attrs["objectives"]
+        keys = list(group["run_key"])  # one per seed
+        row = {"task": task, "model": model, "label": label, "policy": policy,
                "trials": int(group["trials"].iloc[0]), "seeds": len(keys)}
-        for name, series in ((utility, wide.get(utility)), (unfairness, wide.get(unfairness)),
-                             ("compression_ratio", ratio.reindex(keys))):
-            mean, half = mean_ci(series if series is not None else pd.Series(dtype=float))
+        for name, values in ((objectives[0], wide.get(objectives[0])), (objectives[1], wide.get(objectives[1])),
+                             ("compression_ratio", ratio)):
+            mean, half = mean_ci(values.reindex(keys) if values is not None else pd.Series(dtype=float))
             row[name] = f"{mean:.3f} ± {half:.3f}" if not np.isnan(half) else f"{mean:.3f}"
         rows.append(row)
     return pd.DataFrame(rows)

@@ -6,8 +6,8 @@ A worker takes what is pending in a suite, executes it and stops when nothing re
   evaluated on val and test like any run). A worker claims one by locking its row in
   ``work_items`` with ``SELECT ... FOR UPDATE SKIP LOCKED`` and keeps that transaction open
   while it works. If the worker dies, the database ends its session and the lock with it, so
-  another worker takes the run at once; a run that failed with an error is attempted at most
-  ``MAX_ATTEMPTS`` times.
+  another worker takes the run at once. A run that raised is not tried again in the same
+  worker session; workers started after the failure retry it.
 - **tuning trials**, through Optuna. The study's row in ``work_items`` is locked the same way
   while one of its trials runs, so the trials of a study run one after another (a study's
   result is then the same for any number of workers; the parallelism comes from the many
