@@ -84,9 +84,20 @@ def cmd_run(args) -> int:
                   " predictions as the dense model); see the flags column")
         _print_tables(runner.store, suite.name, "test")
     if report.failed:
-        print(f"fairsqueeze: {len(report.failed)} run(s) failed; errors are in the store (runs.error)", file=sys.stderr)
+        _print_failures(runner.store, suite.name, report.failed)
         return 1
     return 0
+
+
+def _print_failures(store, suite: str, keys: list[str]) -> None:
+    from .results import suite_runs
+
+    members = suite_runs(store, suite)
+    failed = members[members["run_key"].isin(keys)].drop_duplicates("run_key")
+    print(f"fairsqueeze: {len(keys)} run(s) failed (full tracebacks are stored with the runs):", file=sys.stderr)
+    for _, row in failed.iterrows():
+        first = (row["error"] or "").splitlines()[0] if isinstance(row["error"], str) else ""
+        print(f"  {row['label']} on {row['task_label']}, {row['model']}, seed {row['seed']}: {first}", file=sys.stderr)
 
 
 def _print_tables(store, suite: str | None, split: str) -> None:

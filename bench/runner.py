@@ -80,6 +80,15 @@ class RunReport:
     failed: list[str] = field(default_factory=list)
     missing_tasks: list[str] = field(default_factory=list)
     flagged: dict[str, list[str]] = field(default_factory=dict)  # run key -> flags
+    # wall seconds by phase: dense (train or load + its predictions), method (apply),
+    # evaluation (predictions, metrics, footprint, latency), total (the whole execution)
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("dense", "method", "evaluation", "total"), 0.0))
+
+    @property
+    def overhead(self) -> float:
+        """Wall time outside dense training, method work and evaluation (store, bookkeeping)."""
+        s = self.seconds
+        return s["total"] - s["dense"] - s["method"] - s["evaluation"]
 
 
 def plan_suite(suite: Suite, data_root: Path, skip_missing_data: bool = False) -> Plan:
@@ -129,6 +138,13 @@ class Runner:
     def run(self, suite_or_plan: Suite | Plan) -> RunReport:
         plan = suite_or_plan if isinstance(suite_or_plan, Plan) else self.plan(suite_or_plan)
         report = RunReport(missing_tasks=list(plan.missing_tasks))
+        started = time.perf_counter()
+        try:
+            return self._execute(plan, report)
+        finally:
+            report.seconds["total"] = time.perf_counter() - started
+
+    def _execute(self, plan: Plan, report: RunReport) -> RunReport:
         self._record_membership(plan)
         done = self.store.keys_with_status([r.key for r in plan.runs], "done")
         pending = list({r.key: r for r in plan.runs if r.key not in done}.values())  # a computation runs once
@@ -144,6 +160,7 @@ class Runner:
             task = plan.tasks[specs[0].task.key]
             label = plan.labels[specs[0].task.key]
             self.store.put_task(specs[0].task.key, task.name, {**task.summary(), "label": label})
+            dense_started = time.perf_counter()
             try:
                 reference = self.prepare_reference(specs[0], task)
             except Exception as exc:  # every run of this reference fails with it; the suite goes on
@@ -154,9 +171,11 @@ class Runner:
                     report.failed.append(spec.key)
                 bar.update(len(specs))
                 continue
+            finally:
+                report.seconds["dense"] += time.perf_counter() - dense_started
             for spec in specs:
                 bar.set_postfix_str(f"{spec.task.name}/{spec.model.name}/{spec.method.label}/s{spec.seed}")
-                result = self.run_one(spec, task, label, reference)
+                result = self.run_one(spec, task, label, reference, report.seconds)
                 if result is None:
                     report.failed.append(spec.key)
                 else:
@@ -223,11 +242,12 @@ class Runner:
             "dense_hash": spec.dense_key,
         }
 
-    def run_one(
-        self, spec: RunSpec, task: TaskData, label: str, reference: "DenseReference", info: dict | None = None
-    ) -> RunResult | None:
+    def run_one(self, spec: RunSpec, task: TaskData, label: str, reference: "DenseReference",
+                seconds: dict[str, float] | None = None, info: dict | None = None) -> RunResult | None:
         """Apply, evaluate and store one run; None when it failed (its error is stored).
-        ``info`` is stored with the result (e.g. the tuning policy that selected it)."""
+        ``seconds`` accumulates the wall time of the method and of the evaluation; ``info`` is
+        stored with the result (e.g. the tuning policy that selected it)."""
+        seconds = seconds if seconds is not None else defaultdict(float)
         from fairsqueeze.methods import METHODS, MethodContext
 
         self.store.start_run(spec.key, self._run_row(spec, task, label))
@@ -247,12 +267,15 @@ class Runner:
             with sealed_test_split():
                 outcome = method.apply(ctx)
             apply_seconds = time.perf_counter() - started
+            seconds["method"] += apply_seconds
             if test_split_violations() != violations:
                 raise FairsqueezeError(f"method {spec.method.name!r} tried to read the test split")
             model = outcome.model.to(self.device).eval()
 
+            started = time.perf_counter()
             preds, metrics, fp_row = evaluate_outcome(model, outcome.sparse_storage, task, reference.footprint, self.device)
             flags, details = outcome_flags(preds, reference.predictions, is_reference=spec.method.name == "dense")
+            seconds["evaluation"] += time.perf_counter() - started
             info = {"passes": outcome.passes, **outcome.info, "dense_train_loss": reference.info["history"][-1:] or None,
                     **(info or {})}
             if details:

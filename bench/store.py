@@ -366,7 +366,7 @@ class Store:
         with self.engine.connect() as conn:
             frame = pd.read_sql(query, conn)
         for column, empty in (("params", {}), ("config", {}), ("timings", {}), ("info", {}), ("flags", [])):
-            frame[column] = frame[column].map(lambda v, e=empty: json.loads(v) if v else type(e)())
+            frame[column] = frame[column].map(lambda v, e=empty: json.loads(v) if isinstance(v, str) and v else type(e)())
         return frame
 
     def metrics_frame(self, split: str | None = None, keys: Iterable[str] | None = None) -> pd.DataFrame:

@@ -262,7 +262,7 @@ def stratified_split(
     if abs(sum(fractions) - 1) > 1e-9:
         raise ValueError(f"split fractions must sum to 1, got {fractions}")
     rng = np.random.default_rng(seed)
-    parts: list[list[np.ndarray]] = [[] for _ in fractions]
+    parts: list[list[np.ndarray]] = [[np.zeros(0, dtype=np.int64)] for _ in fractions]
     cells = np.stack([y, s], axis=1)
     for cell in np.unique(cells, axis=0):
         rows = np.flatnonzero((cells == cell).all(axis=1))

@@ -327,7 +327,7 @@ class Worker:
                 self.store.fail_run(spec.key, f"dense reference failed: {type(exc).__name__}: {exc}")
                 result = None
             else:
-                result = self.runner.run_one(spec, task, label, reference, self._info.get(spec.key))
+                result = self.runner.run_one(spec, task, label, reference, info=self._info.get(spec.key))
             if result is None:
                 claim.failed()
                 report.failed.append(spec.key)

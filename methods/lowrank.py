@@ -40,6 +40,7 @@ from .base import Method, MethodContext, Outcome, register_method
 from .svd import check_ranks, target_layers
 from .toolbox.curvature import ESTIMATORS, features_before, per_group_curvature, sequential_tail
 from .toolbox.factorize import SOLVERS, FactorizedLinear, replace_module
+from .toolbox.scores import group_saliency, scoring_passes
 
 
 @dataclass
@@ -219,7 +220,7 @@ def parse_beta(value: float | str) -> float:
     try:
         return float(Fraction(str(value)))
     except (ValueError, ZeroDivisionError):
-        raise ConfigError(f"fairlrf: beta must be a number or a fraction like '5/9', got {value!r}") from None
+        raise ConfigError(f"beta must be a number or a fraction like '5/9', got {value!r}") from None
 
 
 @register_method("fairlrf")
@@ -246,7 +247,8 @@ class FairLRF(SparseLowRank):
     def validate(self) -> None:
         super().validate()
         p = self.params
-        parse_beta(p.beta)
+        if not parse_beta(p.beta) >= 0:  # β weighs the privileged group's curvature; a negative β rewards hurting it
+            raise ConfigError(f"fairlrf: beta must be >= 0, got {p.beta!r}")
         if p.row_score not in ("full", "tail"):
             raise ConfigError(f"fairlrf: row_score must be 'full' or 'tail', got {p.row_score!r}")
         if p.scoring_size is not None and p.scoring_size < 1:
@@ -291,21 +293,12 @@ class FairLRF(SparseLowRank):
             head_parent, name = original
             setattr(head_parent, name, linear)  # the head borrowed the model's container
         beta = parse_beta(p.beta)
-        scores = {
-            key: 0.5 * theta.detach() ** 2 * (curv[0].diag[key] - beta * curv[1].diag[key])
-            for key, theta in params.items()
-        }
+        scores = {key: group_saliency(theta, curv[0].diag[key], curv[1].diag[key], beta) for key, theta in params.items()}
         # input-neuron rows are columns of first.weight (k x in); entries j >= keep form the tail
         tail = slice(keep, None) if p.row_score == "tail" else slice(None)
         inputs = scores["in"][tail, :].sum(0)
         outputs = scores["out"][:, tail].sum(1)
-        n_scoring = sum(len(s) for s in sets.values())
-        cost = {
-            "forward": sum(c.forward_passes * c.samples for c in curv.values()) / n_scoring,
-            "backward": sum(c.backward_passes * c.samples for c in curv.values()) / n_scoring,
-            "backward_sweeps": sum(c.backward_sweeps * c.samples for c in curv.values()) / n_scoring,
-        }
-        cost["features_forward"] = 1.0
+        cost = {**scoring_passes(curv), "features_forward": 1.0}
         facts = {"unprivileged_group": unprivileged, "scoring_rows_per_group": len(sets[unprivileged])}
         return RowScores(inputs=inputs.cpu(), outputs=outputs.cpu()), cost, facts
 

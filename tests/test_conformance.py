@@ -31,9 +31,9 @@ def check_conformance(tmp, name: str, params: dict, monkeypatch) -> None:
     seen = []
     original = Runner.run_one
 
-    def watched(self, spec, task, label, reference):
+    def watched(self, spec, task, label, reference, *rest):
         before = state_digest(reference.model)
-        result = original(self, spec, task, label, reference)
+        result = original(self, spec, task, label, reference, *rest)
         seen.append((before, state_digest(reference.model)))
         return result
 
