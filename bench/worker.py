@@ -243,6 +243,7 @@ class Worker:
         self.poll_s = poll_s
         self._references: dict[str, object] = {}
         self._finished_studies: set[str] = set()
+        self._studies: dict[str, optuna.Study] = {}
         self._info: dict[str, dict] = {}  # selected run key -> what selected it
         optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -389,7 +390,9 @@ class Worker:
             if claim is None:
                 return None
             tune = spec.method.tune
-            study = optuna.load_study(study_name=name, storage=self.storage)
+            if name not in self._studies:  # loaded once: the study object reads trials from the database
+                self._studies[name] = optuna.load_study(study_name=name, storage=self.storage)
+            study = self._studies[name]
             optuna.storages.fail_stale_trials(study)
             trials = study.get_trials(deepcopy=False)
             retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
