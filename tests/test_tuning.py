@@ -347,3 +347,18 @@ def test_a_trial_is_scored_on_validation_and_flagged_like_a_run():
         shifted.bias.copy_(torch.tensor([0.0, 0.3]))  # a few rows near the boundary change class
     result = score_on_validation(shifted, (), view, footprint(dense), cpu, spec, dense_val)
     assert result.flags == [] and result.accuracy_slack > -0.1
+
+
+def test_selected_results_are_per_task_even_when_entries_share_a_label(isolated):
+    from fairsqueeze.tuning_report import selected_results
+
+    data = suite_dict([{"name": "truncated_svd", "params": {"layer": "fc2", "k": 4}, "tune": True}],
+                      {"trials": 2, "sampler": "random"}, name="two-tasks")
+    data["tasks"].append({"name": "digits", "options": {"target": "parity", "noise": 2.0}})
+    path = isolated / "two.yaml"
+    path.write_text(yaml.safe_dump(data))
+    db = f"sqlite:///{isolated}/two.db"
+    assert main(["run", str(path), "--db", db, "--quiet"]) == 0
+    table = selected_results(Store(db))
+    assert len(table) == 2 and table["task"].nunique() == 2 and (table["seeds"] == 1).all()
+    assert (table["trials"] == 2).all() and set(table["policy"]) == {"best_utility"}

@@ -1,5 +1,4 @@
 """Several workers on one suite through a real PostgreSQL database (see tests/pg.py)."""
-import json
 import os
 import re
 import signal
@@ -9,7 +8,6 @@ import time
 from pathlib import Path
 
 import optuna
-import pytest
 import yaml
 
 from fairsqueeze.store import Store
@@ -60,6 +58,17 @@ def finish(proc, timeout=300):
     assert proc.returncode == 0, err[-3000:]
     runs, trials = map(int, re.search(r"did (\d+) run\(s\) and (\d+) trial\(s\)", out).groups())
     return runs, trials
+
+
+def kill_in_first_apply(suite, url, cache, marker):
+    """Start a worker whose method sleeps, and SIGKILL it once its first apply has begun."""
+    victim = start_worker(suite, url, cache, sleep_s=120, marker=marker)
+    deadline = time.time() + 120
+    while not (marker.exists() and str(victim.pid) in marker.read_text()):
+        assert victim.poll() is None and time.time() < deadline, "the worker never reached a method's apply"
+        time.sleep(0.2)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
 
 
 def outcome(url):
@@ -126,14 +135,7 @@ def test_a_killed_worker_s_trial_is_retried_by_the_other_after_its_heartbeat(
     expected = outcome(single)
 
     shared = postgres_server.new_database()
-    marker = tmp_path / "started"
-    victim = start_worker(suite, shared, cache, sleep_s=120, marker=marker)
-    deadline = time.time() + 120
-    while not (marker.exists() and str(victim.pid) in marker.read_text()):
-        assert victim.poll() is None and time.time() < deadline, "the first worker never started a trial"
-        time.sleep(0.2)
-    victim.send_signal(signal.SIGKILL)  # in the middle of its first trial
-    victim.wait()
+    kill_in_first_apply(suite, shared, cache, tmp_path / "started")  # in the middle of its first trial
 
     runs, trials = finish(start_worker(suite, shared, cache))
     (name,) = expected["studies"]
@@ -158,14 +160,7 @@ def test_a_killed_worker_s_fixed_run_is_taken_over_by_the_other(postgres_server,
     expected = outcome(single)
 
     shared = postgres_server.new_database()
-    marker = tmp_path / "started"
-    victim = start_worker(suite, shared, cache, sleep_s=120, marker=marker)
-    deadline = time.time() + 120
-    while not (marker.exists() and str(victim.pid) in marker.read_text()):
-        assert victim.poll() is None and time.time() < deadline, "the first worker never started the run"
-        time.sleep(0.2)
-    victim.send_signal(signal.SIGKILL)  # holding the run's row lock
-    victim.wait()
+    kill_in_first_apply(suite, shared, cache, tmp_path / "started")  # while it holds the run's row lock
 
     runs, trials = finish(start_worker(suite, shared, cache))
     assert (runs, trials) == (1, 0)  # the dense run was finished by the victim, the killed one is redone
