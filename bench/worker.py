@@ -126,8 +126,13 @@ def sqlite_single_worker(url: str) -> Iterator[None]:
     if not url.startswith("sqlite:///") or path in ("", ":memory:"):
         yield
         return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{path}.worker-lock", "w") as handle:
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        handle = open(f"{path}.worker-lock", "w")
+    except OSError:  # an unusable path: opening the store reports it in one line
+        yield
+        return
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -337,7 +342,7 @@ class Worker:
             return True
 
     def _selected_runs(self, studies: dict[str, RunSpec]) -> dict[str, RunSpec]:
-        """label -> run spec of every configuration a policy has selected so far."""
+        """(study, policy) -> run spec of every configuration a policy has selected so far."""
         with self.store.engine.connect() as conn:
             rows = conn.execute(select(selections).where(selections.c.study.in_(list(studies)))).all()
         out = {}
@@ -349,7 +354,7 @@ class Worker:
                                 base.method.tasks, entry=base.method.entry, entry_label=base.method.label,
                                 sweep={"policy": row.policy})
             spec = RunSpec(base.task, base.model, entry, base.seed, base.data)
-            out[(row.label, spec.seed)] = spec
+            out[(row.study, row.policy)] = spec
             chosen = self._info.setdefault(spec.key, {"selected": {"study": row.study, "trial": row.trial,
                                                                    "trials": row.trials, "split": "val",
                                                                    "policies": []}})
