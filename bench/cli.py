@@ -30,6 +30,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_store(run)
 
+    worker = sub.add_parser(
+        "worker", help="take a suite's pending runs and tuning trials from the database until none remain"
+    )
+    worker.add_argument("suite")
+    worker.add_argument("--data-root", default=None, help="dataset folder (default: $FAIRSQUEEZE_DATA or ./data)")
+    worker.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
+    worker.add_argument("--quiet", action="store_true", help="no summary at the end")
+    worker.add_argument("--skip-missing-data", action="store_true", help="skip tasks whose files are absent")
+    worker.add_argument("--heartbeat", type=int, default=None, help="Optuna heartbeat interval of a trial, seconds")
+    _add_store(worker)
+
+    fronts = sub.add_parser("fronts", help="list tuning studies, their Pareto fronts and the selected results")
+    fronts.add_argument("--suite", default=None, help="only studies of this suite")
+    _add_store(fronts)
+
     lst = sub.add_parser("list", help="list registered tasks, models, methods or bundled suites")
     lst.add_argument("what", choices=["tasks", "models", "methods", "suites"])
 
@@ -47,15 +62,19 @@ def cmd_run(args) -> int:
     from .store import Store
     from .suite import load_suite
     from .tasks import data_root
+    from .worker import sqlite_single_worker
 
     set_quiet(args.quiet)
     load_plugins()
     suite = load_suite(args.suite)
     device = resolve_device(args.device)
+    if suite.studies():  # tuned entries: one worker in this process
+        return cmd_worker(args)
     # everything (suite, data, tasks, method parameters) is checked before the store is opened
     plan = plan_suite(suite, data_root(args.data_root), args.skip_missing_data)
-    runner = Runner(Store(args.db), data_root(args.data_root), device, args.skip_missing_data)
-    report = runner.run(plan)
+    with sqlite_single_worker(args.db):
+        runner = Runner(Store(args.db), data_root(args.data_root), device, args.skip_missing_data)
+        report = runner.run(plan)
     if not args.quiet:
         print(f"suite {suite.name}: {report.done} run(s) done, {report.skipped} already done, {len(report.failed)} failed")
         if report.missing_tasks:
@@ -130,6 +149,51 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_worker(args) -> int:
+    """Execute a suite's pending work through the database; several may run at once on PostgreSQL."""
+    from .progress import set_quiet
+    from .registry_loader import load_plugins
+    from .runner import Runner, plan_suite, resolve_device
+    from .store import Store
+    from .suite import load_suite
+    from .tasks import data_root
+    from .worker import HEARTBEAT_S, Worker, db_lock, sqlite_single_worker
+
+    set_quiet(args.quiet)
+    load_plugins()
+    suite = load_suite(args.suite)
+    device = resolve_device(args.device)
+    # everything (suite, data, tasks, method parameters) is checked before the store is opened
+    plan = plan_suite(suite, data_root(args.data_root), args.skip_missing_data)
+    with sqlite_single_worker(args.db):
+        with db_lock(args.db):  # workers started together create the tables one at a time
+            store = Store(args.db)
+        runner = Runner(store, data_root(args.data_root), device, args.skip_missing_data)
+        worker = Worker(runner, heartbeat_interval=getattr(args, "heartbeat", None) or HEARTBEAT_S)
+        report = worker.run(plan)
+    if not args.quiet:
+        print(f"suite {suite.name}: this worker did {report.runs} run(s) and {report.trials} trial(s); {len(report.failed)} failed")
+        if report.missing_tasks:
+            print(f"skipped for missing data: {', '.join(sorted(set(report.missing_tasks)))}")
+        if args.command == "run":
+            _print_tables(runner.store, suite.name, "test")
+            from .tuning_report import format_fronts
+
+            print(format_fronts(runner.store, suite.name))
+    if report.failed:
+        print(f"fairsqueeze: {len(report.failed)} run(s) failed; errors are in the store (runs.error)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_fronts(args) -> int:
+    from .store import Store
+    from .tuning_report import format_fronts
+
+    print(format_fronts(Store(args.db), args.suite))
+    return 0
+
+
 def cmd_show(args) -> int:
     from .store import Store
 
@@ -140,7 +204,7 @@ def cmd_show(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    handlers = {"run": cmd_run, "list": cmd_list, "show": cmd_show}
+    handlers = {"run": cmd_run, "worker": cmd_worker, "fronts": cmd_fronts, "list": cmd_list, "show": cmd_show}
     try:
         return handlers[args.command](args)
     except FairsqueezeError as exc:

@@ -11,6 +11,7 @@ outcomes. Finished runs are skipped; failed or interrupted ones are retried.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sqlalchemy.exc import IntegrityError
 
 from .biascard import bias_card
 from .errors import ConfigError, DatasetMissing, FairsqueezeError
@@ -68,6 +70,7 @@ class Plan:
     tasks: dict[str, TaskData]  # task entry key -> loaded task
     labels: dict[str, str]  # task entry key -> table title
     missing_tasks: list[str] = field(default_factory=list)
+    studies: list[RunSpec] = field(default_factory=list)  # tuned entries: one study each (see worker.py)
 
 
 @dataclass
@@ -107,8 +110,9 @@ def plan_suite(suite: Suite, data_root: Path, skip_missing_data: bool = False) -
         tasks[entry.key] = task
         labels[entry.key] = task_label(entry.name, entry.options, task)
     runs = [spec.bind(tasks[spec.task.key].fingerprint) for spec in suite.runs() if spec.task.key in tasks]
+    studies = [spec.bind(tasks[spec.task.key].fingerprint) for spec in suite.studies() if spec.task.key in tasks]
     by_model: dict[tuple[str, str], list[RunSpec]] = defaultdict(list)
-    for spec in runs:
+    for spec in runs + studies:
         by_model[(spec.task.key, spec.model.label)].append(spec)
     for specs in by_model.values():  # parameters that do not fit the model (e.g. k above a layer's rank)
         model = build_untrained(specs[0], tasks[specs[0].task.key])
@@ -117,7 +121,7 @@ def plan_suite(suite: Suite, data_root: Path, skip_missing_data: bool = False) -
                 METHODS.get(method.name).from_config(method.params).check_model(model)
             except ConfigError as exc:
                 raise ConfigError(f"{suite.source}: method {method.label!r} on {specs[0].model.label}: {exc}") from None
-    return Plan(suite, runs, tasks, labels, missing)
+    return Plan(suite, runs, tasks, labels, missing, studies)
 
 
 class Runner:
@@ -158,8 +162,7 @@ class Runner:
             self.store.put_task(specs[0].task.key, task.name, {**task.summary(), "label": label})
             dense_started = time.perf_counter()
             try:
-                dense, dense_info = dense_reference(specs[0], task, self.device)
-                reference = DenseReference(dense, dense_info, task, self.device)
+                reference = self.prepare_reference(specs[0], task)
             except Exception as exc:  # every run of this reference fails with it; the suite goes on
                 log.error("dense reference %s on %s failed: %s", specs[0].model.label, label, exc)
                 for spec in specs:
@@ -170,18 +173,6 @@ class Runner:
                 continue
             finally:
                 report.seconds["dense"] += time.perf_counter() - dense_started
-            spec = specs[0]
-            self.store.put_dense(
-                spec.dense_key,
-                {
-                    "task_key": spec.task.key,
-                    "task": spec.task.name,
-                    "model": spec.model.label,
-                    "seed": spec.seed,
-                    "history": dense_info["history"],
-                    "bias_card": bias_card(task, reference.predictions["val"]),
-                },
-            )
             for spec in specs:
                 bar.set_postfix_str(f"{spec.task.name}/{spec.model.name}/{spec.method.label}/s{spec.seed}")
                 result = self.run_one(spec, task, label, reference, report.seconds)
@@ -194,6 +185,23 @@ class Runner:
                 bar.update(1)
         bar.close()
         return report
+
+    def prepare_reference(self, spec: RunSpec, task: TaskData) -> "DenseReference":
+        """The dense reference of ``spec`` (loaded from the cache or trained), with its
+        predictions and footprint; records its training history and bias card in the store."""
+        dense, dense_info = dense_reference(spec, task, self.device)
+        reference = DenseReference(dense, dense_info, task, self.device)
+        row = {
+            "task_key": spec.task.key,
+            "task": spec.task.name,
+            "model": spec.model.label,
+            "seed": spec.seed,
+            "history": dense_info["history"],
+            "bias_card": bias_card(task, reference.predictions["val"]),
+        }
+        with contextlib.suppress(IntegrityError):  # another worker wrote the same row first
+            self.store.put_dense(spec.dense_key, row)
+        return reference
 
     def _record_membership(self, plan: Plan) -> None:
         suite = plan.suite
@@ -235,9 +243,10 @@ class Runner:
         }
 
     def run_one(self, spec: RunSpec, task: TaskData, label: str, reference: "DenseReference",
-                seconds: dict[str, float] | None = None) -> RunResult | None:
+                seconds: dict[str, float] | None = None, info: dict | None = None) -> RunResult | None:
         """Apply, evaluate and store one run; None when it failed (its error is stored).
-        ``seconds`` accumulates the wall time of the method and of the evaluation."""
+        ``seconds`` accumulates the wall time of the method and of the evaluation; ``info`` is
+        stored with the result (e.g. the tuning policy that selected it)."""
         seconds = seconds if seconds is not None else defaultdict(float)
         from fairsqueeze.methods import METHODS, MethodContext
 
@@ -267,7 +276,8 @@ class Runner:
             preds, metrics, fp_row = evaluate_outcome(model, outcome.sparse_storage, task, reference.footprint, self.device)
             flags, details = outcome_flags(preds, reference.predictions, is_reference=spec.method.name == "dense")
             seconds["evaluation"] += time.perf_counter() - started
-            info = {"passes": outcome.passes, **outcome.info, "dense_train_loss": reference.info["history"][-1:] or None}
+            info = {"passes": outcome.passes, **outcome.info, "dense_train_loss": reference.info["history"][-1:] or None,
+                    **(info or {})}
             if details:
                 info["flag_details"] = details
             result = RunResult(

@@ -33,11 +33,12 @@ from . import __version__
 from .errors import ConfigError, FairsqueezeError
 from .hashing import config_hash
 from .training import TrainConfig
+from .tuning import TuneSpec, parse_tuning
 
-TOP_KEYS = {"name", "description", "seeds", "train", "tasks", "models", "methods"}
+TOP_KEYS = {"name", "description", "seeds", "train", "tasks", "models", "methods", "tuning"}
 TASK_KEYS = {"name", "options"}
 MODEL_KEYS = {"name", "options", "train", "tasks"}
-METHOD_KEYS = {"name", "params", "sweep", "label", "models", "tasks"}
+METHOD_KEYS = {"name", "params", "sweep", "label", "models", "tasks", "tune"}
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class MethodEntry:
     entry: int = 0  # position of the entry in the suite file
     entry_label: str = ""  # the entry's label without sweep values
     sweep: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    tune: TuneSpec | None = field(default=None, compare=False)  # tuned on validation instead of fixed params
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,14 @@ class Suite:
     source: str = "<memory>"
 
     def runs(self) -> list[RunSpec]:
-        """The plan: every (task, model, method, seed) the entries' restrictions allow."""
+        """The fixed runs: every (task, model, method, seed) the entries' restrictions allow."""
+        return [r for r in self._matrix() if r.method.tune is None]
+
+    def studies(self) -> list[RunSpec]:
+        """The tuned entries' (task, model, entry, seed): one Optuna study each."""
+        return [r for r in self._matrix() if r.method.tune is not None]
+
+    def _matrix(self) -> list[RunSpec]:
         plan = []
         for task in self.tasks:
             for model in self.models:
@@ -306,14 +315,16 @@ def parse_suite(data: Any, where: _Where | None = None, default_name: str = "sui
         train = _train(entry.get("train"), base_train, where, ("models", i, "train"))
         models.append(ModelEntry(entry["name"], options, train, _names(entry.get("tasks"), where, ("models", i, "tasks"))))
 
+    tuning = _options(data.get("tuning"), where, ("tuning",))
     methods, labels = [], {}
     for i, raw in enumerate(data["methods"]):
-        for method in _method_entries(raw, where, ("methods", i)):
+        for method in _method_entries(raw, where, ("methods", i), tuning):
             if method.label in labels:
                 raise where(("methods", i), f"label {method.label!r} is already used by methods[{labels[method.label]}];"
                             " give each entry its own label")
             labels[method.label] = i
             methods.append(method)
+    _check_budgets(methods, tuning, where)
 
     return Suite(
         name=str(data.get("name", default_name)),
@@ -326,7 +337,18 @@ def parse_suite(data: Any, where: _Where | None = None, default_name: str = "sui
     )
 
 
-def _method_entries(raw, where, path) -> list[MethodEntry]:
+def _check_budgets(methods: list[MethodEntry], tuning: dict, where) -> None:
+    """Every tuned entry gets the same number of trials unless the suite allows otherwise."""
+    budgets = {m.tune.trials for m in methods if m.tune is not None}
+    if len(budgets) > 1 and not tuning.get("unequal_budgets", False):
+        raise where(
+            ("methods",),
+            f"tuned entries have different trial budgets {sorted(budgets)}; equal budgets keep the comparison"
+            " fair (set tuning.unequal_budgets: true to allow it; reports show each budget)",
+        )
+
+
+def _method_entries(raw, where, path, tuning: dict | None = None) -> list[MethodEntry]:
     from fairsqueeze.methods import METHODS
 
     entry = _entry(raw, where, path, METHOD_KEYS)
@@ -340,6 +362,14 @@ def _method_entries(raw, where, path) -> list[MethodEntry]:
         if not isinstance(values, list) or not values:
             raise where(path + ("sweep", key), "expected a non-empty list of values")
     combos = [dict(zip(sweep, values)) for values in itertools.product(*sweep.values())] or [{}]
+    tune = None
+    if "tune" in entry:
+        if sweep:
+            raise where(path + ("tune",), "an entry is either swept or tuned, not both")
+        try:
+            tune = parse_tuning(tuning, entry["tune"])
+        except ConfigError as exc:
+            raise where(path + ("tune",), str(exc)) from None
     out = []
     for combo in combos:
         merged = {**params, **combo}
@@ -362,6 +392,7 @@ def _method_entries(raw, where, path) -> list[MethodEntry]:
                 entry=path[-1],
                 entry_label=base,
                 sweep=dict(combo),
+                tune=tune,
             )
         )
     return out

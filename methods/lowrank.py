@@ -24,6 +24,7 @@ The scores:
 from __future__ import annotations
 
 import abc
+import dataclasses
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -129,6 +130,18 @@ class SparseLowRank(Method):
                 return None
         return (f"nothing is zeroed (sparsity_rate {p.sparsity_rate}, kept entries per row >= k): "
                 "the result equals truncated SVD")
+
+    def space(self, trial):
+        """Around the papers' settings: the rank from 1 up to the entry's ``k`` (log scale), the
+        sparsity rate sr in [0, 0.9] and the kept fraction rr in [0, 1], both in steps of 0.05
+        (the papers use sr 0.4-0.8, rr 0-0.65, and see collapse beyond sr ≈ 0.6); every other
+        param stays as the entry gives it."""
+        return dataclasses.replace(
+            self.params,
+            k=trial.suggest_int("k", 1, self.params.k, log=True),
+            sparsity_rate=round(trial.suggest_float("sparsity_rate", 0.0, 0.9, step=0.05), 2),
+            keep_rate=round(trial.suggest_float("keep_rate", 0.0, 1.0, step=0.05), 2),
+        )
 
     @abc.abstractmethod
     def row_scores(self, ctx, path, linear, factorized, keep) -> tuple[RowScores, dict, dict]:
@@ -244,6 +257,11 @@ class FairLRF(SparseLowRank):
             raise ConfigError("fairlrf: batch_size must be >= 1")
         if p.estimator not in ESTIMATORS:
             raise ConfigError(f"fairlrf: unknown estimator {p.estimator!r} (known: {', '.join(ESTIMATORS)})")
+
+    def space(self, trial):
+        """The shared low-rank space plus β in [0, 1] (the paper's 5/9 lies inside; β weighs how
+        much the privileged group's curvature counts against the unprivileged one's)."""
+        return dataclasses.replace(super().space(trial), beta=round(trial.suggest_float("beta", 0.0, 1.0), 4))
 
     def row_scores(self, ctx, path, linear, factorized, keep):
         p = self.params

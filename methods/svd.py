@@ -1,6 +1,7 @@
 """``truncated_svd``: rank-k factorization of chosen linear layers, no fine-tuning."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from torch import nn
@@ -51,7 +52,8 @@ class TruncatedSVD(Method):
         check_ranks(model, self.params.layer, self.params.k)
 
     def space(self, trial) -> "TruncatedSVD.Params":
-        return self.Params(k=trial.suggest_int("k", 1, 256, log=True), layer=self.params.layer, solver=self.params.solver)
+        """The rank, from 1 up to the entry's ``k`` (log scale); the other params stay as given."""
+        return dataclasses.replace(self.params, k=trial.suggest_int("k", 1, self.params.k, log=True))
 
     def apply(self, ctx: MethodContext) -> Outcome:
         ranks, info = {}, {}

@@ -15,3 +15,6 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("FAIRSQUEEZE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("FAIRSQUEEZE_QUIET", "1")
     return tmp_path
+
+
+from pg import postgres_server, postgres_url  # noqa: E402,F401  (fixtures)

@@ -1,0 +1,372 @@
+"""Tuning: Optuna multi-objective studies on the validation split, and named selection policies.
+
+A suite entry with ``tune:`` instead of fixed params gets one study per (suite, task, model,
+entry, seed). Each trial asks the method's define-by-run ``space(trial)`` for its params,
+applies the method to a copy of the dense reference and scores the outcome on **validation**
+only: a utility metric (maximised), an unfairness metric (minimised) and optionally the
+compression ratio (maximised). A constraint such as "validation accuracy within x of the
+dense model" is set with ``trial.set_constraint``, so constraint-aware samplers and Optuna's
+Pareto front (``study.best_trials``) both honour it.
+
+A selection policy is a small pure function of the table of finished trials that returns the
+chosen trial number. Only that configuration is then evaluated on test, as an ordinary run.
+Flagged trials (the engine's flags on validation: degenerate, i.e. constant predictions, or
+no effect, i.e. the dense model's predictions) and infeasible ones are never selected: a
+model that predicts one class has zero gaps and is not "fair".
+
+The studies live in the engine's database (Optuna's RDB storage on the same URL), so
+``optuna-dashboard <url>`` shows them.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import optuna
+import pandas as pd
+
+from .errors import ConfigError
+
+# -- objectives -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Objectives:
+    """What a study optimises, all measured on validation."""
+
+    utility: str = "f1_avg"  # maximised
+    unfairness: str = "eodd"  # minimised
+    compression: bool = False  # also maximise the compression ratio
+
+    def names(self) -> list[str]:
+        return [self.utility, self.unfairness] + (["compression_ratio"] if self.compression else [])
+
+    def directions(self) -> list[str]:
+        return ["maximize", "minimize"] + (["maximize"] if self.compression else [])
+
+    def validate(self) -> None:
+        from .metrics import metric_def
+
+        for role, name, better in (("utility", self.utility, True), ("unfairness", self.unfairness, False)):
+            try:
+                definition = metric_def(name)
+            except KeyError:
+                raise ConfigError(f"objectives.{role}: unknown metric {name!r}") from None
+            if definition.higher_is_better is not better:
+                want = "higher" if better else "lower"
+                raise ConfigError(f"objectives.{role}: {name!r} is not a metric where {want} is better")
+
+    def values(self, metrics: dict[str, float], compression_ratio: float) -> list[float]:
+        out = [metrics[self.utility], metrics[self.unfairness]]
+        return out + ([compression_ratio] if self.compression else [])
+
+
+# -- selection policies -------------------------------------------------------------------------
+# Each takes a frame with one row per finished trial: columns ``number``, ``utility``,
+# ``unfairness``, ``feasible``, ``flagged`` (and ``compression`` when it is an objective),
+# and returns the selected trial number, or None when no trial qualifies.
+
+
+def candidates(trials: pd.DataFrame) -> pd.DataFrame:
+    """Feasible, unflagged trials with finite objective values. A flagged trial is degenerate
+    (constant predictions on validation, overall or in one group) or had no effect
+    (predictions equal to the dense model's): its gaps measure nothing, so it is never chosen."""
+    ok = trials["feasible"].astype(bool) & ~trials["flagged"].astype(bool)
+    ok &= np.isfinite(trials["utility"].astype(float)) & np.isfinite(trials["unfairness"].astype(float))
+    return trials[ok]
+
+
+def _first(frame: pd.DataFrame, by: list[str], ascending: list[bool]) -> int | None:
+    if frame.empty:
+        return None
+    return int(frame.sort_values(by + ["number"], ascending=ascending + [True], kind="stable").iloc[0]["number"])
+
+
+def best_utility(trials: pd.DataFrame) -> int | None:
+    """Highest utility; ties go to the lower unfairness, then the earlier trial."""
+    return _first(candidates(trials), ["utility", "unfairness"], [False, True])
+
+
+def fairest_within(trials: pd.DataFrame, tolerance: float) -> int | None:
+    """Lowest unfairness among trials whose utility is at least (1 − tolerance) x the best utility.
+
+    FairALM's and MEDFAIR's procedure (FairALM: within 90 % of the best accuracy, tolerance 0.1);
+    the tolerance is relative. Ties go to the higher utility, then the earlier trial.
+    """
+    pool = candidates(trials)
+    if pool.empty:
+        return None
+    pool = pool[pool["utility"] >= (1 - tolerance) * pool["utility"].max()]
+    return _first(pool, ["unfairness", "utility"], [True, False])
+
+
+def fairest_above(trials: pd.DataFrame, floor: float) -> int | None:
+    """Lowest unfairness among trials whose utility is at least ``floor`` (an absolute value)."""
+    pool = candidates(trials)
+    return _first(pool[pool["utility"] >= floor], ["unfairness", "utility"], [True, False])
+
+
+def utopia(trials: pd.DataFrame) -> int | None:
+    """Closest (Euclidean) to the utopia point after min-max scaling every objective over the
+    candidates to [0, 1] with 1 the best value seen; an objective with no spread scores 1."""
+    pool = candidates(trials)
+    if pool.empty:
+        return None
+    axes = {"utility": True, "unfairness": False}
+    if "compression" in pool:
+        axes["compression"] = True
+    distance = np.zeros(len(pool))
+    for column, higher_is_better in axes.items():
+        v = pool[column].astype(float).to_numpy()
+        spread = v.max() - v.min()
+        scaled = np.ones_like(v) if spread == 0 else ((v - v.min()) if higher_is_better else (v.max() - v)) / spread
+        distance += (1 - scaled) ** 2
+    return _first(pool.assign(distance=np.sqrt(distance)), ["distance"], [True])
+
+
+POLICIES: dict[str, Callable[..., int | None]] = {
+    "best_utility": best_utility,
+    "fairest_within": fairest_within,
+    "fairest_above": fairest_above,
+    "utopia": utopia,
+}
+POLICY_ARGUMENT = {"fairest_within": "tolerance", "fairest_above": "floor"}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A named policy and its one argument (``fairest_within`` and ``fairest_above`` need one)."""
+
+    name: str
+    argument: float | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name if self.argument is None else f"{self.name}({self.argument:g})"
+
+    def select(self, trials: pd.DataFrame) -> int | None:
+        function = POLICIES[self.name]
+        return function(trials) if self.argument is None else function(trials, self.argument)
+
+    @classmethod
+    def parse(cls, raw: Any) -> "Policy":
+        """``best_utility`` / ``utopia`` or a one-key mapping ``{fairest_within: 0.05}``."""
+        if isinstance(raw, dict) and len(raw) == 1:
+            (name, argument), = raw.items()
+        else:
+            name, argument = raw, None
+        if name not in POLICIES:
+            raise ConfigError(f"unknown selection policy {name!r} (known: {', '.join(POLICIES)})")
+        if (argument is None) != (name not in POLICY_ARGUMENT):
+            need = f"{{{name}: <{POLICY_ARGUMENT[name]}>}}" if name in POLICY_ARGUMENT else name
+            raise ConfigError(f"policy {name!r}: write it as {need}")
+        if argument is not None:
+            if isinstance(argument, bool) or not isinstance(argument, (int, float)) or not math.isfinite(argument):
+                raise ConfigError(f"policy {name!r}: expected a number, got {argument!r}")
+            if name == "fairest_within" and not 0 <= argument < 1:
+                raise ConfigError("policy 'fairest_within': the tolerance must lie in [0, 1)")
+            argument = float(argument)
+        return cls(str(name), argument)
+
+
+# -- samplers ---------------------------------------------------------------------------------
+
+SAMPLERS: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
+    "tpe": optuna.samplers.TPESampler,
+    "nsga2": optuna.samplers.NSGAIISampler,
+    "random": optuna.samplers.RandomSampler,
+}
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A sampler by name, its seed and extra constructor options (e.g. NSGA-II's population_size)."""
+
+    name: str = "tpe"
+    seed: int = 0
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def build(self, seed: int | None = None) -> optuna.samplers.BaseSampler:
+        return SAMPLERS[self.name](seed=self.seed if seed is None else seed, **dict(self.options))
+
+    def validate(self) -> None:
+        if self.name not in SAMPLERS:
+            raise ConfigError(f"unknown sampler {self.name!r} (known: {', '.join(SAMPLERS)})")
+        try:
+            self.build()
+        except TypeError as exc:
+            raise ConfigError(f"sampler {self.name!r}: {exc}") from None
+
+
+# -- the tuning spec of a suite entry -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    """How one suite entry is tuned (the suite's ``tuning:`` block merged with the entry's ``tune:``)."""
+
+    trials: int
+    objectives: Objectives = field(default_factory=Objectives)
+    sampler: SamplerSpec = field(default_factory=SamplerSpec)
+    policies: tuple[Policy, ...] = (Policy("best_utility"),)
+    accuracy_within: float | None = None  # constraint: val accuracy >= (1 - x) x dense val accuracy
+
+    def identity(self) -> dict[str, Any]:
+        """What determines the study's trials (policies do not: they only read the trials)."""
+        return {
+            "objectives": [self.objectives.names(), self.objectives.directions()],
+            "sampler": [self.sampler.name, self.sampler.seed, list(self.sampler.options)],
+            "accuracy_within": self.accuracy_within,
+        }
+
+
+TUNING_KEYS = {"trials", "objectives", "sampler", "policies", "constraints", "unequal_budgets"}
+ENTRY_TUNE_KEYS = {"trials"}
+
+
+def parse_tuning(block: dict[str, Any] | None, entry: dict[str, Any] | bool) -> TuneSpec:
+    """The suite's ``tuning:`` block and an entry's ``tune:`` value into a :class:`TuneSpec`.
+
+    Raises ConfigError with a message relative to the block it names.
+    """
+    block = dict(block or {})
+    unknown = sorted(set(block) - TUNING_KEYS)
+    if unknown:
+        raise ConfigError(f"tuning.{unknown[0]}: unknown key (allowed: {', '.join(sorted(TUNING_KEYS))})")
+    entry = {} if entry is True else entry
+    if not isinstance(entry, dict):
+        raise ConfigError("tune: expected true or a mapping like {trials: 20}")
+    unknown = sorted(set(entry) - ENTRY_TUNE_KEYS)
+    if unknown:
+        raise ConfigError(f"tune.{unknown[0]}: unknown key (allowed: {', '.join(sorted(ENTRY_TUNE_KEYS))})")
+    trials = entry.get("trials", block.get("trials"))
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise ConfigError("tune.trials: expected a positive integer (here or in the suite's tuning block)")
+
+    raw = block.get("objectives") or {}
+    if not isinstance(raw, dict) or set(raw) - {"utility", "unfairness", "compression"}:
+        raise ConfigError("tuning.objectives: expected a mapping with utility, unfairness and optionally compression")
+    objectives = Objectives(**raw)
+    objectives.validate()
+
+    raw = block.get("sampler", "tpe")
+    raw = {"name": raw} if isinstance(raw, str) else raw
+    if not isinstance(raw, dict) or set(raw) - {"name", "seed", "options"}:
+        raise ConfigError("tuning.sampler: expected a name or {name, seed, options}")
+    seed = raw.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError("tuning.sampler.seed: expected an integer")
+    sampler = SamplerSpec(str(raw.get("name", "tpe")), seed, tuple(sorted((raw.get("options") or {}).items())))
+    sampler.validate()
+
+    raw = block.get("policies", ["best_utility"])
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("tuning.policies: expected a non-empty list")
+    policies = tuple(Policy.parse(p) for p in raw)
+    if len({p.label for p in policies}) != len(policies):
+        raise ConfigError("tuning.policies: a policy is listed twice")
+
+    constraints = block.get("constraints") or {}
+    if not isinstance(constraints, dict) or set(constraints) - {"accuracy_within"}:
+        raise ConfigError("tuning.constraints: the only constraint is accuracy_within: <fraction>")
+    within = constraints.get("accuracy_within")
+    if within is not None and (isinstance(within, bool) or not isinstance(within, (int, float)) or not 0 <= within < 1):
+        raise ConfigError("tuning.constraints.accuracy_within: expected a fraction in [0, 1)")
+    return TuneSpec(trials, objectives, sampler, policies, None if within is None else float(within))
+
+
+# -- seeds and names --------------------------------------------------------------------------
+
+
+def derived_seed(*parts: Any) -> int:
+    """A 31-bit seed from any parts (stable across processes and machines)."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()
+    return int(digest[:8], 16) & 0x7FFFFFFF
+
+
+def trial_seed(study_name: str, trial: optuna.trial.BaseTrial) -> int:
+    """The seed a trial's method runs with: from the study and the trial number. The number is
+    kept in the trial's ``origin`` attribute, which a retry of a stale trial inherits, so the
+    retry computes the same thing as the attempt it replaces."""
+    if "origin" not in trial.user_attrs:
+        trial.set_user_attr("origin", trial.number)
+    return derived_seed(study_name, trial.user_attrs["origin"])
+
+
+# -- evaluating one trial on validation ------------------------------------------------------------
+
+
+@dataclass
+class TrialResult:
+    values: list[float]
+    metrics: dict[str, float]
+    compression_ratio: float
+    flags: list[str]  # the engine's outcome flags on validation: degenerate, no_effect
+    accuracy_slack: float | None  # constraint value (<= 0 is feasible)
+    seconds: dict[str, float]
+
+
+def score_on_validation(model, sparse_storage, task_view, dense_fp, device, spec: TuneSpec, dense_val) -> TrialResult:
+    """Objective values, metrics, footprint and flags of a compressed model on validation
+    (``dense_val``: the dense model's validation predictions); never reads the test split.
+    ``seconds`` is left for the caller to fill in."""
+    from .evaluate import predict
+    from .footprint import compression_ratio, footprint
+    from .metrics import compute_metrics
+    from .runner import outcome_flags
+
+    val = task_view.val
+    y_pred = predict(model, val, task_view.prepare, device)
+    metrics = compute_metrics(val.y, y_pred, val.s, num_classes=task_view.num_classes)
+    ratio = compression_ratio(dense_fp, footprint(model, sparse_storage))
+    slack = None
+    if spec.accuracy_within is not None:
+        slack = (1 - spec.accuracy_within) * float(np.mean(dense_val.y == dense_val.y_pred)) - metrics["accuracy"]
+    flags, _ = outcome_flags({"val": {"y_pred": y_pred, "s": val.s}}, {"val": dense_val.y_pred}, is_reference=False)
+    return TrialResult(spec.objectives.values(metrics, ratio), metrics, ratio, flags, slack, {})
+
+
+def record(trial: optuna.trial.Trial, result: TrialResult, params: dict[str, Any], seed: int) -> None:
+    """Store what selection and reports need on the trial itself (visible in the dashboard):
+    the resolved params and one ``result`` record (two writes: each is a database round trip)."""
+    if result.accuracy_slack is not None:
+        trial.set_constraint("accuracy_within", float(result.accuracy_slack))
+    trial.set_user_attr("params", params)
+    trial.set_user_attr("result", {
+        "seed": seed,
+        "flags": list(result.flags),
+        "compression_ratio": float(result.compression_ratio),
+        "seconds": result.seconds,
+        "val": {k: (float(v) if math.isfinite(v) else None) for k, v in result.metrics.items()},
+    })
+
+
+# -- reading studies -------------------------------------------------------------------------
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per complete trial: the policies' input, plus params and timings."""
+    rows = []
+    compression = len(study.directions) == 3
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        row = {
+            "number": t.number,
+            "utility": t.values[0],
+            "unfairness": t.values[1],
+            "feasible": all(v <= 0 for v in t.constraints.values()),
+            "flagged": bool(t.user_attrs.get("result", {}).get("flags")),
+            "params": t.user_attrs.get("params", t.params),
+        }
+        if compression:
+            row["compression"] = t.values[2]
+        rows.append(row)
+    columns = ["number", "utility", "unfairness", "feasible", "flagged", "params"] + (["compression"] if compression else [])
+    return pd.DataFrame(rows, columns=columns)
+
+
+def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Optuna's own Pareto set (feasible trials only when the study is constrained)."""
+    return sorted(study.best_trials, key=lambda t: t.number)

@@ -1,0 +1,167 @@
+"""Tuning throughput with workers on one PostgreSQL database, and the per-trial overhead (``make perf``).
+
+Targets (the issue's):
+
+1. Two workers on one PostgreSQL database do the same CPU suite at >= 1.7x the throughput of
+   one worker (torch on one thread per worker, 2 cores).
+2. The per-trial overhead outside the method and the evaluation (claiming, Optuna's ask/tell
+   and heartbeats, sampling, storing the trial) stays under 5 % of the method + evaluation time.
+
+The suite: the CPU tuning suite's setting on adult (the low-rank family, truncated SVD, SLR-w,
+SLR-a and FairLRF, tuned with TPE on the MLP, 2 seeds), with fewer trials and dense epochs;
+the dense references are trained beforehand (a warm checkpoint cache), so the timings cover
+trials and selected runs only. Skipped when the adult files are absent.
+
+Throughput counts finished items (trials and runs) per second over the span from the first
+item's start to the last one's end, both read from the database (Optuna's trial start and
+completion times, the runs' start and finish times): interpreter start-up and planning are
+left out for both sides alike. The machine may be shared: the measured numbers are recorded
+in ``extra_info`` (see ``--benchmark-json``) whatever the outcome.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from fairsqueeze.runner import Runner, plan_suite, resolve_device
+from fairsqueeze.store import Store
+from fairsqueeze.tasks import data_root
+from fairsqueeze.worker import Worker
+
+MIN_SPEEDUP = 1.7
+MAX_OVERHEAD = 0.05
+TRIALS = 4
+
+
+def suite_file(tmp_path: Path, name: str = "perf") -> Path:
+    suite = {
+        "name": name,
+        "seeds": [0, 1],
+        "train": {"epochs": 3, "batch_size": 128, "lr": 0.02, "optimizer": "sgd", "momentum": 0.9},
+        "tasks": [{"name": "adult", "options": {"sensitive": "sex"}}],
+        "models": [{"name": "mlp", "options": {"hidden": [128, 64]}}],
+        "tuning": {"trials": TRIALS, "sampler": {"name": "tpe", "seed": 0}, "policies": ["best_utility", "utopia"]},
+        "methods": [
+            {"name": m, "params": {"layer": "fc2", "k": 32}, "tune": True}
+            for m in ("truncated_svd", "slr_w", "slr_a", "fairlrf")
+        ],
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    return path
+
+
+def warm_cache(path: Path, url: str) -> None:
+    """Train the dense references once, so both timed sides start from the same warm cache."""
+    from fairsqueeze.suite import load_suite
+
+    plan = plan_suite(load_suite(str(path)), data_root())
+    runner = Runner(Store(url), data_root(), resolve_device("cpu"))
+    for spec in plan.studies:
+        runner.prepare_reference(spec, plan.tasks[spec.task.key])
+
+
+def run_workers(path: Path, url: str, n: int) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FAIRSQUEEZE_QUIET": "1"}
+    code = "import sys, torch; torch.set_num_threads(1); from fairsqueeze.cli import main; sys.exit(main(sys.argv[1:]))"
+    args = [sys.executable, "-c", code, "worker", str(path), "--db", url, "--device", "cpu", "--quiet"]
+    procs = [subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True) for _ in range(n)]
+    for p in procs:
+        _, err = p.communicate(timeout=1800)
+        assert p.returncode == 0, err[-2000:]
+
+
+def throughput(url: str) -> tuple[int, float]:
+    """(items, seconds from the first item's start to the last one's end)."""
+    starts, ends = [], []
+    for summary in optuna.get_all_study_summaries(storage=url):
+        for t in optuna.load_study(study_name=summary.study_name, storage=url).trials:
+            starts.append(t.datetime_start.timestamp())
+            ends.append(t.datetime_complete.timestamp())
+    runs = Store(url).runs_frame()
+    starts += runs["started_at"].tolist()
+    ends += runs["finished_at"].tolist()
+    return len(starts), max(ends) - min(starts)
+
+
+@pytest.fixture
+def perf_env(tmp_path, monkeypatch):
+    if not (data_root() / "adult" / "adult.data").exists():
+        pytest.skip(f"adult files not under {data_root()} (set FAIRSQUEEZE_DATA)")
+    monkeypatch.setenv("FAIRSQUEEZE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FAIRSQUEEZE_QUIET", "1")
+    return tmp_path
+
+
+def test_two_workers_on_postgresql_vs_one(benchmark, postgres_server, perf_env):
+    path = suite_file(perf_env)
+    warm_cache(path, postgres_server.new_database())
+
+    one = postgres_server.new_database()
+    run_workers(path, one, 1)
+    items_one, span_one = throughput(one)
+
+    two = postgres_server.new_database()
+    benchmark.pedantic(run_workers, args=(path, two, 2), rounds=1, iterations=1)
+    items_two, span_two = throughput(two)
+
+    assert items_one == items_two
+    speedup = (items_two / span_two) / (items_one / span_one)
+    benchmark.extra_info.update({"items": items_one, "one_worker_s": span_one, "two_workers_s": span_two,
+                                 "speedup": speedup, "cpus": os.cpu_count(),
+                                 "load_avg_1min": os.getloadavg()[0]})
+    print(f"\n{items_one} items: one worker {span_one:.1f} s, two workers {span_two:.1f} s, speedup {speedup:.2f}x"
+          f" (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+    assert speedup >= MIN_SPEEDUP
+
+
+def test_per_trial_overhead_outside_method_and_evaluation(benchmark, postgres_server, perf_env):
+    import torch
+
+    from fairsqueeze.suite import load_suite
+
+    torch.set_num_threads(1)
+    path = suite_file(perf_env)
+    url = postgres_server.new_database()
+    plan = plan_suite(load_suite(str(path)), data_root())
+    worker = Worker(Runner(Store(url), data_root(), resolve_device("cpu")))
+    for spec in plan.studies:  # dense references loaded (and trained) before the clock starts
+        worker.plan = plan
+        worker._reference(spec)
+
+    claimed = []
+    original = Worker._do_trial
+
+    def timed(self, *args):
+        started = time.perf_counter()
+        result = original(self, *args)
+        claimed.append(time.perf_counter() - started)
+        return result
+
+    Worker._do_trial = timed
+    try:
+        benchmark.pedantic(worker.run, args=(plan,), rounds=1, iterations=1)
+    finally:
+        Worker._do_trial = original
+
+    work = 0.0
+    n_trials = 0
+    for summary in optuna.get_all_study_summaries(storage=url):
+        for t in optuna.load_study(study_name=summary.study_name, storage=url).trials:
+            seconds = t.user_attrs["result"]["seconds"]
+            work += seconds["apply"] + seconds["evaluate"]
+            n_trials += 1
+    total = sum(claimed)  # every study visit: trials, and the final visit that selects
+    overhead = (total - work) / work
+    benchmark.extra_info.update({"trials": n_trials, "trial_visits_s": total, "method_and_evaluation_s": work,
+                                 "overhead_per_trial_ms": 1000 * (total - work) / n_trials, "overhead": overhead})
+    print(f"\n{n_trials} trials: method + evaluation {work:.2f} s, overhead {total - work:.2f} s"
+          f" ({1000 * (total - work) / n_trials:.0f} ms a trial, {100 * overhead:.1f} %)")
+    assert overhead < MAX_OVERHEAD
