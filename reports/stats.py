@@ -1,0 +1,40 @@
+"""Seed statistics: a mean with its 95 % confidence interval."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Mean over seeds, half-width of its 95 % Student-t interval (NaN for one seed) and
+    the number of seeds that had a value."""
+
+    mean: float
+    half_width: float
+    n: int
+
+    def __str__(self) -> str:
+        if self.n == 0:
+            return "–"
+        if math.isnan(self.half_width):
+            return f"{self.mean:.3f}"
+        return f"{self.mean:.3f} ± {self.half_width:.3f}"
+
+
+def estimate(values) -> Estimate:
+    """Mean ± t_{0.975, n-1} · sd / √n over the finite values (NaN stays out of n)."""
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    n = len(x)
+    if n == 0:
+        return Estimate(math.nan, math.nan, 0)
+    if n == 1:
+        return Estimate(float(x[0]), math.nan, 1)
+    half = stats.t.ppf(0.5 + LEVEL / 2, n - 1) * x.std(ddof=1) / math.sqrt(n)
+    return Estimate(float(x.mean()), float(half), n)
