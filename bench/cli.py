@@ -37,6 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--suite", default=None, help="only runs of this suite")
     show.add_argument("--split", default="test", choices=["val", "test"])
     _add_store(show)
+
+    report = sub.add_parser("report", help="write a suite's HTML report and its table exports")
+    report.add_argument("suite", help="suite name as stored, a bundled suite or a suite file")
+    report.add_argument("--out", default=None, help="output folder (default results/reports/SUITE)")
+    report.add_argument("--split", default="test", choices=["val", "test"])
+    _add_store(report)
+
+    board = sub.add_parser("leaderboard", help="write the HTML leaderboard of every stored task and model")
+    board.add_argument("--out", default="results/leaderboard", help="output folder (default results/leaderboard)")
+    _add_store(board)
     return parser
 
 
@@ -66,20 +76,11 @@ def cmd_run(args) -> int:
 
 
 def _print_tables(store, suite: str | None, split: str) -> None:
-    from .results import format_table, results_tables
+    from fairsqueeze.reports.data import load
+    from fairsqueeze.reports.tables import comparisons
+    from fairsqueeze.reports.terminal import headline_tables
 
-    from .biascard import format_bias_card
-
-    tables = results_tables(store, split=split, suite=suite)
-    if not tables:
-        print("no finished runs")
-    cards = store.dense_frame().sort_values("seed")
-    for task, table in tables.items():
-        print(f"\n== {task} ({split}) ==")
-        print(format_table(table))
-        for _, row in cards[cards["task"] == task].drop_duplicates("model").iterrows():
-            print(f"\n-- bias card: {task}, dense {row['model']} (seed {row['seed']}) --")
-            print(format_bias_card(row["bias_card"]))
+    print(headline_tables(comparisons(load(store, suite, split).done()), split))
 
 
 def cmd_list(args) -> int:
@@ -117,10 +118,44 @@ def cmd_show(args) -> int:
     return 0
 
 
+def _suite_name(text: str) -> str:
+    """A bundled suite or a suite file stands for the name it declares."""
+    from .suite import load_suite
+
+    try:
+        return load_suite(text).name
+    except FairsqueezeError:
+        return text
+
+
+def cmd_report(args) -> int:
+    from fairsqueeze.reports.data import load
+    from fairsqueeze.reports.html import build_report
+
+    from .store import Store
+
+    name = _suite_name(args.suite)
+    results = load(Store(args.db), name, args.split)
+    if results.runs.empty:
+        raise FairsqueezeError(f"no runs of suite {name!r} in {args.db}")
+    print(f"report: {build_report(results, name, args.out or f'results/reports/{name}')}")
+    return 0
+
+
+def cmd_leaderboard(args) -> int:
+    from fairsqueeze.leaderboard.site import build_leaderboard
+    from fairsqueeze.reports.data import load
+
+    from .store import Store
+
+    print(f"leaderboard: {build_leaderboard(load(Store(args.db)), args.out)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    handlers = {"run": cmd_run, "list": cmd_list, "show": cmd_show}
+    handlers = {"run": cmd_run, "list": cmd_list, "show": cmd_show, "report": cmd_report, "leaderboard": cmd_leaderboard}
     try:
         return handlers[args.command](args)
     except FairsqueezeError as exc:

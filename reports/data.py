@@ -33,7 +33,7 @@ class Results:
         (metric columns keep their registry keys)."""
         done = self.runs[self.runs["status"] == "done"]
         fp = self.footprint.rename(columns={c: FOOTPRINT_PREFIX + c for c in self.footprint.columns if c in done})
-        frame = done.join(self.metrics, on="run_key").join(fp, on="run_key", rsuffix="_fp")
+        frame = done.join(self.metrics, on="run_key").join(fp, on="run_key")
         return frame.reset_index(drop=True)
 
     def failed(self) -> pd.DataFrame:

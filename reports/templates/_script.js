@@ -51,8 +51,10 @@
   Object.keys(filtered).forEach(function (id) { applyFilters(document.getElementById(id)); });  // preset choices
   function openTarget() {  // a link into folded content unfolds it
     var id = decodeURIComponent(location.hash.slice(1)), el = id && document.getElementById(id);
+    if (!el) return;
     for (var p = el; p; p = p.parentElement) if (p.tagName === "DETAILS") p.open = true;
-    if (el) el.scrollIntoView();
+    el.querySelectorAll(":scope > details").forEach(function (d) { d.open = true; });  // a run's own detail
+    el.scrollIntoView();
   }
   window.addEventListener("hashchange", openTarget);
   openTarget();
