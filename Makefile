@@ -38,11 +38,15 @@ test: setup
 test-all: setup
 	$(BIN)/python -m pytest -q -m "slow or not slow" $(ARGS)
 
+# Benchmarks, side by side with their references; the figures (extra_info) land in results/perf.json.
 perf: setup
-	$(BIN)/python -m pytest -q tests/perf -o addopts="" --benchmark-only --benchmark-columns=min,mean,max,rounds $(ARGS)
+	mkdir -p results
+	$(BIN)/python -m pytest -q tests/perf -o addopts="" --benchmark-only --benchmark-columns=min,mean,max,rounds --benchmark-json=results/perf.json $(ARGS)
 
+# Byte-compiles every package and runs the long crash test (kills at random points).
 check: setup
 	$(BIN)/python -m compileall -q bench methods datasets reports leaderboard
+	$(BIN)/python -m pytest -q -m slow tests/test_crash.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -53,34 +53,67 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args) -> int:
     from .progress import set_quiet
     from .registry_loader import load_plugins
-    from .runner import Runner, resolve_device
+    from .runner import Runner, plan_suite, resolve_device
     from .store import Store
     from .suite import load_suite
     from .tasks import data_root
 
     set_quiet(args.quiet)
     load_plugins()
-    suite = load_suite(args.suite)  # validated before anything is written
+    suite = load_suite(args.suite)
     device = resolve_device(args.device)
+    # everything (suite, data, tasks, method parameters) is checked before the store is opened
+    plan = plan_suite(suite, data_root(args.data_root), args.skip_missing_data)
     runner = Runner(Store(args.db), data_root(args.data_root), device, args.skip_missing_data)
-    report = runner.run(suite)
+    report = runner.run(plan)
     if not args.quiet:
         print(f"suite {suite.name}: {report.done} run(s) done, {report.skipped} already done, {len(report.failed)} failed")
         if report.missing_tasks:
             print(f"skipped for missing data: {', '.join(report.missing_tasks)}")
+        if report.flagged:
+            print(f"{len(report.flagged)} run(s) flagged (degenerate: constant predictions; no_effect: same"
+                  " predictions as the dense model); see the flags column")
         _print_tables(runner.store, suite.name, "test")
     if report.failed:
-        print(f"fairsqueeze: {len(report.failed)} run(s) failed; errors are in the store (runs.error)", file=sys.stderr)
+        _print_failures(runner.store, suite.name, report.failed)
         return 1
     return 0
+
+
+def _print_failures(store, suite: str, keys: list[str]) -> None:
+    from .results import suite_runs
+
+    members = suite_runs(store, suite)
+    failed = members[members["run_key"].isin(keys)].drop_duplicates("run_key")
+    print(f"fairsqueeze: {len(keys)} run(s) failed (full tracebacks are stored with the runs):", file=sys.stderr)
+    for _, row in failed.iterrows():
+        first = (row["error"] or "").splitlines()[0] if isinstance(row["error"], str) else ""
+        print(f"  {row['label']} on {row['task_label']}, {row['model']}, seed {row['seed']}: {first}", file=sys.stderr)
 
 
 def _print_tables(store, suite: str | None, split: str) -> None:
     from fairsqueeze.reports.data import load
     from fairsqueeze.reports.tables import comparisons
-    from fairsqueeze.reports.terminal import headline_tables
+    from fairsqueeze.reports.terminal import NOTE, headline_block
 
-    print(headline_tables(comparisons(load(store, suite, split).done()), split))
+    from .biascard import format_bias_card
+
+    for name in [suite] if suite else store.suite_names():
+        results = load(store, name, split)
+        tables = comparisons(results.done())
+        if not tables:
+            print(f"suite {name}: no finished runs")
+            continue
+        dense = results.dense.set_index("key")
+        members = results.runs[results.runs["method"] == "dense"]
+        for comp in tables:
+            print("\n" + headline_block(comp, split, name))
+            shown = members[(members["task_key"] == comp.task_key) & (members["model"] == comp.model)]
+            for _, row in shown.sort_values("seed").head(1).iterrows():
+                if row["dense_key"] in dense.index:
+                    print(f"\n-- bias card: {comp.task_label}, dense {row['model']} (seed {row['seed']}) --")
+                    print(format_bias_card(dense.loc[row["dense_key"], "bias_card"]))
+        print("\n" + NOTE)
 
 
 def cmd_list(args) -> int:

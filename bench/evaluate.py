@@ -5,15 +5,29 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import FairsqueezeError
 from .tasks import Split
+
+
+class NonFiniteOutput(FairsqueezeError):
+    """The model produced NaN or infinite logits: its argmax would be an arbitrary class."""
 
 
 @torch.inference_mode()
 def predict(model: nn.Module, split: Split, prepare, device: torch.device, batch_size: int = 512) -> np.ndarray:
-    """Argmax predictions of ``model`` on every row of ``split``, in order."""
+    """Argmax predictions of ``model`` on every row of ``split``, in order.
+
+    Raises :class:`NonFiniteOutput` when a logit is NaN or infinite, rather than returning
+    the arbitrary class argmax would pick.
+    """
     model.to(device).eval()
     out = []
     for start in range(0, len(split), batch_size):
         x = prepare(split.x[start : start + batch_size], False).to(device)
-        out.append(model(x).argmax(dim=1).cpu())
+        logits = model(x)
+        if not torch.isfinite(logits).all():
+            bad = int((~torch.isfinite(logits)).any(dim=1).sum())
+            raise NonFiniteOutput(f"the model produced NaN or infinite outputs on {bad} of {len(x)} rows"
+                                  f" (rows {start}..{start + len(x) - 1} of the split)")
+        out.append(logits.argmax(dim=1).cpu())
     return torch.cat(out).numpy().astype(np.int64) if out else np.zeros(0, dtype=np.int64)

@@ -5,6 +5,10 @@ quantized module keeps its integer codes). A tensor is stored dense, zeros inclu
 its name is in ``sparse_storage``: then only its nonzeros count. This is the FairLRF
 convention: zeroed factor entries are removed, unstructured zeros elsewhere save nothing,
 and a sparse entry carries no index overhead.
+
+Beside that convention, :func:`sparse_format` says what zeros really save: the fraction of
+stored entries that are zero, and the bytes of the model written with every tensor in the
+smaller of dense and CSR form (values plus int32 column indices and row pointers).
 """
 from __future__ import annotations
 
@@ -53,7 +57,32 @@ def footprint(model: nn.Module, sparse_storage: Iterable[str] = ()) -> dict[str,
         "stored_params": stored,
         "bytes_by_dtype": bytes_by_dtype,
         "stored_bytes": sum(bytes_by_dtype.values()),
+        **sparse_format(model),
     }
+
+
+INDEX_BYTES = 4  # int32 column indices and row pointers
+
+
+def csr_bytes(tensor: torch.Tensor) -> int:
+    """Bytes of ``tensor`` in CSR form: rows are the first axis (a vector is one row), columns the rest."""
+    rows = tensor.shape[0] if tensor.dim() > 1 else 1
+    nonzeros = int(torch.count_nonzero(tensor.detach()))
+    return nonzeros * (tensor.element_size() + INDEX_BYTES) + (rows + 1) * INDEX_BYTES
+
+
+def sparse_format(model: nn.Module) -> dict[str, Any]:
+    """The real sparsity of the stored tensors and the bytes of the model in a sparse format.
+
+    ``sparsity``: zero entries / all entries. ``csr_bytes``: each tensor written dense or as
+    CSR (:func:`csr_bytes`), whichever is smaller.
+    """
+    entries = zeros = written = 0
+    for _, tensor in stored_tensors(model):
+        entries += tensor.numel()
+        zeros += tensor.numel() - int(torch.count_nonzero(tensor.detach()))
+        written += min(tensor.numel() * tensor.element_size(), csr_bytes(tensor))
+    return {"sparsity": zeros / entries if entries else 0.0, "csr_bytes": written}
 
 
 def compression_ratio(dense_fp: dict[str, Any], compressed_fp: dict[str, Any]) -> float:

@@ -54,7 +54,7 @@ fpr[g]            utility    low     binary: P(ŷ=1 | y=0, g); NaN for multiclas
 <m>_avg           utility    high    mean over groups of <m>[g], m in accuracy/precision/recall/f1
 <m>_diff          fairness   low     max − min over groups of <m>[g]
 dp_diff           fairness   low     binary: max − min of P(ŷ=1 | g) (Fairlearn's definition);
-                                     multiclass: the dp_l1 form
+                                     NaN for multiclass (one key, one scale: use dp_l1 there)
 dp_l1             fairness   low     L1 demographic-parity distance Σ_k |P(ŷ=k|g0) − P(ŷ=k|g1)|
                                      (2 × total variation; max over group pairs); binary: 2×
 eopp0             fairness   low     (1/K) Σ_k |ΔTNR_k|        one-vs-rest, table form
@@ -146,8 +146,8 @@ for _base in ("accuracy", "precision", "recall", "f1"):
             f"max - min of {_base}[g] over groups (|m1 - m0| for two groups).")
 del _base
 _define("dp_diff", "fairness", False,
-        "Demographic-parity difference. Binary: max - min over groups of P(y_pred=1 | g). "
-        "Multiclass: the dp_l1 form.")
+        "Demographic-parity difference, binary tasks: max - min over groups of P(y_pred=1 | g) "
+        "(Fairlearn's definition); NaN for multiclass (see dp_l1).")
 _define("dp_l1", "fairness", False,
         "L1 demographic-parity distance: sum_k |P(y_pred=k | g0) - P(y_pred=k | g1)| "
         "(twice the total variation), max over group pairs; equals 2 * dp_diff when binary.")
@@ -392,11 +392,10 @@ def _fairness_gaps(ev: _Evaluation, rows: dict[int, dict[str, float]], empty: Em
     confusions = [ev.confusion[g] for g in ev.groups]
     column = lambda name: [rows[g][name] for g in ev.groups]  # noqa: E731
     dp_l1 = _dp_l1(confusions)
+    dp_diff = math.nan
     if ev.binary:
         positive_rates = [_prediction_distribution(_as_binary(cm))[1] for cm in confusions]
         dp_diff = _spread(positive_rates)
-    else:
-        dp_diff = dp_l1
     out = {"dp_diff": dp_diff, "dp_l1": dp_l1, **_eopp_for(ev, empty)}
     out["deo"] = _spread(column("tpr")) if ev.binary else math.nan
     out["ddp_fairalm"] = _spread(column("accuracy"))

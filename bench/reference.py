@@ -1,6 +1,7 @@
 """The dense reference: trained once per (task, model, training config, seed), cached by hash."""
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -12,6 +13,8 @@ from .models import create_model
 from .suite import RunSpec
 from .tasks import TaskData, cache_root
 from .training import train_model
+
+log = logging.getLogger("fairsqueeze")
 
 
 def checkpoint_path(dense_key: str) -> Path:
@@ -35,16 +38,38 @@ def _save_atomic(obj, path: Path) -> None:
             os.unlink(tmp)
 
 
+def _load_checkpoint(path: Path, model: nn.Module, task: TaskData) -> dict | None:
+    """The saved training record if ``path`` holds a usable checkpoint of this model trained on
+    exactly this task's split and data; None (with one log line saying why) otherwise."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        bound = (saved.get("split_hash"), saved.get("data_hash"))
+        if bound != (task.split_hash, task.fingerprint):
+            log.warning("dense checkpoint %s was trained on other data (split %s, data %s; now %s, %s); retraining",
+                        path.name, *bound, task.split_hash, task.fingerprint)
+            return None
+        model.load_state_dict(saved["state_dict"])
+    except Exception as exc:  # truncated, corrupted or of another shape: never trust it
+        log.warning("dense checkpoint %s cannot be used (%s: %s); retraining", path.name, type(exc).__name__,
+                    str(exc).splitlines()[0] if str(exc) else "")
+        return None
+    return saved
+
+
 def dense_reference(spec: RunSpec, task: TaskData, device: torch.device) -> tuple[nn.Module, dict]:
-    """Load the cached dense model for ``spec`` or train and cache it. Returns (model, info)."""
+    """Load the cached dense model for ``spec`` or train and cache it. Returns (model, info).
+
+    The checkpoint records the split hash and data fingerprint it was trained on; a mismatch
+    (or an unreadable file) retrains instead of loading.
+    """
     path = checkpoint_path(spec.dense_key)
     model = build_untrained(spec, task)
-    if path.exists():
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(saved["state_dict"])
+    if path.exists() and (saved := _load_checkpoint(path, model, task)) is not None:
         return model.to(device).eval(), {"cached": True, "history": saved["history"]}
+    model = build_untrained(spec, task)  # a failed load may have filled part of the weights
     desc = f"dense {spec.model.name} on {spec.task.name} (seed {spec.seed})"
     history = train_model(model, task, spec.model.train, device, spec.seed, desc=desc)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    _save_atomic({"state_dict": state, "history": history}, path)
+    record = {"state_dict": state, "history": history, "split_hash": task.split_hash, "data_hash": task.fingerprint}
+    _save_atomic(record, path)
     return model.eval(), {"cached": False, "history": history}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import logging
 from importlib.metadata import entry_points
 from typing import Callable, Generic, Iterator, TypeVar
 
@@ -42,7 +43,14 @@ class Registry(Generic[T]):
             return
         self._entry_points_loaded = True
         for ep in entry_points(group=self.entry_point_group):
-            ep.load()  # importing the module runs its @register decorators
+            try:
+                ep.load()  # importing the module runs its @register decorators
+            except Exception as exc:  # a broken plugin must not take the built-ins down with it
+                first = str(exc).splitlines()[0] if str(exc) else ""
+                logging.getLogger("fairsqueeze").warning(
+                    "%s plugin %r (%s) failed to import and is skipped: %s: %s",
+                    self.kind, ep.name, ep.value, type(exc).__name__, first,
+                )
 
     def get(self, name: str) -> T:
         self._load_entry_points()

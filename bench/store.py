@@ -1,8 +1,15 @@
 """The results store: one SQLAlchemy database (SQLite file by default, PostgreSQL by URL).
 
 Tables:
-- ``runs``: one row per run key (the hash of everything that determines the run), with its
-  configuration, hashes, seed, status (running / done / failed), timings and error.
+- ``runs``: one row per computation, keyed by the hash of everything that determines it
+  (task, data fingerprint, model, training config, seed, method, resolved parameters); its
+  configuration, hashes, status (running / done / failed), timings, error and flags
+  (``degenerate``, ``no_effect``). A run row never names a suite: one computation can
+  serve many suites and labels.
+- ``members``: (suite, task key, model, label, seed) -> run key: which computation a suite
+  entry currently shows. Tables, reports and leaderboards select through it.
+- ``suites``: the definition of every suite that was run.
+- ``meta``: the schema version; a database written by another version is refused.
 - ``metrics``: (run, split, name) -> value; NaN is stored as NULL.
 - ``footprint``: (run, name) -> value (parameter counts, bytes, compression ratio, latency).
 - ``predictions``: (run, split) -> per-example arrays (row id, y, y_pred, s) as a compressed blob.
@@ -16,7 +23,7 @@ import io
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -24,6 +31,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import (
     Column,
+    inspect,
     Float,
     ForeignKey,
     Integer,
@@ -39,32 +47,68 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from .errors import FairsqueezeError
 
 DEFAULT_URL = "sqlite:///results/fairsqueeze.db"
+SCHEMA_VERSION = "2"
 
 meta = MetaData()
+
+schema = Table(
+    "meta",
+    meta,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
 
 runs = Table(
     "runs",
     meta,
     Column("key", String(64), primary_key=True),
-    Column("suite", String(128)),
     Column("task", String(128), nullable=False),
-    Column("task_key", String(64)),
+    Column("task_key", String(64), nullable=False),
+    Column("task_label", String(512), nullable=False),
     Column("model", String(128), nullable=False),
     Column("method", String(128), nullable=False),
-    Column("label", String(256), nullable=False),
     Column("params", Text, nullable=False),
     Column("seed", Integer, nullable=False),
     Column("config", Text, nullable=False),
-    Column("split_hash", String(64)),
-    Column("dense_hash", String(64)),
+    Column("split_hash", String(64), nullable=False),
+    Column("data_hash", String(64), nullable=False),
+    Column("dense_hash", String(64), nullable=False),
     Column("status", String(16), nullable=False),
+    Column("flags", Text),
     Column("error", Text),
     Column("started_at", Float),
     Column("finished_at", Float),
     Column("timings", Text),
     Column("info", Text),
+)
+
+members = Table(
+    "members",
+    meta,
+    Column("suite", String(128), primary_key=True),
+    Column("task_key", String(64), primary_key=True),
+    Column("model", String(128), primary_key=True),
+    Column("label", String(256), primary_key=True),
+    Column("seed", Integer, primary_key=True),
+    Column("run_key", String(64), ForeignKey("runs.key"), nullable=False),
+    Column("entry", Integer, nullable=False),
+    Column("entry_label", String(256), nullable=False),
+    Column("sweep", Text, nullable=False),
+)
+
+suites = Table(
+    "suites",
+    meta,
+    Column("name", String(128), primary_key=True),
+    Column("description", Text),
+    Column("source", Text),
+    Column("definition", Text, nullable=False),
+    Column("updated_at", Float, nullable=False),
 )
 
 metrics = Table(
@@ -138,20 +182,106 @@ class RunResult:
     predictions: dict[str, dict[str, np.ndarray]]  # split -> arrays
     timings: dict[str, float]
     info: dict[str, Any]
+    flags: list[str] = field(default_factory=list)
+
+
+class StoreError(FairsqueezeError):
+    """The database cannot be opened or was written by another schema version."""
+
+
+def _sqlite_path(url: str) -> Path | None:
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        return Path(url.removeprefix("sqlite:///"))
+    return None
 
 
 class Store:
     def __init__(self, url: str = DEFAULT_URL):
         self.url = url
-        if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = create_engine(url)
-        meta.create_all(self.engine)
+        path = _sqlite_path(url)
+        try:
+            if path is not None:
+                if path.is_dir():
+                    raise StoreError(f"--db {url}: {path} is a directory, not a database file")
+                path.parent.mkdir(parents=True, exist_ok=True)
+            self.engine: Engine = create_engine(url)
+            self._check_schema()
+            meta.create_all(self.engine)
+            with self.engine.begin() as conn:
+                if conn.execute(select(schema.c.value).where(schema.c.key == "schema_version")).scalar() is None:
+                    conn.execute(insert(schema).values(key="schema_version", value=SCHEMA_VERSION))
+        except OSError as exc:
+            raise StoreError(f"--db {url}: cannot create the database: {exc.strerror or exc}") from None
+        except SQLAlchemyError as exc:
+            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            raise StoreError(f"--db {url}: cannot open the database: {reason}") from None
+
+    def _check_schema(self) -> None:
+        """Refuse a database written by another schema version: never mix two key definitions."""
+        tables = set(inspect(self.engine).get_table_names())
+        if not tables:
+            return
+        version = None
+        if "meta" in tables:
+            with self.engine.connect() as conn:
+                version = conn.execute(select(schema.c.value).where(schema.c.key == "schema_version")).scalar()
+        if version != SCHEMA_VERSION:
+            where = _sqlite_path(self.url) or self.url
+            raise StoreError(
+                f"results database {where} uses schema {version or 1}, this fairsqueeze writes schema "
+                f"{SCHEMA_VERSION} (run keys now include the data fingerprint and suites point at runs "
+                f"through a membership table): move it aside (e.g. mv {where} {where}.v{version or 1}) "
+                "or pass another --db; its runs will be recomputed"
+            )
+
+    # -- suites and membership -----------------------------------------------------------
+    def put_suite(self, name: str, description: str, source: str, definition: dict[str, Any]) -> None:
+        values = {"name": name, "description": description, "source": source,
+                  "definition": json.dumps(definition, sort_keys=True, default=str), "updated_at": time.time()}
+        with self.engine.begin() as conn:
+            conn.execute(delete(suites).where(suites.c.name == name))
+            conn.execute(insert(suites).values(**values))
+
+    def set_members(self, suite: str, rows: list[dict[str, Any]], keep_tasks: Iterable[str] = ()) -> None:
+        """Make ``rows`` the suite's membership, in one transaction.
+
+        Each row: task_key, model, label, seed, run_key, entry, entry_label, sweep. Earlier
+        members of the suite are replaced, except those of tasks in ``keep_tasks`` (tasks
+        skipped this time, e.g. for missing data, keep what they showed before).
+        """
+        keep = set(keep_tasks)
+        with self.engine.begin() as conn:
+            query = delete(members).where(members.c.suite == suite)
+            if keep:
+                query = query.where(members.c.task_key.not_in(keep))
+            conn.execute(query)
+            if rows:
+                conn.execute(insert(members), [{**r, "suite": suite, "sweep": json.dumps(r["sweep"], sort_keys=True,
+                                                                                           default=str)} for r in rows])
+
+    def members_frame(self, suite: str | None = None) -> pd.DataFrame:
+        query = select(members)
+        if suite is not None:
+            query = query.where(members.c.suite == suite)
+        with self.engine.connect() as conn:
+            frame = pd.read_sql(query, conn)
+        frame["sweep"] = frame["sweep"].map(json.loads)
+        return frame
+
+    def suite_names(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return sorted(r[0] for r in conn.execute(select(members.c.suite).distinct()))
+
+    def suites_frame(self) -> pd.DataFrame:
+        with self.engine.connect() as conn:
+            frame = pd.read_sql(select(suites), conn)
+        frame["definition"] = frame["definition"].map(json.loads)
+        return frame
 
     # -- runs -------------------------------------------------------------------------
     def start_run(self, key: str, row: dict[str, Any]) -> None:
         """Mark ``key`` as running, replacing any earlier failed or interrupted attempt."""
-        values = {**row, "key": key, "status": "running", "error": None, "started_at": time.time()}
+        values = {**row, "key": key, "status": "running", "error": None, "flags": None, "started_at": time.time()}
         values["params"] = json.dumps(values["params"], sort_keys=True)
         values["config"] = json.dumps(values["config"], sort_keys=True, default=str)
         with self.engine.begin() as conn:
@@ -183,6 +313,7 @@ class Store:
                 .values(
                     status="done",
                     finished_at=time.time(),
+                    flags=json.dumps(sorted(result.flags)),
                     timings=json.dumps(result.timings),
                     info=json.dumps(result.info, default=str),
                 )
@@ -204,6 +335,11 @@ class Store:
         with self.engine.connect() as conn:
             return {r.key: json.loads(r.summary) for r in conn.execute(select(tasks))}
 
+    def task_summary(self, key: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            found = conn.execute(select(tasks.c.summary).where(tasks.c.key == key)).scalar()
+        return json.loads(found) if found else None
+
     def put_dense(self, key: str, row: dict[str, Any]) -> None:
         values = {**row, "key": key}
         for field in ("history", "bias_card"):
@@ -220,23 +356,34 @@ class Store:
         return frame
 
     # -- reading ----------------------------------------------------------------------
-    def runs_frame(self, status: str | None = None) -> pd.DataFrame:
+    def runs_frame(self, status: str | None = None, keys: Iterable[str] | None = None) -> pd.DataFrame:
+        """Run rows; ``params``, ``config``, ``timings``, ``info`` and ``flags`` decoded from JSON."""
         query = select(runs)
         if status:
             query = query.where(runs.c.status == status)
+        if keys is not None:
+            query = query.where(runs.c.key.in_(list(keys)))
         with self.engine.connect() as conn:
-            return pd.read_sql(query, conn)
+            frame = pd.read_sql(query, conn)
+        for column, empty in (("params", {}), ("config", {}), ("timings", {}), ("info", {}), ("flags", [])):
+            frame[column] = frame[column].map(lambda v, e=empty: json.loads(v) if isinstance(v, str) and v else type(e)())
+        return frame
 
-    def metrics_frame(self, split: str | None = None) -> pd.DataFrame:
+    def metrics_frame(self, split: str | None = None, keys: Iterable[str] | None = None) -> pd.DataFrame:
         query = select(metrics)
         if split:
             query = query.where(metrics.c.split == split)
+        if keys is not None:
+            query = query.where(metrics.c.run_key.in_(list(keys)))
         with self.engine.connect() as conn:
             return pd.read_sql(query, conn)
 
-    def footprint_frame(self) -> pd.DataFrame:
+    def footprint_frame(self, keys: Iterable[str] | None = None) -> pd.DataFrame:
+        query = select(footprint)
+        if keys is not None:
+            query = query.where(footprint.c.run_key.in_(list(keys)))
         with self.engine.connect() as conn:
-            return pd.read_sql(select(footprint), conn)
+            return pd.read_sql(query, conn)
 
     def predictions(self, key: str, split: str) -> dict[str, np.ndarray]:
         with self.engine.connect() as conn:

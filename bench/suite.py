@@ -21,7 +21,7 @@ key path and its line.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -68,26 +68,42 @@ class ModelEntry:
 
 @dataclass(frozen=True)
 class MethodEntry:
+    """One method entry of a suite after sweep expansion; ``params`` are resolved (defaults
+    filled in, numbers normalised), so equal computations get equal run keys."""
+
     name: str
     params: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     label: str = ""
     models: tuple[str, ...] | None = None
     tasks: tuple[str, ...] | None = None
+    entry: int = 0  # position of the entry in the suite file
+    entry_label: str = ""  # the entry's label without sweep values
+    sweep: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
 
 @dataclass(frozen=True)
 class RunSpec:
+    """One planned run. Its keys exist once it is bound to the data its task loaded."""
+
     task: TaskEntry
     model: ModelEntry
     method: MethodEntry
     seed: int
+    data: str = ""  # the task's data fingerprint (split rows and content), set by bind()
+
+    def bind(self, fingerprint: str) -> "RunSpec":
+        return replace(self, data=fingerprint)
 
     @property
     def dense_key(self) -> str:
-        """Hash of what determines the dense reference (shared by every method)."""
+        """Hash of what determines the dense reference (shared by every method): the task
+        and its options, the data actually loaded, the model, the training config, the seed."""
+        if not self.data:
+            raise RuntimeError("RunSpec.dense_key needs the task's data fingerprint (bind() first)")
         return config_hash(
             {
                 "task": self.task.key,
+                "data": self.data,
                 "model": {"name": self.model.name, "options": self.model.options},
                 "train": self.model.train,
                 "seed": self.seed,
@@ -96,7 +112,7 @@ class RunSpec:
 
     @property
     def key(self) -> str:
-        """Hash of everything that determines this run's result."""
+        """Hash of everything that determines this run's result (never its suite or label)."""
         return config_hash(
             {
                 "dense": self.dense_key,
@@ -290,9 +306,14 @@ def parse_suite(data: Any, where: _Where | None = None, default_name: str = "sui
         train = _train(entry.get("train"), base_train, where, ("models", i, "train"))
         models.append(ModelEntry(entry["name"], options, train, _names(entry.get("tasks"), where, ("models", i, "tasks"))))
 
-    methods = []
+    methods, labels = [], {}
     for i, raw in enumerate(data["methods"]):
-        methods.extend(_method_entries(raw, where, ("methods", i)))
+        for method in _method_entries(raw, where, ("methods", i)):
+            if method.label in labels:
+                raise where(("methods", i), f"label {method.label!r} is already used by methods[{labels[method.label]}];"
+                            " give each entry its own label")
+            labels[method.label] = i
+            methods.append(method)
 
     return Suite(
         name=str(data.get("name", default_name)),
@@ -327,6 +348,7 @@ def _method_entries(raw, where, path) -> list[MethodEntry]:
         except ConfigError as exc:
             raise where(path + ("params",), str(exc).removeprefix("params: ")) from None
         resolved = method.param_dict()
+        base = str(entry.get("label") or _label(entry["name"], params))
         label = entry.get("label") or _label(entry["name"], {**params, **combo})
         if entry.get("label") and combo:
             label = _label(entry["label"], combo)
@@ -337,6 +359,9 @@ def _method_entries(raw, where, path) -> list[MethodEntry]:
                 str(label),
                 _names(entry.get("models"), where, path + ("models",)),
                 _names(entry.get("tasks"), where, path + ("tasks",)),
+                entry=path[-1],
+                entry_label=base,
+                sweep=dict(combo),
             )
         )
     return out

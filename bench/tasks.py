@@ -6,17 +6,20 @@ memory-mapped array) that :meth:`TaskData.prepare` turns into float batches.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from .errors import ConfigError, DatasetMissing
-from .hashing import array_hash
+from .errors import ConfigError, DatasetMissing, FairsqueezeError
+from .hashing import array_hash, config_hash
 from .registry import Registry
 
 DATA_ENV = "FAIRSQUEEZE_DATA"
@@ -50,12 +53,47 @@ def _to_float(x: torch.Tensor, train: bool) -> torch.Tensor:
     return x.float()
 
 
+class TestSplitSealed(RuntimeError):
+    """The test split was read while it is sealed (inside a method or a tuning trial)."""
+
+
+_test_sealed: contextvars.ContextVar[bool] = contextvars.ContextVar("fairsqueeze_test_sealed", default=False)
+_violations = [0]
+
+
+@contextlib.contextmanager
+def sealed_test_split():
+    """While active, reading ``TaskData.test`` of any task raises :class:`TestSplitSealed`.
+
+    The engine wraps every method (and every tuning trial) in it, so a method cannot reach
+    the test split even by rebuilding its task; :func:`test_split_violations` counts
+    attempts, so an attempt that the method caught is still detected.
+    """
+    token = _test_sealed.set(True)
+    try:
+        yield
+    finally:
+        _test_sealed.reset(token)
+
+
+def test_split_violations() -> int:
+    return _violations[0]
+
+
+def content_digest(x: Any) -> str:
+    """A content hash of an input array; lazily loaded arrays provide their own ``digest``."""
+    digest = getattr(x, "digest", None)
+    if digest is not None:
+        return str(digest)
+    return array_hash(np.asarray(x))
+
+
 @dataclass
 class TaskData:
     name: str
     train: Split
     val: Split
-    test: Split
+    test: Split = field(repr=False, compare=False)
     num_classes: int
     input_shape: tuple[int, ...]
     target: str
@@ -65,15 +103,25 @@ class TaskData:
     transform: BatchTransform = _to_float
     meta: dict[str, Any] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def split_hash(self) -> str:
         """Hash of the split row ids: two runs with the same hash saw the same rows."""
         return array_hash(self.train.index, self.val.index, self.test.index)
 
+    @cached_property
+    def fingerprint(self) -> str:
+        """Hash of the data actually loaded: split rows, labels, groups and input content.
+
+        Every cached dense model and every run key depends on it, so changed files (another
+        data root, a shortened CSV, a re-shuffled split) never reuse old results.
+        """
+        parts = {"split": self.split_hash, "classes": self.num_classes, "shape": list(self.input_shape)}
+        for name, split in (("train", self.train), ("val", self.val), ("test", self.test)):
+            parts[name] = [array_hash(split.y, split.s), content_digest(split.x)]
+        return config_hash(parts)
+
     def prepare(self, x: Any, train: bool) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor):
-            x = torch.from_numpy(np.ascontiguousarray(x))
-        return self.transform(x, train)
+        return Preparer(self.transform)(x, train)
 
     def view(self) -> "TaskView":
         return TaskView(self)
@@ -86,14 +134,41 @@ class TaskData:
             "num_classes": self.num_classes,
             "input_shape": list(self.input_shape),
             "split_hash": self.split_hash,
+            "fingerprint": self.fingerprint,
             "group_names": {str(k): v for k, v in self.group_names.items()},
             "sizes": {n: len(getattr(self, n)) for n in ("train", "val", "test")},
             "group_counts": {n: getattr(self, n).group_counts() for n in ("train", "val", "test")},
         }
 
 
+def _get_test(task: TaskData) -> Split:
+    if _test_sealed.get():
+        _violations[0] += 1
+        raise TestSplitSealed(f"task {task.name!r}: the test split is sealed here (methods and tuning see train and val only)")
+    return task.__dict__["_test"]
+
+
+def _set_test(task: TaskData, split: Split) -> None:
+    task.__dict__["_test"] = split
+
+
+TaskData.test = property(_get_test, _set_test)  # type: ignore[assignment]  # after @dataclass built __init__
+
+
+class Preparer:
+    """Turns raw rows into a float batch; holds the transform only, never the task."""
+
+    def __init__(self, transform: BatchTransform):
+        self.transform = transform
+
+    def __call__(self, x: Any, train: bool) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            x = torch.from_numpy(np.ascontiguousarray(x))
+        return self.transform(x, train)
+
+
 class TaskView:
-    """What a method may see of a task: train and val, never test."""
+    """What a method may see of a task: train and val, never test (and no way back to it)."""
 
     def __init__(self, data: TaskData):
         self.name = data.name
@@ -101,8 +176,25 @@ class TaskView:
         self.val = data.val
         self.num_classes = data.num_classes
         self.input_shape = data.input_shape
-        self.group_names = data.group_names
-        self.prepare = data.prepare
+        self.group_names = dict(data.group_names)
+        self.target = data.target
+        self.sensitive = data.sensitive
+        self.prepare = Preparer(data.transform)
+
+
+def check_task(task: TaskData, label: str) -> None:
+    """Refuse a task that cannot give meaningful results, before anything trains."""
+    for name in ("train", "val", "test"):
+        split = getattr(task, name)
+        if len(split) == 0:
+            raise FairsqueezeError(f"task {label}: the {name} split has no rows; check the data files and options")
+        counts = {g: c for g, c in split.group_counts().items() if g >= 0}
+        if len(counts) < 2:
+            shown = ", ".join(f"{task.group_names.get(g, g)}: {c}" for g, c in counts.items()) or "none"
+            raise FairsqueezeError(
+                f"task {label}: sensitive attribute {task.sensitive!r} has fewer than two groups in the"
+                f" {name} split (rows per group: {shown}); fairness gaps need two"
+            )
 
 
 @dataclass
@@ -170,7 +262,7 @@ def stratified_split(
     if abs(sum(fractions) - 1) > 1e-9:
         raise ValueError(f"split fractions must sum to 1, got {fractions}")
     rng = np.random.default_rng(seed)
-    parts: list[list[np.ndarray]] = [[] for _ in fractions]
+    parts: list[list[np.ndarray]] = [[np.zeros(0, dtype=np.int64)] for _ in fractions]
     cells = np.stack([y, s], axis=1)
     for cell in np.unique(cells, axis=0):
         rows = np.flatnonzero((cells == cell).all(axis=1))

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fairsqueeze.errors import ConfigError
+from fairsqueeze.errors import ConfigError, DatasetMissing
 from fairsqueeze.tasks import TaskData, register_task, require_file
 
 from .images import ImageTable, assemble
@@ -98,6 +98,8 @@ def build_celeba(root: Path, target: str = "Smiling", sensitive: str = "Male",
     listed = attrs.index[attrs.index.isin(part.index)]
     present = _present(image_dir, listed)
     files = listed[present]
+    if not len(files):
+        raise DatasetMissing(f"none of the {len(listed)} images listed in list_attr_celeba.txt is in {image_dir}")
     if not present.all():
         log.info("celeba: %d listed image(s) are not in %s; using the %d present",
                  int((~present).sum()), image_dir, len(files))

@@ -21,6 +21,7 @@ the FairLRF/FairQuantize code.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -37,7 +38,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from fairsqueeze.errors import ConfigError
-from fairsqueeze.hashing import config_hash
+from fairsqueeze.hashing import array_hash, config_hash
 from fairsqueeze.tasks import Split, TaskData, cache_root
 from fairsqueeze.vision import torchvision  # noqa: F401  (must precede the v2 import)
 from torchvision.transforms.v2 import functional as F
@@ -112,6 +113,7 @@ class DecodedImages:
     rows: np.ndarray  # rows[i] = row of files[i] in the array, -1 if unreadable
     decoded: int  # images decoded by this call (0 on a cache hit)
     failed: list[str] = field(default_factory=list)  # unreadable files (relative names)
+    sha256: str = ""  # content hash of the .npy file, checked before every reuse
 
     @property
     def kept(self) -> np.ndarray:
@@ -123,7 +125,7 @@ class DecodedImages:
         rows = self.rows[np.asarray(positions, dtype=np.int64)]
         if (rows < 0).any():
             raise ValueError("view() asked for an image that failed to decode")
-        return ImageRows(self.path, rows)
+        return ImageRows(self.path, rows, self.sha256)
 
 
 def _fingerprint(image_dir: Path, names: Sequence[str]) -> list[tuple[str, int, int]]:
@@ -186,28 +188,43 @@ def decode_images(task: str, image_dir: str | os.PathLike, files: Sequence[str],
     key = config_hash({"task": task, "size": size, "resize": resize, "policy": POLICY,
                        "files": _fingerprint(image_dir, names)})
     npy, meta_path = _cache_paths(task, size, key)
-    failed = _cached_failures(npy, meta_path)
+    cached = _verified_cache(task, npy, meta_path)
     decoded = 0
-    if failed is None:
-        failed = _build(task, npy, meta_path, image_dir, names, size, resize, workers)
+    if cached is None:
+        failed, sha = _build(task, npy, meta_path, image_dir, names, size, resize, workers)
         decoded = len(names)
     else:
+        failed, sha = cached
         log.info("%s: %d images at %dpx from cache %s (0 decoded)", task, len(names), size, npy)
     _report_failed(task, failed, cached=decoded == 0)
     position = {name: i for i, name in enumerate(names)}
     bad = set(failed)
     rows = np.array([-1 if f in bad else position[f] for f in files], dtype=np.int64)
-    return DecodedImages(npy, rows, decoded, failed)
+    return DecodedImages(npy, rows, decoded, failed, sha)
 
 
-def _cached_failures(npy: Path, meta_path: Path) -> list[str] | None:
-    """The failed-file list of a complete cache, or None when the cache must be built."""
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _verified_cache(task: str, npy: Path, meta_path: Path) -> tuple[list[str], str] | None:
+    """(failed files, content hash) of a complete cache whose bytes match the hash recorded
+    when it was written; None when it must be (re)built: missing, truncated or altered."""
     if not (npy.exists() and meta_path.exists()):
         return None
     try:
-        return list(json.loads(meta_path.read_text())["failed"])
+        meta = json.loads(meta_path.read_text())
+        failed, sha = list(meta["failed"]), str(meta["sha256"])
     except (ValueError, KeyError):
         return None
+    if file_sha256(npy) != sha:
+        log.warning("%s: image cache %s does not match its recorded hash; rebuilding it", task, npy.name)
+        return None
+    return failed, sha
 
 
 def _build(task: str, npy: Path, meta_path: Path, image_dir: Path, names: list[str], size: int,
@@ -223,15 +240,16 @@ def _build(task: str, npy: Path, meta_path: Path, image_dir: Path, names: list[s
         failed = _decode_into(out, image_dir, names, size, resize, workers, f"{task} {size}px")
         out.flush()
         del out
+        sha = file_sha256(tmp)
         meta = {"task": task, "size": size, "resize": resize, "policy": POLICY,
-                "count": len(names), "failed": failed}
+                "count": len(names), "failed": failed, "sha256": sha}
         _write_atomic_text(meta_path, json.dumps(meta, indent=1))
         os.replace(tmp, npy)  # last step: the .npy appearing means the cache is complete
     finally:
         tmp.unlink(missing_ok=True)
     log.info("%s: decoded %d images at %dpx into %s in %.1f s", task, len(names), size, npy,
              time.perf_counter() - started)
-    return failed
+    return failed, sha
 
 
 # --------------------------------------------------------------------------- lazy rows
@@ -245,10 +263,18 @@ class ImageRows:
     pixels, so data-loader worker processes reopen the same map.
     """
 
-    def __init__(self, path: str | os.PathLike, rows: np.ndarray):
+    def __init__(self, path: str | os.PathLike, rows: np.ndarray, file_sha256: str = ""):
         self.path = Path(path)
         self.rows = np.asarray(rows, dtype=np.int64)
+        self.file_sha256 = file_sha256
         self._array: np.ndarray | None = None
+
+    @property
+    def digest(self) -> str:
+        """Content hash of these rows: the cache file's hash and the rows taken from it."""
+        if not self.file_sha256:
+            return array_hash(np.asarray(self))
+        return config_hash({"file": self.file_sha256, "rows": array_hash(self.rows)})
 
     @property
     def array(self) -> np.ndarray:
@@ -290,10 +316,11 @@ class ImageRows:
         return out if dtype is None else out.astype(dtype)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "rows": self.rows}
+        return {"path": self.path, "rows": self.rows, "file_sha256": self.file_sha256}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.path, self.rows, self._array = state["path"], state["rows"], None
+        self.file_sha256 = state.get("file_sha256", "")
 
     def __repr__(self) -> str:
         return f"ImageRows({self.path.name}, n={len(self.rows)})"

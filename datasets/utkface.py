@@ -113,6 +113,9 @@ def build_utkface(root: Path, target: str = "gender", sensitive: str = "race_whi
         raise ConfigError(f"utkface: target {target!r} and sensitive {sensitive!r} encode the same attribute")
     image_dir = find_image_dir(Path(root))
     faces, malformed = read_faces(image_dir)
+    if not faces:
+        raise DatasetMissing(f"no UTKFace images (<age>_<gender>_<race>_<datetime>.jpg...) in {image_dir}"
+                             f" ({len(malformed)} file(s) with other names)")
     if malformed:
         log.warning("utkface: skipped %d file(s) whose name does not parse: %s",
                     len(malformed), ", ".join(malformed[:5]))

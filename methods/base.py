@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import typing
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, ClassVar
 
 import numpy as np
@@ -89,6 +91,31 @@ class MethodContext:
             yield x, torch.as_tensor(split.y[rows], device=self.device), torch.as_tensor(split.s[rows])
 
 
+def _accepts_float(hint: Any) -> bool:
+    return hint is float or float in typing.get_args(hint)
+
+
+def normalize_params(params: Any) -> Any:
+    """Give every number of a float-typed parameter one form, so one setting has one run key.
+
+    An int becomes a float (``0`` and ``0.0``) and a fraction string becomes its float value
+    (``"5/9"`` and ``0.5555555555555556``, as the papers write β). Other values are kept.
+    """
+    hints = typing.get_type_hints(type(params))
+    for f in dataclasses.fields(params):
+        value = getattr(params, f.name)
+        if not _accepts_float(hints.get(f.name)) or isinstance(value, bool):
+            continue
+        if isinstance(value, int):
+            setattr(params, f.name, float(value))
+        elif isinstance(value, str):
+            try:
+                setattr(params, f.name, float(Fraction(value.strip())))
+            except (ValueError, ZeroDivisionError):
+                raise ConfigError(f"{f.name}: expected a number or a fraction like '5/9', got {value!r}") from None
+    return params
+
+
 class Method(abc.ABC):
     """Base class of every method plugin.
 
@@ -118,17 +145,22 @@ class Method(abc.ABC):
                 f" (known: {', '.join(fields) or 'none'})"
             )
         try:
-            method = cls(cls.Params(**config))
+            method = cls(normalize_params(cls.Params(**config)))
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: {exc}") from None
         method.validate()
         return method
 
     def param_dict(self) -> dict[str, Any]:
+        """The resolved parameters (defaults filled in, numbers normalised): what a run key hashes."""
         return dataclasses.asdict(self.params)
 
     def validate(self) -> None:
         """Raise ConfigError for invalid parameters; called when a suite is loaded."""
+
+    def check_model(self, model: nn.Module) -> None:
+        """Raise ConfigError when the parameters do not fit ``model`` (a layer that does not
+        exist, a rank above the layer's); called on the untrained model before anything trains."""
 
     @abc.abstractmethod
     def apply(self, ctx: MethodContext) -> Outcome:

@@ -36,9 +36,10 @@ from fairsqueeze.errors import ConfigError
 from fairsqueeze.models import resolve_layer
 
 from .base import Method, MethodContext, Outcome, register_method
-from .svd import target_layers
+from .svd import check_ranks, target_layers
 from .toolbox.curvature import ESTIMATORS, features_before, per_group_curvature, sequential_tail
 from .toolbox.factorize import SOLVERS, FactorizedLinear, replace_module
+from .toolbox.scores import group_saliency, scoring_passes
 
 
 @dataclass
@@ -90,6 +91,9 @@ class SparseLowRank(Method):
         if p.solver not in SOLVERS:
             raise ConfigError(f"{name}: unknown solver {p.solver!r} (known: {', '.join(SOLVERS)})")
 
+    def check_model(self, model: nn.Module) -> None:
+        check_ranks(model, self.params.layer, self.params.k)
+
     def apply(self, ctx: MethodContext) -> Outcome:
         self.validate()
         p = self.params
@@ -108,7 +112,23 @@ class SparseLowRank(Method):
             replace_module(ctx.model, path, factorized)
             info[path] = {**sparsify(factorized, scores, p.sparsity_rate, keep), **facts}
             sparse += [f"{path}.first.weight", f"{path}.second.weight"]
-        return Outcome(model=ctx.model, sparse_storage=tuple(sparse), passes=passes, info={"layers": info})
+        out = {"layers": info}
+        unprivileged = {facts.get("unprivileged_group") for *_, facts in plans} - {None}
+        if unprivileged:
+            out["unprivileged_group"] = unprivileged.pop()
+        if no_op := self.no_op_reason(plans):
+            out["no_op"] = no_op
+        return Outcome(model=ctx.model, sparse_storage=tuple(sparse), passes=passes, info=out)
+
+    def no_op_reason(self, plans) -> str | None:
+        """Why the sparsification zeroes nothing (the result then equals truncated SVD), or None."""
+        p = self.params
+        for path, factorized, _, keep, _ in plans:
+            if keep < factorized.rank and (floor_share(p.sparsity_rate, factorized.in_features)
+                                           or floor_share(p.sparsity_rate, factorized.out_features)):
+                return None
+        return (f"nothing is zeroed (sparsity_rate {p.sparsity_rate}, kept entries per row >= k): "
+                "the result equals truncated SVD")
 
     @abc.abstractmethod
     def row_scores(self, ctx, path, linear, factorized, keep) -> tuple[RowScores, dict, dict]:
@@ -187,7 +207,7 @@ def parse_beta(value: float | str) -> float:
     try:
         return float(Fraction(str(value)))
     except (ValueError, ZeroDivisionError):
-        raise ConfigError(f"fairlrf: beta must be a number or a fraction like '5/9', got {value!r}") from None
+        raise ConfigError(f"beta must be a number or a fraction like '5/9', got {value!r}") from None
 
 
 @register_method("fairlrf")
@@ -214,7 +234,8 @@ class FairLRF(SparseLowRank):
     def validate(self) -> None:
         super().validate()
         p = self.params
-        parse_beta(p.beta)
+        if not parse_beta(p.beta) >= 0:  # β weighs the privileged group's curvature; a negative β rewards hurting it
+            raise ConfigError(f"fairlrf: beta must be >= 0, got {p.beta!r}")
         if p.row_score not in ("full", "tail"):
             raise ConfigError(f"fairlrf: row_score must be 'full' or 'tail', got {p.row_score!r}")
         if p.scoring_size is not None and p.scoring_size < 1:
@@ -254,21 +275,12 @@ class FairLRF(SparseLowRank):
             head_parent, name = original
             setattr(head_parent, name, linear)  # the head borrowed the model's container
         beta = parse_beta(p.beta)
-        scores = {
-            key: 0.5 * theta.detach() ** 2 * (curv[0].diag[key] - beta * curv[1].diag[key])
-            for key, theta in params.items()
-        }
+        scores = {key: group_saliency(theta, curv[0].diag[key], curv[1].diag[key], beta) for key, theta in params.items()}
         # input-neuron rows are columns of first.weight (k x in); entries j >= keep form the tail
         tail = slice(keep, None) if p.row_score == "tail" else slice(None)
         inputs = scores["in"][tail, :].sum(0)
         outputs = scores["out"][:, tail].sum(1)
-        n_scoring = sum(len(s) for s in sets.values())
-        cost = {
-            "forward": sum(c.forward_passes * c.samples for c in curv.values()) / n_scoring,
-            "backward": sum(c.backward_passes * c.samples for c in curv.values()) / n_scoring,
-            "backward_sweeps": sum(c.backward_sweeps * c.samples for c in curv.values()) / n_scoring,
-        }
-        cost["features_forward"] = 1.0
+        cost = {**scoring_passes(curv), "features_forward": 1.0}
         facts = {"unprivileged_group": unprivileged, "scoring_rows_per_group": len(sets[unprivileged])}
         return RowScores(inputs=inputs.cpu(), outputs=outputs.cpu()), cost, facts
 

@@ -9,7 +9,7 @@ from fairsqueeze.errors import ConfigError
 from fairsqueeze.models import linear_layers, resolve_layer
 
 from .base import Method, MethodContext, Outcome, register_method
-from .toolbox.factorize import FactorizedLinear, replace_module
+from .toolbox.factorize import FactorizedLinear, checked_rank, replace_module
 
 
 def target_layers(model: nn.Module, layer: str) -> list[tuple[str, nn.Linear]]:
@@ -43,13 +43,28 @@ class TruncatedSVD(Method):
         layer: str = "fc2"
         solver: str = "exact"  # or "randomized": approximate top-k SVD, seconds instead of minutes
 
+    def validate(self) -> None:
+        if self.params.k < 1:
+            raise ConfigError("truncated_svd: k must be >= 1")
+
+    def check_model(self, model: nn.Module) -> None:
+        check_ranks(model, self.params.layer, self.params.k)
+
     def space(self, trial) -> "TruncatedSVD.Params":
         return self.Params(k=trial.suggest_int("k", 1, 256, log=True), layer=self.params.layer, solver=self.params.solver)
 
     def apply(self, ctx: MethodContext) -> Outcome:
-        ranks = {}
+        ranks, info = {}, {}
         for path, linear in target_layers(ctx.model, self.params.layer):
             factorized = FactorizedLinear.from_linear(linear, self.params.k, self.params.solver)
             replace_module(ctx.model, path, factorized)
             ranks[path] = factorized.rank
-        return Outcome(model=ctx.model, info={"ranks": ranks})
+            if factorized.rank == min(linear.in_features, linear.out_features):
+                info["no_op"] = f"k = {factorized.rank} is the full rank of {path}: the factorization is exact"
+        return Outcome(model=ctx.model, info={"ranks": ranks, **info})
+
+
+def check_ranks(model: nn.Module, layer: str, k: int) -> None:
+    """Every target layer exists, is linear, and has rank >= k."""
+    for path, linear in target_layers(model, layer):
+        checked_rank(k, linear.in_features, linear.out_features, path)

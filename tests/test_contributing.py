@@ -8,6 +8,7 @@ import pytest
 
 import test_conformance
 from fairsqueeze.methods import METHODS
+from fairsqueeze.store import Store
 
 DOC = Path(__file__).resolve().parents[1] / "CONTRIBUTING.md"
 
@@ -22,12 +23,11 @@ def example_plugin(monkeypatch):
     return "layer_magnitude_prune"
 
 
-def test_contributing_example_conforms(isolated, example_plugin):
+def test_contributing_example_conforms(isolated, example_plugin, monkeypatch):
     assert example_plugin in METHODS.names()
-    test_conformance.test_method_conforms(isolated, example_plugin)
-    _, runner, _ = test_conformance.run_method(isolated, example_plugin, "c")
-    info = runner.store.runs_frame()["info"].item()
-    assert '"zeros": {"fc2": 256}' in info  # half of fc2's 32x16 weights
+    test_conformance.check_conformance(isolated, example_plugin, {}, monkeypatch)
+    info = Store(f"sqlite:///{isolated}/{example_plugin}-a.db").runs_frame()["info"].item()
+    assert info["zeros"] == {"fc2": 256}  # half of fc2's 32x16 weights
 
 
 def test_entry_point_plugins_are_discovered(tmp_path, monkeypatch):

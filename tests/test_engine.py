@@ -40,7 +40,7 @@ def test_suite_runs_stores_and_resumes(isolated):
     assert fp["compression_ratio"] > 1.0  # fc2 (32x16) became 32x2 + 2 + 2x16
     assert fp["params"] < runner.store.footprint_frame().query("run_key != @key").set_index("name")["value"]["params"]
 
-    table = results_tables(runner.store)["digits"]
+    table = results_tables(runner.store)["digits: parity / planted"]
     dense_row = table.xs("dense", level="label").iloc[0]
     svd_row = table.xs("truncated_svd(k=2,layer=fc2)", level="label").iloc[0]
     assert dense_row["Δacc[g=0]"] == 0 and dense_row["Δacc[g=1]"] == 0
@@ -54,12 +54,12 @@ def test_dense_reference_is_trained_once_and_reused(isolated):
     runner = runner_for(isolated)
     suite = tiny_suite(["dense"])
     runner.run(suite)
-    path = checkpoint_path(suite.runs()[0].dense_key)
+    path = checkpoint_path(runner.store.runs_frame()["dense_hash"].item())
     stamp = path.stat().st_mtime_ns
     runner.run(tiny_suite([{"name": "truncated_svd", "params": {"layer": "fc1", "k": 4}}]))
     assert path.stat().st_mtime_ns == stamp
-    timings = runner.store.runs_frame()["timings"].tolist()
-    assert '"dense_cached": 1.0' in timings[-1]
+    timings = runner.store.runs_frame().sort_values("started_at")["timings"].tolist()
+    assert timings[-1]["dense_cached"] == 1.0
 
 
 def test_failed_runs_are_recorded_and_retried(isolated, monkeypatch):
@@ -146,9 +146,9 @@ def test_cli_skip_missing_data_runs_the_rest(isolated, capsys, tmp_path):
     db = f"sqlite:///{tmp_path}/s.db"
     code = main(["run", str(suite), "--db", db, "--data-root", str(tmp_path / "nodata"), "--skip-missing-data"])
     out = capsys.readouterr().out
-    assert code == 0 and "== digits (test) ==" in out and "accuracy" in out
+    assert code == 0 and "== digits: parity / planted (test" in out and "accuracy" in out
     assert main(["show", "--db", db]) == 0
-    assert "== digits (test) ==" in capsys.readouterr().out
+    assert "== digits: parity / planted (test" in capsys.readouterr().out
 
 
 def test_cli_lists_registries(capsys):

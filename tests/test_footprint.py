@@ -28,7 +28,9 @@ def random_linear(out_features=12, in_features=9, bias=True, seed=0, dtype=torch
 @pytest.mark.parametrize("bias", [True, False])
 def test_full_rank_factorization_reproduces_the_layer(bias):
     linear = random_linear(bias=bias)
-    layer = FactorizedLinear.from_linear(linear, k=100)  # capped at min(in, out)
+    with pytest.raises(ConfigError, match=r"k=100 exceeds the rank of the layer \(12x9: at most 9\)"):
+        FactorizedLinear.from_linear(linear, k=100)  # refused, never clamped
+    layer = FactorizedLinear.from_linear(linear, k=9)
     assert layer.rank == 9
     assert layer.first.weight.shape == (9, 9) and layer.second.weight.shape == (12, 9)
     assert (layer.second.bias is None) == (not bias)

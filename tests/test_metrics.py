@@ -105,10 +105,9 @@ def test_three_class_hand_example_both_eopp_forms():
     assert m["eopp1"] == pytest.approx(1 / 3)       # 1 / 3
     assert m["eodd"] == pytest.approx(5 / 18)       # (5/3) / 6
     # P(ŷ=k): g0 (1/2, 1/4, 1/4), g1 (1/4, 1/2, 1/4) -> 1/4 + 1/4 + 0
-    assert m["dp_diff"] == pytest.approx(0.5)
     assert m["dp_l1"] == pytest.approx(0.5)
-    # binary-only metrics are not applicable
-    for key in ("deo", "fpr_diff", "tpr[g=0]", "fpr[g=1]"):
+    # binary-only metrics are not applicable (dp_diff keeps one scale: it is not the L1 form here)
+    for key in ("deo", "fpr_diff", "tpr[g=0]", "fpr[g=1]", "dp_diff"):
         assert math.isnan(m[key]), key
     # g0 macro precision: class 0 1/2, class 1 1, class 2 1 -> 5/6; recall 1, 1, 1/2 -> 5/6
     assert m["precision[g=0]"] == pytest.approx(5 / 6)

@@ -26,9 +26,13 @@ GOOD = """\
 """
 
 
+def bound(suite, fingerprint="data-a"):
+    return [r.bind(fingerprint) for r in suite.runs()]
+
+
 def test_plan_expands_sweeps_and_seeds(tmp_path):
     suite = load_suite(write(tmp_path, GOOD))
-    runs = suite.runs()
+    runs = bound(suite)
     assert len(runs) == 2 * (1 + 3)
     ks = sorted({r.method.params["k"] for r in runs if r.method.name == "truncated_svd"})
     assert ks == [2, 4, 8]
@@ -37,10 +41,42 @@ def test_plan_expands_sweeps_and_seeds(tmp_path):
 
 
 def test_run_key_is_stable_and_depends_on_params(tmp_path):
-    a = load_suite(write(tmp_path, GOOD)).runs()
-    b = load_suite(write(tmp_path, GOOD.replace("[2, 4, 8]", "[2, 4, 9]"))).runs()
+    a = bound(load_suite(write(tmp_path, GOOD)))
+    b = bound(load_suite(write(tmp_path, GOOD.replace("[2, 4, 8]", "[2, 4, 9]"))))
     assert a[0].key == b[0].key  # dense, unchanged
     assert {r.key for r in a} != {r.key for r in b}
+
+
+def test_run_key_depends_on_the_data_not_on_suite_or_label(tmp_path):
+    a = bound(load_suite(write(tmp_path, GOOD)))
+    renamed = bound(load_suite(write(tmp_path, GOOD.replace("name: demo", "name: other").replace(
+        "{name: truncated_svd,", "{name: truncated_svd, label: svd,"))))
+    assert [r.key for r in a] == [r.key for r in renamed]
+    other_data = bound(load_suite(write(tmp_path, GOOD)), "data-b")
+    assert not {r.key for r in a} & {r.key for r in other_data}
+    assert not {r.dense_key for r in a} & {r.dense_key for r in other_data}
+    with pytest.raises(RuntimeError, match="fingerprint"):
+        load_suite(write(tmp_path, GOOD)).runs()[0].key  # an unbound plan has no keys
+
+
+def one_key(params):
+    suite = parse_suite({"tasks": ["digits"], "models": ["mlp"], "methods": [{"name": "fairlrf", "params": params}]})
+    return bound(suite)[0].key
+
+
+def test_resolved_params_are_hashed():
+    defaults = {"k": 64, "sparsity_rate": 0.4, "keep_rate": 0.0, "beta": "5/9", "min_keep": 0, "layer": "fc2"}
+    assert one_key({}) == one_key(defaults)
+    assert one_key({"beta": "5/9"}) == one_key({"beta": 5 / 9}) == one_key({"beta": 0.5555555555555556})
+    assert one_key({"keep_rate": 0}) == one_key({"keep_rate": 0.0})
+    assert one_key({"beta": "1/3"}) != one_key({})
+
+
+def test_a_label_names_one_entry(tmp_path):
+    text = GOOD.replace("{name: truncated_svd, params: {layer: fc1}, sweep: {k: [2, 4, 8]}}",
+                        "{name: truncated_svd, label: svd, params: {layer: fc1, k: 2}}\n      - {name: truncated_svd, label: svd}")
+    with pytest.raises(ConfigError, match=r"methods\[2\].*label 'svd' is already used by methods\[1\]"):
+        load_suite(write(tmp_path, text))
 
 
 @pytest.mark.parametrize(

@@ -59,13 +59,22 @@ the head* (one unit = every sample once), whatever the batch size.
 None of this includes the caller's no-grad forward of the network up to the split point, nor
 the cost of the head relative to the whole network: for FairLRF's FC-2 factors the head is
 FC-2..FC-3, a small fraction of a VGG forward/backward.
+
+Whole networks (:func:`network_curvature`): the same quantities for every conv and linear
+weight of a model (FairPrune, FairQuantize). The GGN-type estimators run on BackPACK
+(``DiagGGNExact``, ``DiagGGNMC``, ``SumGradSquared``) on a converted copy of the model
+(``use_converter=True``: functional flattens, in-place ReLUs and residual additions become
+modules BackPACK understands); ``backend="autograd"`` instead treats the whole model as the
+head of :func:`diagonal_curvature` (any architecture, slower; see the perf benchmarks).
 """
 from __future__ import annotations
 
 import math
+import warnings
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from copy import deepcopy
 from dataclasses import dataclass
 
 import torch
@@ -74,11 +83,14 @@ from torch import Tensor, nn
 from torch.func import functional_call, vjp, vmap
 
 __all__ = [
+    "APPROXIMATIONS",
     "ESTIMATORS",
     "Curvature",
     "diagonal_curvature",
     "features_before",
+    "network_curvature",
     "per_group_curvature",
+    "prunable_weights",
     "sequential_tail",
 ]
 
@@ -495,6 +507,149 @@ ESTIMATORS: dict[str, Callable[[_Batch], _BatchResult]] = {
     "hutchinson": _hutchinson,
     "hessian_exact": _hessian_exact,
 }
+
+
+# What each estimator is; the approximations are named as such in every run's info.
+APPROXIMATIONS: dict[str, str] = {
+    "ggn_exact": "exact GGN diagonal (equals the Hessian diagonal for piecewise-linear networks)",
+    "ggn_mc": "approximation: one-sample Monte-Carlo GGN diagonal (unbiased for ggn_exact)",
+    "empirical_fisher": "approximation: mean squared per-sample gradient (not an unbiased GGN/Hessian estimate)",
+    "hutchinson": "approximation: Hutchinson estimate of the Hessian diagonal (unbiased, noisy)",
+    "hessian_exact": "exact Hessian diagonal (one Hessian-vector product per entry; small targets only)",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# whole networks
+
+# BackPACK extension and the attribute it fills, per estimator it covers
+_BACKPACK = {"ggn_exact": "diag_ggn_exact", "ggn_mc": "diag_ggn_mc", "empirical_fisher": "sum_grad_squared"}
+_WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def prunable_weights(model: nn.Module) -> list[str]:
+    """Names of every conv and linear ``weight`` of ``model`` (biases never), in module order.
+
+    A module whose weight is currently reparametrized by a mask (``weight_orig``) has no
+    ``weight`` parameter: bake the masks in first (:func:`masks.finalize_masks`).
+    """
+    names = []
+    for path, module in model.named_modules():
+        if isinstance(module, _WEIGHTED):
+            if "weight" not in module._parameters:
+                raise ValueError(f"module {path!r} has a masked weight; finalize the masks first")
+            names.append(f"{path}.weight" if path else "weight")
+    return names
+
+
+def network_curvature(
+    model: nn.Module,
+    data_by_group: Mapping[int, Data],
+    estimator: str = "ggn_exact",
+    *,
+    params: Iterable[str] | None = None,
+    generator: torch.Generator | int | None = None,
+    batch_size: int | None = None,
+    backend: str = "backpack",
+) -> dict[int, Curvature]:
+    """Per-group diagonal curvature of the mean CE loss w.r.t. whole-network weights.
+
+    ``data_by_group`` maps a group to an ``(x, y)`` pair (cut into ``batch_size`` rows) or to
+    an iterable of ``(x, y, ...)`` batches; per-batch diagonals are averaged, as in
+    :func:`diagonal_curvature`. ``params`` are parameter names of ``model`` (default:
+    :func:`prunable_weights`); ``result[g].diag[name]`` has the parameter's shape. The model
+    is evaluated in eval mode (dropout off, batch norm with its running statistics) and is
+    not modified: BackPACK works on a deep copy.
+
+    ``backend="backpack"`` (``ggn_exact``, ``ggn_mc``, ``empirical_fisher``) needs every
+    module on the path to the logits to be one BackPACK supports (linear, conv, pooling,
+    eval-mode batch norm, activations, dropout, flatten, residual sums).
+    ``backend="autograd"`` (and always ``hutchinson``, ``hessian_exact``) differentiates the
+    whole model with :func:`diagonal_curvature`. ``ggn_mc`` draws its labels from a seed
+    taken from ``generator``, so a seed fixes every group.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown curvature estimator {estimator!r} (known: {', '.join(ESTIMATORS)})")
+    if backend not in ("backpack", "autograd"):
+        raise ValueError(f"backend must be 'backpack' or 'autograd', got {backend!r}")
+    names = list(prunable_weights(model) if params is None else params)
+    if not names:
+        raise ValueError("network_curvature: no target parameters")
+    missing = [name for name in names if name not in dict(model.named_parameters())]
+    if missing:
+        raise ValueError(f"network_curvature: not parameters of the model: {', '.join(missing)}")
+    gen = _as_generator(generator)
+    if backend == "autograd" or estimator not in _BACKPACK:
+        return per_group_curvature(
+            model, data_by_group, names, estimator, generator=gen, batch_size=batch_size, strategy="per_sample"
+        )
+    copy, loss_fn = _backpack_copy(model, names)
+    return {
+        group: _backpack_curvature(copy, loss_fn, names, data, estimator, gen, batch_size)
+        for group, data in data_by_group.items()
+    }
+
+
+def _backpack_copy(model: nn.Module, names: list[str]) -> tuple[nn.Module, nn.Module]:
+    from backpack import extend
+
+    copy = deepcopy(model).eval()
+    for name, p in copy.named_parameters():
+        p.requires_grad_(name in names)  # BackPACK skips frozen parameters
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the converter's notes on traced control flow
+        extended = extend(copy, use_converter=True)
+    found = dict(extended.named_parameters())
+    if any(name not in found for name in names):
+        raise ValueError("network_curvature: BackPACK's converter renamed parameters; use backend='autograd'")
+    return extended, extend(nn.CrossEntropyLoss())
+
+
+def _backpack_curvature(
+    model: nn.Module, loss_fn: nn.Module, names: list[str], data: Data, estimator: str,
+    gen: torch.Generator, batch_size: int | None,
+) -> Curvature:
+    from backpack import backpack
+    from backpack.extensions import DiagGGNExact, DiagGGNMC, SumGradSquared
+
+    extension = {"ggn_exact": DiagGGNExact, "ggn_mc": DiagGGNMC, "empirical_fisher": SumGradSquared}[estimator]()
+    field = _BACKPACK[estimator]
+    params = {name: model.get_parameter(name) for name in names}
+    device = next(iter(params.values())).device
+    totals = {name: torch.zeros_like(p) for name, p in params.items()}
+    samples = batches = 0
+    classes = 0
+    for x, y in _batches(data, batch_size):
+        x, y = x.to(device), y.to(device, torch.long)
+        seed = int(torch.randint(2**62, (1,), generator=gen))
+        rng_devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=rng_devices), torch.enable_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # BackPACK's note on full backward hooks
+            torch.manual_seed(seed)  # BackPACK's MC sampling draws from the global generator
+            model.zero_grad(set_to_none=True)
+            logits = model(x)
+            with backpack(extension):
+                loss_fn(logits, y).backward()
+        # SumGradSquared sums squares of the (1/B-scaled) gradients of the mean loss
+        scale = len(y) if estimator == "empirical_fisher" else 1
+        for name, p in params.items():
+            totals[name] += getattr(p, field).detach() * scale
+            delattr(p, field)
+        classes = logits.shape[-1]
+        samples += len(y)
+        batches += 1
+    model.zero_grad(set_to_none=True)
+    if batches == 0:
+        raise ValueError("network_curvature: no data")
+    return Curvature(
+        diag={name: total / batches for name, total in totals.items()},
+        estimator=estimator,
+        samples=samples,
+        batches=batches,
+        forward_passes=1.0,
+        backward_passes=float(classes) if estimator == "ggn_exact" else 1.0,
+        backward_sweeps=1.0,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

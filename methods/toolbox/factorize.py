@@ -34,7 +34,7 @@ class FactorizedLinear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, k: int, solver: str = "exact") -> "FactorizedLinear":
-        """The best rank-``k`` factorisation of ``linear`` (truncated SVD); ``k`` is capped at full rank."""
+        """The best rank-``k`` factorisation of ``linear`` (truncated SVD); ``k`` above the layer's rank is refused."""
         k = checked_rank(k, linear.in_features, linear.out_features)
         weight = linear.weight.detach()
         u, s, vh = truncated_svd(weight, k, solver)
@@ -66,10 +66,16 @@ class FactorizedLinear(nn.Module):
         return linear
 
 
-def checked_rank(k: int, in_features: int, out_features: int) -> int:
+def checked_rank(k: int, in_features: int, out_features: int, layer: str = "the layer") -> int:
+    """``k`` itself; a rank above min(in, out) is an error, never silently clamped (the run's
+    label would still say the larger k, and the model would grow)."""
     if int(k) < 1:
         raise ConfigError(f"factorization rank k must be at least 1, got {k}")
-    return min(int(k), in_features, out_features)
+    if int(k) > min(in_features, out_features):
+        raise ConfigError(
+            f"k={k} exceeds the rank of {layer} ({out_features}x{in_features}: at most {min(in_features, out_features)})"
+        )
+    return int(k)
 
 
 SOLVERS = ("exact", "randomized")

@@ -1,0 +1,94 @@
+"""Importance scores of weights: small objects that any compression procedure can take.
+
+A score maps a model and the names of its target parameters to one tensor per name, of the
+parameter's shape: the larger the value, the more the weight matters. A procedure removes
+(or factorizes, quantizes...) the entries with the *smallest* scores.
+
+- :class:`Magnitude`: ``|θ|``, the fairness-unaware baseline.
+- :class:`GroupSaliency`: ``½θ²(h⁰ − β·h¹)`` (FairPrune; FairLRF scores factor entries the
+  same way), with ``h^c`` the diagonal loss curvature on the scoring set of group ``c``
+  (``c = 0``: the unprivileged group). A weight scores low when the unprivileged group
+  needs it little compared with the privileged group.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .curvature import APPROXIMATIONS, Curvature, Data, network_curvature
+
+__all__ = ["GroupSaliency", "Magnitude", "Scores", "group_saliency"]
+
+
+@dataclass
+class Scores:
+    """Per-parameter scores (shapes of the parameters), what computing them cost, and facts."""
+
+    values: dict[str, Tensor]
+    passes: dict[str, float] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+
+def group_saliency(theta: Tensor, h_unprivileged: Tensor, h_privileged: Tensor, beta: float) -> Tensor:
+    """``½θ²(h⁰ − β·h¹)``: the OBD saliency on group 0 minus β times that on group 1."""
+    return 0.5 * theta.detach() ** 2 * (h_unprivileged - beta * h_privileged)
+
+
+class Magnitude:
+    """``|θ|``."""
+
+    name = "magnitude"
+
+    def __call__(self, model: nn.Module, names: Sequence[str]) -> Scores:
+        return Scores({name: model.get_parameter(name).detach().abs() for name in names})
+
+
+@dataclass
+class GroupSaliency:
+    """FairPrune's saliency from :func:`network_curvature` on two groups' scoring data.
+
+    ``data`` maps ``0`` (unprivileged) and ``1`` (privileged) to what :func:`network_curvature`
+    accepts (an ``(x, y)`` pair or a re-iterable of batches: it is read once per call).
+    ``generator`` (seed) drives the sampling estimators; it is consumed call after call, so
+    iterative procedures draw fresh samples at every step while a seed fixes them all.
+    """
+
+    data: Mapping[int, Data]
+    beta: float
+    estimator: str = "ggn_exact"
+    batch_size: int | None = None
+    generator: torch.Generator | int | None = None
+    backend: str = "backpack"
+    name = "group_saliency"
+
+    def __post_init__(self):
+        if set(self.data) != {0, 1}:
+            raise ValueError(f"GroupSaliency needs data for groups 0 and 1, got {sorted(self.data)}")
+        if not isinstance(self.generator, torch.Generator):
+            seed = 0 if self.generator is None else int(self.generator)
+            self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, model: nn.Module, names: Sequence[str]) -> Scores:
+        curv = network_curvature(
+            model, self.data, self.estimator, params=list(names), generator=self.generator,
+            batch_size=self.batch_size, backend=self.backend,
+        )
+        values = {
+            name: group_saliency(model.get_parameter(name), curv[0].diag[name], curv[1].diag[name], self.beta)
+            for name in names
+        }
+        info = {"estimator": self.estimator, "estimator_kind": APPROXIMATIONS[self.estimator]}
+        return Scores(values, passes=scoring_passes(curv), info=info)
+
+
+def scoring_passes(curv: Mapping[int, Curvature]) -> dict[str, float]:
+    """Curvature cost in passes over all groups' scoring rows together."""
+    rows = sum(c.samples for c in curv.values())
+    return {
+        "forward": sum(c.forward_passes * c.samples for c in curv.values()) / rows,
+        "backward": sum(c.backward_passes * c.samples for c in curv.values()) / rows,
+        "backward_sweeps": sum(c.backward_sweeps * c.samples for c in curv.values()) / rows,
+    }

@@ -1,0 +1,280 @@
+"""The pruning family: selection direction and indexing, schedules, scores, methods, footprint."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from test_lowrank import make_ctx, make_task
+from test_network_curvature import hessian_diag
+from fairsqueeze.errors import ConfigError
+from fairsqueeze.footprint import compression_ratio, csr_bytes, footprint
+from fairsqueeze.methods import METHODS
+from fairsqueeze.methods.toolbox.pruning import prune_filters, prune_weights, select_smallest
+from fairsqueeze.methods.toolbox.scores import GroupSaliency, Magnitude, Scores
+from fairsqueeze.models import create_model
+
+DTYPE = torch.float64
+
+
+def mlp(seed=0, d_in=4, hidden=3, classes=2) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, classes)).to(DTYPE)
+
+
+class Planted:
+    """A score that returns fixed values and records what the model looked like when called."""
+
+    def __init__(self, values: dict[str, torch.Tensor]):
+        self.values, self.seen = values, []
+
+    def __call__(self, model, names):
+        self.seen.append({n: model.get_parameter(n).detach().clone() for n in names})
+        return Scores({n: self.values[n] for n in names}, passes={"forward": 1.0})
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def test_the_smallest_scores_are_removed_per_layer():
+    scores = {"a": torch.tensor([5.0, -1.0, 3.0, 0.5]), "b": torch.tensor([2.0, 1.0, 9.0])}
+    none = {n: torch.zeros(len(s), dtype=torch.bool) for n, s in scores.items()}
+    chosen = select_smallest(scores, none, {"a": 2, "b": 1})
+    assert chosen["a"].tolist() == [False, True, False, True]  # -1 and 0.5: the smallest, not the largest
+    assert chosen["b"].tolist() == [False, True, False]
+    # already removed units are skipped, not re-ranked
+    dead = {"a": torch.tensor([False, True, False, False]), "b": torch.zeros(3, dtype=torch.bool)}
+    assert select_smallest(scores, dead, {"a": 1, "b": 0})["a"].tolist() == [False, False, False, True]
+    with pytest.raises(ValueError, match="cannot remove"):
+        select_smallest(scores, dead, {"a": 4, "b": 0})
+
+
+def _misaligned_reference(model, scores, k):
+    """The public reimplementations' global step: biases go into the flat vector (with their
+    own scores), but the write-back walks the weights only, so indices shift."""
+    flat = torch.cat([scores[n].flatten() if n in scores else torch.full((p.numel(),), 1e9, dtype=DTYPE)
+                      for n, p in model.named_parameters()])
+    remove = torch.zeros(len(flat), dtype=torch.bool)
+    remove[torch.argsort(flat)[:k]] = True
+    masks, offset = {}, 0
+    for n, p in model.named_parameters():
+        if n.endswith("bias"):
+            continue  # skipped on write-back, but its entries were counted in the ranking
+        masks[n] = remove[offset : offset + p.numel()].view(p.shape)
+        offset += p.numel()
+    return masks
+
+
+def test_global_ranking_cannot_misalign_when_biases_are_skipped():
+    net = mlp()
+    names = ["0.weight", "2.weight"]
+    # planted: the 5 smallest scores sit in the second layer and at the end of the first
+    values = {"0.weight": torch.arange(12, dtype=DTYPE).view(3, 4) + 10, "2.weight": torch.arange(6, dtype=DTYPE).view(2, 3)}
+    values["0.weight"][2, 3] = -1.0
+    expected = {"0.weight": values["0.weight"] < 0, "2.weight": values["2.weight"] < 4}
+    biases = {n: p.detach().clone() for n, p in net.named_parameters() if n.endswith("bias")}
+    result = prune_weights(net, Planted(values), names, ratio=5 / 18, scope="global")
+    for n in names:
+        assert torch.equal(result.removed[n].view(expected[n].shape), expected[n]), n
+        assert torch.equal(net.get_parameter(n) == 0, expected[n]), n
+    for n, b in biases.items():
+        assert torch.equal(net.get_parameter(n), b)
+    # the misaligned reference, on the same planted scores, fails this very check
+    wrong = _misaligned_reference(mlp(), values, 5)
+    assert any(not torch.equal(wrong[n], expected[n]) for n in names)
+
+
+def test_per_layer_ratio_and_one_shot_equals_steps_for_a_static_score():
+    net = create_model("vgg11_narrow", (3, 32, 32), 4).double()
+    names = [n for n, _ in net.named_parameters() if n.endswith("weight")]
+    one = copy.deepcopy(net)
+    prune_weights(one, Magnitude(), names, ratio=0.35)
+    steps = copy.deepcopy(net)
+    result = prune_weights(steps, Magnitude(), names, ratio=0.35, steps=4)
+    for n in names:
+        p = one.get_parameter(n)
+        assert int((p == 0).sum()) == int(0.35 * p.numel() + 1e-9), n  # ⌊0.35·n⌋ per layer
+        assert torch.equal(p, steps.get_parameter(n))  # magnitudes of survivors do not change
+    # zeroed weights score 0 (the smallest) at later steps: had they not been excluded, later
+    # steps would pick them again and fall short of the target
+    assert [s["removed"] for s in result.steps][-1] == sum(int((one.get_parameter(n) == 0).sum()) for n in names)
+    assert len(result.steps) == 4 and result.steps[0]["removed"] < result.steps[1]["removed"]
+
+
+def test_iterative_steps_rescore_the_pruned_model():
+    net = mlp()
+    names = ["0.weight", "2.weight"]
+    planted = Planted({"0.weight": torch.arange(12, dtype=DTYPE).view(3, 4), "2.weight": torch.arange(6, dtype=DTYPE).view(2, 3)})
+    result = prune_weights(net, planted, names, ratio=0.5, steps=2)
+    assert len(planted.seen) == 2
+    first_step = planted.seen[1]["0.weight"] == 0
+    assert first_step.flatten()[:3].all() and int(first_step.sum()) == 3  # ⌊0.25·12⌋ removed by step 1
+    assert int(result.removed["0.weight"].sum()) == 6 and result.passes == {"forward": 2.0}
+
+
+def test_filters_are_ranked_by_their_summed_score_and_removed():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)).eval()
+    x = torch.randn(2, 1, 6, 6)
+    values = {"0.weight": torch.zeros(4, 1, 3, 3)}
+    values["0.weight"][:, 0, 0, 0] = torch.tensor([3.0, -2.0, 1.0, 0.0])  # sums: filters 1 and 3 smallest
+    values["0.weight"][2, 0, 1, 1] = 5.0  # filter 2 sums to 6
+    kept_w = net[0].weight.detach()[[0, 2]].clone()
+    result = prune_filters(net, Planted(values), ["0"], ratio=0.5, example_input=x)
+    assert result.removed["0"].tolist() == [False, True, False, True]
+    assert net[0].out_channels == 2 and net[3].in_features == 2 * 16
+    assert torch.equal(net[0].weight, kept_w)
+
+
+# --------------------------------------------------------------------------- FairPrune's score
+
+
+def test_group_saliency_matches_autograd_hessians():
+    net = mlp(d_in=4, hidden=5, classes=3)
+    g = torch.Generator().manual_seed(0)
+    data = {c: (torch.randn(10, 4, generator=g, dtype=DTYPE), torch.randint(0, 3, (10,), generator=g)) for c in (0, 1)}
+    names = ["0.weight", "2.weight"]
+    scores = GroupSaliency(data, beta=3 / 7, batch_size=5)(net, names)
+    for n in names:
+        theta = net.get_parameter(n).detach()
+        h0, h1 = (hessian_diag(net, n, *data[c]) for c in (0, 1))
+        torch.testing.assert_close(scores.values[n], 0.5 * theta**2 * (h0 - 3 / 7 * h1))
+    assert scores.info["estimator"] == "ggn_exact" and scores.passes["backward"] == 3.0
+
+
+def _two_feature_task():
+    """Group 0 only ever sees feature 0, group 1 only feature 1; feature-0 weights are small."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2)).to(DTYPE)
+    with torch.no_grad():
+        net[0].weight[:, 0] = torch.tensor([0.5, -0.6, 0.7, -0.8])
+        net[0].weight[:, 1] = torch.tensor([1.5, -1.6, 1.7, -1.8])
+        net[0].bias.fill_(0.1)
+    g = torch.Generator().manual_seed(1)
+    data = {}
+    for c in (0, 1):
+        x = torch.zeros(40, 2, dtype=DTYPE)
+        x[:, c] = torch.randn(40, generator=g, dtype=DTYPE)
+        data[c] = (x, torch.randint(0, 2, (40,), generator=g))
+    return net, data
+
+
+def test_fairprune_keeps_what_the_unprivileged_group_needs():
+    net, data = _two_feature_task()
+    fair = copy.deepcopy(net)
+    prune_weights(fair, GroupSaliency(data, beta=1 / 3), ["0.weight"], ratio=0.5)
+    assert (fair[0].weight[:, 1] == 0).all() and (fair[0].weight[:, 0] != 0).all()
+    # with the roles swapped, the other group's feature is kept
+    swapped = copy.deepcopy(net)
+    prune_weights(swapped, GroupSaliency({0: data[1], 1: data[0]}, beta=1 / 3), ["0.weight"], ratio=0.5)
+    assert (swapped[0].weight[:, 0] == 0).all() and (swapped[0].weight[:, 1] != 0).all()
+    # without the group-aware score (magnitude), the unprivileged group's small weights go
+    plain = copy.deepcopy(net)
+    prune_weights(plain, Magnitude(), ["0.weight"], ratio=0.5)
+    assert (plain[0].weight[:, 0] == 0).all()
+
+
+# --------------------------------------------------------------------------- registered methods
+
+
+def _task_and_model(shift=1.5):
+    data = make_task((6,), 3, 40, shift=shift)
+    torch.manual_seed(0)
+    return data, create_model("mlp", (6,), 3, hidden=[8, 8]).eval()
+
+
+def test_fairprune_method_records_its_choices_and_prunes_each_layer():
+    data, model = _task_and_model()
+    dense = copy.deepcopy(model.state_dict())
+    ctx = make_ctx(model, data, val_accuracy={0: 0.9, 1: 0.6})
+    out = METHODS.get("fairprune").from_config({"ratio": 0.5, "beta": "3/7"}).apply(ctx)
+    assert out.info["unprivileged_group"] == 1 and out.info["estimator"] == "ggn_exact"
+    assert out.info["estimator_kind"].startswith("exact") and out.info["beta"] == pytest.approx(3 / 7)
+    assert out.passes["backward"] == 3.0 and out.sparse_storage == ()
+    for name, value in out.model.state_dict().items():
+        if name.endswith("weight"):
+            assert int((value == 0).sum()) == value.numel() // 2, name
+        else:
+            assert torch.equal(value, dense[name]), name  # biases untouched
+    mc = METHODS.get("fairprune").from_config({"ratio": 0.5, "estimator": "ggn_mc", "unprivileged_group": 0})
+    info = mc.apply(make_ctx(copy.deepcopy(model), data)).info
+    assert info["estimator"] == "ggn_mc" and info["estimator_kind"].startswith("approximation")
+    assert info["unprivileged_group"] == 0
+
+
+def test_fairprune_is_deterministic_and_differs_from_magnitude_pruning():
+    data, model = _task_and_model()
+
+    def weights(name, **params):
+        out = METHODS.get(name).from_config(params).apply(make_ctx(copy.deepcopy(model), data))
+        return {n: v for n, v in out.model.state_dict().items() if n.endswith("weight")}
+
+    a, b = weights("fairprune", steps=2), weights("fairprune", steps=2)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    plain = weights("magnitude_prune", ratio=0.35)
+    fair = weights("fairprune", ratio=0.35)
+    assert any(not torch.equal(plain[n] == 0, fair[n] == 0) for n in plain)
+
+
+def test_structured_variants_shrink_the_model():
+    data, model = _task_and_model()
+    for name in ("magnitude_prune_structured", "fairprune_structured"):
+        out = METHODS.get(name).from_config({"ratio": 0.5}).apply(make_ctx(copy.deepcopy(model), data))
+        assert out.model.fc1.out_features == 4 and out.model.fc2.out_features == 4
+        assert out.model.fc3.out_features == 3  # the logits stay
+        assert out.model(torch.randn(2, 6)).shape == (2, 3)
+        assert compression_ratio(footprint(model), footprint(out.model)) > 1.5
+
+
+@pytest.mark.parametrize("name", ["magnitude_prune", "fairprune", "fairprune_structured"])
+def test_parameter_checks(name):
+    cls = METHODS.get(name)
+    for bad in ({"ratio": 1.0}, {"ratio": -0.1}, {"steps": 0}, {"scope": "model"}):
+        with pytest.raises(ConfigError):
+            cls.from_config(bad)
+    if name.startswith("fairprune"):
+        for bad in ({"beta": "x/2"}, {"estimator": "nope"}, {"scoring_size": 0}, {"batch_size": 0}):
+            with pytest.raises(ConfigError):
+                cls.from_config(bad)
+    if name.endswith("structured"):
+        with pytest.raises(ConfigError, match="per layer"):
+            cls.from_config({"scope": "global"})
+
+
+def test_paper_defaults():
+    p = METHODS.get("fairprune").Params()
+    assert (p.ratio, p.beta, p.scope, p.steps, p.estimator) == (0.35, "1/3", "layer", 1, "ggn_exact")
+
+
+# --------------------------------------------------------------------------- footprint
+
+
+def test_unstructured_pruning_keeps_the_papers_ratio_but_reports_real_sparsity():
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Linear(100, 50), nn.Linear(50, 10))
+    pruned = copy.deepcopy(dense)
+    prune_weights(pruned, Magnitude(), ["0.weight", "1.weight"], ratio=0.8)
+    fp_dense, fp = footprint(dense), footprint(pruned)
+    assert compression_ratio(fp_dense, fp) == 1.0
+    assert fp["sparsity"] == pytest.approx((4000 + 400) / (5000 + 50 + 500 + 10))
+    # CSR: per matrix nnz x (4 value + 4 index) bytes + (rows + 1) x 4 row pointers; biases dense
+    assert fp["csr_bytes"] == 1000 * 8 + 51 * 4 + 100 * 8 + 11 * 4 + (50 + 10) * 4
+    # at 50 % sparsity int32-indexed CSR saves nothing: every tensor is written dense
+    half = copy.deepcopy(dense)
+    prune_weights(half, Magnitude(), ["0.weight", "1.weight"], ratio=0.5)
+    assert footprint(half)["csr_bytes"] == fp_dense["stored_bytes"]
+    assert fp_dense["csr_bytes"] == fp_dense["stored_bytes"] and fp_dense["sparsity"] == 0.0
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+@pytest.mark.parametrize("shape", [(7, 5), (4, 3, 3, 3), (9,)])
+def test_csr_bytes_match_torch_sparse_csr(shape):
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(shape, generator=g) * (torch.rand(shape, generator=g) < 0.3)
+    csr = t.reshape(t.shape[0] if t.dim() > 1 else 1, -1).to_sparse_csr()
+    expected = csr.values().numel() * 4 + (csr.col_indices().numel() + csr.crow_indices().numel()) * 4
+    assert csr_bytes(t) == expected
+    assert int(np.count_nonzero(t.numpy())) == csr.values().numel()
