@@ -15,7 +15,7 @@ from fairsqueeze.metrics import per_group_table
 from .data import Results
 
 MAX_CONFUSION_CLASSES = 10  # larger matrices are left out of the page (the per-group table stays)
-HASH_COLUMNS = ("run_key", "dense_key", "task_key", "split_hash", "data_fingerprint")
+HASH_COLUMNS = ("run_key", "dense_key", "task_key", "split_hash", "data_hash")
 
 
 @dataclass

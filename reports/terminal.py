@@ -43,11 +43,16 @@ def headline_table(comp: Comparison) -> str:
     return "\n".join(line.rstrip()[:WIDTH] for line in lines)
 
 
-def headline_tables(comparisons: list[Comparison], split: str = "test") -> str:
-    """Every table, each under a title naming the task identity and model."""
-    blocks = []
-    for comp in comparisons:
-        title = _fit(f"== {comp.task_label} · {comp.model} ({split}) ==", WIDTH)
-        blocks.append(f"{title}\n{headline_table(comp)}")
-    note = "mean over seeds (accuracy ± 95 % CI); gaps: lower is fairer; worst Δacc: lowest per-group change vs dense"
-    return "\n\n".join(blocks + [note]) if blocks else "no finished runs"
+NOTE = "mean over seeds (accuracy ± 95 % CI); gaps: lower is fairer; worst Δacc: lowest per-group change vs dense"
+
+
+def headline_block(comp: Comparison, split: str = "test", suite: str | None = None) -> str:
+    """One table under a title naming the task identity, split, model and suite."""
+    where = f"{split}, {comp.model}" + (f", suite {suite}" if suite else "")
+    return f"{_fit(f'== {comp.task_label} ({where}) ==', WIDTH)}\n{headline_table(comp)}"
+
+
+def headline_tables(comparisons: list[Comparison], split: str = "test", suite: str | None = None) -> str:
+    """Every table, then a note on what the columns mean."""
+    blocks = [headline_block(comp, split, suite) for comp in comparisons]
+    return "\n\n".join(blocks + [NOTE]) if blocks else "no finished runs"
