@@ -84,13 +84,16 @@ def cell_scores(runs: pd.DataFrame) -> list[CellScore]:
 
 
 def _front_keys(runs: pd.DataFrame, gap: str) -> list[str]:
-    ok = runs.dropna(subset=[UTILITY, gap]).sort_values([gap, UTILITY], ascending=[True, False])
-    keys, best = [], -np.inf
-    for _, r in ok.iterrows():
-        if r[UTILITY] > best:
-            keys.append(r["run_key"])
-            best = r[UTILITY]
-    return keys
+    """Run keys on the (utility ↑, gap ↓) front, fairest first."""
+    u, g = runs[UTILITY].to_numpy(float), runs[gap].to_numpy(float)
+    keys = runs["run_key"].to_numpy()
+    ok = np.isfinite(u) & np.isfinite(g)
+    front, best = [], -np.inf
+    for i in np.flatnonzero(ok)[np.lexsort((-u[ok], g[ok]))]:
+        if u[i] > best:
+            front.append(str(keys[i]))
+            best = u[i]
+    return front
 
 
 def scores_frame(scores: list[CellScore]) -> pd.DataFrame:

@@ -11,7 +11,7 @@ from fairsqueeze.reports import export
 from fairsqueeze.reports.data import Results
 from fairsqueeze.reports.figures import palette
 from fairsqueeze.reports.html import environment
-from fairsqueeze.reports.runs import run_details
+from fairsqueeze.reports.runs import run_sections
 
 from . import ranking, significance
 from .hypervolume import MAX_GAP
@@ -55,7 +55,7 @@ def build_leaderboard(results: Results, out: Path) -> Path:
         colours=palette(results.runs["method"].unique()),
         methods=sorted(results.runs.loc[results.runs["status"] == "done", "method"].unique()),
         ranked=sorted(board["method"].unique()) if not board.empty else [],
-        details=run_details(results, with_predictions=False),
+        details=run_sections(results, with_predictions=False),
         twin_map=significance.TWINS,
     )
     out.mkdir(parents=True, exist_ok=True)

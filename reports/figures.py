@@ -93,7 +93,7 @@ def pareto_plot(comp: Comparison, colours: dict[str, str]) -> str:
     ax.set_ylabel(f"{UTILITY} (higher is better)")
     ax.set_title(f"{comp.task_label} · {comp.model}: utility vs unfairness", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return to_png(fig)
 
 
@@ -106,7 +106,7 @@ def cost_plot(comp: Comparison, colours: dict[str, str]) -> str:
     ax.set_ylabel(UTILITY)
     ax.set_title(f"{comp.task_label} · {comp.model}: utility vs compression", fontsize=9)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return to_png(fig)
 
 

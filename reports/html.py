@@ -14,7 +14,7 @@ from fairsqueeze.leaderboard.hypervolume import hypervolume, reference_point
 from . import export, figures
 from .columns import UTILITY, headline_gap
 from .data import Results
-from .runs import run_details
+from .runs import failed_runs, run_sections
 from .tables import Comparison, Row, comparisons
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -104,17 +104,17 @@ def build_report(results: Results, suite: str, out: Path) -> Path:
             )
         )
     export.write_runs(results.runs, tables_dir)
-    details = run_details(results)
+    failed = failed_runs(results)
     page = environment().get_template("report.html.j2").render(
         suite=suite,
         split=results.split,
         tasks=sections,
         colours=colours,
         methods=set(results.runs["method"]),
-        details=details,
-        failed=[d for d in details if d.status == "failed"],
-        n_runs=len(details),
-        n_failed=sum(d.status == "failed" for d in details),
+        details=run_sections(results),
+        failed=failed,
+        n_runs=results.runs["run_key"].nunique(),
+        n_failed=len(failed),
     )
     out.mkdir(parents=True, exist_ok=True)
     path = out / "index.html"
