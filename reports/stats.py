@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from scipy import stats
@@ -36,5 +37,10 @@ def estimate(values) -> Estimate:
         return Estimate(math.nan, math.nan, 0)
     if n == 1:
         return Estimate(float(x[0]), math.nan, 1)
-    half = stats.t.ppf(0.5 + LEVEL / 2, n - 1) * x.std(ddof=1) / math.sqrt(n)
+    half = _t(n - 1) * x.std(ddof=1) / math.sqrt(n)
     return Estimate(float(x.mean()), float(half), n)
+
+
+@lru_cache(maxsize=None)
+def _t(dof: int) -> float:
+    return float(stats.t.ppf(0.5 + LEVEL / 2, dof))

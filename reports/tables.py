@@ -2,6 +2,7 @@
 per method entry (sweep values included), every value a mean ± 95 % CI over seeds."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,7 +48,7 @@ class Comparison:
 
     @property
     def anchor(self) -> str:
-        return f"t-{self.task_key[:12]}-{self.model}"
+        return "t-" + hashlib.sha1(f"{self.task_key}|{self.model}".encode()).hexdigest()[:12]
 
     def numeric(self) -> pd.DataFrame:
         """Means, CI half-widths and seed counts as numbers (CSV/JSON export)."""

@@ -81,3 +81,48 @@ def make_results(tasks=(("digits: parity / planted", 2),), models=("mlp",), seed
         dense=pd.DataFrame(dense),
         predictions=predictions,
     )
+
+
+def write_store(results: Results, store, suite: str = "synthetic") -> None:
+    """Write synthetic results into a real store with bulk inserts (one transaction per
+    table), in the rows the runner writes: tasks, runs, membership, metrics, footprint,
+    predictions."""
+    import json
+
+    from fairsqueeze import store as schema
+
+    done = results.runs.drop_duplicates("run_key")
+    with store.engine.begin() as conn:
+        conn.execute(schema.tasks.insert(), [
+            {"key": k, "name": k, "summary": json.dumps({**v, "label": lbl, "target": "t", "sensitive": "s"})}
+            for k, v, lbl in ((k, v, done.loc[done["task_key"] == k, "task_label"].iloc[0]) for k, v in results.tasks.items())
+        ])
+        conn.execute(schema.runs.insert(), [
+            {"key": r["run_key"], "task": r["task"], "task_key": r["task_key"], "task_label": r["task_label"],
+             "model": r["model"], "method": r["method"], "params": json.dumps(r["params"]), "seed": int(r["seed"]),
+             "config": "{}", "split_hash": "s" * 16, "data_hash": "d" * 16, "dense_hash": r["dense_key"],
+             "status": r["status"], "flags": json.dumps(r["flags"]), "error": r["error"],
+             "timings": json.dumps(r["timings"]), "info": json.dumps(r["info"])}
+            for r in done.to_dict("records")
+        ])
+        conn.execute(schema.members.insert(), [
+            {"suite": suite, "task_key": r["task_key"], "model": r["model"], "label": r["label"], "seed": int(r["seed"]),
+             "run_key": r["run_key"], "entry": int(r["entry"]), "entry_label": r["entry_label"],
+             "sweep": json.dumps(r["sweep"])}
+            for r in results.runs.to_dict("records")
+        ])
+        conn.execute(schema.metrics.insert(), [
+            {"run_key": key, "split": "test", "name": name, "value": schema._num(v)}
+            for key, row in results.metrics.iterrows() for name, v in row.items()
+        ])
+        conn.execute(schema.footprint.insert(), [
+            {"run_key": key, "name": name, "value": float(v)} for key, row in results.footprint.iterrows() for name, v in row.items()
+        ])
+        conn.execute(schema.predictions.insert(), [
+            {"run_key": key, "split": "test", "data": schema._pack(results.predictions(key, "test"))}
+            for key in results.metrics.index
+        ])
+        conn.execute(schema.dense.insert(), [
+            {**{k: r[k] for k in ("key", "task_key", "task", "model")}, "seed": int(r["seed"]), "history": "[]",
+             "bias_card": None} for r in results.dense.to_dict("records")
+        ])

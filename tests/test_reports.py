@@ -189,3 +189,52 @@ def test_twin_test_pairs_seeds_and_states_p(results):
     svd = next(t for t in tests if t.twin == "truncated_svd")
     assert svd.pairs == 6 and svd.mean_difference > 0  # 2 cells x 3 seeds
     assert svd.p_value == pytest.approx(2 / 2**6)  # exact two-sided: all six differences positive
+
+
+def test_store_round_trip_gives_the_same_tables(results, tmp_path):
+    from synthetic_results import write_store
+    from fairsqueeze.reports.data import load
+    from fairsqueeze.store import Store
+
+    store = Store(f"sqlite:///{tmp_path}/s.db")
+    write_store(results, store)
+    loaded = load(store, "synthetic")
+    assert set(loaded.runs["status"]) == {"done", "failed"}
+    before = {(c.task_label, r.label): r.values["accuracy"].mean for c in comparisons(results.done()) for r in c.rows}
+    after = {(c.task_label, r.label): r.values["accuracy"].mean for c in comparisons(loaded.done()) for r in c.rows}
+    assert after == pytest.approx(before)
+    key = loaded.runs["run_key"].iloc[0]
+    assert (loaded.predictions(key, "test")["y_pred"] == results.predictions(key, "test")["y_pred"]).all()
+
+
+def test_cli_writes_both_pages_for_a_real_suite(isolated, capsys):
+    """A real stored suite (dense + a swept SVD on the file-less digits task) through the
+    commands a user types: run prints the headline; report and leaderboard write pages."""
+    from tiny import tiny_suite
+    from fairsqueeze.cli import main
+    from fairsqueeze.reports.terminal import WIDTH
+    from fairsqueeze.runner import Runner, resolve_device
+    from fairsqueeze.store import Store
+
+    db = f"sqlite:///{isolated}/r.db"
+    suite = tiny_suite(["dense", {"name": "truncated_svd", "params": {"layer": "fc2"}, "sweep": {"k": [2, 8]}}],
+                       seeds=(0, 1))
+    Runner(Store(db), isolated / "data", resolve_device("cpu")).run(suite)
+    assert main(["show", "--db", db]) == 0
+    shown = capsys.readouterr().out
+    assert "== digits: parity / planted (test, mlp(hidden=[32, 16]), suite tiny) ==" in shown and "truncated_svd" in shown
+    headline, in_card = [], False
+    for line in shown.splitlines():  # the headline tables, not the bias cards printed after them
+        in_card = line.startswith("-- bias card") or (in_card and not line.startswith("== "))
+        headline += [] if in_card else [line]
+    assert len(headline) > 5 and max(len(line) for line in headline) <= WIDTH
+    assert main(["report", "tiny", "--db", db, "--out", str(isolated / "rep")]) == 0
+    assert main(["leaderboard", "--db", db, "--out", str(isolated / "lb")]) == 0
+    out = capsys.readouterr().out
+    assert f"report: {isolated / 'rep' / 'index.html'}" in out and f"leaderboard: {isolated / 'lb' / 'index.html'}" in out
+    page = (isolated / "rep" / "index.html").read_text()
+    assert page.count('class="ablation') == 1 and "Bias card" in page and "confusion matrix, group 0" in page
+    board = (isolated / "lb" / "index.html").read_text()
+    assert "truncated_svd" in board and "dense" in board
+    assert (isolated / "rep" / "tables" / "runs.csv").exists()
+    assert main(["report", "nosuch", "--db", db]) == 2
