@@ -4,7 +4,9 @@ import warnings
 import pytest
 
 from browser import chromium_page, screenshot_dir
-from synthetic_results import make_results
+from synthetic_results import make_results, write_store
+from fairsqueeze.reports.data import load
+from fairsqueeze.store import Store
 from fairsqueeze.leaderboard.site import build_leaderboard
 from fairsqueeze.reports.html import build_report
 
@@ -14,7 +16,10 @@ def pages(tmp_path_factory):
     out = tmp_path_factory.mktemp("pages")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        results = make_results(tasks=(("digits: parity / planted", 2), ("faces: age / race", 5)))
+        made = make_results(tasks=(("digits: parity / planted", 2), ("faces: age / race", 5)))
+    store = Store(f"sqlite:///{out}/stored.db")
+    write_store(made, store)
+    results = load(store, "synthetic")  # the pages read a real store, as the CLI does
     return build_report(results, "synthetic", out / "report"), build_leaderboard(results, out / "board"), out
 
 
