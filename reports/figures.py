@@ -36,7 +36,7 @@ def palette(methods) -> dict[str, str]:
 
 def to_png(fig) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=80)  # fixed margins: a "tight" box costs a second draw
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
@@ -82,12 +82,19 @@ def _scatter(ax, comp: Comparison, colours: dict[str, str], x: str, front: bool)
             ax.step(sub[idx, 0], sub[idx, 1], where="post", color=colour, lw=1.2, alpha=0.8, zorder=2)
 
 
+def _axes():
+    """One plot with room on the right for the legend."""
+    fig, ax = plt.subplots(figsize=(7.2, 4.2))
+    fig.subplots_adjust(left=0.11, right=0.72, bottom=0.12, top=0.92)
+    return fig, ax
+
+
 def pareto_plot(comp: Comparison, colours: dict[str, str]) -> str:
     """Utility against the headline unfairness gap: seed CIs as error bars, the dense model
     as a black star, each method's non-dominated front as a step line; flagged
     (degenerate / no-effect) points hollow."""
     gap = headline_gap(comp.num_classes)
-    fig, ax = plt.subplots(figsize=(5.6, 4.0))
+    fig, ax = _axes()
     _scatter(ax, comp, colours, gap, front=True)
     ax.set_xlabel(f"{gap} (lower is fairer)")
     ax.set_ylabel(f"{UTILITY} (higher is better)")
@@ -99,7 +106,7 @@ def pareto_plot(comp: Comparison, colours: dict[str, str]) -> str:
 
 def cost_plot(comp: Comparison, colours: dict[str, str]) -> str:
     """Utility against the compression ratio (log scale)."""
-    fig, ax = plt.subplots(figsize=(5.6, 4.0))
+    fig, ax = _axes()
     _scatter(ax, comp, colours, "compression_ratio", front=False)
     ax.set_xscale("log")
     ax.set_xlabel("compression ratio (higher is smaller)")
@@ -123,7 +130,8 @@ def ablation_plot(comp: Comparison, param: str, colours: dict[str, str]) -> str:
         if param in r.sweep:
             others = tuple(sorted((k, str(v)) for k, v in r.sweep.items() if k != param))
             lines.setdefault((r.entry_label, r.method, others), []).append(r)
-    fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.4), layout="constrained")
+    fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.6))
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.15, top=0.88, wspace=0.25)
     numeric = all(isinstance(r.sweep[param], (int, float)) for rows in lines.values() for r in rows)
     for (entry_label, method, others), rows in sorted(lines.items(), key=lambda kv: str(kv[0])):
         rows = sorted(rows, key=lambda r: r.sweep[param] if numeric else str(r.sweep[param]))

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .columns import Column, add_derived, comparison_columns
-from .stats import Estimate, estimate
+from .stats import Estimate, estimate, estimates
 
 # flags that keep a row out of "best" marks: a constant model is not fair, a no-op is no result
 UNRANKED_FLAGS = ("degenerate", "no_effect")
@@ -80,7 +80,7 @@ class Comparison:
         return pd.DataFrame(data, index=index)
 
 
-def _row(label: str, members: pd.DataFrame, columns: list[Column]) -> Row:
+def _row(label: str, members: pd.DataFrame, values: dict[str, Estimate]) -> Row:
     members = members.sort_values("seed")
     first = members.iloc[0]
     flags: dict[str, int] = {}
@@ -96,7 +96,7 @@ def _row(label: str, members: pd.DataFrame, columns: list[Column]) -> Row:
         sweep=dict(first["sweep"] or {}),
         runs=list(zip(members["seed"].astype(int), members["run_key"])),
         flags=flags,
-        values={c.key: estimate(members[c.key]) if c.key in members else estimate([]) for c in columns},
+        values=values,
     )
 
 
@@ -126,7 +126,11 @@ def comparisons(frame: pd.DataFrame, tasks: dict | None = None) -> list[Comparis
         num_classes = int(cell["num_classes"].iloc[0])
         columns = comparison_columns(metric_keys, num_classes)
         order = cell.assign(_dense=cell["method"] != "dense").sort_values(["_dense", "entry", "label"])
-        rows = [_row(label, members, columns) for label, members in order.groupby("label", sort=False)]
+        present = [c.key for c in columns if c.key in cell]
+        values = estimates(order, "label", present)
+        empty = estimate([])
+        rows = [_row(label, members, {c.key: values[label].get(c.key, empty) for c in columns})
+                for label, members in order.groupby("label", sort=False)]
         _mark_best(rows, columns)
         out.append(Comparison(task_key, cell["task_label"].iloc[0], model, num_classes, columns, rows))
     return sorted(out, key=lambda c: (c.task_label, c.model))
