@@ -28,7 +28,7 @@ def palette(methods) -> dict[str, str]:
         known = list(METHODS.names())
     except Exception:  # a report must render even where plugins fail to import
         known = []
-    names = [m for m in sorted(set(known) | set(methods)) if m != "dense"]
+    names = [m for m in sorted(set(known) | {m for m in methods if isinstance(m, str)}) if m != "dense"]
     # tab10's ten distinct hues first; tab20 (paired light/dark hues) only beyond ten methods
     colours = sns.color_palette("tab10" if len(names) <= 10 else "tab20", n_colors=max(len(names), 1)).as_hex()
     return {"dense": DENSE_COLOUR, **{m: colours[i % len(colours)] for i, m in enumerate(names)}}
@@ -105,14 +105,13 @@ def pareto_plot(comp: Comparison, colours: dict[str, str]) -> str:
 
 
 def cost_plot(comp: Comparison, colours: dict[str, str]) -> str:
-    """Utility against the compression ratio (log scale)."""
+    """Utility against the compression ratio."""
     fig, ax = _axes()
     _scatter(ax, comp, colours, "compression_ratio", front=False)
-    ax.set_xscale("log")
     ax.set_xlabel("compression ratio (higher is smaller)")
     ax.set_ylabel(UTILITY)
     ax.set_title(f"{comp.task_label} · {comp.model}: utility vs compression", fontsize=9)
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return to_png(fig)
 

@@ -113,7 +113,7 @@ def build_report(results: Results, suite: str, out: Path) -> Path:
         methods=set(results.runs["method"]),
         details=run_sections(results),
         failed=failed,
-        n_runs=results.runs["run_key"].nunique(),
+        n_runs=results.runs.loc[results.runs["status"].isin(["done", "failed"]), "run_key"].nunique(),
         n_failed=len(failed),
     )
     out.mkdir(parents=True, exist_ok=True)
