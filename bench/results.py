@@ -14,7 +14,7 @@ import pandas as pd
 from .store import Store
 
 PER_GROUP = ("precision", "recall", "f1")
-HEADLINE = ("eopp0", "eopp1", "eodd", "accuracy")
+HEADLINE = ("eopp0", "eopp1", "eodd", "dp_diff", "fpr_diff", "accuracy")
 _GROUP = re.compile(r"^(\w+)\[g=(-?\d+)\]$")
 
 RUN_COLUMNS = ["run_key", "task", "task_key", "task_label", "method", "params", "status", "error", "flags",

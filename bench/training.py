@@ -64,15 +64,19 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 @dataclass
 class Batch:
-    """One minibatch on the device: inputs, labels, groups and the split row numbers."""
+    """One minibatch on the device: inputs, labels, groups and the split row numbers.
+
+    ``y`` or ``s`` is None when the split does not hold that column (one side of a privacy
+    split holds labels only, the other groups only).
+    """
 
     x: torch.Tensor
-    y: torch.Tensor
-    s: torch.Tensor
+    y: torch.Tensor | None
+    s: torch.Tensor | None
     rows: np.ndarray
 
     def __len__(self) -> int:
-        return len(self.y)
+        return len(self.rows)
 
 
 def cross_entropy(model: nn.Module, batch: Batch) -> torch.Tensor:
@@ -144,10 +148,16 @@ class Trainer:
         rows = np.sort(rows)  # sorted reads are memmap-friendly
         return Batch(
             x=self.task.prepare(split.x[rows], train).to(self.device),
-            y=torch.as_tensor(split.y[rows], device=self.device),
-            s=torch.as_tensor(split.s[rows], device=self.device),
+            y=self.column(split, "y", rows),
+            s=self.column(split, "s", rows),
             rows=rows,
         )
+
+    def column(self, split: Split, name: str, rows: np.ndarray) -> torch.Tensor | None:
+        """``split.<name>[rows]`` on the device, or None where the split withholds the column."""
+        if not hasattr(split, name):  # a withheld column raises AttributeError on access
+            return None
+        return torch.as_tensor(getattr(split, name)[rows], device=self.device)
 
     def epoch_rows(self, split: Split) -> Iterator[np.ndarray]:
         """Row numbers of each batch of one epoch, as the sampler draws them."""

@@ -19,7 +19,16 @@ from fairsqueeze.store import Store
 load_plugins()
 
 LOW_RANK = {"k": 8}
-TINY_PARAMS: dict[str, dict] = {"truncated_svd": LOW_RANK, "slr_w": LOW_RANK, "slr_a": LOW_RANK, "fairlrf": LOW_RANK}
+TINY_PARAMS: dict[str, dict] = {
+    "truncated_svd": LOW_RANK,
+    "slr_w": LOW_RANK,
+    "slr_a": LOW_RANK,
+    "fairlrf": LOW_RANK,
+    "lora_erm": {"epochs": 1, "auditor_epochs": 1, "rank": 2},
+    "lora_unlearn": {"epochs": 1, "auditor_epochs": 1, "rank": 2},
+    "lora_orthogonal": {"epochs": 1, "auditor_epochs": 1, "rank": 2},
+    "lora_adversarial": {"epochs": 1, "rounds": 1, "auditor_epochs": 1, "rank": 2},
+}
 
 
 def state_digest(model: torch.nn.Module) -> str:

@@ -65,3 +65,29 @@ def test_loss_hook_changes_training_and_its_absence_does_not():
     plain, again, pen = run(cross_entropy), run(cross_entropy), run(penalized)
     assert torch.equal(plain, again)
     assert pen.norm() < 0.5 * plain.norm()
+
+
+def test_a_split_that_withholds_a_column_gives_batches_without_it():
+    class LabelsOnly:  # one side of a privacy split: reading the groups raises
+        def __init__(self, split):
+            self.x, self.y, self.index = split.x, split.y, split.index
+
+        def __len__(self):
+            return len(self.y)
+
+        @property
+        def s(self):
+            raise AttributeError("withheld")
+
+    task = toy_task()
+    seen = []
+
+    def loss(model, batch):
+        seen.append((batch.s, len(batch)))
+        return cross_entropy(model, batch)
+
+    trainer = Trainer(nn.Linear(4, 2), task, TrainConfig(epochs=1, batch_size=32), torch.device("cpu"), 0, loss=loss)
+    trainer.fit(LabelsOnly(task.train))
+    assert [n for _, n in seen] == [32, 32, 16] and all(s is None for s, _ in seen)
+    trainer.fit(task.train)  # a full split still hands over its groups
+    assert seen[-1][0] is not None and len(seen[-1][0]) == seen[-1][1]

@@ -1,0 +1,258 @@
+"""Fairness-aware LoRA under a privacy split: the split itself, what crosses, each mechanism."""
+import copy
+import logging
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fairsqueeze.errors import ConfigError
+from fairsqueeze.methods import METHODS, MethodContext
+from fairsqueeze.methods.lora_privacy import (
+    AdapterMessage, Channel, WithheldColumn, choose_backbone, fit_probe, split_roles,
+)
+from fairsqueeze.methods.toolbox.lora import LoraSpec, attach, export_adapter, import_adapter, negate_into
+from fairsqueeze.models import cached_weights_path, create_model
+from fairsqueeze.tasks import Split, TaskData
+from fairsqueeze.vision import torchvision
+
+CPU = torch.device("cpu")
+
+
+def planted_task(n=600, seed=0):
+    """y is read from feature 0, the group s from feature 1 (strongly), the rest is noise."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 8)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    s = (rng.random(n) < 0.5).astype(np.int64)
+    x[:, 1] = 3.0 * (2 * s - 1) + 0.3 * x[:, 1]
+    split = Split(x, y, s, np.arange(n))
+    return TaskData("planted", split, split, split, 2, (8,), "y", "s", {0: "a", 1: "b"})
+
+
+def context(task, model, seed=0):
+    return MethodContext(model, task.view(), CPU, seed, None, torch.Generator().manual_seed(seed))
+
+
+def mlp(task, seed=0):
+    torch.manual_seed(seed)
+    return create_model("mlp", task.input_shape, task.num_classes, hidden=[16, 16])
+
+
+def method(name, **params):
+    base = {"epochs": 4, "auditor_epochs": 4, "lr": 1e-2, "dropout": 0.0, "batch_size": 32, "backbone": "dense"}
+    return METHODS.get(name).from_config({**base, **params})
+
+
+# --------------------------------------------------------------------------- the split
+
+
+def test_each_side_holds_only_its_columns():
+    task = planted_task()
+    dev, aud = split_roles(task.train, 0.5, seed=0)
+    with pytest.raises(WithheldColumn):
+        dev.s
+    with pytest.raises(WithheldColumn):
+        aud.y
+    assert len(dev) + len(aud) == len(task.train)
+    assert not set(dev.index) & set(aud.index)
+
+    developer, auditor, _ = method("lora_erm").sides(context(task, mlp(task)))
+    with pytest.raises(WithheldColumn):
+        developer.data.train.s
+    seen = []
+    loss = developer.loss
+    developer.loss = lambda model, batch: seen.append(batch.s) or loss(model, batch)
+    developer._start()
+    developer.trainer.loss_fn = developer.loss
+    developer.trainer.fit()
+    assert seen and all(s is None for s in seen)  # the trainer never handed the developer a group
+
+
+def test_only_adapter_factors_cross_between_the_sides():
+    task = planted_task()
+    head_shapes = {tuple(p.shape) for p in mlp(task).fc3.parameters()} | {(2, 16), (2,)}
+    for name in ("lora_unlearn", "lora_orthogonal", "lora_adversarial"):
+        m = method(name, **({"rounds": 2} if name == "lora_adversarial" else {}))
+        developer, auditor, _ = m.sides(context(task, mlp(task)))
+        channel = Channel()
+        m.exchange(developer, auditor, channel)
+        assert channel.log
+        factor_shapes = {k: p.shape for k, p in developer.factors.items()}
+        for data in channel.log:
+            message = AdapterMessage.from_bytes(data)
+            # exactly the adapter's factors, each of the developer's adapter shape
+            assert {k: v.shape for k, v in message.weights.items()} == factor_shapes
+            assert all(".fc3." not in k for k in message.weights)  # never the head
+            assert not {tuple(v.shape) for v in message.weights.values()} & head_shapes
+    # a message cannot carry anything else, and nothing else is delivered
+    with pytest.raises(ValueError):
+        AdapterMessage("sensitive", LoraSpec(), {"base_model.model.fc3.weight": torch.zeros(2, 16)})
+    with pytest.raises(TypeError):
+        Channel().deliver({"s": torch.zeros(3)})
+
+
+def test_message_round_trips_through_bytes():
+    task = planted_task()
+    spec = LoraSpec(rank=2, alpha=4.0, dropout=0.0, target_modules="fc1,fc2")
+    model = attach(mlp(task), spec, "task")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    sent = export_adapter(model, "task", spec, role="task")
+    got = AdapterMessage.from_bytes(sent.to_bytes())
+    assert got.role == "task" and got.spec == spec
+    assert set(got.weights) == set(sent.weights)
+    assert all(torch.equal(got.weights[k], sent.weights[k]) for k in sent.weights)
+    import_adapter(model, "task", got)  # fits its own model
+    other = attach(mlp(task), LoraSpec(rank=3, alpha=4.0, dropout=0.0, target_modules="fc1,fc2"), "task")
+    with pytest.raises(ValueError):
+        import_adapter(other, "task", got)  # another rank does not
+
+
+# --------------------------------------------------------------------------- the mechanisms
+
+
+def random_adapter(model, spec, seed=1):
+    torch.manual_seed(seed)
+    adapted = attach(copy.deepcopy(model), spec, "sensitive")
+    with torch.no_grad():
+        for name, p in adapted.named_parameters():
+            if "lora_" in name:
+                p.normal_()
+    return export_adapter(adapted, "sensitive", spec, role="sensitive")
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.5, 0.0])
+def test_unlearning_moves_the_backbone_by_exactly_the_negated_adapter(strength):
+    task = planted_task()
+    backbone = mlp(task)
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    spec = LoraSpec(rank=3, alpha=6.0, dropout=0.0, target_modules="fc1,fc2")
+    message = random_adapter(backbone, spec)
+    after = negate_into(backbone, message, strength).state_dict()
+    assert set(after) == set(before)  # merged: no adapter left behind
+    for key in before:
+        layer = key.rsplit(".", 1)[0]
+        if key.endswith("weight") and layer in ("fc1", "fc2"):
+            a = message.weights[f"base_model.model.{layer}.lora_A.weight"]
+            b = message.weights[f"base_model.model.{layer}.lora_B.weight"]
+            expected = before[key] - strength * (6.0 / 3) * (b @ a)  # by hand: W0 - lambda (alpha/r) B A
+            torch.testing.assert_close(after[key], expected, rtol=0, atol=1e-5)
+            if strength:
+                assert not torch.allclose(after[key], before[key])
+        else:
+            assert torch.equal(after[key], before[key])
+
+
+def test_orthogonality_loss_drives_the_overlap_toward_zero():
+    task = planted_task()
+
+    def overlap(weight):
+        m = method("lora_orthogonal", orth_weight=weight, rank=4, epochs=6)
+        developer, auditor, _ = m.sides(context(task, mlp(task)))
+        info = m.exchange(developer, auditor, Channel())
+        return info["overlap_normalized"]
+
+    erm, orth = overlap(0.0), overlap(10.0)
+    assert erm > 0.02  # two independent rank-4 subspaces of a 16/8-dim input overlap
+    assert orth < 0.1 * erm
+
+
+@pytest.mark.parametrize("groups", [2, 3])
+def test_the_adversary_layer_predicts_as_the_logistic_regression_it_comes_from(groups):
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    s = rng.integers(0, groups, 300)
+    features = (rng.normal(size=(300, 5)) + 0.8 * s[:, None]).astype(np.float32)
+    layer, accuracy = fit_probe(features, s, groups + 1, c=1.0)  # the last group is absent
+    oracle = LogisticRegression(C=1.0, max_iter=1000).fit(features, s)
+    with torch.no_grad():
+        probs = layer(torch.as_tensor(features)).softmax(1).numpy()
+    np.testing.assert_allclose(probs[:, :groups], oracle.predict_proba(features), atol=1e-5)
+    assert probs[:, groups].max() < 1e-10 and accuracy == oracle.score(features, s) > 1 / groups
+
+
+def test_adversary_accuracy_falls_over_the_rounds_only_when_the_adversary_pushes():
+    task = planted_task()
+
+    def accuracies(weight):
+        m = method("lora_adversarial", adv_weight=weight, rounds=5, epochs=5, rank=4, lr=3e-2)
+        developer, auditor, _ = m.sides(context(task, mlp(task)))
+        return m.exchange(developer, auditor, Channel())["adversary_accuracy"]
+
+    pushed, off = accuracies(3.0), accuracies(0.0)
+    assert pushed[0] == off[0] > 0.9  # s is plain in the features at first
+    assert pushed[-1] < pushed[0] - 0.3  # chance is 0.5
+    # alternating games oscillate: compare the rounds after the first on average
+    assert np.mean(pushed[1:]) < np.mean(off[1:]) - 0.1 and off[-1] > 0.75
+
+
+# --------------------------------------------------------------------------- footprint, backbone, params
+
+
+def test_returned_model_is_the_backbone_plus_the_adapters():
+    task = planted_task()
+    model = mlp(task)
+    dense = sum(p.numel() for p in model.parameters())
+    outcome = method("lora_erm", rank=3, epochs=1).apply(context(task, model))
+    adapters = 3 * (8 + 16) + 3 * (16 + 16)  # r (d_in + d_out) for fc1 and fc2; the head fc3 trains in full
+    assert sum(p.numel() for p in outcome.model.parameters()) == dense + adapters
+    assert outcome.info["adapter_params"] == adapters
+
+
+def test_vit_attention_gets_adapters():
+    model = create_model("vit_small", (3, 16, 16), 2, patch_size=8, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=16)
+    nn.init.normal_(model.heads.head.weight)  # torchvision starts the head at zero
+    dense = sum(p.numel() for p in model.parameters())
+    adapted = attach(model, LoraSpec(rank=2, target_modules="auto"), "task")
+    added = sum(p.numel() for p in adapted.parameters()) - dense
+    assert added == 2 * (8 + 3 * 8) + 2 * (8 + 8)  # fused q/k/v in-projection and out-projection
+    with torch.no_grad():
+        x = torch.randn(2, 3, 16, 16)
+        plain = adapted(x)
+        for name, p in adapted.named_parameters():
+            if "lora_B" in name:
+                p.fill_(0.5)
+        assert not torch.allclose(adapted(x), plain)  # the adapter is in the forward path
+
+
+def test_cached_imagenet_weights_are_the_backbone_when_present(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    model = create_model("resnet18", (3, 32, 32), 2)
+    with caplog.at_level(logging.INFO):
+        _, origin = choose_backbone(copy.deepcopy(model), "auto")
+    assert origin == "dense" and "dense model of the task" in caplog.text
+
+    torch.manual_seed(5)
+    imagenet = torchvision.models.resnet18()
+    path = cached_weights_path(torchvision.models.ResNet18_Weights.IMAGENET1K_V1)
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(imagenet.state_dict(), path)
+    backbone, origin = choose_backbone(copy.deepcopy(model), "auto")
+    assert origin.startswith("imagenet")
+    assert torch.equal(backbone.layer4[1].conv2.weight, imagenet.layer4[1].conv2.weight)
+    assert backbone.fc.out_features == 2
+    _, origin = choose_backbone(copy.deepcopy(model), "dense")
+    assert origin == "dense"
+
+
+def test_parameters_are_validated_and_searchable():
+    import optuna
+
+    with pytest.raises(ConfigError):
+        METHODS.get("lora_adversarial").from_config({"epochs": 5, "rounds": 2})
+    with pytest.raises(ConfigError):
+        METHODS.get("lora_erm").from_config({"auditor_share": 1.0})
+    with pytest.raises(ConfigError):
+        METHODS.get("lora_unlearn").from_config({"strength": 0})
+    task = planted_task()
+    with pytest.raises(ConfigError):
+        method("lora_erm", target_modules="fc3").sides(context(task, mlp(task)))
+    for name in ("lora_erm", "lora_unlearn", "lora_orthogonal", "lora_adversarial"):
+        trial = optuna.trial.FixedTrial({"rank": 4, "lr": 3e-4, "strength": 0.5, "orth_weight": 1.0, "adv_weight": 0.1})
+        params = METHODS.get(name).from_config({}).space(trial)
+        assert params.rank == 4 and params.lr == 3e-4
