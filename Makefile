@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 SUITE  ?= default
 ARGS   ?=
 
-.PHONY: setup bench test test-all perf check clean
+.PHONY: setup bench report leaderboard test test-all perf check clean
 
 $(BIN)/fairsqueeze: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,9 +17,19 @@ $(BIN)/fairsqueeze: pyproject.toml
 
 setup: $(BIN)/fairsqueeze
 
-# Runs the suite; finished runs are skipped, so a second call takes seconds.
+# Runs the suite; finished runs are skipped, so a second call takes seconds. Ends by
+# writing the suite's report and the leaderboard (also after failed runs) and printing their paths.
 bench: setup
-	$(BIN)/fairsqueeze run $(SUITE) --skip-missing-data $(ARGS)
+	$(BIN)/fairsqueeze run $(SUITE) --skip-missing-data $(ARGS); status=$$?; \
+	$(BIN)/fairsqueeze report $(SUITE) && $(BIN)/fairsqueeze leaderboard && exit $$status
+
+# HTML report of one suite (results/reports/SUITE/index.html) with CSV/JSON/LaTeX/Markdown exports.
+report: setup
+	$(BIN)/fairsqueeze report $(SUITE) $(ARGS)
+
+# HTML leaderboard of every stored task and model (results/leaderboard/index.html).
+leaderboard: setup
+	$(BIN)/fairsqueeze leaderboard $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q $(ARGS)

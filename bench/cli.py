@@ -52,6 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--suite", default=None, help="only runs of this suite")
     show.add_argument("--split", default="test", choices=["val", "test"])
     _add_store(show)
+
+    report = sub.add_parser("report", help="write a suite's HTML report and its table exports")
+    report.add_argument("suite", help="suite name as stored, a bundled suite or a suite file")
+    report.add_argument("--out", default=None, help="output folder (default results/reports/SUITE)")
+    report.add_argument("--split", default="test", choices=["val", "test"])
+    _add_store(report)
+
+    board = sub.add_parser("leaderboard", help="write the HTML leaderboard of every stored task and model")
+    board.add_argument("--out", default="results/leaderboard", help="output folder (default results/leaderboard)")
+    _add_store(board)
     return parser
 
 
@@ -101,24 +111,28 @@ def _print_failures(store, suite: str, keys: list[str]) -> None:
 
 
 def _print_tables(store, suite: str | None, split: str) -> None:
+    from fairsqueeze.reports.data import load
+    from fairsqueeze.reports.tables import comparisons
+    from fairsqueeze.reports.terminal import NOTE, headline_block
+
     from .biascard import format_bias_card
-    from .results import format_table, results_tables, suite_runs
 
     for name in [suite] if suite else store.suite_names():
-        tables = results_tables(store, split=split, suite=name)
+        results = load(store, name, split)
+        tables = comparisons(results.done())
         if not tables:
             print(f"suite {name}: no finished runs")
             continue
-        members = suite_runs(store, name)
-        dense = store.dense_frame().set_index("key")
-        for title, table in tables.items():
-            print(f"\n== {title} ({split}, suite {name}) ==")
-            print(format_table(table))
-            shown = members[(members["task_label"] == title) & (members["method"] == "dense")]
-            for _, row in shown.sort_values("seed").drop_duplicates("model").iterrows():
+        dense = results.dense.set_index("key")
+        members = results.runs[results.runs["method"] == "dense"]
+        for comp in tables:
+            print("\n" + headline_block(comp, split, name))
+            shown = members[(members["task_key"] == comp.task_key) & (members["model"] == comp.model)]
+            for _, row in shown.sort_values("seed").head(1).iterrows():
                 if row["dense_key"] in dense.index:
-                    print(f"\n-- bias card: {title}, dense {row['model']} (seed {row['seed']}) --")
+                    print(f"\n-- bias card: {comp.task_label}, dense {row['model']} (seed {row['seed']}) --")
                     print(format_bias_card(dense.loc[row["dense_key"], "bias_card"]))
+        print("\n" + NOTE)
 
 
 def cmd_list(args) -> int:
@@ -201,10 +215,45 @@ def cmd_show(args) -> int:
     return 0
 
 
+def _suite_name(text: str) -> str:
+    """A bundled suite or a suite file stands for the name it declares."""
+    from .suite import load_suite
+
+    try:
+        return load_suite(text).name
+    except FairsqueezeError:
+        return text
+
+
+def cmd_report(args) -> int:
+    from fairsqueeze.reports.data import load
+    from fairsqueeze.reports.html import build_report
+
+    from .store import Store
+
+    name = _suite_name(args.suite)
+    results = load(Store(args.db), name, args.split)
+    if results.runs.empty:
+        raise FairsqueezeError(f"no runs of suite {name!r} in {args.db}")
+    print(f"report: {build_report(results, name, args.out or f'results/reports/{name}')}")
+    return 0
+
+
+def cmd_leaderboard(args) -> int:
+    from fairsqueeze.leaderboard.site import build_leaderboard
+    from fairsqueeze.reports.data import load
+
+    from .store import Store
+
+    print(f"leaderboard: {build_leaderboard(load(Store(args.db)), args.out)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    handlers = {"run": cmd_run, "worker": cmd_worker, "fronts": cmd_fronts, "list": cmd_list, "show": cmd_show}
+    handlers = {"run": cmd_run, "worker": cmd_worker, "fronts": cmd_fronts, "list": cmd_list, "show": cmd_show,
+                "report": cmd_report, "leaderboard": cmd_leaderboard}
     try:
         return handlers[args.command](args)
     except FairsqueezeError as exc:

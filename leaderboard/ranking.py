@@ -1,0 +1,135 @@
+"""Hypervolume per (task, model, budget tier, method), ranks and HELM-style win rates.
+
+Methods are only ever compared inside one compression-budget tier, so a method is never
+ranked against one that compresses far less. Runs flagged degenerate (constant
+predictions) or no-effect (the dense model's predictions) are left out: their gaps say
+nothing about fairness.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
+
+from fairsqueeze.reports.columns import EODDS, UTILITY, add_derived, is_binary
+from fairsqueeze.reports.stats import estimate
+
+from .hypervolume import hypervolume
+
+# (label, lowest ratio included, highest ratio excluded)
+TIERS = (("<1.05", 0.0, 1.05), ("1.05–1.3", 1.05, 1.3), ("1.3–1.7", 1.3, 1.7), (">1.7", 1.7, math.inf))
+# unfairness definitions a ranking may use: family -> (binary key, multi-class key), each bounded by 1
+GAPS = {
+    "equalized odds": (EODDS, "eodd"),
+    "equal opportunity": ("deo", "eopp1"),
+}
+EXCLUDED_FLAGS = ("degenerate", "no_effect")
+
+
+def tier_of(ratio: float) -> str | None:
+    if not np.isfinite(ratio):
+        return None
+    for label, low, high in TIERS:
+        if low <= ratio < high:
+            return label
+    return None
+
+
+def usable_runs(frame: pd.DataFrame) -> pd.DataFrame:
+    """Finished runs that may be ranked, with their tier; one row per distinct run and
+    suite entry label (a run shared by two suites counts once)."""
+    frame = add_derived(frame)
+    flagged = frame["flags"].map(lambda f: any(x in EXCLUDED_FLAGS for x in (f or ())))
+    frame = frame[~flagged | (frame["method"] == "dense")].copy()
+    frame["tier"] = frame["compression_ratio"].map(tier_of)
+    return frame.drop_duplicates(["run_key"]).dropna(subset=["tier"])
+
+
+@dataclass
+class CellScore:
+    metric: str
+    tier: str
+    task_key: str
+    task_label: str
+    model: str
+    method: str
+    mean: float
+    half_width: float
+    seeds: int
+    per_seed: dict[int, float]
+    front: list[str]  # run keys on the fronts (all seeds)
+
+
+def cell_scores(runs: pd.DataFrame) -> list[CellScore]:
+    """Hypervolume of each method's runs per seed (the front of its configurations in that
+    tier), then the mean ± CI over seeds."""
+    scores = []
+    for family, (binary_key, multi_key) in GAPS.items():
+        for (tier, task_key, model, method), cell in runs.groupby(["tier", "task_key", "model", "method"], sort=True):
+            k = int(cell["num_classes"].iloc[0])
+            gap = binary_key if is_binary(k) else multi_key
+            if gap not in cell or cell[gap].isna().all():
+                continue
+            per_seed, front = {}, []
+            for seed, runs_of_seed in cell.groupby("seed"):
+                per_seed[int(seed)] = hypervolume(runs_of_seed[UTILITY], runs_of_seed[gap], k)
+                front += _front_keys(runs_of_seed, gap)
+            est = estimate(list(per_seed.values()))
+            scores.append(CellScore(family, tier, task_key, cell["task_label"].iloc[0], model, method,
+                                    est.mean, est.half_width, est.n, per_seed, front))
+    return scores
+
+
+def _front_keys(runs: pd.DataFrame, gap: str) -> list[str]:
+    """Run keys on the (utility ↑, gap ↓) front, fairest first."""
+    u, g = runs[UTILITY].to_numpy(float), runs[gap].to_numpy(float)
+    keys = runs["run_key"].to_numpy()
+    ok = np.isfinite(u) & np.isfinite(g)
+    front, best = [], -np.inf
+    for i in np.flatnonzero(ok)[np.lexsort((-u[ok], g[ok]))]:
+        if u[i] > best:
+            front.append(str(keys[i]))
+            best = u[i]
+    return front
+
+
+def scores_frame(scores: list[CellScore]) -> pd.DataFrame:
+    frame = pd.DataFrame([s.__dict__ for s in scores])
+    if frame.empty:
+        return frame
+    frame["cell"] = frame["task_key"] + "/" + frame["model"]
+    # rank 1 = largest hypervolume in its (metric, tier, task, model) cell; ties share the mean rank
+    frame["rank"] = frame.groupby(["metric", "tier", "cell"])["mean"].transform(lambda v: rankdata(-v.to_numpy()))
+    frame["others"] = frame.groupby(["metric", "tier", "cell"])["mean"].transform("size") - 1
+    return frame
+
+
+def win_rate(frame: pd.DataFrame) -> pd.Series:
+    """HELM's mean win rate: in each cell, the fraction of the other methods a method beats
+    (a tie counts one half), averaged over the cells the method has results in. NaN when it
+    never meets another method."""
+    def one_cell(group: pd.DataFrame) -> pd.Series:
+        v = group["mean"].to_numpy()
+        wins = (v[:, None] > v[None, :]).sum(1) + 0.5 * ((v[:, None] == v[None, :]).sum(1) - 1)
+        return pd.Series(np.where(len(v) > 1, wins / max(len(v) - 1, 1), np.nan), index=group.index)
+
+    return frame.groupby(["metric", "tier", "cell"], group_keys=False)[["mean"]].apply(one_cell)
+
+
+def leaderboard_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (metric, tier, method): mean rank, win rate, mean hypervolume ± CI over
+    the cells, number of cells."""
+    if frame.empty:
+        return frame
+    frame = frame.assign(win=win_rate(frame))
+    rows = []
+    for (metric, tier, method), g in frame.groupby(["metric", "tier", "method"], sort=True):
+        hv = estimate(g["mean"])
+        rows.append({"metric": metric, "tier": tier, "method": method, "mean_rank": g["rank"].mean(),
+                     "win_rate": g["win"].mean(), "hypervolume": hv.mean, "hypervolume ci95": hv.half_width,
+                     "cells": g["cell"].nunique(), "methods_met": int(g["others"].max())})
+    table = pd.DataFrame(rows)
+    return table.sort_values(["metric", "tier", "mean_rank", "method"]).reset_index(drop=True)

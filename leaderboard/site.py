@@ -1,0 +1,64 @@
+"""The leaderboard: one static, self-contained page ranking methods across every stored
+task and model, written with CSV/JSON exports of each of its tables."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+
+from fairsqueeze.reports import export
+from fairsqueeze.reports.data import Results
+from fairsqueeze.reports.figures import palette
+from fairsqueeze.reports.html import environment
+from fairsqueeze.reports.runs import run_sections
+
+from . import ranking, significance
+from .hypervolume import MAX_GAP
+
+
+def build_leaderboard(results: Results, out: Path) -> Path:
+    """Write ``out/index.html`` and ``out/tables/*``; return the page path."""
+    out = Path(out)
+    runs = ranking.usable_runs(results.done())
+    scores = ranking.scores_frame(ranking.cell_scores(runs)) if not runs.empty else pd.DataFrame()
+    board = ranking.leaderboard_table(scores)
+    tests = [significance.friedman(scores, m, t) for m in ranking.GAPS for t, _, _ in ranking.TIERS
+             if not scores.empty and ((scores["metric"] == m) & (scores["tier"] == t)).any()]
+    twins = significance.twin_tests(scores) if not scores.empty else []
+    tables = out / "tables"
+    export.write_frame(board, tables, "leaderboard")
+    if not scores.empty:
+        export.write_frame(scores.drop(columns=["per_seed"]).assign(front=scores["front"].map(" ".join)), tables, "cells")
+    export.write_frame(pd.DataFrame([t.__dict__ for t in tests]).drop(columns=["mean_ranks"], errors="ignore"), tables, "friedman")
+    export.write_frame(pd.DataFrame([t.__dict__ for t in twins]), tables, "twins")
+    export.write_runs(results.runs, tables)
+    # the first row of each (metric, tier, method) in the cell table is the target of its summary links
+    anchors = {}
+    cells = scores.sort_values(["metric", "tier", "method", "task_label", "model"]).to_dict("records") if not scores.empty else []
+    for c in cells:
+        c["anchor"] = "c-" + hashlib.sha1(f"{c['metric']}|{c['tier']}|{c['method']}".encode()).hexdigest()[:10]
+        c["first"] = (c["metric"], c["tier"], c["method"]) not in anchors
+        anchors.setdefault((c["metric"], c["tier"], c["method"]), c["anchor"])
+    page = environment().get_template("leaderboard.html.j2").render(
+        board=board.to_dict("records"),
+        anchors=anchors,
+        cells=cells,
+        tests=[(t, significance.cd_diagram(t)) for t in tests],
+        twins=twins,
+        tiers=[t for t, _, _ in ranking.TIERS],
+        metrics=list(ranking.GAPS),
+        gap_keys=ranking.GAPS,
+        max_gap=MAX_GAP,
+        alpha=significance.ALPHA,
+        tasks=sorted({c["task_label"] for c in cells}),
+        colours=palette(results.runs["method"].unique()),
+        methods=sorted(results.runs.loc[results.runs["status"] == "done", "method"].unique()),
+        ranked=sorted(board["method"].unique()) if not board.empty else [],
+        details=run_sections(results, with_predictions=False),
+        twin_map=significance.TWINS,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "index.html"
+    path.write_text(page, encoding="utf-8")
+    return path

@@ -1,0 +1,125 @@
+"""Which columns a comparison table shows, in which group, with which definition.
+
+Binary tasks show the gaps users know from Fairlearn (TPR gap, FPR gap, equalized-odds
+difference, demographic-parity difference): the class-mean EOpp0/EOpp1/EOdd are three
+copies of one number when K = 2. Multi-class tasks show EOpp0/EOpp1/EOdd in the table
+form, with the equation (sum) form as a detail column one click away.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from fairsqueeze.metrics import metric_def
+
+UTILITY = "accuracy"  # the utility axis of every plot and of the leaderboard
+EODDS = "eodds_diff"  # derived per run from stored metrics: max(deo, fpr_diff)
+WORST_CHANGE = "worst_group_change"
+_GROUP = re.compile(r"^(\w+)\[g=(-?\d+)\]$")
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str  # the key in the run frame
+    label: str  # the header
+    group: str  # utility / fairness / cost / change
+    description: str
+    higher_is_better: bool | None
+    detail: str = ""  # CSS class of a column hidden until its toggle is clicked
+    digits: int = 3
+
+
+# Definitions of the columns that are not registry metrics.
+DERIVED = {
+    EODDS: ("Equalized-odds difference (Fairlearn): max of the TPR gap (deo) and the FPR gap (fpr_diff).", False),
+    "compression_ratio": ("Dense stored parameters / stored parameters (the papers' convention).", True),
+    "serialized_bytes": ("Bytes written when the model is serialized.", False),
+    "latency_s": ("Measured inference latency in seconds (batch, median).", False),
+    "apply_s": ("Wall time of the method itself (dense training excluded), seconds.", False),
+    "passes_total": ("Sum of the forward/backward passes the method reports (the run lists each kind).", False),
+    WORST_CHANGE: ("Lowest per-group accuracy change against the dense model of the same seed.", True),
+}
+
+
+def is_binary(num_classes: int) -> bool:
+    return int(num_classes) <= 2
+
+
+def headline_gap(num_classes: int) -> str:
+    """The unfairness axis: equalized-odds difference (binary) or EOdd table form."""
+    return EODDS if is_binary(num_classes) else "eodd"
+
+
+def _metric(key: str, label: str, group: str, detail: str = "") -> Column:
+    d = metric_def(key)
+    return Column(key, label, group, d.description, d.higher_is_better, detail)
+
+
+def _derived(key: str, label: str, group: str, digits: int = 3) -> Column:
+    description, better = DERIVED[key]
+    return Column(key, label, group, description, better, digits=digits)
+
+
+def groups_in(keys, base: str) -> list[int]:
+    return sorted(int(m.group(2)) for k in keys if (m := _GROUP.match(k)) and m.group(1) == base)
+
+
+def comparison_columns(metric_keys, num_classes: int) -> list[Column]:
+    """Every column of a comparison table, for the metric keys a store holds."""
+    keys = set(metric_keys)
+    cols: list[Column] = []
+    for base, short in (("precision", "P"), ("recall", "R"), ("f1", "F1")):
+        cols += [_metric(f"{base}[g={g}]", f"{short}[{g}]", "utility", "detail-groups") for g in groups_in(keys, base)]
+        cols += [_metric(f"{base}_avg", f"{short} avg", "utility"), _metric(f"{base}_diff", f"{short} diff", "utility")]
+    cols.append(_metric("accuracy", "accuracy", "utility"))
+    if is_binary(num_classes):
+        cols += [
+            _metric("deo", "TPR gap", "fairness"),
+            _metric("fpr_diff", "FPR gap", "fairness"),
+            _derived(EODDS, "EOdds diff", "fairness"),
+            _metric("dp_diff", "DP diff", "fairness"),
+        ]
+    else:
+        cols += [_metric(k, k, "fairness") for k in ("eopp0", "eopp1", "eodd")]
+        cols += [_metric(f"{k}_sum", f"{k}_sum", "fairness", "detail-sum") for k in ("eopp0", "eopp1", "eodd")]
+    cols += [
+        _derived("compression_ratio", "ratio", "cost", 2),
+        _derived("serialized_bytes", "bytes", "cost", 0),
+        _derived("latency_s", "latency s", "cost", 4),
+        _derived("apply_s", "method s", "cost", 2),
+        _derived("passes_total", "passes", "cost", 1),
+    ]
+    for g in groups_in(keys, "accuracy"):
+        cols.append(Column(f"change_acc[g={g}]", f"Δacc[{g}]", "change",
+                           f"Accuracy change of group {g} against the dense model of the same seed.", True))
+    cols.append(_derived(WORST_CHANGE, "worst Δacc", "change"))
+    return [c for c in cols if c.key in keys or c.key in DERIVED or c.group == "change"]
+
+
+def add_derived(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per-run columns computed from stored values: the equalized-odds difference, the
+    method's time and passes, and the per-group accuracy change against the dense run of
+    the same (task, model, seed) in the same frame."""
+    frame = frame.copy()
+    if "deo" in frame and "fpr_diff" in frame:
+        frame[EODDS] = frame[["deo", "fpr_diff"]].max(axis=1, skipna=False)
+    frame["apply_s"] = frame["timings"].map(lambda t: (t or {}).get("apply_s", np.nan))
+    frame["passes_total"] = frame["info"].map(_passes_total)
+    acc = [f"accuracy[g={g}]" for g in groups_in(frame.columns, "accuracy")]
+    dense = frame[frame["method"] == "dense"].drop_duplicates("dense_key").set_index("dense_key")[acc]
+    base = dense.reindex(frame["dense_key"]).to_numpy()
+    change = frame[acc].to_numpy(dtype=float) - base
+    for i, key in enumerate(acc):
+        frame[key.replace("accuracy", "change_acc")] = change[:, i]
+    frame[WORST_CHANGE] = np.nan if not acc else np.nanmin(np.where(np.isnan(change), np.inf, change), axis=1)
+    frame.loc[np.isinf(frame[WORST_CHANGE]), WORST_CHANGE] = np.nan
+    return frame
+
+
+def _passes_total(info) -> float:
+    passes = (info or {}).get("passes") or {}
+    values = [v for v in passes.values() if isinstance(v, (int, float))]
+    return float(sum(values)) if values else np.nan

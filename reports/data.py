@@ -1,0 +1,57 @@
+"""What reports and the leaderboard read: the stored runs of a suite (or of every suite)
+with their metrics and footprint, as plain data frames. Nothing here recomputes a model."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+# columns of a run record that are dicts/lists (kept as Python objects in the frames)
+OBJECT_COLUMNS = ("sweep", "params", "flags", "info", "timings")
+# footprint columns joined to each run (renamed where a run column has the same name)
+FOOTPRINT_PREFIX = "footprint_"
+
+
+@dataclass
+class Results:
+    """Stored results, read once. ``runs`` has one row per suite membership
+    (see ``fairsqueeze.results.suite_runs``); ``metrics`` and ``footprint`` are indexed by
+    run key; ``predictions(run_key, split)`` reads per-example predictions on demand."""
+
+    runs: pd.DataFrame
+    metrics: pd.DataFrame
+    footprint: pd.DataFrame
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dense: pd.DataFrame = field(default_factory=pd.DataFrame)
+    predictions: Callable[[str, str], dict[str, np.ndarray]] | None = None
+    split: str = "test"
+
+    def done(self) -> pd.DataFrame:
+        """Finished runs, one row per membership, with their metrics and footprint joined
+        (metric columns keep their registry keys)."""
+        done = self.runs[self.runs["status"] == "done"]
+        fp = self.footprint.rename(columns={c: FOOTPRINT_PREFIX + c for c in self.footprint.columns if c in done})
+        frame = done.join(self.metrics, on="run_key").join(fp, on="run_key")
+        return frame.reset_index(drop=True)
+
+    def failed(self) -> pd.DataFrame:
+        return self.runs[self.runs["status"] == "failed"].reset_index(drop=True)
+
+
+def load(store, suite: str | None = None, split: str = "test") -> Results:
+    """Read the runs of ``suite`` (every suite when None) from ``store``."""
+    from fairsqueeze.results import footprint_table, metric_table, suite_runs
+
+    runs = suite_runs(store, suite)
+    keys = runs.loc[runs["status"] == "done", "run_key"].unique().tolist()
+    return Results(
+        runs=runs,
+        metrics=metric_table(store, keys, split=split),
+        footprint=footprint_table(store, keys),
+        tasks=store.task_summaries(),
+        dense=store.dense_frame(),
+        predictions=store.predictions,
+        split=split,
+    )

@@ -1,0 +1,122 @@
+"""The suite report: one self-contained HTML file (inline CSS, JS and figures), written
+with its CSV/JSON/LaTeX/Markdown exports from stored results alone."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from fairsqueeze.biascard import format_bias_card
+from fairsqueeze.leaderboard.hypervolume import hypervolume, reference_point
+
+from . import export, figures
+from .columns import UTILITY, headline_gap
+from .data import Results
+from .runs import failed_runs, run_sections
+from .tables import Comparison, Row, comparisons
+
+TEMPLATES = Path(__file__).parent / "templates"
+COMPRESSED = 1.05  # a row below this compression ratio is not a compression result
+
+
+def environment() -> Environment:
+    """Jinja2 with autoescaping on every template: names, labels, parameters and errors
+    come from users and are always escaped."""
+    return Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+@dataclass
+class TaskSection:
+    comp: Comparison
+    gap: str
+    ref: tuple[float, float]
+    pareto: str
+    cost: str
+    ablations: list[tuple[str, str]]
+    cards: list[dict]
+    exports: list[str]
+    best: Row | None = None
+    dense: Row | None = None
+    front: set[str] = field(default_factory=set)
+
+
+def best_tradeoff(comp: Comparison) -> Row | None:
+    """The compressed, unflagged row whose own point has the largest hypervolume against
+    the task's fixed reference point (see ``fairsqueeze.leaderboard.hypervolume``)."""
+    gap = headline_gap(comp.num_classes)
+    scored = [
+        (hypervolume([r.values[UTILITY].mean], [r.values[gap].mean], comp.num_classes), r)
+        for r in comp.rows
+        if r.ranked and r.method != "dense" and r.values["compression_ratio"].mean >= COMPRESSED
+    ]
+    scored = [(hv, r) for hv, r in scored if hv > 0]
+    return max(scored, key=lambda s: s[0])[1] if scored else None
+
+
+def front_labels(comp: Comparison) -> set[str]:
+    """Labels of the unflagged rows on the (utility ↑, unfairness ↓) front of the table."""
+    gap = headline_gap(comp.num_classes)
+    rows = [r for r in comp.rows if r.ranked and np.isfinite([r.values[UTILITY].mean, r.values[gap].mean]).all()]
+    if not rows:
+        return set()
+    pts = np.array([[r.values[gap].mean, r.values[UTILITY].mean] for r in rows])
+    return {rows[i].label for i in figures.pareto_front(pts)}
+
+
+def _cards(results: Results, comp: Comparison) -> list[dict]:
+    dense = results.dense
+    if dense.empty or "bias_card" not in dense:
+        return []
+    rows = dense[(dense["task_key"] == comp.task_key) & (dense["model"] == comp.model)].sort_values("seed")
+    return [{"seed": int(r["seed"]), "text": format_bias_card(r["bias_card"])} for _, r in rows.iterrows() if r["bias_card"]]
+
+
+def build_report(results: Results, suite: str, out: Path) -> Path:
+    """Write ``out/index.html`` and ``out/tables/*`` for ``suite``; return the page path."""
+    out = Path(out)
+    tables_dir = out / "tables"
+    colours = figures.palette(results.runs["method"].unique())
+    sections = []
+    for comp in comparisons(results.done()):
+        written = export.write_comparison(comp, tables_dir)
+        dense_rows = [r for r in comp.rows if r.method == "dense"]
+        sections.append(
+            TaskSection(
+                comp=comp,
+                gap=headline_gap(comp.num_classes),
+                ref=reference_point(comp.num_classes),
+                pareto=figures.pareto_plot(comp, colours),
+                cost=figures.cost_plot(comp, colours),
+                ablations=[(p, figures.ablation_plot(comp, p, colours)) for p in figures.swept_parameters(comp)],
+                cards=_cards(results, comp),
+                exports=[p.relative_to(out).as_posix() for p in written],
+                best=best_tradeoff(comp),
+                dense=dense_rows[0] if dense_rows else None,
+                front=front_labels(comp),
+            )
+        )
+    export.write_runs(results.runs, tables_dir)
+    failed = failed_runs(results)
+    page = environment().get_template("report.html.j2").render(
+        suite=suite,
+        split=results.split,
+        tasks=sections,
+        colours=colours,
+        methods=set(results.runs["method"]),
+        details=run_sections(results),
+        failed=failed,
+        n_runs=results.runs.loc[results.runs["status"].isin(["done", "failed"]), "run_key"].nunique(),
+        n_failed=len(failed),
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "index.html"
+    path.write_text(page, encoding="utf-8")
+    return path

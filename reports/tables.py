@@ -1,0 +1,143 @@
+"""Comparison tables: one per (task identity, model), the dense model first, then one row
+per method entry (sweep values included), every value a mean ± 95 % CI over seeds."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .columns import Column, add_derived, comparison_columns
+from .stats import Estimate, estimate, estimates
+
+# flags that keep a row out of "best" marks: a constant model is not fair, a no-op is no result
+UNRANKED_FLAGS = ("degenerate", "no_effect")
+
+
+@dataclass
+class Row:
+    label: str
+    method: str
+    family: str
+    entry: int
+    entry_label: str
+    sweep: dict
+    runs: list[tuple[int, str]]  # (seed, run key), by seed
+    flags: dict[str, int]  # flag -> number of seeds carrying it
+    values: dict[str, Estimate]
+    best: set[str] = field(default_factory=set)
+
+    @property
+    def ranked(self) -> bool:
+        return not any(self.flags.get(f) for f in UNRANKED_FLAGS)
+
+    @property
+    def seeds(self) -> int:
+        return len(self.runs)
+
+
+@dataclass
+class Comparison:
+    task_key: str
+    task_label: str
+    model: str
+    num_classes: int
+    columns: list[Column]
+    rows: list[Row]
+
+    @property
+    def anchor(self) -> str:
+        return "t-" + hashlib.sha1(f"{self.task_key}|{self.model}".encode()).hexdigest()[:12]
+
+    def numeric(self) -> pd.DataFrame:
+        """Means, CI half-widths and seed counts as numbers (CSV/JSON export)."""
+        records = []
+        for row in self.rows:
+            rec = {"task": self.task_label, "task_key": self.task_key, "model": self.model, "label": row.label,
+                   "method": row.method, "seeds": row.seeds, "flags": ",".join(sorted(k for k, v in row.flags.items() if v)),
+                   "runs": " ".join(k for _, k in row.runs)}
+            for col in self.columns:
+                est = row.values[col.key]
+                rec[col.key] = est.mean
+                rec[f"{col.key} ci95"] = est.half_width
+            records.append(rec)
+        return pd.DataFrame.from_records(records)
+
+    def display(self, detail: bool = False) -> pd.DataFrame:
+        """"mean ± ci" strings with headers as shown (LaTeX/Markdown export); the best
+        value per column is starred; detail columns are left out unless asked for."""
+        cols = [c for c in self.columns if detail or not c.detail]
+        data = {}
+        for col in cols:
+            data[col.label] = [
+                ("" if np.isnan(r.values[col.key].mean) else f"{r.values[col.key].mean:.{col.digits}f}")
+                + (f" ± {r.values[col.key].half_width:.{col.digits}f}" if np.isfinite(r.values[col.key].half_width) else "")
+                + ("*" if col.key in r.best else "")
+                for r in self.rows
+            ]
+        index = pd.Index([f"{r.label} (n={r.seeds})" + (" [" + ",".join(k for k, v in r.flags.items() if v) + "]" if any(r.flags.values()) else "") for r in self.rows], name="method")
+        return pd.DataFrame(data, index=index)
+
+
+def _row(label: str, members: pd.DataFrame, values: dict[str, Estimate]) -> Row:
+    members = members.sort_values("seed")
+    first = members.iloc[0]
+    flags: dict[str, int] = {}
+    for fl in members["flags"]:
+        for f in fl or ():
+            flags[f] = flags.get(f, 0) + 1
+    return Row(
+        label=label,
+        method=first["method"],
+        family=first.get("family", "") or "",
+        entry=int(first["entry"]),
+        entry_label=first["entry_label"],
+        sweep=dict(first["sweep"] or {}),
+        runs=list(zip(members["seed"].astype(int), members["run_key"])),
+        flags=flags,
+        values=values,
+    )
+
+
+def _mark_best(rows: list[Row], columns: list[Column]) -> None:
+    ranked = [r for r in rows if r.ranked]
+    for col in columns:
+        if col.higher_is_better is None:
+            continue
+        means = np.array([r.values[col.key].mean for r in ranked], dtype=float)
+        if not np.isfinite(means).any():
+            continue
+        best = np.nanmax(means) if col.higher_is_better else np.nanmin(means)
+        for r, m in zip(ranked, means):
+            if np.isclose(m, best, rtol=0, atol=1e-12):
+                r.best.add(col.key)
+
+
+def comparisons(frame: pd.DataFrame, tasks: dict | None = None) -> list[Comparison]:
+    """One :class:`Comparison` per (task_key, model) of the finished runs in ``frame``
+    (``Results.done()``)."""
+    if frame.empty:
+        return []
+    frame = add_derived(frame)
+    metric_keys = [c for c in frame.columns if "[g=" in c or c in _METRICISH]
+    out = []
+    for (task_key, model), cell in frame.groupby(["task_key", "model"], sort=True):
+        num_classes = int(cell["num_classes"].iloc[0])
+        columns = comparison_columns(metric_keys, num_classes)
+        order = cell.assign(_dense=cell["method"] != "dense").sort_values(["_dense", "entry", "label"])
+        present = [c.key for c in columns if c.key in cell]
+        values = estimates(order, "label", present)
+        empty = estimate([])
+        rows = [_row(label, members, {c.key: values[label].get(c.key, empty) for c in columns})
+                for label, members in order.groupby("label", sort=False)]
+        _mark_best(rows, columns)
+        out.append(Comparison(task_key, cell["task_label"].iloc[0], model, num_classes, columns, rows))
+    return sorted(out, key=lambda c: (c.task_label, c.model))
+
+
+# the scalar metric keys a comparison may show (per-group keys are matched by "[g=")
+_METRICISH = {
+    "accuracy", "precision_avg", "precision_diff", "recall_avg", "recall_diff", "f1_avg", "f1_diff",
+    "deo", "fpr_diff", "dp_diff", "eopp0", "eopp1", "eodd", "eopp0_sum", "eopp1_sum", "eodd_sum",
+}
