@@ -69,11 +69,11 @@ def test_an_overlapping_suite_shows_every_row_and_computes_nothing_twice(isolate
     # Table 2 shares the dense model, the SVD and the FairLRF centre point with the ablation
     table2 = parse_suite(narrow("fairlrf_table2"))
     report2 = runner.run(table2)
-    assert (report2.done, report2.skipped) == (3, 3)  # only SLR-w, SLR-a and FairPrune are new
+    assert (report2.done, report2.skipped) == (4, 3)  # only SLR-w, SLR-a, FairPrune and FairQuantize are new
     (t2,) = results_tables(runner.store, suite="fairlrf_table2").values()
     assert list(t2.index.get_level_values("label")) == ["dense", "truncated SVD (k=64)", "SLR-w (0.5, 0.5)",
                                                         "SLR-a (0.5, 0.5)", "FairLRF (0.4, 0.0, 5/9)",
-                                                        "FairPrune (35 %, 1/3)"]
+                                                        "FairPrune (35 %, 1/3)", "FairQuantize (20 %, 5/9)"]
     assert not t2.filter(like="Δacc").isna().any().any()  # the dense row is there: changes are defined
     # ... and the ablation's table still has every row
     assert len(results_tables(runner.store, suite="fairlrf_ablation").popitem()[1]) == len(planned)
