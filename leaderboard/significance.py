@@ -29,7 +29,11 @@ TWINS = {
     "fairlrf": ("slr_w", "slr_a", "truncated_svd"),
     "fairprune": ("magnitude_prune",),
     "fairquantize": ("int8_ptq",),
-    "fairalm": ("fairalm_unconstrained", "unconstrained"),
+    "fairalm": ("unconstrained", "l2_penalty"),
+    "fairprune_structured": ("magnitude_prune_structured",),
+    "lora_orthogonal": ("lora_erm",),
+    "lora_adversarial": ("lora_erm",),
+    "lora_unlearn": ("lora_erm",),
 }
 
 
