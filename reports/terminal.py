@@ -15,7 +15,11 @@ GAPS_MULTI = (("eopp0", "EOpp0"), ("eopp1", "EOpp1"), ("eodd", "EOdd"))
 
 
 def _fit(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+    """Cut from the middle: a label's end holds its sweep values, which tell rows apart."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head):]
 
 
 def _value(row: Row, key: str, digits: int = 3, ci: bool = False) -> str:
