@@ -40,6 +40,7 @@ below share the trainer, epochs, optimizer, inner steps and initialisation:
 """
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,7 +102,7 @@ class InnerStepTrainer(Trainer):
         return float(np.mean(losses))
 
 
-class GroupObjective:
+class GroupObjective(abc.ABC):
     """Cross-entropy plus a group term; keeps the last batch's rates for a dual step."""
 
     def __init__(self, constraint: str, surrogate: str, num_classes: int, device: torch.device):
@@ -121,8 +122,9 @@ class GroupObjective:
         term = self.group_term(mu, present.to(mu.dtype))
         return nn.functional.cross_entropy(logits, batch.y) + term
 
+    @abc.abstractmethod
     def group_term(self, mu: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The penalty added to the cross-entropy for these group rates."""
 
 
 class ALMObjective(GroupObjective):

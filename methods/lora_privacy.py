@@ -21,6 +21,8 @@ passes between them goes through :class:`Channel` as serialised :class:`AdapterM
 """
 from __future__ import annotations
 
+import abc
+
 import copy
 import dataclasses
 import logging
@@ -406,9 +408,9 @@ class PrivacySplitLoRA(Method):
                               self.train_config(self.developer_epochs()), ctx.device, ctx.seed)
         return developer, auditor, origin
 
+    @abc.abstractmethod
     def exchange(self, developer: Developer, auditor: Auditor, channel: Channel) -> dict[str, Any]:
         """The variant's protocol; returns what is worth keeping in the run's info."""
-        raise NotImplementedError
 
     def apply(self, ctx: MethodContext) -> Outcome:
         developer, auditor, origin = self.sides(ctx)
