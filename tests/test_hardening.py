@@ -160,3 +160,10 @@ def test_parameters_out_of_range_are_one_line_before_anything_runs(isolated, cap
     code, err = run_cli(capsys, str(path), "--db", f"sqlite:///{isolated}/x.db")
     assert code == 2 and err.count("\n") == 0 and message in err, err
     assert not (isolated / "x.db").exists()
+
+
+def test_an_unreachable_postgresql_server_is_one_line_naming_host_and_port(capsys):
+    code = main(["show", "--db", "postgresql://fairsqueeze@127.0.0.1:9/results"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0
+    assert '"127.0.0.1", port 9 failed' in err
