@@ -100,7 +100,6 @@ def perf_env(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.mark.xfail(strict=False, reason="target 1.7x not yet shown: 1.25x measured on a loaded 2-core machine")
 def test_two_workers_on_postgresql_vs_one(benchmark, postgres_server, perf_env):
     path = suite_file(perf_env)
     warm_cache(path, postgres_server.new_database())
