@@ -11,7 +11,7 @@ from scipy import stats
 from sqlalchemy import select
 
 from .store import Store
-from .tuning import pareto_front
+from .tuning import pareto_front, trial_params
 from .worker import selections, work_meta
 
 
@@ -27,7 +27,7 @@ def front_table(study: optuna.Study) -> pd.DataFrame:
     """The Pareto front of one study: trial number, objective values on validation, params."""
     names = study.user_attrs.get("objectives", [f"objective{i}" for i in range(len(study.directions))])
     rows = [
-        {"trial": t.number, **dict(zip(names, t.values)), "params": t.user_attrs.get("params", t.params)}
+        {"trial": t.number, **dict(zip(names, t.values)), "params": trial_params(t)}
         for t in pareto_front(study)
     ]
     return pd.DataFrame(rows, columns=["trial", *names, "params"])
