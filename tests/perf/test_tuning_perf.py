@@ -38,7 +38,7 @@ from fairsqueeze.worker import Worker
 
 MIN_SPEEDUP = 1.7
 MAX_OVERHEAD = 0.05
-TRIALS = 4
+TRIALS = 6  # as in the tuning_cpu suite
 
 
 def suite_file(tmp_path: Path, name: str = "perf") -> Path:
@@ -48,7 +48,8 @@ def suite_file(tmp_path: Path, name: str = "perf") -> Path:
         "train": {"epochs": 3, "batch_size": 128, "lr": 0.02, "optimizer": "sgd", "momentum": 0.9},
         "tasks": [{"name": "adult", "options": {"sensitive": "sex"}}],
         "models": [{"name": "mlp", "options": {"hidden": [128, 64]}}],
-        "tuning": {"trials": TRIALS, "sampler": {"name": "tpe", "seed": 0}, "policies": ["best_utility", "utopia"]},
+        "tuning": {"trials": TRIALS, "sampler": {"name": "tpe", "seed": 0, "options": {"n_startup_trials": 3}},
+                   "policies": ["best_utility", "utopia"]},
         "methods": [
             {"name": m, "params": {"layer": "fc2", "k": 32}, "tune": True}
             for m in ("truncated_svd", "slr_w", "slr_a", "fairlrf")
