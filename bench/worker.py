@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import time
+import traceback
 import uuid
 import warnings
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .errors import FairsqueezeError
 from .hashing import config_hash
+from .progress import progress_bar
 from .runner import suite_definition
 from .suite import MethodEntry, RunSpec, Suite
 from .tasks import sealed_test_split, test_split_violations
@@ -53,6 +55,7 @@ log = logging.getLogger("fairsqueeze")
 MAX_TRIAL_RETRIES = 3  # a trial whose worker died is re-enqueued at most this many times
 HEARTBEAT_S = 10  # Optuna heartbeat interval of a running trial (seconds)
 DB_LOCK_KEY = 0x66737164  # advisory-lock id under which workers create the tables
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED)
 
 # heartbeats, stale-trial failure and the retry callback are marked experimental by Optuna
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -250,7 +253,9 @@ class Worker:
         self._finished_studies: set[str] = set()
         self._studies: dict[str, optuna.Study] = {}
         self._info: dict[str, dict] = {}  # selected run key -> what selected it
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self._counted: set[str] = set()  # run keys already in the progress bar's total
+        self._bar = progress_bar(disable=True)
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are logged in one line below
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self, plan) -> WorkReport:
@@ -266,16 +271,31 @@ class Worker:
             self._create_study(name, suite, spec)
         selected = self._selected_runs(studies)
         self._record_membership(selected)
-        while True:
-            progressed, busy = self._round(plan, studies, selected, report)
-            if progressed:
-                selected = self._selected_runs(studies)
-                if set(selected) - set(self._members):
-                    self._record_membership(selected)
-                continue
-            if not busy:
-                return report
-            time.sleep(self.poll_s)
+        with progress_bar(total=0, desc=f"suite {suite.name}", unit="item") as self._bar:
+            self._count_pending(plan.runs + list(selected.values()), studies)
+            while True:
+                progressed, busy = self._round(plan, studies, selected, report)
+                if progressed:
+                    selected = self._selected_runs(studies)
+                    self._count_pending(list(selected.values()), {})
+                    if set(selected) - set(self._members):
+                        self._record_membership(selected)
+                    continue
+                if not busy:
+                    return report
+                time.sleep(self.poll_s)
+
+    def _count_pending(self, runs: list[RunSpec], studies: dict[str, RunSpec]) -> None:
+        """Add to the progress bar's total the runs not yet done (each once) and the trials the
+        studies still lack; selected runs are added as policies choose them."""
+        keys = {r.key for r in runs} - self._counted
+        self._counted |= keys
+        pending = len(keys - self.store.keys_with_status(list(keys), "done"))
+        for name, spec in studies.items():
+            finished = self._studies[name].get_trials(deepcopy=False, states=FINISHED)
+            pending += max(0, spec.method.tune.trials - len(finished))
+        self._bar.total += pending
+        self._bar.refresh()
 
     def _round(self, plan, studies, selected, report) -> tuple[bool, bool]:
         """Do one item if one can be claimed. Returns (did something, something is held elsewhere)."""
@@ -339,6 +359,7 @@ class Worker:
                 report.failed.append(spec.key)
             else:
                 report.runs += 1
+            self._bar.update(1)
             return True
 
     def _selected_runs(self, studies: dict[str, RunSpec]) -> dict[str, RunSpec]:
@@ -370,6 +391,7 @@ class Worker:
         try:
             study = optuna.create_study(storage=self.storage, study_name=name, directions=tune.objectives.directions())
         except optuna.exceptions.DuplicatedStudyError:
+            self._studies[name] = optuna.load_study(study_name=name, storage=self.storage)
             return
         attrs = {
             "suite": suite.name,
@@ -402,9 +424,7 @@ class Worker:
             if claim is None:
                 return None
             tune = spec.method.tune
-            if name not in self._studies:  # loaded once: the study object reads trials from the database
-                self._studies[name] = optuna.load_study(study_name=name, storage=self.storage)
-            study = self._studies[name]
+            study = self._studies[name]  # created or loaded once by run()
             trials = study.get_trials(deepcopy=False)
             if any(t.state == optuna.trial.TrialState.RUNNING for t in trials):
                 # only a dead worker leaves a running trial behind: fail it once its heartbeat
@@ -441,8 +461,15 @@ class Worker:
 
         reference = self._reference(spec)  # outside the sealed trial: it predicts on test too
         study.sampler = sampler.build(seed=derived_seed(sampler.seed, name, first))
-        objective = lambda trial: self._trial(name, spec, reference, trial, origins.get(trial.number, trial.number))  # noqa: E731
-        study.optimize(objective, n_trials=n_trials, catch=(Exception,), callbacks=[reseed])
+        def objective(trial: optuna.trial.Trial) -> list[float]:
+            try:
+                return self._trial(name, spec, reference, trial, origins.get(trial.number, trial.number))
+            except Exception as exc:  # Optuna marks the trial failed; one line here, the traceback on the trial
+                trial.set_user_attr("error", traceback.format_exc())
+                log.warning("%s: trial %d failed: %s: %s", name, trial.number, type(exc).__name__, exc)
+                raise
+
+        study.optimize(objective, n_trials=n_trials, catch=(Exception,), callbacks=[reseed, lambda *_: self._bar.update(1)])
 
     def _trial(self, name: str, spec: RunSpec, reference, trial: optuna.trial.Trial, origin: int) -> list[float]:
         """Apply the method with the trial's params to the dense reference and score it on

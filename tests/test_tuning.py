@@ -196,7 +196,7 @@ def test_a_sequential_study_is_reproducible_from_its_sampler_seed(isolated):
     assert len({json.dumps(p) for p, _, _ in results[0]}) > 1  # the sampler really explored
 
 
-def test_nothing_on_the_tuning_path_reads_the_test_split(isolated, monkeypatch):
+def test_nothing_on_the_tuning_path_reads_the_test_split(isolated, monkeypatch, capfd, caplog):
     """Trials run with the test split sealed: an ordinary tuning completes every trial without
     a single attempt to read it, while a method that reaches for it fails its trial."""
     from dataclasses import dataclass
@@ -241,11 +241,18 @@ def test_nothing_on_the_tuning_path_reads_the_test_split(isolated, monkeypatch):
 
     db = f"sqlite:///{isolated}/p.db"
     path = write_suite(isolated, [{"name": "peek", "tune": True}], {"trials": 2, "sampler": "random"}, name="peek")
+    capfd.readouterr()
+    caplog.clear()
     main(["run", str(path), "--db", db, "--quiet"])
     (summary,) = optuna.get_all_study_summaries(storage=db)
     study = optuna.load_study(study_name=summary.study_name, storage=db)
     assert seen == ["sealed", "sealed"]
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
+    # each failed trial is one logged line, no traceback anywhere; the traceback is kept on the trial
+    failed = [r.getMessage() for r in caplog.records if "failed: FairsqueezeError" in r.getMessage()]
+    assert len(failed) == 2 and "tried to read the test split" in failed[0]
+    assert not [r for r in caplog.records if r.exc_info] and "Traceback" not in capfd.readouterr().err
+    assert all("Traceback" in t.user_attrs["error"] and "test split" in t.user_attrs["error"] for t in study.trials)
 
 
 def test_a_second_worker_on_sqlite_is_refused_with_a_pointer_to_postgresql(isolated, capsys):
@@ -362,3 +369,36 @@ def test_selected_results_are_per_task_even_when_entries_share_a_label(isolated)
     table = selected_results(Store(db))
     assert len(table) == 2 and table["task"].nunique() == 2 and (table["seeds"] == 1).all()
     assert (table["trials"] == 2).all() and set(table["policy"]) == {"best_utility"}
+
+
+def test_the_progress_bar_counts_runs_trials_and_selected_runs(isolated, monkeypatch):
+    """The bar's total is the work the suite still had (fixed runs, missing trials, then the
+    selected runs as the policies choose them), and the worker ends with it full."""
+    import io
+
+    from tqdm import tqdm
+
+    from fairsqueeze import worker as worker_module
+    from fairsqueeze.runner import Runner, plan_suite, resolve_device
+    from fairsqueeze.suite import load_suite
+    from fairsqueeze.tasks import data_root
+
+    bars = []
+
+    def visible_bar(iterable=None, **kwargs):
+        kwargs.pop("disable", None)
+        bars.append(tqdm(iterable, file=io.StringIO(), disable=False, **kwargs))
+        return bars[-1]
+
+    monkeypatch.setattr(worker_module, "progress_bar", visible_bar)
+    db = f"sqlite:///{isolated}/bar.db"
+    plan = plan_suite(load_suite(str(write_suite(isolated))), data_root())
+    report = worker_module.Worker(Runner(Store(db), data_root(), resolve_device("cpu"))).run(plan)
+    bar = bars[-1]
+    selected = len(Store(db).runs_frame()) - 1  # every run but the dense one was selected
+    assert report.trials == 2 * 4 and report.runs == 1 + selected
+    assert bar.total == bar.n == 1 + 2 * 4 + selected
+
+    # on a finished suite nothing is left: the bar is empty and full
+    worker_module.Worker(Runner(Store(db), data_root(), resolve_device("cpu"))).run(plan)
+    assert bars[-1].total == bars[-1].n == 0
