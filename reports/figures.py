@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import patheffects  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 
@@ -18,6 +19,7 @@ from .columns import UTILITY, headline_gap  # noqa: E402
 from .tables import Comparison, Row  # noqa: E402
 
 DENSE_COLOUR = "#000000"
+LABEL_STEP = 0.07  # axes fraction between two stacked policy names in the tuning figure
 
 
 def palette(methods) -> dict[str, str]:
@@ -169,31 +171,31 @@ def tuning_figure(studies, colours: dict[str, str]):
     fig, axes = plt.subplots(nrows, ncols, figsize=(7.0 * ncols, height), sharex=True, sharey=True, squeeze=False)
     fig.subplots_adjust(left=0.07, right=0.98, top=1 - 0.4 / height, bottom=1.25 / height, hspace=0.3, wspace=0.06)
     seeds = sorted({int(s.attrs["seed"]) for s in studies})
-    xs = np.concatenate([s.trials["utility"].to_numpy(float) for s in studies])
-    middle = (np.nanmin(xs) + np.nanmax(xs)) / 2 if np.isfinite(xs).any() else 0.0
     dashes = dict(zip(seeds, ["-", "--", ":", "-."] * len(seeds)))
+    outline = [patheffects.withStroke(linewidth=3.2, foreground="#444444")]  # light method colours stay visible
+    notes: dict = {}  # axes -> [(x, y, text)] of the selected trials
     for ax, (label, mine) in zip(axes.flat, entries.items()):
         colour = colours.get(mine[0].attrs["method"], "#888888")
         for other in studies:
             if other.attrs["label"] != label and not other.trials.empty:
                 ax.scatter(other.trials["utility"], other.trials["unfairness"], s=14, marker="+", color="#b0b0b0",
                            lw=0.8, zorder=1)
-        notes = 0
         for study in mine:
             t = study.trials
             if t.empty:
                 continue
             feasible, flagged = t["feasible"].astype(bool), t["flagged"].astype(bool)
             ok, hollow, cross = feasible & ~flagged, feasible & flagged, ~feasible
-            ax.scatter(t.loc[ok, "utility"], t.loc[ok, "unfairness"], s=24, color=colour, alpha=0.45, lw=0, zorder=2)
+            ax.scatter(t.loc[ok, "utility"], t.loc[ok, "unfairness"], s=24, color=colour, alpha=0.6, ec="#555555",
+                       lw=0.4, zorder=2)
             ax.scatter(t.loc[hollow, "utility"], t.loc[hollow, "unfairness"], s=24, facecolors="none",
-                       edgecolors=colour, alpha=0.8, zorder=2)
-            ax.scatter(t.loc[cross, "utility"], t.loc[cross, "unfairness"], s=24, marker="x", color=colour, alpha=0.8,
-                       zorder=2)
+                       edgecolors=colour, zorder=2)
+            ax.scatter(t.loc[cross, "utility"], t.loc[cross, "unfairness"], s=28, marker="x", color=colour, zorder=2)
             seed = int(study.attrs["seed"])
             front = study.front.sort_values([utility, unfairness])
             ax.plot(front[utility], front[unfairness], color=colour, ls=dashes[seed] if len(study.directions) == 2 else "",
-                    drawstyle="steps-pre", marker="o", ms=4, lw=1.4, zorder=3, gid=f"front:{study.name}")
+                    drawstyle="steps-pre", marker="o", ms=5, mec="#444444", lw=1.6, path_effects=outline, zorder=3,
+                    gid=f"front:{study.name}")
             by_trial: dict[int, list[str]] = {}
             for policy, number in sorted(study.selected.items()):
                 if number is not None:
@@ -201,20 +203,29 @@ def tuning_figure(studies, colours: dict[str, str]):
             at = t.set_index("number")
             for number, policies in sorted(by_trial.items()):
                 x, y = at.loc[number, "utility"], at.loc[number, "unfairness"]
-                ax.scatter([x], [y], s=110, facecolors="none", edgecolors="#222222", lw=1.2, zorder=4)
+                ax.scatter([x], [y], s=120, facecolors="none", edgecolors="#222222", lw=1.3, zorder=4)
                 text = (f"s{seed}: " if len(seeds) > 1 else "") + ", ".join(policies)
-                right = x > middle  # names of points on the right half run leftwards
-                dy = (1 if notes % 2 == 0 else -1) * (10 + 11 * (notes // 2))
-                ax.annotate(text, (x, y), xytext=(-10 if right else 10, dy), textcoords="offset points", fontsize=8.5,
-                            ha="right" if right else "left", va="center", color="#222222", zorder=5,
-                            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
-                            arrowprops={"arrowstyle": "-", "color": "#888888", "lw": 0.6})
-                notes += 1
+                notes.setdefault(ax, []).append((x, y, text))
         trials = sum(len(s.trials) for s in mine)
         ax.set_title(f"{label} · {mine[0].budget} trials x {len(mine)} seed(s), {trials} complete", fontsize=10,
-                     color=colour, fontweight="bold")
+                     fontweight="bold")
         ax.tick_params(labelsize=8.5)
         ax.grid(alpha=0.3)
+    # the policy names stand in a column above the trials, each tied to its trial by a thin line
+    ys = np.concatenate([s.trials["unfairness"].to_numpy(float) for s in studies])
+    ys = ys[np.isfinite(ys)]
+    stack = max((len(v) for v in notes.values()), default=0)
+    if len(ys) and stack:
+        low, high = ys.min(), ys.max()
+        span = (high - low) or 1.0
+        room = min(0.09 + LABEL_STEP * stack, 0.55)  # the top fraction of each panel kept for the names
+        axes.flat[0].set_ylim(low - 0.04 * span, low + 1.04 * span / (1 - room))
+    for ax, marks in notes.items():
+        for k, (x, y, text) in enumerate(sorted(marks, key=lambda m: -m[0])):  # lines that never cross
+            # a line leaves its name's right end; names drawn later (lower) cover the lines of those above
+            ax.annotate(text, (x, y), xytext=(0.02, 0.96 - LABEL_STEP * k), textcoords="axes fraction", fontsize=8.5,
+                        va="top", color="#222222", zorder=5, bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none"},
+                        arrowprops={"arrowstyle": "-", "color": "#888888", "lw": 0.7, "shrinkB": 6, "relpos": (1, 0.5)})
     for ax in axes.flat[len(entries):]:
         ax.set_visible(False)
     for ax in axes[-1]:
@@ -224,10 +235,11 @@ def tuning_figure(studies, colours: dict[str, str]):
     grey = "#555555"
     handles = [
         Line2D([], [], ls="", marker="+", color="#b0b0b0", label="trial of another entry"),
-        Line2D([], [], ls="", marker="o", color=grey, alpha=0.5, label="trial (feasible)"),
+        Line2D([], [], ls="", marker="o", color=grey, alpha=0.6, label="trial (feasible)"),
         Line2D([], [], ls="", marker="o", mfc="none", color=grey, label="flagged trial (degenerate / no effect)"),
         Line2D([], [], ls="", marker="x", color=grey, label="infeasible trial (constraint)"),
-        *[Line2D([], [], ls=dashes[s], marker="o", ms=4, color=grey, label=f"Optuna Pareto front, seed {s}") for s in seeds],
+        *[Line2D([], [], ls=dashes[s], marker="o", ms=5, mec="#444444", lw=1.6, color=grey, path_effects=outline,
+                 label=f"Optuna Pareto front, seed {s}") for s in seeds],
         Line2D([], [], ls="", marker="o", ms=10, mfc="none", color="#222222", label="selected by the named policy"),
     ]
     fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=9, frameon=False)
