@@ -158,3 +158,32 @@ def test_reading_writes_nothing(tuned_db, tmp_path, capsys):
     assert main(["fronts", "--db", db, "--suite", name]) == 0 and "Pareto front:" in capsys.readouterr().out
     assert main(["report", name, "--db", db, "--out", str(tmp_path / "again")]) == 0
     assert snapshot(db) == before and not math.isnan(before["trials"])
+
+
+def test_the_figure_marks_flagged_and_infeasible_trials_and_draws_a_3_objective_front_as_points():
+    import pandas as pd
+    from fairsqueeze.tuning_report import TunedStudy
+
+    names = ["f1_avg", "eodd", "compression_ratio"]
+    trials = pd.DataFrame({"number": [0, 1, 2], "utility": [0.8, 0.7, 0.9], "unfairness": [0.1, 0.0, 0.3],
+                           "feasible": [True, True, False], "flagged": [False, True, False], "params": [{}] * 3,
+                           "compression": [2.0, 3.0, 1.5]})
+    front = pd.DataFrame({"trial": [0, 1], "f1_avg": [0.8, 0.7], "eodd": [0.1, 0.0], "compression_ratio": [2.0, 3.0],
+                          "params": [{}, {}]})
+    attrs = {"label": "svd", "method": "truncated_svd", "seed": 0, "trials": 4, "objectives": names}
+    three = TunedStudy("a", attrs, ["maximize", "minimize", "maximize"], trials, front, {"utopia": 0})
+    empty = TunedStudy("b", {**attrs, "label": "other"}, three.directions, trials.iloc[:0], front.iloc[:0], {})
+    fig = figures.tuning_figure([three, empty], figures.palette(["truncated_svd"]))
+    panel = next(a for a in fig.axes if a.get_title().startswith("svd ·"))
+    (line,) = [ln for ln in panel.get_lines() if ln.get_gid() == "front:a"]
+    assert line.get_linestyle() == "None" and list(line.get_xdata()) == [0.7, 0.8]  # points, no staircase
+    hollow = [c for c in panel.collections if len(c.get_offsets()) and not c.get_facecolors().size]
+    assert [tuple(c.get_offsets()[0]) for c in hollow if c.get_sizes()[0] < 100] == [(0.7, 0.0)]  # the flagged trial
+    from matplotlib.markers import MarkerStyle
+
+    def shape(path):
+        return path.vertices / np.abs(path.vertices).max()
+
+    at = [c for c in panel.collections if len(c.get_offsets()) and tuple(c.get_offsets()[0]) == (0.9, 0.3)]
+    assert len(at) == 1 and np.array_equal(shape(at[0].get_paths()[0]), shape(MarkerStyle("x").get_path()))  # as x
+    assert [t.get_text() for t in panel.texts] == ["utopia"]  # one seed: no seed prefix
