@@ -4,6 +4,7 @@ selected with their results on the report's split. Read from ``Results`` alone."
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 import pandas as pd
@@ -42,7 +43,7 @@ def _entry(label: str, studies: list) -> dict:
         "planned": sum(s.budget for s in studies),
         "sampler": f"{sampler.get('name')} (seed {sampler.get('seed')}{', ' + options if options else ''})",
         "objectives": ", ".join(f"{DIRECTION[d]} {n}" for n, d in zip(first.objectives, first.directions)),
-        "constraint": "none" if within is None else f"val accuracy ≥ {1 - within:.0%} of the dense model's",
+        "constraint": "none" if within is None else f"val accuracy ≥ {(1 - within) * 100:g} % of the dense model's",
         "policies": list(attrs.get("policies", [])),
     }
 
@@ -71,7 +72,7 @@ def _selected_rows(selected: pd.DataFrame, studies: list, columns: list[str]) ->
             "label": r["label"], "entry": entry, "method": by_label.get(entry), "policy": r["policy"],
             "trials": int(r["trials"]), "seeds": int(r["seeds"]), "runs": r["runs"],
             "chosen": sorted(trials.get(r["label"], []), key=lambda t: t[0]),
-            "values": {c: (r.get(c), r.get(f"{c}_ci")) for c in columns},
+            "values": {c: (r.get(c, math.nan), r.get(f"{c}_ci", math.nan)) for c in columns},
         })
     return rows
 

@@ -49,7 +49,7 @@ def test_the_tuning_section_lists_budgets_sampler_objectives_and_constraint(repo
     assert re.search(r"svd</td><td class=\"lbl\">truncated_svd</td><td data-v=\"5\">5</td><td>0, 1</td><td>10/10</td>", rows)
     assert re.search(r"slr_w\(k=8,layer=fc2\)</td><td class=\"lbl\">slr_w</td><td data-v=\"3\">3</td><td>0, 1</td><td>6/6</td>", rows)
     assert rows.count("random (seed 7)") == 2 and rows.count("max f1_avg, min eodd") == 2
-    assert rows.count("val accuracy ≥ 99% of the dense model&#39;s") == 2
+    assert rows.count("val accuracy ≥ 99 % of the dense model&#39;s") == 2
     assert rows.count(", ".join(Policy.parse(p).label for p in POLICIES)) == 2
     # the suite allowed unequal budgets: the report says so, naming both
     note = re.search(r'<p class="note unequal">(.*?)</p>', section, flags=re.S).group(1)
