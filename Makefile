@@ -4,6 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 SUITE  ?= default
 ARGS   ?=
+DB     ?=
+DBARG  := $(if $(DB),--db $(DB))
 
 .PHONY: setup bench report leaderboard test test-all perf check clean
 
@@ -19,17 +21,18 @@ setup: $(BIN)/fairsqueeze
 
 # Runs the suite; finished runs are skipped, so a second call takes seconds. Ends by
 # writing the suite's report and the leaderboard (also after failed runs) and printing their paths.
+# DB=URL selects the results database for all three steps (default results/fairsqueeze.db).
 bench: setup
-	$(BIN)/fairsqueeze run $(SUITE) --skip-missing-data $(ARGS); status=$$?; \
-	$(BIN)/fairsqueeze report $(SUITE) && $(BIN)/fairsqueeze leaderboard && exit $$status
+	$(BIN)/fairsqueeze run $(SUITE) --skip-missing-data $(DBARG) $(ARGS); status=$$?; \
+	$(BIN)/fairsqueeze report $(SUITE) $(DBARG) && $(BIN)/fairsqueeze leaderboard $(DBARG) && exit $$status
 
 # HTML report of one suite (results/reports/SUITE/index.html) with CSV/JSON/LaTeX/Markdown exports.
 report: setup
-	$(BIN)/fairsqueeze report $(SUITE) $(ARGS)
+	$(BIN)/fairsqueeze report $(SUITE) $(DBARG) $(ARGS)
 
 # HTML leaderboard of every stored task and model (results/leaderboard/index.html).
 leaderboard: setup
-	$(BIN)/fairsqueeze leaderboard $(ARGS)
+	$(BIN)/fairsqueeze leaderboard $(DBARG) $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q $(ARGS)

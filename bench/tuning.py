@@ -287,13 +287,18 @@ def derived_seed(*parts: Any) -> int:
     return int(digest[:8], 16) & 0x7FFFFFFF
 
 
-def trial_seed(study_name: str, trial: optuna.trial.BaseTrial) -> int:
-    """The seed a trial's method runs with: from the study and the trial number. The number is
-    kept in the trial's ``origin`` attribute, which a retry of a stale trial inherits, so the
-    retry computes the same thing as the attempt it replaces."""
-    if "origin" not in trial.user_attrs:
-        trial.set_user_attr("origin", trial.number)
-    return derived_seed(study_name, trial.user_attrs["origin"])
+def retried_number(trial: optuna.trial.FrozenTrial) -> int:
+    """The number of the trial a waiting retry replaces (itself when it is not a retry).
+
+    Optuna's ``RetryHeartbeatStaleTrialCallback`` enqueues the retry of a stale trial with the
+    original number in its ``failed_trial`` system attribute; seeding from it makes the retry
+    compute the same thing as the attempt that died."""
+    return trial.system_attrs.get("failed_trial", trial.number)
+
+
+def trial_seed(study_name: str, origin: int) -> int:
+    """The seed a trial's method runs with: from the study and the (original) trial number."""
+    return derived_seed(study_name, origin)
 
 
 # -- evaluating one trial on validation ------------------------------------------------------------
@@ -330,18 +335,25 @@ def score_on_validation(model, sparse_storage, task_view, dense_fp, device, spec
 
 
 def record(trial: optuna.trial.Trial, result: TrialResult, params: dict[str, Any], seed: int) -> None:
-    """Store what selection and reports need on the trial itself (visible in the dashboard):
-    the resolved params and one ``result`` record (two writes: each is a database round trip)."""
+    """Store what selection and reports need on the trial itself (visible in the dashboard): the
+    constraint and one ``result`` record holding the resolved params, seed, flags, compression
+    ratio, timings and validation metrics. Each attribute write is a database round trip, so
+    there are two."""
     if result.accuracy_slack is not None:
         trial.set_constraint("accuracy_within", float(result.accuracy_slack))
-    trial.set_user_attr("params", params)
     trial.set_user_attr("result", {
+        "params": params,
         "seed": seed,
         "flags": list(result.flags),
         "compression_ratio": float(result.compression_ratio),
         "seconds": result.seconds,
         "val": {k: (float(v) if math.isfinite(v) else None) for k, v in result.metrics.items()},
     })
+
+
+def trial_params(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """A finished trial's resolved method params (the searched ones and the fixed rest)."""
+    return trial.user_attrs.get("result", {}).get("params", trial.params)
 
 
 # -- reading studies -------------------------------------------------------------------------
@@ -358,7 +370,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "unfairness": t.values[1],
             "feasible": all(v <= 0 for v in t.constraints.values()),
             "flagged": bool(t.user_attrs.get("result", {}).get("flags")),
-            "params": t.user_attrs.get("params", t.params),
+            "params": trial_params(t),
         }
         if compression:
             row["compression"] = t.values[2]

@@ -18,7 +18,7 @@ from scipy import stats
 from sqlalchemy import inspect, select
 
 from .store import Store
-from .tuning import pareto_front, trials_frame
+from .tuning import pareto_front, trial_params, trials_frame
 from .worker import selections
 
 # the tables Optuna's RDB storage needs before it can be opened without writing
@@ -47,7 +47,7 @@ def front_table(study: optuna.Study) -> pd.DataFrame:
     """The Pareto front of one study: trial number, objective values on validation, params."""
     names = study.user_attrs.get("objectives", [f"objective{i}" for i in range(len(study.directions))])
     rows = [
-        {"trial": t.number, **dict(zip(names, t.values)), "params": t.user_attrs.get("params", t.params)}
+        {"trial": t.number, **dict(zip(names, t.values)), "params": trial_params(t)}
         for t in pareto_front(study)
     ]
     return pd.DataFrame(rows, columns=["trial", *names, "params"])

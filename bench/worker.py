@@ -9,7 +9,7 @@ A worker takes what is pending in a suite, executes it and stops when nothing re
   another worker takes the run at once. A run that raised is not tried again in the same
   worker session; workers started after the failure retry it.
 - **tuning trials**, through Optuna. The study's row in ``work_items`` is locked the same way
-  while one of its trials runs, so the trials of a study run one after another (a study's
+  while its trials run, so the trials of a study run one after another (a study's
   result is then the same for any number of workers; the parallelism comes from the many
   studies and runs of a suite). A running trial records Optuna heartbeats
   (``heartbeat_interval``); when its worker dies, the next worker to look at the study fails
@@ -46,7 +46,7 @@ from .hashing import config_hash
 from .runner import suite_definition
 from .suite import MethodEntry, RunSpec, Suite
 from .tasks import sealed_test_split, test_split_violations
-from .tuning import derived_seed, record, score_on_validation, trial_seed, trials_frame
+from .tuning import derived_seed, record, retried_number, score_on_validation, trial_seed, trials_frame
 
 log = logging.getLogger("fairsqueeze")
 
@@ -293,7 +293,7 @@ class Worker:
         for name, spec in studies.items():
             if name in self._finished_studies:
                 continue
-            outcome = self._do_trial(plan.suite, name, spec, report)
+            outcome = self._do_study(plan.suite, name, spec, report)
             if outcome is None:
                 busy = True
             elif outcome:
@@ -389,8 +389,15 @@ class Worker:
         }
         for key, value in attrs.items():
             study.set_user_attr(key, value)
+        self._studies[name] = study
 
-    def _do_trial(self, suite, name: str, spec: RunSpec, report) -> bool | None:
+    def _do_study(self, suite, name: str, spec: RunSpec, report) -> bool | None:
+        """Run a study's remaining trials under one claim, then apply the selection policies.
+
+        The claim is taken once per visit, not once per trial: a study's trials run one after
+        another anyway, and every claim, stale-trial check and trial listing is a database round
+        trip that a trial would otherwise pay. True: worked; None: another worker holds it, or
+        a trial of a dead worker awaits the end of its heartbeat grace period."""
         with self.claims.hold(name) as claim:
             if claim is None:
                 return None
@@ -398,27 +405,46 @@ class Worker:
             if name not in self._studies:  # loaded once: the study object reads trials from the database
                 self._studies[name] = optuna.load_study(study_name=name, storage=self.storage)
             study = self._studies[name]
-            optuna.storages.fail_stale_trials(study)
             trials = study.get_trials(deepcopy=False)
+            if any(t.state == optuna.trial.TrialState.RUNNING for t in trials):
+                # only a dead worker leaves a running trial behind: fail it once its heartbeat
+                # is stale (Optuna's retry callback enqueues it again), else come back later
+                optuna.storages.fail_stale_trials(study)
+                trials = study.get_trials(deepcopy=False)
+                if any(t.state == optuna.trial.TrialState.RUNNING for t in trials):
+                    return None
             retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
             counted = [t for t in trials if not (t.state == optuna.trial.TrialState.FAIL and t.number in retried)]
-            if any(t.state == optuna.trial.TrialState.RUNNING for t in trials):
-                return None  # its worker died; the heartbeat has not expired yet
-            waiting = any(t.state == optuna.trial.TrialState.WAITING for t in trials)
-            if not waiting and len(counted) >= tune.trials:
-                self._select(suite, name, spec, study)
-                self._finished_studies.add(name)
-                return True
-            reference = self._reference(spec)  # outside the sealed trial: it predicts on test too
-            # a fresh sampler per trial, seeded from the position in the study: the study gives
-            # the same trials whether it runs in one sitting or resumes after a crash
-            finished = [t for t in counted if t.state.is_finished()]
-            study.sampler = tune.sampler.build(seed=derived_seed(tune.sampler.seed, name, len(finished)))
-            study.optimize(lambda trial: self._trial(name, spec, reference, trial), n_trials=1, catch=(Exception,))
-            report.trials += 1
+            finished = sum(t.state.is_finished() for t in counted)
+            # the waiting trials are retries: each runs with the seed of the trial it replaces
+            origins = {t.number: retried_number(t) for t in counted if t.state == optuna.trial.TrialState.WAITING}
+            remaining = max(tune.trials - finished, len(origins))
+            if remaining:
+                self._optimize(name, spec, study, origins, first=finished, n_trials=remaining)
+                report.trials += remaining
+            self._select(suite, name, spec, study)
+            self._finished_studies.add(name)
             return True
 
-    def _trial(self, name: str, spec: RunSpec, reference, trial: optuna.trial.Trial) -> list[float]:
+    def _optimize(self, name: str, spec: RunSpec, study: optuna.Study, origins: dict[int, int], first: int,
+                  n_trials: int) -> None:
+        """``n_trials`` trials in one ``study.optimize`` call (waiting retries are popped first).
+
+        Each trial gets a fresh sampler seeded from its position in the study (``first`` trials
+        are finished before this call), so a study gives the same trials whether it runs in one
+        sitting or resumes after a crash."""
+        sampler = spec.method.tune.sampler
+        position = iter(range(first + 1, first + n_trials + 1))
+
+        def reseed(study: optuna.Study, _trial) -> None:
+            study.sampler = sampler.build(seed=derived_seed(sampler.seed, name, next(position)))
+
+        reference = self._reference(spec)  # outside the sealed trial: it predicts on test too
+        study.sampler = sampler.build(seed=derived_seed(sampler.seed, name, first))
+        objective = lambda trial: self._trial(name, spec, reference, trial, origins.get(trial.number, trial.number))  # noqa: E731
+        study.optimize(objective, n_trials=n_trials, catch=(Exception,), callbacks=[reseed])
+
+    def _trial(self, name: str, spec: RunSpec, reference, trial: optuna.trial.Trial, origin: int) -> list[float]:
         """Apply the method with the trial's params to the dense reference and score it on
         validation, with the test split sealed."""
         from fairsqueeze.methods import METHODS, MethodContext
@@ -429,7 +455,7 @@ class Worker:
             cls = METHODS.get(spec.method.name)
             params = cls.from_config(spec.method.params).space(trial)
             method = cls.from_config(dataclasses.asdict(params))  # validated like suite params
-            seed = trial_seed(name, trial)
+            seed = trial_seed(name, origin)
             torch.manual_seed(seed)
             view = self.plan.tasks[spec.task.key].view()
             dense_val = reference.val_predictions()

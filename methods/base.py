@@ -90,6 +90,22 @@ class MethodContext:
             x = self.task.prepare(split.x[rows], train).to(self.device)
             yield x, torch.as_tensor(split.y[rows], device=self.device), torch.as_tensor(split.s[rows])
 
+    def labelled_batches(self, split: Split, batch_size: int = 256) -> "LabelledBatches":
+        """A split's ``(x, y)`` batches with eval transforms, iterable once per pass (what
+        curvature and saliency estimators loop over)."""
+        return LabelledBatches(self, split, batch_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledBatches:
+    ctx: MethodContext
+    split: Split
+    batch_size: int
+
+    def __iter__(self):
+        for x, y, _ in self.ctx.batches(self.split, self.batch_size):
+            yield x, y
+
 
 def _accepts_float(hint: Any) -> bool:
     return hint is float or float in typing.get_args(hint)

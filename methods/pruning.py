@@ -39,17 +39,6 @@ from .toolbox.pruning import SCOPES, PruningResult, filter_layers, prune_filters
 from .toolbox.scores import GroupSaliency, Magnitude, scoring_groups
 
 
-class _ScoringData:
-    """One group's scoring rows as re-iterable ``(x, y)`` batches, prepared with eval transforms."""
-
-    def __init__(self, ctx: MethodContext, split, batch_size: int):
-        self.ctx, self.split, self.batch_size = ctx, split, batch_size
-
-    def __iter__(self):
-        for x, y, _ in self.ctx.batches(self.split, self.batch_size):
-            yield x, y
-
-
 class Pruning(Method):
     """Shared procedure; subclasses choose the score (:meth:`score`) and the unit (``structured``)."""
 
@@ -159,7 +148,7 @@ class FairPrune(Pruning):
     def score(self, ctx: MethodContext):
         p = self.params
         sets, unprivileged = scoring_groups(ctx, p.scoring_size, p.unprivileged_group, self.registered_name)
-        data = {c: _ScoringData(ctx, rows, p.batch_size) for c, rows in sets.items()}
+        data = {c: ctx.labelled_batches(rows, p.batch_size) for c, rows in sets.items()}
         generator = torch.Generator().manual_seed(ctx.seed)
         score = GroupSaliency(data, parse_beta(p.beta), p.estimator, generator=generator)
         facts = {

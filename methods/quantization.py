@@ -54,7 +54,6 @@ from fairsqueeze.training import Batch, Trainer, TrainConfig
 
 from .base import Method, MethodContext, Outcome, register_method
 from .lowrank import parse_beta
-from .pruning import _ScoringData
 from .toolbox import curvature
 from .toolbox.factorize import replace_module
 from .toolbox.pruning import select_smallest
@@ -335,7 +334,7 @@ class FairQuantize(Method):
         if not layers:
             raise ConfigError("fairquantize: the model has no linear or conv layer")
         names = [f"{layer.path}.weight" for layer in layers]
-        by_group = {role: _ScoringData(ctx, split, p.curvature_batch_size) for role, split in sets.items()}
+        by_group = {role: ctx.labelled_batches(split, p.curvature_batch_size) for role, split in sets.items()}
 
         def freeze(trainer: Trainer | None = None) -> None:
             with torch.no_grad():

@@ -11,7 +11,7 @@ from fairsqueeze.cli import main
 from fairsqueeze.errors import ConfigError
 from fairsqueeze.store import Store
 from fairsqueeze.suite import parse_suite
-from fairsqueeze.tuning import Policy, best_utility, fairest_above, fairest_within, trials_frame, utopia
+from fairsqueeze.tuning import Policy, best_utility, fairest_above, fairest_within, trial_params, trials_frame, utopia
 from fairsqueeze.tuning_report import mean_ci, selections_frame
 from fairsqueeze.worker import sqlite_single_worker
 
@@ -153,7 +153,7 @@ def test_tuning_end_to_end_through_optuna_and_the_cli(isolated, capsys):
         best = max(ok, key=lambda t: (t.values[0], -t.values[1], -t.number))
         row = chosen[(chosen["study"] == summary.study_name) & (chosen["policy"] == "best_utility")].iloc[0]
         assert int(row["trial"]) == best.number
-        assert json.loads(row["params"]) == best.user_attrs["params"]
+        assert json.loads(row["params"]) == trial_params(best)
         assert set(chosen[chosen["study"] == summary.study_name]["policy"]) == {"best_utility", "fairest_within(0.05)", "utopia"}
 
         # the selected configuration was evaluated as an ordinary run, on val and test

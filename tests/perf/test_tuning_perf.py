@@ -20,6 +20,7 @@ in ``extra_info`` (see ``--benchmark-json``) whatever the outcome.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -37,7 +38,7 @@ from fairsqueeze.worker import Worker
 
 MIN_SPEEDUP = 1.7
 MAX_OVERHEAD = 0.05
-TRIALS = 4
+TRIALS = 6  # as in the tuning_cpu suite
 
 
 def suite_file(tmp_path: Path, name: str = "perf") -> Path:
@@ -47,7 +48,8 @@ def suite_file(tmp_path: Path, name: str = "perf") -> Path:
         "train": {"epochs": 3, "batch_size": 128, "lr": 0.02, "optimizer": "sgd", "momentum": 0.9},
         "tasks": [{"name": "adult", "options": {"sensitive": "sex"}}],
         "models": [{"name": "mlp", "options": {"hidden": [128, 64]}}],
-        "tuning": {"trials": TRIALS, "sampler": {"name": "tpe", "seed": 0}, "policies": ["best_utility", "utopia"]},
+        "tuning": {"trials": TRIALS, "sampler": {"name": "tpe", "seed": 0, "options": {"n_startup_trials": 3}},
+                   "policies": ["best_utility", "utopia"]},
         "methods": [
             {"name": m, "params": {"layer": "fc2", "k": 32}, "tune": True}
             for m in ("truncated_svd", "slr_w", "slr_a", "fairlrf")
@@ -122,8 +124,37 @@ def test_two_workers_on_postgresql_vs_one(benchmark, postgres_server, perf_env):
     assert speedup >= MIN_SPEEDUP
 
 
-@pytest.mark.xfail(strict=False, reason="target < 5 % not met: each claim, ask, tell and trial record is a"
-                   " database round trip (about 0.4 s a trial against 0.3 s of work on adult)")
+def optuna_alone(plan, url: str) -> tuple[int, float]:
+    """The reference: Optuna's own cost for the same studies. Same storage settings (heartbeats,
+    retry callback), samplers, search spaces and trial records (the constraint and the result
+    attribute), but the objective does no work. Returns (trials, seconds)."""
+    from fairsqueeze.methods import METHODS
+    from fairsqueeze.tuning import TrialResult, record
+    from fairsqueeze.worker import optuna_storage
+
+    storage = optuna_storage(url)
+    trials, started = 0, time.perf_counter()
+    for i, spec in enumerate(plan.studies):
+        tune = spec.method.tune
+        method = METHODS.get(spec.method.name).from_config(spec.method.params)
+
+        def objective(trial):
+            params = method.space(trial)
+            result = TrialResult([0.5, 0.1], {"accuracy": 0.8, "f1_avg": 0.5, "eodd": 0.1}, 1.0, [],
+                                 None if tune.accuracy_within is None else -0.01, {"apply": 0.0})
+            record(trial, result, dataclasses.asdict(params), 0)
+            return result.values
+
+        study = optuna.create_study(storage=storage, study_name=f"alone-{i}", directions=tune.objectives.directions(),
+                                    sampler=tune.sampler.build())
+        study.optimize(objective, n_trials=tune.trials)
+        trials += tune.trials
+    return trials, time.perf_counter() - started
+
+
+@pytest.mark.xfail(strict=False, reason="target < 5 % not met for one-shot low-rank trials on the adult MLP (about"
+                   " 45 ms of work): Optuna's own ask, suggest, tell and heartbeat on PostgreSQL cost more than that"
+                   " per trial (the reference measured side by side)")
 def test_per_trial_overhead_outside_method_and_evaluation(benchmark, postgres_server, perf_env):
     import torch
 
@@ -138,20 +169,20 @@ def test_per_trial_overhead_outside_method_and_evaluation(benchmark, postgres_se
         worker.plan = plan
         worker._reference(spec)
 
-    claimed = []
-    original = Worker._do_trial
+    visits = []
+    original = Worker._do_study
 
     def timed(self, *args):
         started = time.perf_counter()
         result = original(self, *args)
-        claimed.append(time.perf_counter() - started)
+        visits.append(time.perf_counter() - started)
         return result
 
-    Worker._do_trial = timed
+    Worker._do_study = timed
     try:
         benchmark.pedantic(worker.run, args=(plan,), rounds=1, iterations=1)
     finally:
-        Worker._do_trial = original
+        Worker._do_study = original
 
     work = 0.0
     n_trials = 0
@@ -160,10 +191,19 @@ def test_per_trial_overhead_outside_method_and_evaluation(benchmark, postgres_se
             seconds = t.user_attrs["result"]["seconds"]
             work += seconds["apply"] + seconds["evaluate"]
             n_trials += 1
-    total = sum(claimed)  # every study visit: trials, and the final visit that selects
+    total = sum(visits)  # every study visit: its trials and the selection that follows them
+    alone_trials, alone = optuna_alone(plan, postgres_server.new_database())
+    assert alone_trials == n_trials
     overhead = (total - work) / work
-    benchmark.extra_info.update({"trials": n_trials, "trial_visits_s": total, "method_and_evaluation_s": work,
-                                 "overhead_per_trial_ms": 1000 * (total - work) / n_trials, "overhead": overhead})
-    print(f"\n{n_trials} trials: method + evaluation {work:.2f} s, overhead {total - work:.2f} s"
-          f" ({1000 * (total - work) / n_trials:.0f} ms a trial, {100 * overhead:.1f} %)")
+    per_trial = {"work": work / n_trials, "overhead": (total - work) / n_trials, "optuna_alone": alone / n_trials}
+    per_trial["engine"] = per_trial["overhead"] - per_trial["optuna_alone"]
+    benchmark.extra_info.update({"trials": n_trials, "study_visits_s": total, "method_and_evaluation_s": work,
+                                 **{f"{k}_ms_per_trial": 1000 * v for k, v in per_trial.items()},
+                                 "overhead": overhead, "engine_overhead": per_trial["engine"] / per_trial["work"],
+                                 "trial_work_for_5_percent_s": per_trial["overhead"] / MAX_OVERHEAD})
+    print("\n" + f"{n_trials} trials, per trial: method + evaluation {1000 * per_trial['work']:.0f} ms, overhead"
+          f" {1000 * per_trial['overhead']:.0f} ms ({100 * overhead:.0f} %), of which Optuna alone (reference, same"
+          f" studies with a no-op objective) {1000 * per_trial['optuna_alone']:.0f} ms and the engine"
+          f" {1000 * per_trial['engine']:.0f} ms; the target holds for trials of"
+          f" {per_trial['overhead'] / MAX_OVERHEAD:.1f} s or more")
     assert overhead < MAX_OVERHEAD
