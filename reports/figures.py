@@ -228,7 +228,8 @@ def tuning_figure(studies, colours: dict[str, str]):
                         arrowprops={"arrowstyle": "-", "color": "#888888", "lw": 0.7, "shrinkB": 6, "relpos": (1, 0.5)})
     for ax in axes.flat[len(entries):]:
         ax.set_visible(False)
-    for ax in axes[-1]:
+    for ax in axes.flat[max(len(entries) - ncols, 0):len(entries)]:  # the lowest panel of each column
+        ax.xaxis.set_tick_params(labelbottom=True)
         ax.set_xlabel(f"{utility} on validation (higher is better)", fontsize=9.5)
     for ax in axes[:, 0]:
         ax.set_ylabel(f"{unfairness} on validation (lower is fairer)", fontsize=9.5)
