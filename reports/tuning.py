@@ -69,7 +69,7 @@ def _selected_rows(selected: pd.DataFrame, studies: list, columns: list[str]) ->
     for _, r in selected.iterrows():
         entry = r["label"][: -len(r["policy"]) - 2]  # "entry[policy]"
         rows.append({
-            "label": r["label"], "entry": entry, "method": by_label.get(entry), "policy": r["policy"],
+            "label": r["label"], "method": by_label.get(entry), "policy": r["policy"],
             "trials": int(r["trials"]), "seeds": int(r["seeds"]), "runs": r["runs"],
             "chosen": sorted(trials.get(r["label"], []), key=lambda t: t[0]),
             "values": {c: (r.get(c, math.nan), r.get(f"{c}_ci", math.nan)) for c in columns},
