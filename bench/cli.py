@@ -204,7 +204,7 @@ def cmd_fronts(args) -> int:
     from .store import Store
     from .tuning_report import format_fronts
 
-    print(format_fronts(Store(args.db), args.suite))
+    print(format_fronts(Store(args.db, read_only=True), args.suite))
     return 0
 
 
@@ -232,7 +232,7 @@ def cmd_report(args) -> int:
     from .store import Store
 
     name = _suite_name(args.suite)
-    results = load(Store(args.db), name, args.split)
+    results = load(Store(args.db, read_only=True), name, args.split)
     if results.runs.empty:
         raise FairsqueezeError(f"no runs of suite {name!r} in {args.db}")
     print(f"report: {build_report(results, name, args.out or f'results/reports/{name}')}")

@@ -196,16 +196,26 @@ def _sqlite_path(url: str) -> Path | None:
 
 
 class Store:
-    def __init__(self, url: str = DEFAULT_URL):
+    """The results database. ``read_only`` opens an existing one to read and creates nothing
+    (no file, folder or table): reports and listings never change what they read."""
+
+    def __init__(self, url: str = DEFAULT_URL, read_only: bool = False):
         self.url = url
         path = _sqlite_path(url)
         try:
             if path is not None:
                 if path.is_dir():
                     raise StoreError(f"--db {url}: {path} is a directory, not a database file")
-                path.parent.mkdir(parents=True, exist_ok=True)
+                if read_only and not path.is_file():
+                    raise StoreError(f"--db {url}: there is no database at {path}")
+                if not read_only:
+                    path.parent.mkdir(parents=True, exist_ok=True)
             self.engine: Engine = create_engine(url)
             self._check_schema()
+            if read_only:
+                if not inspect(self.engine).has_table(schema.name):
+                    raise StoreError(f"--db {url}: the database holds no fairsqueeze results")
+                return
             meta.create_all(self.engine)
             with self.engine.begin() as conn:
                 if conn.execute(select(schema.c.value).where(schema.c.key == "schema_version")).scalar() is None:

@@ -27,6 +27,10 @@ class Results:
     dense: pd.DataFrame = field(default_factory=pd.DataFrame)
     predictions: Callable[[str, str], dict[str, np.ndarray]] | None = None
     split: str = "test"
+    # tuning: the suite's studies (``fairsqueeze.tuning_report.TunedStudy``) and the
+    # selected configurations' results on ``split`` (``selected_results``)
+    studies: list = field(default_factory=list)
+    selected: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def done(self) -> pd.DataFrame:
         """Finished runs, one row per membership, with their metrics and footprint joined
@@ -41,8 +45,10 @@ class Results:
 
 
 def load(store, suite: str | None = None, split: str = "test") -> Results:
-    """Read the runs of ``suite`` (every suite when None) from ``store``."""
+    """Read the runs of ``suite`` (every suite when None) from ``store``, and the suite's
+    tuning studies (only for one suite: the leaderboard shows no studies)."""
     from fairsqueeze.results import footprint_table, metric_table, suite_runs
+    from fairsqueeze.tuning_report import selected_results, tuned_studies
 
     runs = suite_runs(store, suite)
     keys = runs.loc[runs["status"] == "done", "run_key"].unique().tolist()
@@ -54,4 +60,6 @@ def load(store, suite: str | None = None, split: str = "test") -> Results:
         dense=store.dense_frame(),
         predictions=store.predictions,
         split=split,
+        studies=tuned_studies(store, suite) if suite is not None else [],
+        selected=selected_results(store, suite, split) if suite is not None else pd.DataFrame(),
     )

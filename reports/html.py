@@ -16,6 +16,7 @@ from .columns import UTILITY, headline_gap
 from .data import Results
 from .runs import failed_runs, run_sections
 from .tables import Comparison, Row, comparisons
+from .tuning import tuning_sections
 
 TEMPLATES = Path(__file__).parent / "templates"
 COMPRESSED = 1.05  # a row below this compression ratio is not a compression result
@@ -111,6 +112,7 @@ def build_report(results: Results, suite: str, out: Path) -> Path:
         tasks=sections,
         colours=colours,
         methods=set(results.runs["method"]),
+        tuning=tuning_sections(results, colours),
         details=run_sections(results),
         failed=failed,
         n_runs=results.runs.loc[results.runs["status"].isin(["done", "failed"]), "run_key"].nunique(),

@@ -18,3 +18,4 @@ def isolated(tmp_path, monkeypatch):
 
 
 from pg import postgres_server, postgres_url  # noqa: E402,F401  (fixtures)
+from tuned import tuned_db  # noqa: E402,F401  (fixture)

@@ -94,3 +94,28 @@ def test_leaderboard_in_the_browser(pages):
         page.goto(board.as_uri())
         page.screenshot(path=str(screenshot_dir(out) / "leaderboard.png"), full_page=True)
         assert page.errors == []
+
+
+def test_tuning_section_in_the_browser(tuned_db, tmp_path):
+    from fairsqueeze.cli import main
+
+    db, name = tuned_db
+    assert main(["report", name, "--db", db, "--out", str(tmp_path / "report")]) == 0
+    with chromium_page() as page:
+        page.goto((tmp_path / "report" / "index.html").as_uri())
+        page.click("nav a[href='#tuning']")
+        assert page.locator("#tuning h2").is_visible() and page.locator("#tuning table.budgets").is_visible()
+        figure = page.locator("#tuning img.tuning-fronts")
+        assert figure.count() == 1 and figure.is_visible()
+        assert figure.evaluate("img => img.complete && img.naturalWidth > 800")
+        assert page.locator("#tuning .note.unequal").is_visible()
+        policies = page.eval_on_selector_all("#tuning table.selected tbody tr td.policy", "tds => tds.map(t => t.textContent)")
+        assert sorted(set(policies)) == ["best_utility", "fairest_above(0.5)", "fairest_within(0.05)", "utopia"]
+        page.locator("#tuning details.fronts summary").first.click()
+        assert page.locator("#tuning table.front").first.is_visible()
+        page.locator("#tuning").screenshot(path=str(screenshot_dir(tmp_path) / "tuning.png"))
+        link = page.locator("#tuning table.selected tbody tr td.lbl a").first
+        target = link.get_attribute("href")
+        link.click()
+        assert page.evaluate("location.hash") == target and page.locator(f"{target} details").evaluate("d => d.open")
+        assert page.errors == []
