@@ -211,7 +211,7 @@ def cmd_fronts(args) -> int:
 def cmd_show(args) -> int:
     from .store import Store
 
-    _print_tables(Store(args.db), args.suite, args.split)
+    _print_tables(Store(args.db, read_only=True), args.suite, args.split)
     return 0
 
 
@@ -245,7 +245,7 @@ def cmd_leaderboard(args) -> int:
 
     from .store import Store
 
-    print(f"leaderboard: {build_leaderboard(load(Store(args.db)), args.out)}")
+    print(f"leaderboard: {build_leaderboard(load(Store(args.db, read_only=True)), args.out)}")
     return 0
 
 

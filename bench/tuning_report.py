@@ -7,16 +7,15 @@ holds no study), and a database without the ``selections`` table holds no select
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import optuna
 import pandas as pd
-from scipy import stats
 from sqlalchemy import inspect, select
 
+from fairsqueeze.reports.stats import estimate
 from .store import Store
 from .tuning import pareto_front, trial_params, trials_frame
 from .worker import selections
@@ -109,17 +108,6 @@ def tuned_studies(store: Store, suite: str | None = None) -> list[TunedStudy]:
     return out
 
 
-def mean_ci(values: pd.Series, level: float = 0.95) -> tuple[float, float]:
-    """Mean and half-width of the Student-t confidence interval (NaN below two values)."""
-    v = values.dropna().to_numpy(dtype=float)
-    if len(v) == 0:
-        return math.nan, math.nan
-    if len(v) < 2:
-        return float(v.mean()), math.nan
-    half = stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
-    return float(v.mean()), float(half)
-
-
 def selected_results(store: Store, suite: str | None = None, split: str = "test") -> pd.DataFrame:
     """Per (task, model, entry, policy): the selected runs' metrics over seeds, mean ± 95 % CI.
 
@@ -149,7 +137,8 @@ def selected_results(store: Store, suite: str | None = None, split: str = "test"
                "runs": list(zip(group["seed"].astype(int), keys))}
         for name, values in ((utility, wide.get(utility)), (unfairness, wide.get(unfairness)),
                              ("compression_ratio", ratio)):
-            row[name], row[f"{name}_ci"] = mean_ci(values.reindex(keys) if values is not None else pd.Series(dtype=float))
+            est = estimate(values.reindex(keys) if values is not None else [])
+            row[name], row[f"{name}_ci"] = est.mean, est.half_width
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -12,7 +12,7 @@ from fairsqueeze.errors import ConfigError
 from fairsqueeze.store import Store
 from fairsqueeze.suite import parse_suite
 from fairsqueeze.tuning import Policy, best_utility, fairest_above, fairest_within, trial_params, trials_frame, utopia
-from fairsqueeze.tuning_report import mean_ci, selections_frame
+from fairsqueeze.tuning_report import selections_frame
 from fairsqueeze.worker import sqlite_single_worker
 
 
@@ -66,16 +66,6 @@ def test_policy_parsing_names_the_problem():
         Policy.parse("fairest_within")
     with pytest.raises(ConfigError, match="in \\[0, 1\\)"):
         Policy.parse({"fairest_within": 1.5})
-
-
-def test_mean_ci_matches_scipy():
-    from scipy import stats
-
-    values = pd.Series([0.7, 0.75, 0.72])
-    mean, half = mean_ci(values)
-    low, high = stats.t.interval(0.95, 2, loc=np.mean(values), scale=stats.sem(values))
-    assert mean == pytest.approx(np.mean(values)) and half == pytest.approx((high - low) / 2)
-    assert np.isnan(mean_ci(pd.Series([0.5]))[1])
 
 
 def suite_dict(methods, tuning=None, seeds=(0,), name="tune-tiny"):

@@ -137,7 +137,8 @@ def test_a_suite_without_tuning_has_no_tuning_section(tmp_path):
 def test_reading_writes_nothing(tuned_db, tmp_path, capsys):
     # a path with no database: one line, and no file appears
     fresh = tmp_path / "fresh.db"
-    for argv in (["fronts"], ["report", "x", "--out", str(tmp_path / "r")]):
+    for argv in (["fronts"], ["show"], ["report", "x", "--out", str(tmp_path / "r")],
+                 ["leaderboard", "--out", str(tmp_path / "lb")]):
         assert main([*argv, "--db", f"sqlite:///{fresh}"]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "there is no database at" in err
@@ -157,6 +158,8 @@ def test_reading_writes_nothing(tuned_db, tmp_path, capsys):
     before = snapshot(db)
     assert main(["fronts", "--db", db, "--suite", name]) == 0 and "Pareto front:" in capsys.readouterr().out
     assert main(["report", name, "--db", db, "--out", str(tmp_path / "again")]) == 0
+    assert main(["show", "--db", db, "--suite", name]) == 0
+    assert main(["leaderboard", "--db", db, "--out", str(tmp_path / "board")]) == 0
     assert snapshot(db) == before and not math.isnan(before["trials"])
 
 
