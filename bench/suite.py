@@ -147,8 +147,13 @@ class Suite:
         return [r for r in self._matrix() if r.method.tune is None]
 
     def studies(self) -> list[RunSpec]:
-        """The tuned entries' (task, model, entry, seed): one Optuna study each."""
-        return [r for r in self._matrix() if r.method.tune is not None]
+        """The tuned entries' (task, model, entry, seed): one Optuna study each, the seeds of
+        an entry side by side. A study's trials run one after another, and the studies of one
+        entry cost about the same, so workers taking them in turn finish together instead of
+        leaving the last entry's studies (perhaps the longest) to one worker."""
+        tuned = [r for r in self._matrix() if r.method.tune is not None]
+        position = {id(x): i for group in (self.tasks, self.models, self.methods) for i, x in enumerate(group)}
+        return sorted(tuned, key=lambda r: (position[id(r.task)], position[id(r.model)], position[id(r.method)]))
 
     def _matrix(self) -> list[RunSpec]:
         plan = []

@@ -241,7 +241,7 @@ class Worker:
     """Executes a planned suite's pending runs, trials and selected runs until none remain."""
 
     def __init__(self, runner, heartbeat_interval: int = HEARTBEAT_S, grace_period: int | None = None,
-                 poll_s: float = 1.0, name: str | None = None):
+                 poll_s: float = 0.25, name: str | None = None):
         self.runner = runner
         self.store = runner.store
         self.name = name or f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"

@@ -122,6 +122,18 @@ def test_restrictions_limit_where_entries_run():
     assert [(r.model.options["hidden"], r.method.name) for r in runs] == [([8], "dense")]
 
 
+def test_studies_keep_the_seeds_of_an_entry_side_by_side():
+    # workers take studies in this order: equal-cost studies in turn, so neither worker is left
+    # alone with the suite's last entry
+    suite = parse_suite({
+        "seeds": [0, 1], "tasks": ["digits", "adult"], "models": ["mlp"], "tuning": {"trials": 2},
+        "methods": ["dense"] + [{"name": m, "params": {"layer": "fc1", "k": 2}, "tune": True} for m in ("truncated_svd", "slr_w")],
+    })
+    assert [(s.task.name, s.method.name, s.seed) for s in suite.studies()] == [
+        (task, method, seed) for task in ("digits", "adult") for method in ("truncated_svd", "slr_w") for seed in (0, 1)]
+    assert [(r.seed, r.method.name) for r in suite.runs() if r.task.name == "digits"] == [(0, "dense"), (1, "dense")]
+
+
 def test_default_suite_is_bundled_and_valid():
     assert "default" in bundled_suites()
     suite = load_suite("default")

@@ -3,14 +3,15 @@
 Targets (the issue's):
 
 1. Two workers on one PostgreSQL database do the same CPU suite at >= 1.7x the throughput of
-   one worker (torch on one thread per worker, 2 cores).
+   one worker (torch on one thread per worker, 2 cores). The suite: the CPU tuning suite's
+   setting on adult (the low-rank family, truncated SVD, SLR-w, SLR-a and FairLRF, tuned with
+   TPE on the MLP, 2 seeds), with fewer dense epochs; the dense references are trained
+   beforehand (a warm checkpoint cache), so the timings cover trials and selected runs only.
 2. The per-trial overhead outside the method and the evaluation (claiming, Optuna's ask/tell
-   and heartbeats, sampling, storing the trial) stays under 5 % of the method + evaluation time.
+   and heartbeats, sampling, storing the trial, selection) stays under 5 % of the method +
+   evaluation time, over the bundled CPU tuning suite (every family) on adult, one seed.
 
-The suite: the CPU tuning suite's setting on adult (the low-rank family, truncated SVD, SLR-w,
-SLR-a and FairLRF, tuned with TPE on the MLP, 2 seeds), with fewer trials and dense epochs;
-the dense references are trained beforehand (a warm checkpoint cache), so the timings cover
-trials and selected runs only. Skipped when the adult files are absent.
+Both are skipped when the adult files are absent.
 
 Throughput counts finished items (trials and runs) per second over the span from the first
 item's start to the last one's end, both read from the database (Optuna's trial start and
@@ -33,6 +34,7 @@ import yaml
 
 from fairsqueeze.runner import Runner, plan_suite, resolve_device
 from fairsqueeze.store import Store
+from fairsqueeze.suite import resolve_suite_path
 from fairsqueeze.tasks import data_root
 from fairsqueeze.worker import Worker
 
@@ -44,7 +46,7 @@ TRIALS = 6  # as in the tuning_cpu suite
 def suite_file(tmp_path: Path, name: str = "perf") -> Path:
     suite = {
         "name": name,
-        "seeds": [0, 1],
+        "seeds": [0, 1, 2, 3],
         "train": {"epochs": 3, "batch_size": 128, "lr": 0.02, "optimizer": "sgd", "momentum": 0.9},
         "tasks": [{"name": "adult", "options": {"sensitive": "sex"}}],
         "models": [{"name": "mlp", "options": {"hidden": [128, 64]}}],
@@ -124,16 +126,16 @@ def test_two_workers_on_postgresql_vs_one(benchmark, postgres_server, perf_env):
     assert speedup >= MIN_SPEEDUP
 
 
-def optuna_alone(plan, url: str) -> tuple[int, float]:
+def optuna_alone(plan, url: str) -> dict[str, float]:
     """The reference: Optuna's own cost for the same studies. Same storage settings (heartbeats,
     retry callback), samplers, search spaces and trial records (the constraint and the result
-    attribute), but the objective does no work. Returns (trials, seconds)."""
+    attribute), but the objective does no work. Returns seconds per method label."""
     from fairsqueeze.methods import METHODS
     from fairsqueeze.tuning import TrialResult, record
     from fairsqueeze.worker import optuna_storage
 
     storage = optuna_storage(url)
-    trials, started = 0, time.perf_counter()
+    seconds: dict[str, float] = {}
     for i, spec in enumerate(plan.studies):
         tune = spec.method.tune
         method = METHODS.get(spec.method.name).from_config(spec.method.params)
@@ -145,37 +147,54 @@ def optuna_alone(plan, url: str) -> tuple[int, float]:
             record(trial, result, dataclasses.asdict(params), 0)
             return result.values
 
+        started = time.perf_counter()
         study = optuna.create_study(storage=storage, study_name=f"alone-{i}", directions=tune.objectives.directions(),
                                     sampler=tune.sampler.build())
         study.optimize(objective, n_trials=tune.trials)
-        trials += tune.trials
-    return trials, time.perf_counter() - started
+        label = spec.method.label
+        seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - started
+    return seconds
 
 
-@pytest.mark.xfail(strict=False, reason="target < 5 % not met for one-shot low-rank trials on the adult MLP (about"
-                   " 45 ms of work): Optuna's own ask, suggest, tell and heartbeat on PostgreSQL cost more than that"
-                   " per trial (the reference measured side by side)")
+def cpu_tuning_suite_on_adult(tmp_path: Path) -> Path:
+    """The bundled ``tuning_cpu`` suite as it is (every family, its budget, sampler, objectives,
+    constraint and policies) on its adult task and one seed."""
+    suite = yaml.safe_load(Path(resolve_suite_path("tuning_cpu")).read_text())
+    suite.update(name="perf_overhead", seeds=suite["seeds"][:1],
+                 tasks=[t for t in suite["tasks"] if t["name"] == "adult"])
+    path = tmp_path / "perf_overhead.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    return path
+
+
+@pytest.mark.xfail(strict=False, reason="target < 5 % not met: the CPU tuning suite's trials take 10 ms to 1 s of"
+                   " work, and Optuna's own ask, suggest, tell and heartbeat on PostgreSQL cost 50-100 ms a trial"
+                   " (the reference measured side by side); the target holds for trials of about 2 s or more")
 def test_per_trial_overhead_outside_method_and_evaluation(benchmark, postgres_server, perf_env):
+    """The overhead of every study visit (claim, Optuna's ask, suggest, tell and heartbeats,
+    sampling, storing the trial, selection) beyond the trials' own method + evaluation time,
+    as a share of that time, over the CPU tuning suite; recorded per method family too, with
+    Optuna's own cost for the same studies (no-op objective) measured side by side."""
     import torch
 
     from fairsqueeze.suite import load_suite
 
     torch.set_num_threads(1)
-    path = suite_file(perf_env)
+    path = cpu_tuning_suite_on_adult(perf_env)
     url = postgres_server.new_database()
     plan = plan_suite(load_suite(str(path)), data_root())
     worker = Worker(Runner(Store(url), data_root(), resolve_device("cpu")))
+    worker.plan = plan
     for spec in plan.studies:  # dense references loaded (and trained) before the clock starts
-        worker.plan = plan
         worker._reference(spec)
 
-    visits = []
+    visits: dict[str, float] = {}
     original = Worker._do_study
 
-    def timed(self, *args):
+    def timed(self, suite, name, *args):
         started = time.perf_counter()
-        result = original(self, *args)
-        visits.append(time.perf_counter() - started)
+        result = original(self, suite, name, *args)
+        visits[name] = visits.get(name, 0.0) + time.perf_counter() - started
         return result
 
     Worker._do_study = timed
@@ -184,26 +203,32 @@ def test_per_trial_overhead_outside_method_and_evaluation(benchmark, postgres_se
     finally:
         Worker._do_study = original
 
-    work = 0.0
-    n_trials = 0
+    rows: dict[str, dict[str, float]] = {}
     for summary in optuna.get_all_study_summaries(storage=url):
-        for t in optuna.load_study(study_name=summary.study_name, storage=url).trials:
-            seconds = t.user_attrs["result"]["seconds"]
-            work += seconds["apply"] + seconds["evaluate"]
-            n_trials += 1
-    total = sum(visits)  # every study visit: its trials and the selection that follows them
-    alone_trials, alone = optuna_alone(plan, postgres_server.new_database())
-    assert alone_trials == n_trials
-    overhead = (total - work) / work
-    per_trial = {"work": work / n_trials, "overhead": (total - work) / n_trials, "optuna_alone": alone / n_trials}
-    per_trial["engine"] = per_trial["overhead"] - per_trial["optuna_alone"]
-    benchmark.extra_info.update({"trials": n_trials, "study_visits_s": total, "method_and_evaluation_s": work,
-                                 **{f"{k}_ms_per_trial": 1000 * v for k, v in per_trial.items()},
-                                 "overhead": overhead, "engine_overhead": per_trial["engine"] / per_trial["work"],
-                                 "trial_work_for_5_percent_s": per_trial["overhead"] / MAX_OVERHEAD})
-    print("\n" + f"{n_trials} trials, per trial: method + evaluation {1000 * per_trial['work']:.0f} ms, overhead"
-          f" {1000 * per_trial['overhead']:.0f} ms ({100 * overhead:.0f} %), of which Optuna alone (reference, same"
-          f" studies with a no-op objective) {1000 * per_trial['optuna_alone']:.0f} ms and the engine"
-          f" {1000 * per_trial['engine']:.0f} ms; the target holds for trials of"
-          f" {per_trial['overhead'] / MAX_OVERHEAD:.1f} s or more")
+        study = optuna.load_study(study_name=summary.study_name, storage=url)
+        row = rows.setdefault(study.user_attrs["label"], {"trials": 0, "work": 0.0, "visits": 0.0})
+        row["visits"] += visits[summary.study_name]
+        for t in study.trials:
+            if "result" in t.user_attrs:
+                seconds = t.user_attrs["result"]["seconds"]
+                row["work"] += seconds["apply"] + seconds["evaluate"]
+            else:  # a failed trial (e.g. a diverged FairALM) records no timing: its whole span counts as work
+                row["work"] += (t.datetime_complete - t.datetime_start).total_seconds()
+            row["trials"] += 1
+    alone = optuna_alone(plan, postgres_server.new_database())
+    lines = []
+    for label, row in rows.items():
+        n = row["trials"]
+        row.update(work_ms_per_trial=1000 * row["work"] / n, overhead_ms_per_trial=1000 * (row["visits"] - row["work"]) / n,
+                   optuna_alone_ms_per_trial=1000 * alone[label] / n, overhead=(row["visits"] - row["work"]) / row["work"])
+        lines.append(f"  {label:<16} {row['work_ms_per_trial']:8.0f} ms {row['overhead_ms_per_trial']:6.0f} ms"
+                     f" {100 * row['overhead']:7.1f} % {row['optuna_alone_ms_per_trial']:6.0f} ms")
+    work = sum(r["work"] for r in rows.values())
+    overhead = (sum(r["visits"] for r in rows.values()) - work) / work
+    n_trials = sum(r["trials"] for r in rows.values())
+    benchmark.extra_info.update({"trials": n_trials, "method_and_evaluation_s": work, "overhead": overhead,
+                                 "per_method": rows, "load_avg_1min": os.getloadavg()[0]})
+    print(f"\n{n_trials} trials, overhead {100 * overhead:.1f} % of method + evaluation time"
+          f" ({work:.0f} s); per trial:\n  {'method':<16} {'work':>11} {'overhead':>9} {'share':>9} {'Optuna alone':>9}\n"
+          + "\n".join(lines))
     assert overhead < MAX_OVERHEAD
