@@ -180,6 +180,12 @@ SAMPLERS: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
     "random": optuna.samplers.RandomSampler,
 }
 
+# Options the engine sets unless a suite names them. A study's trials never run at the same
+# time (one worker holds a study), so TPE's constant liar (on by default since Optuna 5) finds
+# no other running trial and samples the same values; without it TPE reads the study's trials
+# once per trial instead of once per suggested parameter.
+SAMPLER_DEFAULTS: dict[str, dict[str, Any]] = {"tpe": {"constant_liar": False}}
+
 
 @dataclass(frozen=True)
 class SamplerSpec:
@@ -190,7 +196,11 @@ class SamplerSpec:
     options: tuple[tuple[str, Any], ...] = ()
 
     def build(self, seed: int | None = None) -> optuna.samplers.BaseSampler:
-        return SAMPLERS[self.name](seed=self.seed if seed is None else seed, **dict(self.options))
+        return SAMPLERS[self.name](seed=self.seed if seed is None else seed, **self.effective_options())
+
+    def effective_options(self) -> dict[str, Any]:
+        """The constructor options: the engine's defaults, then the suite's."""
+        return {**SAMPLER_DEFAULTS.get(self.name, {}), **dict(self.options)}
 
     def validate(self) -> None:
         if self.name not in SAMPLERS:

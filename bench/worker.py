@@ -404,7 +404,7 @@ class Worker:
             "base_params": spec.method.params,
             "trials": tune.trials,
             "objectives": tune.objectives.names(),
-            "sampler": {"name": tune.sampler.name, "seed": tune.sampler.seed, "options": dict(tune.sampler.options)},
+            "sampler": {"name": tune.sampler.name, "seed": tune.sampler.seed, "options": tune.sampler.effective_options()},
             "accuracy_within": tune.accuracy_within,
             "policies": [p.label for p in tune.policies],
             "split": "val",

@@ -131,7 +131,7 @@ def test_tuning_end_to_end_through_optuna_and_the_cli(isolated, capsys):
         study = optuna.load_study(study_name=summary.study_name, storage=db)
         trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
         assert len(study.trials) == len(trials) == 4  # exactly the budget
-        assert study.user_attrs["sampler"] == {"name": "tpe", "seed": 3, "options": {}}
+        assert study.user_attrs["sampler"] == {"name": "tpe", "seed": 3, "options": {"constant_liar": False}}  # the engine default, stored
         assert study.user_attrs["split"] == "val"
         assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
         assert all(1 <= t.params["k"] <= 8 for t in trials)  # the space stays under the entry's k
@@ -184,6 +184,29 @@ def test_a_sequential_study_is_reproducible_from_its_sampler_seed(isolated):
         results.append([(t.params, t.values, t.user_attrs["result"]["seed"]) for t in study.trials])
     assert results[0] == results[1]
     assert len({json.dumps(p) for p, _, _ in results[0]}) > 1  # the sampler really explored
+
+
+def test_tpe_without_constant_liar_samples_the_same_sequential_trials_with_fewer_reads():
+    """The engine turns TPE's constant liar off (a study's trials never overlap): the trials are
+    the same as with it on, and TPE reads the study's trials once per trial, not per parameter."""
+    from fairsqueeze.tuning import SamplerSpec
+
+    def run(spec):
+        storage = optuna.storages.InMemoryStorage()
+        reads = []
+        original = storage.get_all_trials
+        storage.get_all_trials = lambda *a, **k: reads.append(1) or original(*a, **k)
+        study = optuna.create_study(storage=storage, directions=["maximize", "minimize"], sampler=spec.build())
+        study.optimize(lambda t: [t.suggest_float("a", 0, 1) + t.suggest_int("b", 1, 9),
+                                  t.suggest_float("c", 1e-3, 1, log=True) * t.params["a"]], n_trials=8)
+        return [t.params for t in study.trials], len(reads)
+
+    default = SamplerSpec("tpe", 3, (("n_startup_trials", 3),))
+    assert default.effective_options() == {"constant_liar": False, "n_startup_trials": 3}
+    liar = SamplerSpec("tpe", 3, (("n_startup_trials", 3), ("constant_liar", True)))  # a suite may ask for it
+    (ours, our_reads), (theirs, their_reads) = run(default), run(liar)
+    assert ours == theirs
+    assert their_reads - our_reads == 5 * 3  # with the liar, each TPE trial (5) re-reads for each of its 3 parameters
 
 
 def test_nothing_on_the_tuning_path_reads_the_test_split(isolated, monkeypatch, capfd, caplog):
