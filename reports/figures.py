@@ -22,6 +22,17 @@ DENSE_COLOUR = "#000000"
 LABEL_STEP = 0.07  # axes fraction between two stacked policy names in the tuning figure
 
 
+def _method_colours() -> list[str]:
+    """tab10's hues, then the same hues darker (seaborn's "dark"): 18 colours that all stand out
+    on white. Grey is left out: it marks other entries' trials and unknown methods."""
+    grey = 7
+    return [c for palette_name in ("tab10", "dark")
+            for i, c in enumerate(sns.color_palette(palette_name, 10).as_hex()) if i != grey]
+
+
+METHOD_COLOURS = _method_colours()
+
+
 def palette(methods) -> dict[str, str]:
     """Method -> colour, stable across reports: registered methods first, in name order."""
     try:
@@ -31,8 +42,7 @@ def palette(methods) -> dict[str, str]:
     except Exception:  # a report must render even where plugins fail to import
         known = []
     names = [m for m in sorted(set(known) | {m for m in methods if isinstance(m, str)}) if m != "dense"]
-    # tab10's ten distinct hues first; tab20 (paired light/dark hues) only beyond ten methods
-    colours = sns.color_palette("tab10" if len(names) <= 10 else "tab20", n_colors=max(len(names), 1)).as_hex()
+    colours = METHOD_COLOURS
     return {"dense": DENSE_COLOUR, **{m: colours[i % len(colours)] for i, m in enumerate(names)}}
 
 

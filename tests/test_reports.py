@@ -238,3 +238,20 @@ def test_cli_writes_both_pages_for_a_real_suite(isolated, capsys):
     assert "truncated_svd" in board and "dense" in board
     assert (isolated / "rep" / "tables" / "runs.csv").exists()
     assert main(["report", "nosuch", "--db", db]) == 2
+
+
+def test_every_registered_method_has_its_own_colour_that_stands_out_on_white():
+    import colorsys
+
+    from matplotlib.colors import to_rgb
+
+    from fairsqueeze.methods import METHODS
+    from fairsqueeze.reports.figures import DENSE_COLOUR, palette
+
+    colours = palette([])
+    methods = [m for m in METHODS.names() if m != "dense"]
+    assert set(methods) <= set(colours) and colours["dense"] == DENSE_COLOUR
+    assert len({colours[m] for m in methods}) == len(methods)  # no two methods alike
+    for m in methods:
+        hue, lightness, saturation = colorsys.rgb_to_hls(*to_rgb(colours[m]))
+        assert lightness < 0.7 and saturation > 0.3, (m, colours[m])  # not pale, not grey
