@@ -43,13 +43,17 @@ def studies(store: Store, suite: str | None = None) -> list[optuna.study.StudySu
 
 
 def front_table(study: optuna.Study) -> pd.DataFrame:
-    """The Pareto front of one study: trial number, objective values on validation, params."""
+    """The Pareto front of one study: trial number, objective values on validation, flags, params.
+
+    A constant (degenerate) or unchanged (no-effect) model can sit on Optuna's front, e.g. with
+    zero unfairness; ``flags`` names it, and no policy ever selects it."""
     names = study.user_attrs.get("objectives", [f"objective{i}" for i in range(len(study.directions))])
     rows = [
-        {"trial": t.number, **dict(zip(names, t.values)), "params": trial_params(t)}
+        {"trial": t.number, **dict(zip(names, t.values)),
+         "flags": ", ".join(t.user_attrs.get("result", {}).get("flags", [])), "params": trial_params(t)}
         for t in pareto_front(study)
     ]
-    return pd.DataFrame(rows, columns=["trial", *names, "params"])
+    return pd.DataFrame(rows, columns=["trial", *names, "flags", "params"])
 
 
 SELECTION_COLUMNS = [c.name for c in selections.columns]

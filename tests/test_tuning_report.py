@@ -190,3 +190,17 @@ def test_the_figure_marks_flagged_and_infeasible_trials_and_draws_a_3_objective_
     at = [c for c in panel.collections if len(c.get_offsets()) and tuple(c.get_offsets()[0]) == (0.9, 0.3)]
     assert len(at) == 1 and np.array_equal(shape(at[0].get_paths()[0]), shape(MarkerStyle("x").get_path()))  # as x
     assert [t.get_text() for t in panel.texts] == ["utopia"]  # one seed: no seed prefix
+
+
+def test_a_flagged_trial_on_the_front_is_named_as_such():
+    from fairsqueeze.tuning_report import front_table
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr("objectives", ["f1_avg", "eodd"])
+    for values, flags in (([0.8, 0.2], []), ([0.3, 0.0], ["degenerate"]), ([0.7, 0.3], [])):
+        trial = study.ask()
+        trial.set_user_attr("result", {"params": {"k": 1}, "flags": flags})
+        study.tell(trial, values)
+    front = front_table(study)
+    assert list(front["trial"]) == [0, 1]  # the constant model is on Optuna's front (eodd 0) ...
+    assert list(front["flags"]) == ["", "degenerate"]  # ... and says what it is
