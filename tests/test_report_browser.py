@@ -109,6 +109,9 @@ def test_tuning_section_in_the_browser(tuned_db, tmp_path):
         assert figure.count() == 1 and figure.is_visible()
         assert figure.evaluate("img => img.complete && img.naturalWidth > 800")
         assert page.locator("#tuning .note.unequal").is_visible()
+        page.set_viewport_size({"width": 1200, "height": 1400})  # long sampler and policy lists wrap
+        assert page.eval_on_selector("#tuning table.budgets", "t => t.getBoundingClientRect().right <= innerWidth")
+        page.set_viewport_size({"width": 1500, "height": 1400})
         policies = page.eval_on_selector_all("#tuning table.selected tbody tr td.policy", "tds => tds.map(t => t.textContent)")
         assert sorted(set(policies)) == ["best_utility", "fairest_above(0.5)", "fairest_within(0.05)", "utopia"]
         page.locator("#tuning details.fronts summary").first.click()
