@@ -6,7 +6,6 @@ holds no study), and a database without the ``selections`` table holds no select
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +16,7 @@ from sqlalchemy import inspect, select
 
 from fairsqueeze.reports.stats import estimate
 from .store import Store
-from .tuning import pareto_front, trial_params, trials_frame
+from .tuning import pareto_front, trials_frame
 from .worker import selections
 
 # the tables Optuna's RDB storage needs before it can be opened without writing
@@ -43,14 +42,15 @@ def studies(store: Store, suite: str | None = None) -> list[optuna.study.StudySu
 
 
 def front_table(study: optuna.Study) -> pd.DataFrame:
-    """The Pareto front of one study: trial number, objective values on validation, flags, params.
+    """The Pareto front of one study: trial number, objective values on validation, flags and
+    the searched params (the entry's fixed params are the same for every trial).
 
     A constant (degenerate) or unchanged (no-effect) model can sit on Optuna's front, e.g. with
     zero unfairness; ``flags`` names it, and no policy ever selects it."""
     names = study.user_attrs.get("objectives", [f"objective{i}" for i in range(len(study.directions))])
     rows = [
         {"trial": t.number, **dict(zip(names, t.values)),
-         "flags": ", ".join(t.user_attrs.get("result", {}).get("flags", [])), "params": trial_params(t)}
+         "flags": ", ".join(t.user_attrs.get("result", {}).get("flags", [])), "params": t.params}
         for t in pareto_front(study)
     ]
     return pd.DataFrame(rows, columns=["trial", *names, "flags", "params"])
@@ -151,6 +151,11 @@ def _with_ci(mean: float, half: float) -> str:
     return f"{mean:.3f} ± {half:.3f}" if not np.isnan(half) else f"{mean:.3f}"
 
 
+def short_params(params: dict[str, Any]) -> str:
+    """``k=v`` pairs in name order, floats to 4 significant digits: a front's rows stay one line."""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(params.items()))
+
+
 def format_fronts(store: Store, suite: str | None = None) -> str:
     """Every study's sampler, budget and Pareto front, then what each policy selected."""
     lines = []
@@ -167,7 +172,7 @@ def format_fronts(store: Store, suite: str | None = None) -> str:
         front = study.front.copy()
         lines.append("Pareto front:" if not front.empty else "Pareto front: (no feasible complete trial yet)")
         if not front.empty:
-            front["params"] = front["params"].map(lambda p: json.dumps(p, sort_keys=True))
+            front["params"] = front["params"].map(short_params)
             lines.append(front.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         for policy, trial in sorted(study.selected.items()):
             picked = f"trial {trial}" if trial is not None else "no qualifying trial"

@@ -10,6 +10,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 
 from fairsqueeze.biascard import format_bias_card
 from fairsqueeze.leaderboard.hypervolume import hypervolume, reference_point
+from fairsqueeze.tuning_report import short_params
 
 from . import export, figures
 from .columns import UTILITY, headline_gap
@@ -25,13 +26,15 @@ COMPRESSED = 1.05  # a row below this compression ratio is not a compression res
 def environment() -> Environment:
     """Jinja2 with autoescaping on every template: names, labels, parameters and errors
     come from users and are always escaped."""
-    return Environment(
+    env = Environment(
         loader=FileSystemLoader(TEMPLATES),
         autoescape=select_autoescape(default=True, default_for_string=True),
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.filters["short_params"] = short_params
+    return env
 
 
 @dataclass

@@ -204,3 +204,17 @@ def test_a_flagged_trial_on_the_front_is_named_as_such():
     front = front_table(study)
     assert list(front["trial"]) == [0, 1]  # the constant model is on Optuna's front (eodd 0) ...
     assert list(front["flags"]) == ["", "degenerate"]  # ... and says what it is
+
+
+def test_front_params_are_the_searched_ones_on_one_short_line():
+    from fairsqueeze.tuning_report import front_table, short_params
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    trial = study.ask()
+    trial.suggest_float("lr", 1e-3, 1e-1, log=True)
+    trial.suggest_categorical("penalty", ["abs", "square"])
+    trial.set_user_attr("result", {"params": {"lr": trial.params["lr"], "penalty": trial.params["penalty"], "epochs": 2}})
+    study.tell(trial, [0.8, 0.1])
+    (params,) = front_table(study)["params"]
+    assert params == trial.params  # the fixed epochs are the entry's, not the trial's
+    assert short_params({"lr": 0.0246406658, "penalty": "abs", "k": 3}) == "k=3, lr=0.02464, penalty=abs"
