@@ -366,6 +366,11 @@ def trial_params(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     return trial.user_attrs.get("result", {}).get("params", trial.params)
 
 
+def short_params(params: dict[str, Any]) -> str:
+    """``k=v`` pairs in name order, floats to 4 significant digits: params or options on one short line."""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(params.items()))
+
+
 # -- reading studies -------------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ from sqlalchemy import inspect, select
 
 from fairsqueeze.reports.stats import estimate
 from .store import Store
-from .tuning import pareto_front, trials_frame
+from .tuning import pareto_front, short_params, trials_frame
 from .worker import selections
 
 # the tables Optuna's RDB storage needs before it can be opened without writing
@@ -149,11 +149,6 @@ def selected_results(store: Store, suite: str | None = None, split: str = "test"
 
 def _with_ci(mean: float, half: float) -> str:
     return f"{mean:.3f} ± {half:.3f}" if not np.isnan(half) else f"{mean:.3f}"
-
-
-def short_params(params: dict[str, Any]) -> str:
-    """``k=v`` pairs in name order, floats to 4 significant digits: a front's rows stay one line."""
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(params.items()))
 
 
 def format_fronts(store: Store, suite: str | None = None) -> str:

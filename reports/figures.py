@@ -42,8 +42,7 @@ def palette(methods) -> dict[str, str]:
     except Exception:  # a report must render even where plugins fail to import
         known = []
     names = [m for m in sorted(set(known) | {m for m in methods if isinstance(m, str)}) if m != "dense"]
-    colours = METHOD_COLOURS
-    return {"dense": DENSE_COLOUR, **{m: colours[i % len(colours)] for i, m in enumerate(names)}}
+    return {"dense": DENSE_COLOUR, **{m: METHOD_COLOURS[i % len(METHOD_COLOURS)] for i, m in enumerate(names)}}
 
 
 def to_png(fig) -> str:

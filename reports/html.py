@@ -10,7 +10,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 
 from fairsqueeze.biascard import format_bias_card
 from fairsqueeze.leaderboard.hypervolume import hypervolume, reference_point
-from fairsqueeze.tuning_report import short_params
+from fairsqueeze.tuning import short_params
 
 from . import export, figures
 from .columns import UTILITY, headline_gap

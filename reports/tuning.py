@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from fairsqueeze.tuning import short_params
+
 from . import figures
 from .data import Results
 
@@ -32,7 +34,7 @@ def _entry(label: str, studies: list) -> dict:
     first = studies[0]
     attrs = first.attrs
     sampler = attrs.get("sampler", {})
-    options = ", ".join(f"{k}={v}" for k, v in sorted((sampler.get("options") or {}).items()))
+    options = short_params(sampler.get("options") or {})
     within = attrs.get("accuracy_within")
     return {
         "label": label,

@@ -207,7 +207,8 @@ def test_a_flagged_trial_on_the_front_is_named_as_such():
 
 
 def test_front_params_are_the_searched_ones_on_one_short_line():
-    from fairsqueeze.tuning_report import front_table, short_params
+    from fairsqueeze.tuning import short_params
+    from fairsqueeze.tuning_report import front_table
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     trial = study.ask()
