@@ -5,8 +5,10 @@ hooks rather than writing loops of their own:
 
 - ``loss(model, batch)``: the training objective (default: cross-entropy of the logits);
   a fairness penalty or an augmented Lagrangian goes here, ``batch.s`` holds the groups;
-- ``after_step(trainer)``: runs after every optimizer step (re-apply masks, overwrite
-  frozen quantized codes, dual updates);
+- ``after_step(trainer)``: runs once per batch, after :meth:`Trainer.step` (re-apply masks,
+  overwrite frozen quantized codes, dual updates). That is after every optimizer step for
+  the default step; a subclass whose step takes several (FairALM's inner steps) runs the
+  hook once, after the last of them;
 - ``on_epoch_end(trainer, epoch)``: once per epoch (grow a dual step size, evaluate on
   validation and keep the best checkpoint);
 - ``parameters``: which tensors train (default: every parameter that requires grad);

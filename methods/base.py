@@ -90,6 +90,16 @@ class MethodContext:
             x = self.task.prepare(split.x[rows], train).to(self.device)
             yield x, torch.as_tensor(split.y[rows], device=self.device), torch.as_tensor(split.s[rows])
 
+    def validation_metrics(self, model: nn.Module) -> dict[str, float]:
+        """Every metric of ``model`` on the validation split, computed as the engine computes
+        outcomes: its one prediction loop, then :func:`fairsqueeze.metrics.compute_metrics`."""
+        from fairsqueeze.evaluate import predict
+        from fairsqueeze.metrics import compute_metrics
+
+        val = self.task.val
+        y_pred = predict(model, val, self.task.prepare, self.device)
+        return compute_metrics(val.y, y_pred, val.s, num_classes=self.task.num_classes)
+
     def labelled_batches(self, split: Split, batch_size: int = 256) -> "LabelledBatches":
         """A split's ``(x, y)`` batches with eval transforms, iterable once per pass (what
         curvature and saliency estimators loop over)."""
@@ -130,6 +140,28 @@ def normalize_params(params: Any) -> Any:
             except (ValueError, ZeroDivisionError):
                 raise ConfigError(f"{f.name}: expected a number or a fraction like '5/9', got {value!r}") from None
     return params
+
+
+def parse_beta(value: float | str) -> float:
+    """β of the group-curvature scores, ½θ²(h⁰ − β·h¹) and its kin, written as a number or as
+    a fraction the way the papers write it ("5/9"). β weighs the privileged group's curvature
+    against the unprivileged group's: a negative β would reward removing what the privileged
+    group needs, so it is refused."""
+    try:
+        beta = float(Fraction(str(value).strip()))
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"beta must be a number or a fraction like '5/9', got {value!r}") from None
+    if not beta >= 0:
+        raise ConfigError(f"beta must be >= 0, got {value!r}")
+    return beta
+
+
+def checked_beta(method: str, value: float | str) -> float:
+    """:func:`parse_beta` for a method's ``validate``: the error names the method."""
+    try:
+        return parse_beta(value)
+    except ConfigError as exc:
+        raise ConfigError(f"{method}: {exc}") from None
 
 
 class Method(abc.ABC):

@@ -8,7 +8,7 @@ cross-entropy of the batch, every batch runs
 - ``inner_steps`` primal steps on ê + λ·(μ̂^{s0} − μ̂^{s1}) + η·(μ̂^{s0} + μ̂^{s1})
   (the paper's (λ+η)μ̂^{s0} − (λ−η)μ̂^{s1}), then
 - one dual step λ ← λ + η·(μ̂^{s0} − μ̂^{s1}), evaluated at the new weights (one extra
-  forward pass without gradients).
+  forward pass without gradients, in eval mode: no dropout, batch-norm statistics untouched).
 
 ``dual="reference"`` reproduces the public code instead: two multipliers λ0, λ1, the loss
 ê + (η/4 + (λ0 − λ1)/2)·μ̂^{s0} + (η/4 + (λ1 − λ0)/2)·μ̂^{s1}, the μ̂ of the last inner step
@@ -149,7 +149,12 @@ class ALMObjective(GroupObjective):
     def dual_step(self, trainer: Trainer) -> None:
         batch, mu, present = self.last
         if self.dual == "alg2":  # the rates at the weights the primal steps just produced
-            _, mu, present = self.rates(trainer.model, batch)
+            # an evaluation, not a training step: no dropout, no batch-norm statistics update
+            trainer.model.eval()
+            try:
+                _, mu, present = self.rates(trainer.model, batch)
+            finally:
+                trainer.model.train()
             trainer.count(len(batch), forward=1, backward=0, steps=0)
         self.absent += int((~present).sum())
         gap = torch.where(present, mu[0] - mu[1], torch.zeros_like(mu[0]))

@@ -36,7 +36,7 @@ from torch import nn
 from fairsqueeze.errors import ConfigError
 from fairsqueeze.models import resolve_layer
 
-from .base import Method, MethodContext, Outcome, register_method
+from .base import Method, MethodContext, Outcome, checked_beta, parse_beta, register_method
 from .svd import check_ranks, target_layers
 from .toolbox.curvature import ESTIMATORS, features_before, per_group_curvature, sequential_tail
 from .toolbox.factorize import SOLVERS, FactorizedLinear, replace_module
@@ -215,14 +215,6 @@ def _followed_by_relu(model: nn.Module, path: str) -> bool:
     return bool(following) and isinstance(following[0], nn.ReLU)
 
 
-def parse_beta(value: float | str) -> float:
-    """β may be written as a fraction, as the paper does ("5/9")."""
-    try:
-        return float(Fraction(str(value)))
-    except (ValueError, ZeroDivisionError):
-        raise ConfigError(f"beta must be a number or a fraction like '5/9', got {value!r}") from None
-
-
 @register_method("fairlrf")
 class FairLRF(SparseLowRank):
     """Fairness-oriented sparse SVD: drop the factor rows the unprivileged group needs least."""
@@ -247,8 +239,7 @@ class FairLRF(SparseLowRank):
     def validate(self) -> None:
         super().validate()
         p = self.params
-        if not parse_beta(p.beta) >= 0:  # β weighs the privileged group's curvature; a negative β rewards hurting it
-            raise ConfigError(f"fairlrf: beta must be >= 0, got {p.beta!r}")
+        checked_beta("fairlrf", p.beta)
         if p.row_score not in ("full", "tail"):
             raise ConfigError(f"fairlrf: row_score must be 'full' or 'tail', got {p.row_score!r}")
         if p.scoring_size is not None and p.scoring_size < 1:

@@ -32,8 +32,7 @@ import torch
 
 from fairsqueeze.errors import ConfigError
 
-from .base import Method, MethodContext, Outcome, register_method
-from .lowrank import parse_beta
+from .base import Method, MethodContext, Outcome, checked_beta, parse_beta, register_method
 from .toolbox.curvature import ESTIMATORS, prunable_weights
 from .toolbox.pruning import SCOPES, PruningResult, filter_layers, prune_filters, prune_weights
 from .toolbox.scores import GroupSaliency, Magnitude, scoring_groups
@@ -132,7 +131,7 @@ class FairPrune(Pruning):
     def validate(self) -> None:
         super().validate()
         p, name = self.params, self.registered_name
-        parse_beta(p.beta)
+        checked_beta(name, p.beta)
         if p.estimator not in ESTIMATORS:
             raise ConfigError(f"{name}: unknown estimator {p.estimator!r} (known: {', '.join(ESTIMATORS)})")
         if p.scoring_size is not None and p.scoring_size < 1:

@@ -52,8 +52,7 @@ from fairsqueeze.errors import ConfigError
 from fairsqueeze.metrics import compute_metrics
 from fairsqueeze.training import Batch, Trainer, TrainConfig
 
-from .base import Method, MethodContext, Outcome, register_method
-from .lowrank import parse_beta
+from .base import Method, MethodContext, Outcome, checked_beta, parse_beta, register_method
 from .toolbox import curvature
 from .toolbox.factorize import replace_module
 from .toolbox.pruning import select_smallest
@@ -290,7 +289,7 @@ class FairQuantize(Method):
 
     def validate(self) -> None:
         p = self.params
-        parse_beta(p.beta)
+        checked_beta("fairquantize", p.beta)
         if not (0 < p.step <= 1 and 0 < p.target <= 1):
             raise ConfigError("fairquantize: step and target must lie in (0, 1]")
         if p.scheme not in SCHEMES:

@@ -114,11 +114,78 @@ def test_group_rates_by_hand_and_one_constraint_per_class():
     err, _ = group_rates(logits, y, s, "error_rate", "ce", 2)
     assert torch.allclose(err[:, 0], torch.stack([ce[[0, 1, 2]].mean(), ce[[3, 4, 5, 6]].mean()]))
 
-    y10 = torch.arange(20) % 10
-    s10 = torch.arange(20) // 10
-    assert group_rates(torch.randn(20, 10), y10, s10, "deo", "ce", 10)[0].shape == (2, 10)
-    assert group_rates(torch.randn(20, 10), y10, s10, "fpr", "sigmoid_margin", 10)[0].shape == (2, 10)
-    assert group_rates(torch.randn(20, 10), y10, s10, "error_rate", "ce", 10)[0].shape == (2, 1)
+
+
+def test_multi_class_constraints_are_per_class_rates_by_hand():
+    """Three classes: one DEO / FPR constraint per class k, each the mean over a cell by a
+    plain loop over rows (miss of k on the rows with y = k, a false alarm of k on y != k)."""
+    torch.manual_seed(0)
+    logits = torch.randn(12, 3, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 1])
+    s = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+    p = torch.softmax(logits, 1).tolist()
+
+    def margin(row, k):
+        return logits[row, k].item() - max(logits[row, j].item() for j in range(3) if j != k)
+
+    def cell(rule, g, k, in_cell):
+        rows = [i for i in range(12) if s[i] == g and in_cell(i, k)]
+        return sum(rule(i, k) for i in rows) / len(rows)
+
+    deo, present = group_rates(logits, y, s, "deo", "ce", 3)
+    fpr, _ = group_rates(logits, y, s, "fpr", "sigmoid_margin", 3)
+    err, _ = group_rates(logits, y, s, "error_rate", "ce", 3)
+    assert present.tolist() == [True, True, True]
+    for g in (0, 1):
+        for k in range(3):
+            assert deo[g, k].item() == pytest.approx(cell(lambda i, k: -np.log(p[i][k]), g, k, lambda i, k: y[i] == k))
+            sigmoid_alarm = lambda i, k: 1 / (1 + np.exp(-margin(i, k)))  # noqa: E731
+            assert fpr[g, k].item() == pytest.approx(cell(sigmoid_alarm, g, k, lambda i, k: y[i] != k))
+        rows = [i for i in range(12) if s[i] == g]
+        assert err[g, 0].item() == pytest.approx(sum(-np.log(p[i][y[i]]) for i in rows) / len(rows))
+    assert err.shape == (2, 1)
+
+
+def test_the_dual_step_evaluates_in_eval_mode():
+    """Algorithm 2's multiplier update reads the rates at the new weights: dropout off and
+    batch-norm statistics left alone, so λ follows the eval-mode rates exactly."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 2))
+    x, s = torch.randn(16, 3), torch.arange(16) % 2
+    batch = Batch(x, torch.ones(16, dtype=torch.long), s, np.arange(16))
+    objective = ALMObjective("deo", "ce", 2, torch.device("cpu"), eta=2.0, eta_growth=1.0, dual="alg2")
+    model.train()
+    objective(model, batch)  # a primal step's forward pass, in train mode
+    stats = model[1].running_mean.clone()
+
+    class Stub:
+        def __init__(self):
+            self.model = model
+
+        def count(self, *args, **kwargs):
+            pass
+
+    objective.dual_step(Stub())
+    assert torch.equal(model[1].running_mean, stats) and model.training  # untouched, and back in train mode
+    model.eval()
+    with torch.no_grad():
+        mu, _ = group_rates(model(x), batch.y, s, "deo", "ce", 2)
+    assert objective.lam[0].item() == pytest.approx(2.0 * (mu[0, 0] - mu[1, 0]).item())
+
+
+def test_after_step_runs_once_per_batch_under_inner_steps():
+    """The trainer's hook runs after each batch's step; FairALM's dual step needs it once per
+    batch, after all inner primal steps (Algorithm 2), not after each of them."""
+    from fairsqueeze.methods.fairalm import InnerStepTrainer
+    from fairsqueeze.training import TrainConfig
+
+    task = planted_bias_task(n=200)
+    calls, steps = [], []
+    trainer = InnerStepTrainer(nn.Linear(3, 2), task.view(), TrainConfig(epochs=2, batch_size=64), torch.device("cpu"),
+                               0, inner_steps=3, after_step=lambda t: calls.append(t.cost.steps))
+    trainer.fit()
+    batches = 2 * -(-200 // 64)
+    assert len(calls) == batches and calls == [3 * (i + 1) for i in range(batches)]
 
 
 @pytest.mark.parametrize("dual", ["alg2", "reference"])

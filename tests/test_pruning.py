@@ -248,6 +248,21 @@ def test_parameter_checks(name):
             cls.from_config({"scope": "global"})
 
 
+@pytest.mark.parametrize("name", ["fairprune", "fairprune_structured", "fairquantize", "fairlrf"])
+def test_every_group_curvature_method_validates_beta_the_same_way(name):
+    """β weighs the privileged group's curvature: a negative β rewards removing what that
+    group needs, so all three families refuse it with one message; fractions are parsed."""
+    cls = METHODS.get(name)
+    for negative in (-1, "-1/3", -1e-9):
+        with pytest.raises(ConfigError, match=f"^{name}: beta must be >= 0"):
+            cls.from_config({"beta": negative})
+    for bad in ("nan", "x/2", "1/0"):
+        with pytest.raises(ConfigError, match="beta"):
+            cls.from_config({"beta": bad})
+    assert cls.from_config({"beta": "5/9"}).params.beta == pytest.approx(5 / 9)
+    assert cls.from_config({"beta": 0}).params.beta == 0.0
+
+
 def test_a_ratio_that_removes_nothing_says_so():
     data, model = _task_and_model()
     out = METHODS.get("magnitude_prune").from_config({"ratio": 0.01}).apply(make_ctx(copy.deepcopy(model), data))
