@@ -7,9 +7,11 @@ relaxed accuracy-gap penalty enters both. Each training batch is split in two ha
 1. a lower step on A: one optimizer step on the weights for L + λ_f·P(F̂), the mask fixed;
 2. an upper step on B: the gradient of L + λ_f·P(F̂) with respect to the mask scores (the
    forward pass uses the binary top-k mask, the gradient goes straight through to the
-   scores; ``toolbox/score_masks.py``) plus the Hessian-free implicit-gradient term of BiP,
-   −κ·(∂ℓ/∂m) ⊙ (∂ℓ/∂θ) per weight, summed over a unit for structured masks; one
-   optimizer step on the scores.
+   scores; ``toolbox/score_masks.py``) plus the Hessian-free implicit-gradient term of BiP's
+   public code, −κ·g_s ⊙ g_s with g_s that score gradient (BiP multiplies two gradients
+   taken at the same point, which for a score are equal); one optimizer step on the scores.
+   At the default κ = 1e-4 the term is about 1e-5 of the score gradient and does not change
+   the masks (see the README); a large κ does.
 
 L is the cross-entropy. F̂ is the relaxed accuracy gap: the mean soft accuracy of group 1
 minus that of group 0, i.e. the paper's importance-weighted F̂_A with the batch's group
@@ -135,19 +137,18 @@ class BilevelTrainer(Trainer):
 
     @torch.no_grad()
     def add_implicit_gradient(self) -> None:
-        """BiP's Hessian-free implicit gradient: −κ·(∂ℓ/∂m)(∂ℓ/∂θ) = −κ·θ·(∂ℓ/∂θ)² per weight."""
-        for module, score_mask in self.masks.layers.values():
-            weight = self.masks.raw_weight(module)
-            if weight.grad is None or score_mask.scores.grad is None:
-                continue
-            term = weight * weight.grad.square()
-            if self.masks.structured:
-                term = term.flatten(1).sum(1)
-                if module.bias is not None and module.bias.grad is not None:
-                    term = term + module.bias * module.bias.grad.square()
-            # the mask is a top-k of |scores|: the chain rule through |.| gives the sign
-            score_mask.scores.grad -= self.kappa * term * score_mask.scores.sign()
+        """BiP's Hessian-free implicit-gradient term, −κ·g_s ⊙ g_s′ on every score.
 
+        BiP takes the loss gradient of every parameter twice at the same point on the same
+        rows (once with weights and scores trainable, once with the scores only) and adds
+        −κ times their elementwise product to the score gradients. For a score the two are
+        the same straight-through gradient g_s, so the term is −κ·g_s²: no weight factor and
+        no sign (the score gradient already carries the chain rule through |scores|).
+        """
+        for _, score_mask in self.masks.layers.values():
+            grad = score_mask.scores.grad
+            if grad is not None:
+                grad.sub_(self.kappa * grad * grad)
 
 class FairObjective:
     """Cross-entropy plus λ_f·P(F̂) at the levels that carry the penalty; counts skipped halves."""

@@ -123,23 +123,66 @@ def test_weight_mask_gradient_reaches_every_score_as_autograd_of_the_product():
     assert torch.allclose(score.scores.grad, m.grad * score.scores.sign())  # pruned entries get gradient too
 
 
-def test_implicit_gradient_term_is_minus_kappa_theta_grad_squared():
+def _bip_score_gradients(model, masks, objective, batch, lr2):
+    """A transcription of BiP's bi-level step (trainer/bilevel.py) for the scores: the loss
+    gradient once with weights and scores trainable ("bilevel" mode), once with the scores
+    only ("prune" mode), at the same point; the score gradient plus −lr2 times their product."""
+    scores = masks.scores()
+    bilevel = torch.autograd.grad(objective(model, batch, "mask"), [*masks.weights(), *scores])[-len(scores):]
+    for w in masks.weights():
+        w.requires_grad_(False)
+    prune = torch.autograd.grad(objective(model, batch, "mask"), scores)
+    for w in masks.weights():
+        w.requires_grad_(True)
+    return [g_prune + (-lr2 * g_prune * g_bilevel) for g_prune, g_bilevel in zip(prune, bilevel)]
+
+
+@pytest.mark.parametrize("structured", [False, True])
+def test_implicit_gradient_term_is_bips_product_of_score_gradients(structured):
+    from fairsqueeze.methods.bifp import FairObjective
+    from fairsqueeze.training import Batch
+
     task = minority_rule_task(n=64)
-    model = nn.Sequential(nn.Linear(7, 4), nn.ReLU(), nn.Linear(4, 2))
-    masks = ScoreMasks(model, ["0"], 0.5, structured=False)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(7, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 2))
+    masks = ScoreMasks(model, ["0", "2"], 0.5, structured=structured)
+    objective = FairObjective(1.0, "abs", 0.0, "both", 0.3)
+    kappa = 50.0  # large enough for the term to show next to the gradient
     trainer = BilevelTrainer(model, task, TrainConfig(epochs=1), torch.device("cpu"), 0, masks=masks,
-                             objective=None, mask_lr=0.1, kappa=0.5)
-    layer, score = masks.layers["0"]
-    theta = masks.raw_weight(layer)
-    model(torch.as_tensor(task.train.x)).logsumexp(1).sum().backward()
-    before = score.scores.grad.clone()
+                             objective=objective, mask_lr=0.1, kappa=kappa)
+    split = task.train
+    batch = Batch(torch.as_tensor(split.x), torch.as_tensor(split.y), torch.as_tensor(split.s), np.arange(64))
+    expected = _bip_score_gradients(model, masks, objective, batch, kappa)
+    trainer.zero_grad()
+    objective(model, batch, "mask").backward()
+    plain = [p.grad.clone() for p in masks.scores()]
     trainer.add_implicit_gradient()
-    expected = before - 0.5 * theta.detach() * theta.grad.square() * score.scores.sign()
-    assert torch.allclose(score.scores.grad, expected) and not torch.allclose(before, expected)
+    for score, want, g in zip(masks.scores(), expected, plain):
+        assert torch.allclose(score.grad, want, rtol=1e-5, atol=1e-12)
+        assert not torch.allclose(score.grad, g)  # the term is there
+        assert torch.allclose(score.grad, g - kappa * g * g)  # −κ·g_s², no weight factor, no sign
     trainer.kappa = 0.0  # switched off: the straight-through gradient alone
-    score.scores.grad = before.clone()
+    for score, g in zip(masks.scores(), plain):
+        score.grad = g.clone()
     trainer.add_implicit_gradient()
-    assert torch.equal(score.scores.grad, before)
+    assert all(torch.equal(score.grad, g) for score, g in zip(masks.scores(), plain))
+
+
+def _final_masks(dense, task, monkeypatch=None, **params):
+    common = {"sparsity": 0.5, "structured": False, "epochs": 3, "batch_size": 64, "lr": 0.05, "mask_lr": 0.05}
+    outcome = METHODS.get("bifp").from_config({**common, **params}).apply(context(dense, task))
+    return [(p == 0) for n, p in outcome.model.named_parameters() if n.endswith("weight")]
+
+
+def test_a_large_kappa_changes_the_masks_and_kappa_zero_is_no_term(monkeypatch):
+    task = minority_rule_task(n=600)
+    dense = dense_mlp(task)
+    zero = _final_masks(dense, task, kappa=0.0)
+    large = _final_masks(dense, task, kappa=1000.0)
+    assert any(not torch.equal(a, b) for a, b in zip(zero, large))
+    monkeypatch.setattr(BilevelTrainer, "add_implicit_gradient", lambda self: None)
+    without = _final_masks(dense, task, kappa=1000.0)
+    assert all(torch.equal(a, b) for a, b in zip(zero, without))
 
 
 def conv_net():
