@@ -12,21 +12,27 @@ PyTorch's int8 kernels are CPU kernels: the method refuses other devices.
 1. cumulative targets t_n = n·step (5 % steps by default) up to ``target``;
 2. at each step the per-group diagonal curvature h^c of the loss w.r.t. every conv/linear
    weight is computed on seeded balanced scoring sets (c = 0: the unprivileged group), and
-   every weight gets the score (h⁰ − β·h¹)·(q(w) − w)²  (the reference's integer weights
-   (9, −5) are β = 5/9 up to a positive factor, which does not change any ranking);
+   every weight gets the score (h⁰ − β·h¹)·(q(w) − w)², FairPrune's group saliency with the
+   rounding error in place of the weight (:class:`.toolbox.scores.GroupSaliency`; the
+   reference's integer weights (9, −5) are β = 5/9 up to a positive factor, which does not
+   change any ranking);
 3. per layer, round(t_n·n) weights are quantized: those already quantized plus the smallest
    scores among the rest (true ranks). ``reference_argsort_quirk`` reproduces the reference
-   selection instead, which marks positions whose *argsort entry* is <= round(t_n·n) (k + 1
-   essentially arbitrary positions, OR-ed into the mask, so the real fraction can exceed t_n);
+   selection instead: t_n added up in floating point, already-quantized scores set to −1e38,
+   torch's unstable ``argsort``, and the positions whose *argsort entry* is <= round(t_n·n)
+   marked (k + 1 essentially arbitrary positions, OR-ed into the mask). The coded fraction
+   then exceeds t_n (``info["quantized_fraction"]`` and each step's ``fraction``);
 4. all weights retrain for ``epochs`` epochs on balanced batches of the balanced subset
    (no augmentation), SGD with a step schedule, loss (1 − α)·CE + α·|CE₀ − CE₁|, and after
    every optimizer step the quantized positions are overwritten with their frozen values;
-5. in the last step the model is validated after every epoch and the checkpoint is chosen by
-   a named policy (``checkpoint``); earlier steps continue from their last epoch, as in the
-   reference code. The reference saves several best-by-metric checkpoints and the FairLRF
-   paper does not say which it reported; the default policy (an assumption, methods.md)
-   takes the lowest validation EOpp1 among the epochs within ``checkpoint_tolerance`` of the
-   best validation accuracy.
+5. in the last step the model is validated after every epoch (the engine's predictions and
+   metrics, :meth:`MethodContext.validation_metrics`) and the checkpoint is chosen by a
+   named policy (``checkpoint``): ``fairest_within_tolerance``, ``best_accuracy`` or
+   ``last``; earlier steps continue from their last epoch, as in the reference code. The
+   reference saves several best-by-metric checkpoints and the FairLRF paper does not say
+   which it reported; the default policy (an assumption) takes the lowest validation EOpp1
+   among the epochs within ``checkpoint_tolerance`` accuracy points of the best, by the
+   tuning module's rule (:func:`fairsqueeze.tuning.fairest_above`).
 
 The quantized weights are stored as int8 codes (:mod:`.toolbox.quantize`). Choices where the
 reference is silent or differs: the scoring/retraining subset is one seeded balanced sample
@@ -44,22 +50,22 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
+import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fairsqueeze.errors import ConfigError
-from fairsqueeze.metrics import compute_metrics
 from fairsqueeze.training import Batch, Trainer, TrainConfig
 
 from .base import Method, MethodContext, Outcome, checked_beta, parse_beta, register_method
 from .toolbox import curvature
 from .toolbox.factorize import replace_module
 from .toolbox.pruning import select_smallest
-from .toolbox.scores import scoring_groups
+from .toolbox.group_surrogates import cell_means, miss
+from .toolbox.scores import GroupSaliency, scoring_groups
 from .toolbox.quantize import QUANTIZABLE, SCHEMES, Codec, coded_layer, coded_summary, fit_codec, quantize
 
-CHECKPOINT_POLICIES = ("fairest_within_tolerance", "best_accuracy", "best_loss", "last")
+CHECKPOINT_POLICIES = ("fairest_within_tolerance", "best_accuracy", "last")
 QUANTIZED_BACKENDS = ("x86", "fbgemm", "qnnpack", "onednn")
 
 
@@ -152,19 +158,33 @@ def target_count(t: Fraction, numel: int) -> int:
     return int(round(t * numel))
 
 
+def reference_targets(step: float, target: float) -> list[float]:
+    """The reference code's cumulative targets: ``step`` added up in floating point
+    (0.15000000000000002 after three 5 % steps), the last one capped at ``target``."""
+    targets, total = [], 0.0
+    for _ in cumulative_targets(step, target):
+        total += step
+        targets.append(min(total, float(target)))
+    return targets
+
+
 def select_to_quantize(scores: Tensor, quantized: Tensor, count: int, reference_argsort_quirk: bool = False) -> Tensor:
     """The cumulative quantized mask after one step (same shape as ``scores``).
 
     True ranks: the already-quantized positions plus the ``count − |quantized|`` smallest
-    scores among the others (ties by position). Quirk: the reference code's
-    ``argsort(scores) <= count`` compared position-wise, OR-ed into the old mask.
+    scores among the others (ties by position). Quirk: the reference code's selection, in
+    the scores' own dtype: already-quantized entries set to −1e38, torch's default
+    (unstable) ``argsort``, whose output is compared position-wise with ``count`` and
+    OR-ed into the old mask; the order of the tied quantized entries decides which
+    positions are marked.
     """
-    flat = scores.detach().reshape(-1).double()
     done = quantized.reshape(-1).bool()
     if reference_argsort_quirk:
-        marked = torch.where(done, torch.full_like(flat, -1.0e38), flat)
-        order = torch.argsort(marked, stable=True)
+        flat = scores.detach().reshape(-1)
+        marked = (~done).to(flat.dtype) * flat + done.to(flat.dtype) * -1.0e38
+        order = torch.argsort(marked)  # unstable on purpose: the reference's tie order
         return (done | (order <= count)).reshape(scores.shape)
+    flat = scores.detach().reshape(-1).double()
     missing = min(count, flat.numel()) - int(done.sum())
     if missing <= 0:
         return done.reshape(scores.shape)
@@ -185,26 +205,17 @@ class _Layer:
 
 
 class _Checkpoints:
-    """Validation after every epoch and the states a named policy may still choose."""
+    """Validation after every epoch (the engine's predictions and metrics) and the states a
+    named policy may still choose."""
 
-    def __init__(self, ctx: MethodContext, policy: str, tolerance: float, fairness: str, batch_size: int):
-        self.ctx, self.policy, self.tolerance, self.fairness, self.batch_size = ctx, policy, tolerance, fairness, batch_size
+    def __init__(self, ctx: MethodContext, policy: str, tolerance: float, fairness: str):
+        self.ctx, self.policy, self.tolerance, self.fairness = ctx, policy, tolerance, fairness
         self.records: list[dict] = []
         self.kept: list[tuple[dict, dict]] = []  # (record, state dict)
 
-    @torch.no_grad()
     def validate(self, model: nn.Module) -> dict:
-        val = self.ctx.task.val
-        model.eval()
-        losses, preds = [], []
-        for x, y, _ in self.ctx.batches(val, self.batch_size):
-            logits = model(x)
-            losses.append(F.cross_entropy(logits, y, reduction="sum").item())
-            preds.append(logits.argmax(1).cpu().numpy())
-        metrics = compute_metrics(val.y, np.concatenate(preds), val.s, num_classes=self.ctx.task.num_classes)
-        fair = metrics.get(self.fairness, math.nan)
-        return {"accuracy": metrics["accuracy"], "loss": sum(losses) / len(val),
-                self.fairness: fair, "_fair": fair if math.isfinite(fair) else math.inf}
+        metrics = self.ctx.validation_metrics(model)
+        return {"accuracy": metrics["accuracy"], self.fairness: metrics.get(self.fairness, math.nan)}
 
     def __call__(self, trainer: Trainer, epoch: int) -> None:
         record = {"epoch": epoch, **self.validate(trainer.model)}
@@ -217,40 +228,59 @@ class _Checkpoints:
         self.kept = [(r, s) for r, s in self.kept if not self._better_or_equal(record, r)]
         self.kept.append((record, copy.deepcopy(trainer.model.state_dict())))
 
+    def _unfairness(self, record: dict) -> float:
+        value = record[self.fairness]
+        return value if math.isfinite(value) else math.inf
+
     def _better_or_equal(self, a: dict, b: dict) -> bool:
         """Whether ``a`` is at least as good as ``b`` for the policy (then ``b`` is never needed)."""
         if self.policy == "best_accuracy":
             return a["accuracy"] >= b["accuracy"]
-        if self.policy == "best_loss":
-            return a["loss"] <= b["loss"]
-        return a["accuracy"] >= b["accuracy"] and a["_fair"] <= b["_fair"]
+        return a["accuracy"] >= b["accuracy"] and self._unfairness(a) <= self._unfairness(b)
+
+    def _fairest_within_tolerance(self) -> dict:
+        """The tuning module's rule on the kept epochs: the lowest unfairness among those within
+        ``tolerance`` accuracy points of the best (ties: higher accuracy, then earlier epoch)."""
+        from fairsqueeze.tuning import fairest_above
+
+        records = [r for r, _ in self.kept]
+        frame = pd.DataFrame({"number": [r["epoch"] for r in records],
+                              "utility": [r["accuracy"] for r in records],
+                              "unfairness": [r[self.fairness] for r in records],
+                              "feasible": True, "flagged": False})
+        epoch = fairest_above(frame, max(r["accuracy"] for r in records) - self.tolerance)
+        if epoch is None:  # no epoch has a finite unfairness: the most accurate one
+            return max(records, key=lambda r: r["accuracy"])
+        return next(r for r in records if r["epoch"] == epoch)
 
     def choose(self, model: nn.Module) -> dict:
         """Load the chosen state into ``model``; return what was chosen and why."""
         if self.policy == "last" or not self.kept:
             chosen = self.records[-1] if self.records else None
-        elif self.policy in ("best_accuracy", "best_loss"):
+        elif self.policy == "best_accuracy":
             chosen = self.kept[0][0]
         else:
-            best = max(r["accuracy"] for r, _ in self.kept)
-            eligible = [(r, s) for r, s in self.kept if r["accuracy"] >= best - self.tolerance]
-            chosen = min(eligible, key=lambda rs: (rs[0]["_fair"], rs[0]["epoch"]))[0]
+            chosen = self._fairest_within_tolerance()
         for record, state in self.kept:
             if record is chosen:
                 model.load_state_dict(state)
-        public = [{k: v for k, v in r.items() if not k.startswith("_")} for r in self.records]
         return {"policy": self.policy, "tolerance": self.tolerance, "fairness": self.fairness,
-                "epoch": chosen["epoch"] if chosen else None, "validation": public}
+                "epoch": chosen["epoch"] if chosen else None, "validation": list(self.records)}
 
 
 def _group_gap_loss(alpha: float):
+    """(1 − α)·CE + α·|CE₀ − CE₁|, the group CEs as cell means of the per-row CE."""
     def loss(model: nn.Module, batch: Batch) -> Tensor:
         logits = model(batch.x)
-        ce = F.cross_entropy(logits, batch.y)
+        row_ce = miss(logits, "ce").gather(1, batch.y.unsqueeze(1))  # −log p_y per row
+        ce = row_ce.mean()
         if alpha == 0:
             return ce
-        groups = [F.cross_entropy(logits[batch.s == g], batch.y[batch.s == g]) for g in torch.unique(batch.s)]
-        gap = (groups[0] - groups[1]).abs() if len(groups) == 2 else ce * 0
+        groups = torch.unique(batch.s)
+        if len(groups) != 2:
+            return (1 - alpha) * ce
+        means, _ = cell_means(row_ce.expand(-1, 2), torch.stack([batch.s == g for g in groups], 1))
+        gap = (means[0] - means[1]).abs()
         return (1 - alpha) * ce + alpha * gap
 
     return loss
@@ -340,23 +370,24 @@ class FairQuantize(Method):
                 for layer in layers:
                     layer.module.weight.view(-1).index_copy_(0, layer.positions, layer.values)
 
-        targets = cumulative_targets(p.step, p.target)
+        codecs = {f"{layer.path}.weight": layer.codec for layer in layers}
+        # the OBD cost of rounding each weight, (h⁰ − β·h¹)·(q(w) − w)² up to the positive ½
+        score = GroupSaliency(by_group, beta, p.estimator, generator=ctx.seed,
+                              displacement=lambda name, w: quantize(codecs[name], w) - w)
+        exact = cumulative_targets(p.step, p.target)
+        targets = reference_targets(p.step, p.target) if p.reference_argsort_quirk else exact
         passes: dict[str, float] = {}
         steps, clipped, checkpoint = [], 0, None
         for n, t in enumerate(targets):
             model.eval()
-            curv = curvature.network_curvature(model, by_group, p.estimator, params=names, generator=ctx.seed + n)
-            scored = sum(c.samples for c in curv.values())  # in passes over the balanced subset
-            _add(passes, {"curvature_forward": sum(c.forward_passes * c.samples for c in curv.values()) / scored,
-                          "curvature_backward": sum(c.backward_passes * c.samples for c in curv.values()) / scored})
+            scored = score(model, names)  # passes over the balanced subset
+            _add(passes, {"curvature_forward": scored.passes["forward"], "curvature_backward": scored.passes["backward"]})
             quantized_now = 0
             with torch.no_grad():
                 for layer in layers:
                     w = layer.module.weight
                     q = quantize(layer.codec, w)
-                    name = f"{layer.path}.weight"
-                    h = (curv[0].diag[name] - beta * curv[1].diag[name]).to(w.device)
-                    scores = h * (q - w) ** 2
+                    scores = scored.values[f"{layer.path}.weight"]
                     mask = select_to_quantize(scores, layer.mask, target_count(t, w.numel()), p.reference_argsort_quirk)
                     new = mask & ~layer.mask
                     clipped += layer.codec.clipped(w[new])
@@ -366,9 +397,10 @@ class FairQuantize(Method):
                     layer.values = layer.frozen.reshape(-1)[layer.positions]
                     quantized_now += int(mask.sum())
             freeze()
-            steps.append({"target": float(t), "quantized": quantized_now})
+            steps.append({"target": float(t), "quantized": quantized_now,
+                          "fraction": quantized_now / sum(layer.mask.numel() for layer in layers)})
             last = n == len(targets) - 1
-            checkpoint = _Checkpoints(ctx, p.checkpoint, p.checkpoint_tolerance, p.checkpoint_fairness, 256) if last else None
+            checkpoint = _Checkpoints(ctx, p.checkpoint, p.checkpoint_tolerance, p.checkpoint_fairness) if last else None
             trainer = Trainer(
                 model, ctx.task, _retrain_config(p), ctx.device, ctx.seed + n, loss=_group_gap_loss(p.alpha),
                 after_step=freeze, on_epoch_end=checkpoint, sampler="balanced", augment=False,
@@ -396,8 +428,8 @@ class FairQuantize(Method):
             "beta": beta,
             "scheme": p.scheme,
             "selection": "reference_argsort_quirk" if p.reference_argsort_quirk else "true_ranks",
-            "nominal_fraction": float(targets[-1]),
-            "quantized_fraction": summary["fraction"],
+            "nominal_fraction": float(exact[-1]),
+            "quantized_fraction": summary["fraction"],  # what is really coded (the quirk exceeds the nominal)
             "quantized_weights": summary["coded_weights"],
             "clipped_exponents" if p.scheme == "pow2" else "clipped_codes": clipped,
             "steps": steps,

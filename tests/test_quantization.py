@@ -23,6 +23,7 @@ from fairsqueeze.footprint import compression_ratio, footprint
 from fairsqueeze.methods import METHODS
 from fairsqueeze.methods import quantization as fq
 from fairsqueeze.methods.toolbox import curvature
+from fairsqueeze.methods.toolbox import scores as scores_module
 from fairsqueeze.methods.toolbox.quantize import (
     CodedConv2d, CodedLinear, PowerOfTwo, SymmetricInt8, coded_layer, fit_codec, load_coded, pack_mask, quantize,
     unpack_mask,
@@ -177,6 +178,46 @@ def test_reference_argsort_quirk_reproduces_the_reference_mask():
     assert true.tolist() == [False, True, False, False, False]
 
 
+def reference_code_selection(score, quantized_weight_index, quantize_target):
+    """FairQuantize's per-layer selection, transcribed from the reference quantize.py: float
+    0/1 index tensors, −1e38 for quantized entries, default argsort, rank array <= kth, OR."""
+    unquantized_weight_index = torch.ones(quantized_weight_index.shape) - quantized_weight_index
+    tmp_tensor = unquantized_weight_index * score + quantized_weight_index * (-1.0e38)
+    local_scores = torch.flatten(tmp_tensor)
+    local_score_rank = nn.Unflatten(0, tmp_tensor.shape)(torch.argsort(local_scores))
+    kth = int(round(quantize_target * local_scores.numel()))
+    selected = torch.where(local_score_rank <= kth, torch.tensor([1.0]), torch.tensor([0.0]))
+    return ((quantized_weight_index + selected * 1) > 0) * 1
+
+
+def test_quirk_matches_a_transcription_of_the_reference_over_several_steps_with_ties():
+    """Six 5 % steps on layers of several sizes: from the second step on the quantized entries
+    tie at −1e38 and their argsort order decides the marks; at 30 weights the floating-point
+    target 0.15000000000000002 rounds to 5 where 3/20 rounds (half to even) to 4."""
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(5, 6), (64, 3, 3, 3), (256, 300)]
+    ours = {shape: torch.zeros(shape, dtype=torch.bool) for shape in shapes}
+    theirs = {shape: torch.zeros(shape) for shape in shapes}
+    targets = fq.reference_targets(0.05, 0.3)
+    assert targets[2] == 0.15000000000000002 and len(targets) == 6
+    quantize_target, stable_differs = 0.0, 0
+    for step, target in enumerate(targets):
+        quantize_target += 0.05
+        assert target == quantize_target
+        for shape in shapes:
+            score = torch.randn(shape, generator=generator)  # float32, as the reference's scores
+            done, count = ours[shape].reshape(-1), fq.target_count(target, score.numel())
+            stable = done | (torch.argsort(torch.where(done, -1.0e38, score.reshape(-1)), stable=True) <= count)
+            ours[shape] = fq.select_to_quantize(score, ours[shape], count, reference_argsort_quirk=True)
+            stable_differs += int(not torch.equal(stable, ours[shape].reshape(-1)))
+            theirs[shape] = reference_code_selection(score, theirs[shape], quantize_target)
+            assert torch.equal(ours[shape], theirs[shape].bool()), (step, shape)
+    assert fq.target_count(targets[2], 30) == 5 and fq.target_count(Fraction(3, 20), 30) == 4
+    assert stable_differs > 0  # a stable sort would not have reproduced it
+    # the OR-ed marks overshoot: the coded fraction exceeds the nominal 30 %
+    assert ours[(256, 300)].float().mean() > 0.3
+
+
 def test_cumulative_schedule_and_counts():
     assert fq.cumulative_targets(0.05, 0.2) == [Fraction(1, 20), Fraction(1, 10), Fraction(3, 20), Fraction(1, 5)]
     assert fq.cumulative_targets(0.05, 0.12) == [Fraction(1, 20), Fraction(1, 10), Fraction(3, 25)]
@@ -201,7 +242,7 @@ def planted_curvature(monkeypatch):
             out[g] = curvature.Curvature(diag, estimator, 4, 1, 1.0, 1.0, 1.0)
         return out
 
-    monkeypatch.setattr(curvature, "network_curvature", fake)
+    monkeypatch.setattr(scores_module, "network_curvature", fake)
     return state
 
 
@@ -290,16 +331,26 @@ class _FakeTrainer:
         self.model = nn.Linear(1, 1)
 
 
-def test_checkpoint_policies_choose_on_validation(monkeypatch):
-    records = [  # epoch: (accuracy, loss, eopp1)
-        (0.80, 0.50, 0.10), (0.90, 0.40, 0.30), (0.895, 0.45, 0.05), (0.85, 0.30, 0.01), (0.90, 0.35, 0.20),
+class _Validation:
+    """A context whose validation metrics follow a planted sequence of epochs."""
+
+    def __init__(self, records):
+        self.feed = iter(records)
+
+    def validation_metrics(self, model):
+        accuracy, eopp1 = next(self.feed)
+        return {"accuracy": accuracy, "eopp1": eopp1, "dp_diff": 0.5}
+
+
+def test_checkpoint_policies_choose_on_validation():
+    records = [  # epoch: (accuracy, eopp1)
+        (0.80, 0.10), (0.90, 0.30), (0.895, 0.05), (0.85, 0.01), (0.90, 0.20), (0.8995, 0.05),
     ]
-    expected = {"best_accuracy": 1, "best_loss": 3, "last": 4, "fairest_within_tolerance": 2}
+    # within 0.01 of the best 0.90: epochs 1, 2, 4, 5; the fairest are 2 and 5 (0.05), and the
+    # tie goes to the higher accuracy (5), as the tuning module's rule breaks it
+    expected = {"best_accuracy": 1, "last": 5, "fairest_within_tolerance": 5}
     for policy, epoch in expected.items():
-        ckpt = fq._Checkpoints(None, policy, 0.01, "eopp1", 8)
-        feed = iter(records)
-        monkeypatch.setattr(ckpt, "validate", lambda model: dict(zip(("accuracy", "loss", "eopp1"), next(feed)),
-                                                                   _fair=records[len(ckpt.records)][2]))
+        ckpt = fq._Checkpoints(_Validation(records), policy, 0.01, "eopp1")
         trainer = _FakeTrainer()
         for e in range(len(records)):
             with torch.no_grad():
@@ -308,8 +359,29 @@ def test_checkpoint_policies_choose_on_validation(monkeypatch):
         target = nn.Linear(1, 1)
         chosen = ckpt.choose(target)
         assert chosen["epoch"] == epoch and chosen["policy"] == policy
+        assert [r["accuracy"] for r in chosen["validation"]] == [a for a, _ in records]
         if policy != "last":
             assert float(target.weight.detach()) == epoch  # the chosen epoch's weights were loaded
+    # a tighter tolerance leaves the two 0.90 epochs only: the fairer one (4)
+    ckpt = fq._Checkpoints(_Validation(records), "fairest_within_tolerance", 0.0001, "eopp1")
+    trainer = _FakeTrainer()
+    for e in range(len(records)):
+        ckpt(trainer, e)
+    assert ckpt.choose(nn.Linear(1, 1))["epoch"] == 4
+
+
+def test_checkpoint_validation_is_the_engines_evaluation(fq_model, fq_data):
+    """The recorded validation metrics of the last epoch are the engine's: its prediction
+    loop and compute_metrics on the returned model (the last epoch is chosen)."""
+    from fairsqueeze.evaluate import predict
+    from fairsqueeze.metrics import compute_metrics
+
+    out = run_fq(fq_model, fq_data, epochs=2, scoring_size=24, curvature_batch_size=8, checkpoint="last")
+    val = fq_data.val
+    metrics = compute_metrics(val.y, predict(out.model, val, fq_data.prepare, torch.device("cpu")), val.s,
+                              num_classes=fq_data.num_classes)
+    last = out.info["checkpoint"]["validation"][-1]
+    assert last["accuracy"] == metrics["accuracy"] and last["eopp1"] == metrics["eopp1"]
 
 
 def test_fairquantize_rejects_bad_parameters():

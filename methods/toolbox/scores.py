@@ -6,13 +6,13 @@ parameter's shape: the larger the value, the more the weight matters. A procedur
 
 - :class:`Magnitude`: ``|θ|``, the fairness-unaware baseline.
 - :class:`GroupSaliency`: ``½θ²(h⁰ − β·h¹)`` (FairPrune; FairLRF scores factor entries the
-  same way), with ``h^c`` the diagonal loss curvature on the scoring set of group ``c``
+  same way; FairQuantize puts the rounding error ``q(θ) − θ`` in place of ``θ``), with ``h^c`` the diagonal loss curvature on the scoring set of group ``c``
   (``c = 0``: the unprivileged group). A weight scores low when the unprivileged group
   needs it little compared with the privileged group.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -33,7 +33,11 @@ class Scores:
 
 
 def group_saliency(theta: Tensor, h_unprivileged: Tensor, h_privileged: Tensor, beta: float) -> Tensor:
-    """``½θ²(h⁰ − β·h¹)``: the OBD saliency on group 0 minus β times that on group 1."""
+    """``½θ²(h⁰ − β·h¹)``: the OBD saliency on group 0 minus β times that on group 1.
+
+    ``theta`` is how far the weight moves: itself when it is removed, ``q(θ) − θ`` when it
+    is rounded to ``q(θ)`` (FairQuantize's score, up to the positive ½).
+    """
     return 0.5 * theta.detach() ** 2 * (h_unprivileged - beta * h_privileged)
 
 
@@ -79,6 +83,8 @@ class GroupSaliency:
     batch_size: int | None = None
     generator: torch.Generator | int | None = None
     backend: str = "backpack"
+    # how far each weight would move, (name, θ) -> tensor; None: to zero (pruning)
+    displacement: Callable[[str, Tensor], Tensor] | None = None
     name = "group_saliency"
 
     def __post_init__(self):
@@ -93,8 +99,12 @@ class GroupSaliency:
             model, self.data, self.estimator, params=list(names), generator=self.generator,
             batch_size=self.batch_size, backend=self.backend,
         )
+        moves = {name: model.get_parameter(name).detach() for name in names}
+        if self.displacement is not None:
+            moves = {name: self.displacement(name, theta) for name, theta in moves.items()}
         values = {
-            name: group_saliency(model.get_parameter(name), curv[0].diag[name], curv[1].diag[name], self.beta)
+            name: group_saliency(moves[name], curv[0].diag[name].to(moves[name].device),
+                                 curv[1].diag[name].to(moves[name].device), self.beta)
             for name in names
         }
         info = {"estimator": self.estimator, "estimator_kind": APPROXIMATIONS[self.estimator]}
