@@ -181,6 +181,69 @@ def test_fairprune_keeps_what_the_unprivileged_group_needs():
     assert (plain[0].weight[:, 0] == 0).all()
 
 
+# --------------------------------------------------------------------------- planted direction
+
+
+def planted_groups_task(n=48, seed=0):
+    """Group 0 sees feature 0 only, group 1 feature 1 only (the other is exactly zero), so a
+    first-layer weight on feature c has curvature on group c's rows and none on the other's."""
+    from fairsqueeze.tasks import Split, TaskData
+
+    rng = np.random.default_rng(seed)
+
+    def split(offset):
+        s = np.repeat([0, 1], n)
+        x = np.zeros((2 * n, 2), dtype=np.float32)
+        x[np.arange(2 * n), s] = rng.normal(size=2 * n)
+        y = rng.integers(0, 2, 2 * n)
+        return Split(x, y, s, np.arange(offset, offset + 2 * n))
+
+    return TaskData("planted-groups", split(0), split(10_000), split(20_000), 2, (2,), "y", "s", {0: "a", 1: "b"})
+
+
+def planted_groups_mlp(per_neuron: bool) -> nn.Module:
+    """fc1 (4 x 2): ``per_neuron`` makes neurons 0-1 read feature 0 only and 2-3 feature 1
+    only; otherwise every neuron reads both. Feature 1's weights are the larger ones, so
+    magnitude pruning would drop feature 0's. No weight is a power of two (each has a
+    rounding error)."""
+    torch.manual_seed(0)
+    model = create_model("mlp", (2,), 2, hidden=[4]).eval()
+    with torch.no_grad():
+        if per_neuron:
+            model.fc1.weight.copy_(torch.tensor([[0.55, 0.0], [-0.6, 0.0], [0.0, 1.3], [0.0, -1.45]]))
+        else:
+            model.fc1.weight.copy_(torch.tensor([[0.55, 1.3], [-0.6, -1.45], [0.7, 1.7], [-0.8, -1.8]]))
+        model.fc1.bias.fill_(0.1)
+    return model
+
+
+def _unprivileged_ctx(model, data, unprivileged):
+    # the dense model is less accurate on the unprivileged group on validation
+    return make_ctx(copy.deepcopy(model), data, val_accuracy={unprivileged: 0.6, 1 - unprivileged: 0.9})
+
+
+@pytest.mark.parametrize("unprivileged", [0, 1])
+def test_fairprune_removes_the_weights_only_the_privileged_group_uses(unprivileged):
+    """½θ²(h⁰ − β·h¹) is negative where only the privileged group has curvature: those go
+    first, whichever group is unprivileged; the unprivileged group's feature stays whole."""
+    data, model = planted_groups_task(), planted_groups_mlp(per_neuron=False)
+    out = METHODS.get("fairprune").from_config({"ratio": 0.5}).apply(_unprivileged_ctx(model, data, unprivileged))
+    w = out.model.fc1.weight
+    assert out.info["unprivileged_group"] == unprivileged
+    assert (w[:, 1 - unprivileged] == 0).all() and (w[:, unprivileged] != 0).all()
+
+
+@pytest.mark.parametrize("unprivileged", [0, 1])
+def test_structured_fairprune_removes_the_neurons_only_the_privileged_group_uses(unprivileged):
+    data, model = planted_groups_task(), planted_groups_mlp(per_neuron=True)
+    out = METHODS.get("fairprune_structured").from_config({"ratio": 0.5}).apply(
+        _unprivileged_ctx(model, data, unprivileged))
+    kept = out.model.fc1.weight.detach()
+    assert kept.shape == (2, 2)
+    # the surviving neurons are the ones that read the unprivileged group's feature
+    assert (kept[:, 1 - unprivileged] == 0).all() and (kept[:, unprivileged] != 0).all()
+
+
 # --------------------------------------------------------------------------- registered methods
 
 
@@ -209,18 +272,28 @@ def test_fairprune_method_records_its_choices_and_prunes_each_layer():
     assert info["unprivileged_group"] == 0
 
 
-def test_fairprune_is_deterministic_and_differs_from_magnitude_pruning():
+def test_fairprune_removes_the_smallest_autograd_saliencies_and_is_deterministic():
+    """The oracle: ½θ²(h⁰ − β·h¹) with h^c the exact diagonal of the loss Hessian on group c's
+    scoring rows by autograd (equal to the GGN diagonal a.e. for a ReLU MLP), unprivileged
+    group 1. Every removed weight scores no higher than every kept one, in every layer."""
     data, model = _task_and_model()
-
-    def weights(name, **params):
-        out = METHODS.get(name).from_config(params).apply(make_ctx(copy.deepcopy(model), data))
-        return {n: v for n, v in out.model.state_dict().items() if n.endswith("weight")}
-
-    a, b = weights("fairprune", steps=2), weights("fairprune", steps=2)
-    assert all(torch.equal(a[n], b[n]) for n in a)
-    plain = weights("magnitude_prune", ratio=0.35)
-    fair = weights("fairprune", ratio=0.35)
-    assert any(not torch.equal(plain[n] == 0, fair[n] == 0) for n in plain)
+    ctx = make_ctx(copy.deepcopy(model), data)
+    out = METHODS.get("fairprune").from_config({"ratio": 0.35, "beta": "1/3", "unprivileged_group": 1}).apply(ctx)
+    sets = make_ctx(model, data).scoring_sets()
+    x = {g: torch.as_tensor(sets[g].x) for g in (0, 1)}
+    y = {g: torch.as_tensor(sets[g].y) for g in (0, 1)}
+    pruned = dict(out.model.named_parameters())
+    for name in ("fc1.weight", "fc2.weight", "fc3.weight"):
+        theta = model.get_parameter(name).detach()
+        h_unprivileged, h_privileged = hessian_diag(model, name, x[1], y[1]), hessian_diag(model, name, x[0], y[0])
+        oracle = (0.5 * theta**2 * (h_unprivileged - h_privileged / 3)).flatten()
+        removed = (pruned[name] == 0).flatten()
+        assert int(removed.sum()) == int(0.35 * theta.numel())
+        scale = float(oracle.abs().max())
+        assert float(oracle[removed].max()) <= float(oracle[~removed].min()) + 1e-5 * scale, name
+    again = METHODS.get("fairprune").from_config({"ratio": 0.35, "beta": "1/3", "unprivileged_group": 1}).apply(
+        make_ctx(copy.deepcopy(model), data))
+    assert all(torch.equal(a, b) for a, b in zip(out.model.parameters(), again.model.parameters()))
 
 
 def test_structured_variants_shrink_the_model():

@@ -289,6 +289,21 @@ def test_fairness_term_changes_the_selection_and_vanishes_when_switched_off(plan
     assert all(torch.equal(same[k], blind[k]) for k in same)
 
 
+@pytest.mark.parametrize("unprivileged", [0, 1])
+def test_fairquantize_rounds_first_the_weights_only_the_privileged_group_uses(unprivileged):
+    """(h⁰ − β·h¹)·(q(w) − w)² is negative where only the privileged group has curvature:
+    half of the first layer is quantized and it is exactly the privileged group's feature."""
+    from test_pruning import planted_groups_mlp, planted_groups_task
+
+    data, model = planted_groups_task(), planted_groups_mlp(per_neuron=False)
+    ctx = make_ctx(copy.deepcopy(model), data, val_accuracy={unprivileged: 0.6, 1 - unprivileged: 0.9})
+    method = METHODS.get("fairquantize").from_config({"epochs": 0, "target": 0.5, "step": 0.5})
+    out = method.apply(ctx)
+    mask = out.model.fc1.coded_mask
+    assert out.info["unprivileged_group"] == unprivileged
+    assert mask[:, 1 - unprivileged].all() and not mask[:, unprivileged].any()
+
+
 def test_real_curvature_selection_differs_from_magnitude_only(fq_model, fq_data):
     fair = quantized_masks(run_fq(fq_model, fq_data, scoring_size=24, curvature_batch_size=8).model)
     # β = 0 weighs the unprivileged group's curvature; it still differs from pure rounding error
