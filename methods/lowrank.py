@@ -38,9 +38,9 @@ from fairsqueeze.models import resolve_layer
 
 from .base import Method, MethodContext, Outcome, checked_beta, parse_beta, register_method
 from .svd import check_ranks, target_layers
-from .toolbox.curvature import ESTIMATORS, features_before, per_group_curvature, sequential_tail
+from .toolbox.curvature import ESTIMATORS, features_before, sequential_tail
 from .toolbox.factorize import SOLVERS, FactorizedLinear, replace_module
-from .toolbox.scores import group_saliency, scoring_groups, scoring_passes
+from .toolbox.scores import HeadSaliency, scoring_groups
 
 
 @dataclass
@@ -269,20 +269,20 @@ class FairLRF(SparseLowRank):
                     for i in range(0, len(rows), 512)
                 ]
                 features[c] = (torch.cat(feats), torch.as_tensor(rows.y))
-            params = {"in": factorized.first.weight, "out": factorized.second.weight}
-            curv = per_group_curvature(
-                head, features, params, p.estimator, batch_size=p.batch_size, generator=ctx.seed
-            )
+            by_identity = {id(param): n for n, param in head.named_parameters()}
+            names = {"in": by_identity[id(factorized.first.weight)], "out": by_identity[id(factorized.second.weight)]}
+            score = HeadSaliency(features, parse_beta(p.beta), p.estimator, batch_size=p.batch_size,
+                                 generator=ctx.seed)
+            scored = score(head, list(names.values()))
         finally:
             head_parent, name = original
             setattr(head_parent, name, linear)  # the head borrowed the model's container
-        beta = parse_beta(p.beta)
-        scores = {key: group_saliency(theta, curv[0].diag[key], curv[1].diag[key], beta) for key, theta in params.items()}
+        scores = {key: scored.values[name] for key, name in names.items()}
         # input-neuron rows are columns of first.weight (k x in); entries j >= keep form the tail
         tail = slice(keep, None) if p.row_score == "tail" else slice(None)
         inputs = scores["in"][tail, :].sum(0)
         outputs = scores["out"][:, tail].sum(1)
-        cost = {**scoring_passes(curv), "features_forward": 1.0}
+        cost = {**scored.passes, "features_forward": 1.0}
         facts = {"unprivileged_group": unprivileged, "scoring_rows_per_group": len(sets[0])}
         return RowScores(inputs=inputs.cpu(), outputs=outputs.cpu()), cost, facts
 

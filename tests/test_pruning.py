@@ -14,7 +14,7 @@ from fairsqueeze.errors import ConfigError
 from fairsqueeze.footprint import compression_ratio, csr_bytes, footprint
 from fairsqueeze.methods import METHODS
 from fairsqueeze.methods.toolbox.pruning import filter_layers, prune_filters, prune_weights, select_smallest
-from fairsqueeze.methods.toolbox.scores import GroupSaliency, Magnitude, Scores
+from fairsqueeze.methods.toolbox.scores import GroupSaliency, HeadSaliency, Magnitude, Scores
 from fairsqueeze.models import create_model
 
 DTYPE = torch.float64
@@ -147,6 +147,21 @@ def test_group_saliency_matches_autograd_hessians():
         h0, h1 = (hessian_diag(net, n, *data[c]) for c in (0, 1))
         torch.testing.assert_close(scores.values[n], 0.5 * theta**2 * (h0 - 3 / 7 * h1))
     assert scores.info["estimator"] == "ggn_exact" and scores.passes["backward"] == 3.0
+
+
+def test_head_saliency_is_the_group_saliency_of_the_head_on_its_features():
+    """FairLRF's score object: the curvature of a head (here the last two layers) on the
+    features it receives, against autograd Hessians of that head's loss."""
+    net = mlp(d_in=4, hidden=5, classes=3)
+    head = net[1:]
+    g = torch.Generator().manual_seed(0)
+    features = {c: (torch.randn(10, 5, generator=g, dtype=DTYPE), torch.randint(0, 3, (10,), generator=g))
+                for c in (0, 1)}
+    scores = HeadSaliency(features, beta=5 / 9, batch_size=5)(head, ["2.weight"])
+    theta = head.get_parameter("2.weight").detach()
+    h0, h1 = (hessian_diag(head, "2.weight", *features[c]) for c in (0, 1))
+    torch.testing.assert_close(scores.values["2.weight"], 0.5 * theta**2 * (h0 - 5 / 9 * h1))
+    assert scores.passes["backward"] > 0
 
 
 def _two_feature_task():

@@ -9,6 +9,8 @@ parameter's shape: the larger the value, the more the weight matters. A procedur
   same way; FairQuantize puts the rounding error ``q(θ) − θ`` in place of ``θ``), with ``h^c`` the diagonal loss curvature on the scoring set of group ``c``
   (``c = 0``: the unprivileged group). A weight scores low when the unprivileged group
   needs it little compared with the privileged group.
+- :class:`HeadSaliency`: the same saliency with the curvature of a head (one layer to the
+  logits) on the features that layer receives (FairLRF's factor entries).
 """
 from __future__ import annotations
 
@@ -18,9 +20,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .curvature import APPROXIMATIONS, Curvature, Data, network_curvature
+from .curvature import APPROXIMATIONS, Curvature, Data, network_curvature, per_group_curvature
 
-__all__ = ["GroupSaliency", "Magnitude", "Scores", "group_saliency", "scoring_groups"]
+__all__ = ["GroupSaliency", "HeadSaliency", "Magnitude", "Scores", "group_saliency", "scoring_groups"]
 
 
 @dataclass
@@ -94,11 +96,14 @@ class GroupSaliency:
             seed = 0 if self.generator is None else int(self.generator)
             self.generator = torch.Generator().manual_seed(seed)
 
-    def __call__(self, model: nn.Module, names: Sequence[str]) -> Scores:
-        curv = network_curvature(
+    def curvature(self, model: nn.Module, names: Sequence[str]) -> dict[int, Curvature]:
+        return network_curvature(
             model, self.data, self.estimator, params=list(names), generator=self.generator,
             batch_size=self.batch_size, backend=self.backend,
         )
+
+    def __call__(self, model: nn.Module, names: Sequence[str]) -> Scores:
+        curv = self.curvature(model, names)
         moves = {name: model.get_parameter(name).detach() for name in names}
         if self.displacement is not None:
             moves = {name: self.displacement(name, theta) for name, theta in moves.items()}
@@ -109,6 +114,20 @@ class GroupSaliency:
         }
         info = {"estimator": self.estimator, "estimator_kind": APPROXIMATIONS[self.estimator]}
         return Scores(values, passes=scoring_passes(curv), info=info)
+
+
+@dataclass
+class HeadSaliency(GroupSaliency):
+    """FairLRF's saliency: :class:`GroupSaliency` of the parameters of a *head* (the model from
+    one layer to the logits), with the curvature of the head's loss on each group's
+    features, the inputs that layer receives (``data``: group -> ``(features, y)``)."""
+
+    name = "head_saliency"
+
+    def curvature(self, head: nn.Module, names: Sequence[str]) -> dict[int, Curvature]:
+        params = {name: head.get_parameter(name) for name in names}
+        return per_group_curvature(head, self.data, params, self.estimator, batch_size=self.batch_size,
+                                   generator=self.generator)
 
 
 def scoring_passes(curv: Mapping[int, Curvature]) -> dict[str, float]:
