@@ -204,20 +204,52 @@ def test_returned_model_is_the_backbone_plus_the_adapters():
     assert outcome.info["adapter_params"] == adapters
 
 
-def test_vit_attention_gets_adapters():
-    model = create_model("vit_small", (3, 16, 16), 2, patch_size=8, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=16)
+def tiny_vit():
+    torch.manual_seed(0)
+    model = create_model("vit_small", (3, 16, 16), 2, patch_size=8, num_layers=2, num_heads=2, hidden_dim=8, mlp_dim=16)
     nn.init.normal_(model.heads.head.weight)  # torchvision starts the head at zero
-    dense = sum(p.numel() for p in model.parameters())
-    adapted = attach(model, LoraSpec(rank=2, target_modules="auto"), "task")
-    added = sum(p.numel() for p in adapted.parameters()) - dense
-    assert added == 2 * (8 + 3 * 8) + 2 * (8 + 8)  # fused q/k/v in-projection and out-projection
+    return model.eval()
+
+
+def _manual_vit(model, message, scale):
+    """The ViT with every adapted weight set by hand to W0 + scale·B·A (fused q/k/v in-projection
+    and out-projection of each attention block), adapters nowhere."""
+    merged = copy.deepcopy(model)
     with torch.no_grad():
-        x = torch.randn(2, 3, 16, 16)
-        plain = adapted(x)
-        for name, p in adapted.named_parameters():
-            if "lora_B" in name:
-                p.fill_(0.5)
-        assert not torch.allclose(adapted(x), plain)  # the adapter is in the forward path
+        for key, a in message.weights.items():
+            if ".lora_A." not in key:
+                continue
+            b = message.weights[key.replace(".lora_A.", ".lora_B.")]
+            path = key.removeprefix("base_model.model.").split(".lora_A.")[0].replace(".base_layer", "")
+            # the attention block's own adapter is its fused in-projection's
+            target = path + (".weight" if path.endswith("out_proj") else ".in_proj_weight")
+            module_path, _, name = target.rpartition(".")
+            getattr(merged.get_submodule(module_path), name).add_(scale * (b @ a))
+    return merged
+
+
+def test_every_vit_attention_layer_moves_by_exactly_alpha_over_r_b_a():
+    """PEFT adapts nn.MultiheadAttention's fused in-projection and its out-projection; both
+    must move by (alpha/r)·B·A once, in the forward pass and when merged (PEFT 0.21.2 adds
+    the out-projection's delta twice unless it is worked around)."""
+    model = tiny_vit()
+    spec = LoraSpec(rank=2, alpha=6.0, dropout=0.0, target_modules="auto")
+    message = random_adapter(model, spec)
+    assert sum(".out_proj.lora_A." in k for k in message.weights) == 2  # both blocks' out-projections
+    assert sum(".self_attention.lora_A." in k for k in message.weights) == 2  # and their in-projections
+    expected = _manual_vit(model, message, 3.0)
+    adapted = attach(copy.deepcopy(model), spec, "task")
+    import_adapter(adapted, "task", message)
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(adapted(x), expected(x), rtol=1e-4, atol=1e-5)  # the forward path
+    merged = adapted.merge_and_unload().state_dict()
+    for key, value in expected.state_dict().items():
+        torch.testing.assert_close(merged[key], value, rtol=0, atol=1e-5)
+    # unlearning subtracts strength·(alpha/r)·B·A from every adapted layer, out-projection included
+    negated = negate_into(copy.deepcopy(model), message, 0.5).state_dict()
+    for key, value in _manual_vit(model, message, -0.5 * 3.0).state_dict().items():
+        torch.testing.assert_close(negated[key], value, rtol=0, atol=1e-5)
 
 
 def test_cached_imagenet_weights_are_the_backbone_when_present(tmp_path, monkeypatch, caplog):

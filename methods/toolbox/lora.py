@@ -97,7 +97,28 @@ def attach(model: nn.Module, spec: LoraSpec, name: str) -> nn.Module:
 
     Returns PEFT's wrapper; :func:`unwrap` gives the adapted module tree itself.
     """
-    return _peft().get_peft_model(model, spec.config(model), adapter_name=name)
+    peft_model = _peft().get_peft_model(model, spec.config(model), adapter_name=name)
+    _count_out_proj_delta_once(peft_model)
+    return peft_model
+
+
+def _skip(*_args, **_kwargs) -> None:
+    return None
+
+
+def _count_out_proj_delta_once(peft_model: nn.Module) -> None:
+    """Work around a PEFT bug (0.21.2, the latest release): its ``nn.MultiheadAttention``
+    adapter merges the output projection's delta (alpha/r)·B·A into the weight itself and then
+    asks the inner LoRA linear to merge, which adds it again. Attention merges on every
+    forward pass, so training, prediction and ``merge_and_unload`` all see twice the delta.
+    The attention adapter's own addition is the one autograd follows, so the inner linear's
+    merge and unmerge are switched off: each adds or removes the delta exactly once.
+    """
+    attention = _peft().tuners.lora.layer.MultiheadAttention
+    for module in peft_model.modules():
+        if isinstance(module, attention):
+            inner = module.get_base_layer().out_proj
+            inner.merge, inner.unmerge = _skip, _skip
 
 
 def unwrap(peft_model: nn.Module) -> nn.Module:
