@@ -42,7 +42,7 @@ from fairsqueeze.vision import torchvision
 
 from .base import Method, MethodContext, Outcome, register_method
 from .toolbox.lora import (
-    AdapterMessage, LoraSpec, adapter_parameters, attach, export_adapter, head_path, import_adapter, negate_into,
+    AdapterMessage, LoraSpec, adapter_layout, adapter_parameters, attach, export_adapter, head_path, import_adapter, negate_into,
     resolve_targets, subspace_overlap, unwrap,
 )
 
@@ -114,19 +114,29 @@ def split_roles(train: Split, auditor_share: float, seed: int) -> tuple[Develope
 class Channel:
     """The only way between the sides: an adapter message, serialised and read back.
 
-    Each side gets its own copy (nothing is shared by reference); ``log`` keeps the bytes
-    that crossed, so a test or a user can check what was disclosed.
+    Both sides agreed on one adapter spec for the shared backbone; the channel refuses any
+    message that is not exactly that adapter: its role one of the known roles, its spec
+    the agreed one, its tensors the LoRA factors the spec puts on the backbone, each of the
+    right shape (:func:`~.toolbox.lora.adapter_layout`). Each side gets its own copy
+    (nothing is shared by reference); ``log`` keeps the bytes that crossed, so a test or a
+    user can check what was disclosed.
     """
 
-    def __init__(self):
+    def __init__(self, spec: LoraSpec, backbone: nn.Module):
+        self.spec = spec
+        self.layout = adapter_layout(backbone, spec)
         self.log: list[bytes] = []
 
     def deliver(self, message: AdapterMessage) -> AdapterMessage:
         if not isinstance(message, AdapterMessage):
             raise TypeError(f"only adapter messages cross between the sides, not {type(message).__name__}")
         data = message.to_bytes()
+        received = AdapterMessage.from_bytes(data)
+        if received.spec != self.spec:
+            raise ValueError(f"the message's adapter spec {received.spec} is not the agreed {self.spec}")
+        received.check_layout(self.layout)
         self.log.append(data)
-        return AdapterMessage.from_bytes(data)
+        return received
 
 
 # --------------------------------------------------------------------------- the sides
@@ -414,7 +424,7 @@ class PrivacySplitLoRA(Method):
 
     def apply(self, ctx: MethodContext) -> Outcome:
         developer, auditor, origin = self.sides(ctx)
-        channel = Channel()
+        channel = Channel(developer.spec, developer.backbone)
         info = self.exchange(developer, auditor, channel)
         model = developer.adapted_model()
         passes = {f"developer_{k}": v for k, v in developer.trainer.cost.as_passes().items()}

@@ -12,7 +12,9 @@ from fairsqueeze.methods import METHODS, MethodContext
 from fairsqueeze.methods.lora_privacy import (
     AdapterMessage, Channel, WithheldColumn, choose_backbone, fit_probe, split_roles,
 )
-from fairsqueeze.methods.toolbox.lora import LoraSpec, attach, export_adapter, import_adapter, negate_into
+from fairsqueeze.methods.toolbox.lora import (
+    LoraSpec, adapter_layout, attach, export_adapter, import_adapter, negate_into,
+)
 from fairsqueeze.models import cached_weights_path, create_model
 from fairsqueeze.tasks import Split, TaskData
 from fairsqueeze.vision import torchvision
@@ -72,25 +74,87 @@ def test_each_side_holds_only_its_columns():
 
 def test_only_adapter_factors_cross_between_the_sides():
     task = planted_task()
-    head_shapes = {tuple(p.shape) for p in mlp(task).fc3.parameters()} | {(2, 16), (2,)}
     for name in ("lora_unlearn", "lora_orthogonal", "lora_adversarial"):
         m = method(name, **({"rounds": 2} if name == "lora_adversarial" else {}))
         developer, auditor, _ = m.sides(context(task, mlp(task)))
-        channel = Channel()
+        channel = Channel(developer.spec, developer.backbone)
         m.exchange(developer, auditor, channel)
         assert channel.log
-        factor_shapes = {k: p.shape for k, p in developer.factors.items()}
+        factor_shapes = {k: tuple(p.shape) for k, p in developer.factors.items()}
         for data in channel.log:
             message = AdapterMessage.from_bytes(data)
-            # exactly the adapter's factors, each of the developer's adapter shape
-            assert {k: v.shape for k, v in message.weights.items()} == factor_shapes
-            assert all(".fc3." not in k for k in message.weights)  # never the head
-            assert not {tuple(v.shape) for v in message.weights.values()} & head_shapes
-    # a message cannot carry anything else, and nothing else is delivered
-    with pytest.raises(ValueError):
-        AdapterMessage("sensitive", LoraSpec(), {"base_model.model.fc3.weight": torch.zeros(2, 16)})
+            # by hand: rank 8 on fc1 (8 -> 16) and fc2 (16 -> 16); the head fc3 never
+            assert {k: tuple(v.shape) for k, v in message.weights.items()} == {
+                "base_model.model.fc1.lora_A.weight": (8, 8), "base_model.model.fc1.lora_B.weight": (16, 8),
+                "base_model.model.fc2.lora_A.weight": (8, 16), "base_model.model.fc2.lora_B.weight": (16, 8),
+            } == factor_shapes
+            assert message.role in ("task", "sensitive") and message.spec == developer.spec
+
+
+def test_every_smuggling_route_is_refused():
+    """What the auditor could try to slip into a message: the group vector or the labels as a
+    tensor named like a factor, a factor of another shape, an extra factor for a module that
+    is not a target, free text in the role, data in the spec's fields or in extra metadata."""
+    import json
+
+    from safetensors.torch import save
+
+    task = planted_task()
+    backbone = mlp(task)
+    spec = LoraSpec(rank=2, alpha=4.0, dropout=0.0, target_modules="fc1,fc2")
+    channel = Channel(spec, backbone)
+    honest = random_adapter(backbone, spec)
+    assert channel.deliver(AdapterMessage("sensitive", spec, honest.weights)).weights.keys() == honest.weights.keys()
+    assert len(channel.log) == 1
+    s = torch.as_tensor(task.train.s, dtype=torch.float32)
+    a_key = "base_model.model.fc1.lora_A.weight"
+
+    def weights(**changes):
+        return {**honest.weights, **changes}
+
+    routes = {
+        "s as a factor": AdapterMessage("sensitive", spec, weights(**{a_key: s.reshape(1, -1)})),
+        "a factor of a larger rank": AdapterMessage("sensitive", spec, weights(**{a_key: torch.randn(3, 8)})),
+        "an integer factor": AdapterMessage("sensitive", spec, weights(**{a_key: torch.ones(2, 8, dtype=torch.int64)})),
+        "a factor on the head": AdapterMessage("sensitive", spec, weights(**{
+            "base_model.model.fc3.lora_A.weight": torch.zeros(2, 16),
+            "base_model.model.fc3.lora_B.weight": torch.zeros(2, 2)})),
+        "a missing factor": AdapterMessage("sensitive", spec, {k: v for k, v in honest.weights.items() if k != a_key}),
+        "y in target_modules": AdapterMessage("sensitive", LoraSpec(2, 4.0, 0.0, "fc1,fc2," + "".join(
+            map(str, task.train.y[:50]))), honest.weights),
+        "another rank in the spec": AdapterMessage("sensitive", LoraSpec(3, 4.0, 0.0, "fc1,fc2"), honest.weights),
+    }
+    for route, message in routes.items():
+        with pytest.raises(ValueError):
+            channel.deliver(message)
+            pytest.fail(f"{route} crossed")
+    assert len(channel.log) == 1  # nothing refused was logged as disclosed
+    with pytest.raises(ValueError, match="role"):
+        AdapterMessage("s=" + ",".join(map(str, task.train.s[:20])), spec, honest.weights)
+    with pytest.raises(ValueError, match="LoRA factors only"):
+        AdapterMessage("sensitive", spec, weights(**{"base_model.model.fc3.weight": torch.zeros(2, 16)}))
+    tensors = {k: v.contiguous() for k, v in honest.weights.items()}
+    extra_meta = save(tensors, metadata={"role": "sensitive", "spec": json.dumps(spec.__dict__), "s": "0,1,1,0"})
+    with pytest.raises(ValueError, match="metadata"):
+        AdapterMessage.from_bytes(extra_meta)
+    text_rank = save(tensors, metadata={"role": "sensitive", "spec": json.dumps({**spec.__dict__, "rank": "2 s=0110"})})
+    with pytest.raises(ValueError, match="fields"):
+        AdapterMessage.from_bytes(text_rank)
     with pytest.raises(TypeError):
-        Channel().deliver({"s": torch.zeros(3)})
+        channel.deliver({"s": torch.zeros(3)})
+
+
+@pytest.mark.parametrize("build", ["mlp", "resnet", "vit"])
+def test_adapter_layout_is_what_peft_exports(build):
+    if build == "mlp":
+        model, targets = mlp(planted_task()), "auto"
+    elif build == "resnet":
+        model, targets = create_model("resnet18", (3, 32, 32), 2), "auto"
+    else:
+        model, targets = tiny_vit(), "auto"
+    spec = LoraSpec(rank=3, alpha=6.0, dropout=0.0, target_modules=targets)
+    exported = export_adapter(attach(copy.deepcopy(model), spec, "task"), "task", spec, role="task")
+    assert adapter_layout(model, spec) == {k: tuple(v.shape) for k, v in exported.weights.items()}
 
 
 def test_message_round_trips_through_bytes():
@@ -153,7 +217,7 @@ def test_orthogonality_loss_drives_the_overlap_toward_zero():
     def overlap(weight):
         m = method("lora_orthogonal", orth_weight=weight, rank=4, epochs=6)
         developer, auditor, _ = m.sides(context(task, mlp(task)))
-        info = m.exchange(developer, auditor, Channel())
+        info = m.exchange(developer, auditor, Channel(developer.spec, developer.backbone))
         return info["overlap_normalized"]
 
     erm, orth = overlap(0.0), overlap(10.0)
@@ -182,7 +246,7 @@ def test_adversary_accuracy_falls_over_the_rounds_only_when_the_adversary_pushes
     def accuracies(weight):
         m = method("lora_adversarial", adv_weight=weight, rounds=5, epochs=5, rank=4, lr=3e-2)
         developer, auditor, _ = m.sides(context(task, mlp(task)))
-        return m.exchange(developer, auditor, Channel())["adversary_accuracy"]
+        return m.exchange(developer, auditor, Channel(developer.spec, developer.backbone))["adversary_accuracy"]
 
     pushed, off = accuracies(3.0), accuracies(0.0)
     assert pushed[0] == off[0] > 0.9  # s is plain in the features at first

@@ -9,6 +9,7 @@ PEFT is imported on first use: it pulls in ``transformers``, which takes seconds
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
@@ -140,15 +141,49 @@ def adapter_parameters(peft_model: nn.Module, name: str) -> dict[str, nn.Paramet
 
 
 FACTOR_KEY = re.compile(r".*\.lora_[AB]\.weight")
+ROLES = ("task", "sensitive")  # what an adapter was trained for; the only roles a message may name
+
+
+def adapter_layout(backbone: nn.Module, spec: LoraSpec) -> dict[str, tuple[int, ...]]:
+    """The key and shape of every LoRA factor that ``spec`` puts on ``backbone``: what an
+    adapter message for that shared backbone holds, and all it may hold.
+
+    Linear: A is r x d_in, B d_out x r. Conv2d: A is r x c_in x kh x kw, B c_out x r x 1 x 1.
+    MultiheadAttention (PEFT adapts both projections): the fused in-projection (A r x d,
+    B 3d x r) under the block's own key and the out-projection (A r x d, B d x r).
+    """
+    r = spec.rank
+    layout: dict[str, tuple[int, ...]] = {}
+
+    def factors(path: str, a: tuple[int, ...], b: tuple[int, ...]) -> None:
+        layout[f"base_model.model.{path}.lora_A.weight"] = a
+        layout[f"base_model.model.{path}.lora_B.weight"] = b
+
+    for path in resolve_targets(backbone, spec.target_modules):
+        module = backbone.get_submodule(path)
+        if isinstance(module, nn.MultiheadAttention):
+            d = module.embed_dim
+            factors(path, (r, d), (3 * d, r))
+            factors(f"{path}.base_layer.out_proj", (r, d), (module.out_proj.out_features, r))
+        elif isinstance(module, nn.Conv2d):
+            factors(path, (r, module.in_channels // module.groups, *module.kernel_size), (module.out_channels, r, 1, 1))
+        elif isinstance(module, nn.Linear):
+            factors(path, (r, module.in_features), (module.out_features, r))
+        else:
+            raise ConfigError(f"LoRA: no adapter layout for {type(module).__name__} at {path!r}")
+    return layout
 
 
 @dataclass(frozen=True)
 class AdapterMessage:
     """Adapter weights, the only thing the two sides of a privacy split exchange.
 
-    ``weights`` holds LoRA factors only (keys end in ``lora_A.weight``/``lora_B.weight``);
-    the constructor refuses anything else, so no head, label, group or prediction can be
-    put in a message. It serialises to safetensors bytes with the adapter's spec as text.
+    ``weights`` holds LoRA factors only (keys end in ``lora_A.weight``/``lora_B.weight``),
+    ``role`` is one of :data:`ROLES` and ``spec`` a :class:`LoraSpec` of typed fields; the
+    constructor refuses anything else. What a receiver accepts is narrower still: exactly
+    the factors, with the shapes, that the agreed spec puts on the shared backbone
+    (:class:`fairsqueeze.methods.lora_privacy.Channel` checks it). It serialises to
+    safetensors bytes with the role and spec as its only metadata.
     """
 
     role: str
@@ -156,14 +191,30 @@ class AdapterMessage:
     weights: Mapping[str, torch.Tensor] = field(repr=False)
 
     def __post_init__(self):
+        if self.role not in ROLES:
+            raise ValueError(f"an adapter message's role is one of {', '.join(ROLES)}, not {self.role!r}")
+        if not isinstance(self.spec, LoraSpec):
+            raise ValueError(f"an adapter message's spec is a LoraSpec, not {type(self.spec).__name__}")
         stray = [k for k in self.weights if not FACTOR_KEY.fullmatch(k)]
         if stray:
             raise ValueError(f"an adapter message carries LoRA factors only, not {stray[0]!r}")
 
+    def check_layout(self, layout: Mapping[str, tuple[int, ...]]) -> None:
+        """Raise ValueError unless the weights are exactly ``layout``'s factors, of its shapes,
+        as floating-point tensors."""
+        extra, missing = sorted(set(self.weights) - set(layout)), sorted(set(layout) - set(self.weights))
+        if extra or missing:
+            raise ValueError(f"the message's factors are not the agreed adapter's "
+                             f"({'unexpected ' + extra[0] if extra else 'missing ' + missing[0]})")
+        for key, tensor in self.weights.items():
+            if tuple(tensor.shape) != tuple(layout[key]) or not tensor.is_floating_point():
+                raise ValueError(f"the message's {key} is a {tensor.dtype} of shape {tuple(tensor.shape)}, "
+                                 f"not a float factor of shape {tuple(layout[key])}")
+
     def to_bytes(self) -> bytes:
         from safetensors.torch import save
 
-        meta = {"role": self.role, "spec": json.dumps(self.spec.__dict__)}
+        meta = {"role": self.role, "spec": json.dumps(dataclasses.asdict(self.spec))}
         return save({k: v.detach().cpu().contiguous() for k, v in self.weights.items()}, metadata=meta)
 
     @classmethod
@@ -171,7 +222,19 @@ class AdapterMessage:
         from safetensors.torch import load
 
         meta = _safetensors_metadata(data)
-        return cls(meta["role"], LoraSpec(**json.loads(meta["spec"])), load(data))
+        if set(meta) != {"role", "spec"}:
+            raise ValueError(f"an adapter message's metadata is its role and spec only, not {sorted(meta)}")
+        return cls(meta["role"], spec_from_json(meta["spec"]), load(data))
+
+
+def spec_from_json(text: str) -> LoraSpec:
+    """A :class:`LoraSpec` from its JSON fields, each of its declared type (nothing else)."""
+    fields = json.loads(text)
+    types = {"rank": int, "alpha": (int, float), "dropout": (int, float), "target_modules": str}
+    if not isinstance(fields, dict) or set(fields) != set(types) or any(
+            isinstance(fields[k], bool) or not isinstance(fields[k], t) for k, t in types.items()):
+        raise ValueError(f"an adapter spec has the fields {', '.join(types)} with their types, got {text!r}")
+    return LoraSpec(int(fields["rank"]), float(fields["alpha"]), float(fields["dropout"]), fields["target_modules"])
 
 
 def _safetensors_metadata(data: bytes) -> dict[str, str]:
