@@ -52,6 +52,7 @@ from fairsqueeze.training import Batch, Trainer, TrainConfig
 
 from .base import Method, MethodContext, Outcome, register_method
 from .toolbox.group_surrogates import SURROGATES, cell_means, false_alarm, miss
+from .toolbox.reinit import reinitialise
 
 CONSTRAINTS = ("deo", "fpr", "error_rate")
 INITS = ("scratch", "finetune")
@@ -80,14 +81,6 @@ def group_rates(logits: torch.Tensor, y: torch.Tensor, s: torch.Tensor, constrai
         in_cell = is_class if constraint == "deo" else ~is_class
     means, present = zip(*(cell_means(values, in_cell & (s == g).unsqueeze(1)) for g in GROUPS))
     return torch.stack(means), present[0] & present[1]
-
-
-def reinitialise(model: nn.Module, seed: int) -> None:
-    """Fresh weights for every layer that can reset itself, drawn with ``seed``."""
-    torch.manual_seed(seed)
-    for module in model.modules():
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
 
 
 class InnerStepTrainer(Trainer):

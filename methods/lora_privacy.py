@@ -17,7 +17,10 @@ targets, the adversary objective and the number of rounds are reconstructions, e
 named parameter below. The structure keeps the sides apart: :class:`Developer` is built
 from :class:`DeveloperRows` (reading ``s`` raises :class:`WithheldColumn`),
 :class:`Auditor` from :class:`AuditorRows` (reading ``y`` raises), and everything that
-passes between them goes through :class:`Channel` as serialised :class:`AdapterMessage`\\ s.
+passes between them goes through :class:`Channel` as serialised :class:`AdapterMessage`\\ s,
+refused unless it is exactly the agreed adapter. The frozen backbone is ImageNet weights
+when cached, otherwise the architecture trained on the developer's share alone
+(:func:`developer_backbone`): the task's dense model has used the auditor's labels.
 """
 from __future__ import annotations
 
@@ -35,12 +38,14 @@ import torch
 from torch import nn
 
 from fairsqueeze.errors import ConfigError
+from fairsqueeze.hashing import array_hash, config_hash
 from fairsqueeze.models import cached_weights_path
-from fairsqueeze.tasks import Split
+from fairsqueeze.tasks import Split, cache_root, content_digest
 from fairsqueeze.training import Batch, Trainer, TrainConfig
 from fairsqueeze.vision import torchvision
 
 from .base import Method, MethodContext, Outcome, register_method
+from .toolbox.reinit import reinitialise
 from .toolbox.lora import (
     AdapterMessage, LoraSpec, adapter_layout, adapter_parameters, attach, export_adapter, head_path, import_adapter, negate_into,
     resolve_targets, subspace_overlap, unwrap,
@@ -325,26 +330,64 @@ def _imagenet_weights(model: nn.Module):
     return None
 
 
-def choose_backbone(model: nn.Module, backbone: str) -> tuple[nn.Module, str]:
-    """The frozen model the adapters go on, and where its weights come from.
+def imagenet_backbone(model: nn.Module) -> tuple[nn.Module, str] | None:
+    """``model`` with the ImageNet weights of its architecture from the local torch cache (the
+    classifier head re-initialised) and their name; None when there are none. Nothing is
+    ever downloaded."""
+    weights = _imagenet_weights(model)
+    if weights is None or not os.path.exists(cached_weights_path(weights)):
+        return None
+    state = torch.load(cached_weights_path(weights), map_location="cpu", weights_only=True)
+    head = head_path(model)
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape and not k.startswith(head + ".")}
+    model.load_state_dict(usable, strict=False)
+    model.get_submodule(head).reset_parameters()
+    log.info("LoRA backbone: cached ImageNet weights %s", weights)
+    return model, f"imagenet:{weights}"
 
-    ``auto``: ImageNet weights from the local torch cache when the architecture has some and
-    the file is there (the classifier head is then re-initialised); otherwise, like
-    ``dense``, the task's dense reference model. Nothing is ever downloaded.
+
+@dataclass(frozen=True)
+class BackboneTraining:
+    """How the fallback backbone trains on the developer's share (plain cross-entropy)."""
+
+    epochs: int
+    lr: float
+    optimizer: str
+    batch_size: int = 128
+
+
+def developer_backbone(architecture: nn.Module, rows: DeveloperRows, prepare, training: BackboneTraining,
+                       device: torch.device, seed: int) -> tuple[nn.Module, str]:
+    """A backbone of ``architecture`` trained from fresh weights on the developer's rows only.
+
+    The auditor's rows (their labels included) never reach it. It is cached by the rows, the
+    architecture, the training and the seed (under the dense cache, ``lora_backbone/``), so
+    the four variants of one task and seed share one. Returns the model and its origin.
     """
-    weights = _imagenet_weights(model) if backbone == "auto" else None
-    if weights is not None and os.path.exists(cached_weights_path(weights)):
-        state = torch.load(cached_weights_path(weights), map_location="cpu", weights_only=True)
-        head = head_path(model)
-        own = model.state_dict()
-        usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape and not k.startswith(head + ".")}
-        model.load_state_dict(usable, strict=False)
-        model.get_submodule(head).reset_parameters()
-        log.info("LoRA backbone: cached ImageNet weights %s", weights)
-        return model, f"imagenet:{weights}"
-    reason = "backbone=dense" if backbone == "dense" else "no cached ImageNet weights for this architecture"
-    log.info("LoRA backbone: the dense model of the task (%s)", reason)
-    return model, "dense"
+    model = copy.deepcopy(architecture)
+    key = config_hash({
+        "rows": array_hash(rows.index, rows.y), "inputs": content_digest(rows.x), "architecture": str(model),
+        "shapes": {k: list(v.shape) for k, v in model.state_dict().items()}, "training": training, "seed": seed,
+    })
+    path = cache_root() / "lora_backbone" / f"{key}.pt"
+    if path.exists():
+        try:
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            log.info("LoRA backbone: cached, trained on the developer's %d rows", len(rows))
+            return model.to(device).eval(), f"developer_share:{key}"
+        except Exception as exc:  # unreadable or of another shape: train again
+            log.warning("LoRA backbone cache %s cannot be used (%s); retraining", path.name, type(exc).__name__)
+    reinitialise(model, seed)
+    cfg = TrainConfig(epochs=training.epochs, batch_size=training.batch_size, lr=training.lr,
+                      optimizer=training.optimizer)
+    Trainer(model, SideView(rows, prepare), cfg, device, seed, desc="developer backbone").fit()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, partial)
+    os.replace(partial, path)  # workers sharing the cache never read a half-written file
+    log.info("LoRA backbone: trained on the developer's %d rows", len(rows))
+    return model.eval(), f"developer_share:{key}"
 
 
 # --------------------------------------------------------------------------- the methods
@@ -366,7 +409,10 @@ class PrivacySplitLoRA(Method):
         lr: float = 5e-4              # AdamW, both sides
         batch_size: int = 64
         auditor_share: float = 0.5    # fraction of the training rows held (as x, s) by the auditor
-        backbone: str = "auto"        # "auto": cached ImageNet weights if any, else dense; "dense"
+        backbone: str = "auto"        # "auto": cached ImageNet weights if any, else "developer"; "developer"
+        backbone_epochs: int = 10     # the "developer" backbone: epochs on the developer's share, from fresh weights
+        backbone_lr: float = 0.01
+        backbone_optimizer: str = "sgd"
 
     def validate(self) -> None:
         p = self.params
@@ -376,8 +422,15 @@ class PrivacySplitLoRA(Method):
             raise ConfigError(f"{self.registered_name}: epochs, auditor_epochs, batch_size >= 1 and lr > 0 are required")
         if not 0 < p.auditor_share < 1:
             raise ConfigError(f"{self.registered_name}: auditor_share must lie in (0, 1)")
-        if p.backbone not in ("auto", "dense"):
-            raise ConfigError(f"{self.registered_name}: backbone must be 'auto' or 'dense'")
+        if p.backbone not in ("auto", "developer"):
+            raise ConfigError(f"{self.registered_name}: backbone must be 'auto' or 'developer' (a backbone trained "
+                              "on the developer's share; the task's dense model has seen the auditor's labels)")
+        if p.backbone_epochs < 1:
+            raise ConfigError(f"{self.registered_name}: backbone_epochs must be >= 1")
+        try:
+            TrainConfig(epochs=p.backbone_epochs, lr=p.backbone_lr, optimizer=p.backbone_optimizer)
+        except ConfigError as exc:
+            raise ConfigError(f"{self.registered_name}: backbone training: {exc}") from None
 
     def space(self, trial) -> "PrivacySplitLoRA.Params":
         return self.Params(**{**self.param_dict(), **self.common_space(trial), **self.own_space(trial)})
@@ -405,12 +458,22 @@ class PrivacySplitLoRA(Method):
     def developer_epochs(self) -> int:
         return self.params.epochs
 
+    def backbone_training(self) -> BackboneTraining:
+        p = self.params
+        return BackboneTraining(p.backbone_epochs, p.backbone_lr, p.backbone_optimizer)
+
     def sides(self, ctx: MethodContext) -> tuple[Developer, Auditor, str]:
         p = self.params
-        backbone, origin = choose_backbone(ctx.model, p.backbone)
-        spec = self.spec(backbone)  # fails before any training
         dev_rows, aud_rows = split_roles(ctx.task.train, p.auditor_share, ctx.seed)
         prepare = ctx.task.prepare
+        self.spec(ctx.model)  # fails before any training
+        chosen = imagenet_backbone(ctx.model) if p.backbone == "auto" else None
+        if chosen is None:
+            # the task's dense model trained on every training row, the auditor's labels too:
+            # only its architecture is used
+            chosen = developer_backbone(ctx.model, dev_rows, prepare, self.backbone_training(), ctx.device, ctx.seed)
+        backbone, origin = chosen
+        spec = self.spec(backbone)
         # the sides draw their adapters' initial values independently
         auditor = Auditor(copy.deepcopy(backbone), SideView(aud_rows, prepare), spec,
                           self.train_config(p.auditor_epochs), ctx.device, ctx.seed + 1)

@@ -10,7 +10,7 @@ from torch import nn
 from fairsqueeze.errors import ConfigError
 from fairsqueeze.methods import METHODS, MethodContext
 from fairsqueeze.methods.lora_privacy import (
-    AdapterMessage, Channel, WithheldColumn, choose_backbone, fit_probe, split_roles,
+    AdapterMessage, Channel, WithheldColumn, fit_probe, imagenet_backbone, split_roles,
 )
 from fairsqueeze.methods.toolbox.lora import (
     LoraSpec, adapter_layout, attach, export_adapter, import_adapter, negate_into,
@@ -42,8 +42,15 @@ def mlp(task, seed=0):
     return create_model("mlp", task.input_shape, task.num_classes, hidden=[16, 16])
 
 
+@pytest.fixture(autouse=True)
+def private_cache(isolated):
+    """Trained fallback backbones are cached: each test gets its own cache folder."""
+    return isolated
+
+
 def method(name, **params):
-    base = {"epochs": 4, "auditor_epochs": 4, "lr": 1e-2, "dropout": 0.0, "batch_size": 32, "backbone": "dense"}
+    base = {"epochs": 4, "auditor_epochs": 4, "lr": 1e-2, "dropout": 0.0, "batch_size": 32, "backbone": "developer",
+            "backbone_epochs": 3}
     return METHODS.get(name).from_config({**base, **params})
 
 
@@ -316,24 +323,55 @@ def test_every_vit_attention_layer_moves_by_exactly_alpha_over_r_b_a():
         torch.testing.assert_close(negated[key], value, rtol=0, atol=1e-5)
 
 
-def test_cached_imagenet_weights_are_the_backbone_when_present(tmp_path, monkeypatch, caplog):
+def test_cached_imagenet_weights_are_the_backbone_when_present(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     model = create_model("resnet18", (3, 32, 32), 2)
-    with caplog.at_level(logging.INFO):
-        _, origin = choose_backbone(copy.deepcopy(model), "auto")
-    assert origin == "dense" and "dense model of the task" in caplog.text
+    assert imagenet_backbone(copy.deepcopy(model)) is None
 
     torch.manual_seed(5)
     imagenet = torchvision.models.resnet18()
     path = cached_weights_path(torchvision.models.ResNet18_Weights.IMAGENET1K_V1)
     (tmp_path / "checkpoints").mkdir()
     torch.save(imagenet.state_dict(), path)
-    backbone, origin = choose_backbone(copy.deepcopy(model), "auto")
+    backbone, origin = imagenet_backbone(copy.deepcopy(model))
     assert origin.startswith("imagenet")
     assert torch.equal(backbone.layer4[1].conv2.weight, imagenet.layer4[1].conv2.weight)
     assert backbone.fc.out_features == 2
-    _, origin = choose_backbone(copy.deepcopy(model), "dense")
-    assert origin == "dense"
+
+
+def test_the_fallback_backbone_learns_from_the_developer_share_only(monkeypatch, tmp_path, caplog):
+    """Without ImageNet weights the backbone is the dense architecture trained from fresh
+    weights on the developer's rows alone: recomputed here with the plain trainer, it is the
+    same model; flipping the auditor's labels changes nothing; the run's info names it."""
+    from fairsqueeze.methods.lora_privacy import SideView
+    from fairsqueeze.methods.toolbox.reinit import reinitialise
+    from fairsqueeze.training import Trainer, TrainConfig
+
+    task = planted_task()
+    dense = mlp(task)
+    developer, _, origin = method("lora_erm").sides(context(task, copy.deepcopy(dense)))
+    assert origin.startswith("developer_share:")
+    dev_rows, aud_rows = split_roles(task.train, 0.5, seed=0)
+    by_hand = copy.deepcopy(dense)
+    reinitialise(by_hand, 0)
+    Trainer(by_hand, SideView(dev_rows, task.view().prepare), TrainConfig(epochs=3, batch_size=128, lr=0.01),
+            CPU, 0).fit()
+    trained = developer.backbone.state_dict()
+    for key, value in by_hand.state_dict().items():
+        assert torch.equal(trained[key], value), key
+        assert not torch.equal(trained[key], dense.state_dict()[key])  # not the task's dense model
+
+    flipped_y = task.train.y.copy()
+    flipped_y[aud_rows.index] = 1 - flipped_y[aud_rows.index]  # index = row number in this task
+    train = Split(task.train.x, flipped_y, task.train.s, task.train.index)
+    flipped = TaskData("planted", train, task.val, task.test, 2, (8,), "y", "s", {0: "a", 1: "b"})
+    monkeypatch.setenv("FAIRSQUEEZE_CACHE", str(tmp_path / "other-cache"))  # trained again, not loaded
+    other, _, _ = method("lora_erm").sides(context(flipped, copy.deepcopy(dense)))
+    assert all(torch.equal(other.backbone.state_dict()[k], v) for k, v in trained.items())
+
+    with caplog.at_level(logging.INFO, logger="fairsqueeze.methods.lora_privacy"):
+        outcome = method("lora_erm", epochs=1).apply(context(flipped, copy.deepcopy(dense)))
+    assert outcome.info["backbone"] == origin and "cached" in caplog.text  # one backbone per rows and seed
 
 
 def test_parameters_are_validated_and_searchable():
