@@ -90,6 +90,16 @@ def test_finetune_starts_from_the_dense_weights_and_scratch_does_not():
     assert (scratch - 0.5).abs().min() > 1e-4 and torch.equal(scratch, first_weight("scratch"))  # seeded
 
 
+class TrainerStub:
+    """What a dual step reads of the trainer: its model, and a cost counter."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def count(self, *args, **kwargs):
+        pass
+
+
 def test_surrogates_by_hand():
     logits = torch.tensor([[2.0, 0.0, -1.0]])
     p = torch.softmax(logits, 1)[0]
@@ -158,14 +168,7 @@ def test_the_dual_step_evaluates_in_eval_mode():
     objective(model, batch)  # a primal step's forward pass, in train mode
     stats = model[1].running_mean.clone()
 
-    class Stub:
-        def __init__(self):
-            self.model = model
-
-        def count(self, *args, **kwargs):
-            pass
-
-    objective.dual_step(Stub())
+    objective.dual_step(TrainerStub(model))
     assert torch.equal(model[1].running_mean, stats) and model.training  # untouched, and back in train mode
     model.eval()
     with torch.no_grad():
@@ -202,15 +205,8 @@ def test_a_batch_without_a_cell_gives_no_nan_and_leaves_its_multiplier(dual):
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
     assert torch.allclose(loss, nn.functional.cross_entropy(model(x), missing.y))  # the constraint is left out
 
-    class Stub:
-        def __init__(self):
-            self.model = model
-
-        def count(self, *args, **kwargs):
-            pass
-
-    objective.dual_step(Stub())
+    objective.dual_step(TrainerStub(model))
     assert torch.allclose(objective.lam, torch.full_like(objective.lam, 0.3)) and objective.absent == 1
     objective(model, Batch(x, y, s, np.arange(6)))
-    objective.dual_step(Stub())
+    objective.dual_step(TrainerStub(model))
     assert not torch.allclose(objective.lam, torch.full_like(objective.lam, 0.3))
