@@ -339,6 +339,10 @@ def test_fairquantize_reports_its_choices_and_never_reads_test(fq_model, fq_data
     assert [s["target"] for s in info["steps"]] == [0.05, 0.1]
     quirk = run_fq(fq_model, fq_data, scoring_size=24, curvature_batch_size=8, reference_argsort_quirk=True)
     assert quirk.info["quantized_fraction"] > info["quantized_fraction"]  # k + 1 per layer, OR-ed
+    masks = quantized_masks(quirk.model).values()
+    coded = sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks)  # counted on the returned model
+    assert quirk.info["quantized_fraction"] == quirk.info["steps"][-1]["fraction"] == coded > 0.1
+    assert quirk.info["nominal_fraction"] == 0.1
 
 
 class _FakeTrainer:
