@@ -45,11 +45,11 @@ from fairsqueeze.training import Batch, Trainer, TrainConfig
 from fairsqueeze.vision import torchvision
 
 from .base import Method, MethodContext, Outcome, register_method
-from .toolbox.reinit import reinitialise
 from .toolbox.lora import (
-    AdapterMessage, LoraSpec, adapter_layout, adapter_parameters, attach, export_adapter, head_path, import_adapter, negate_into,
-    resolve_targets, subspace_overlap, unwrap,
+    AdapterMessage, LoraSpec, adapter_layout, adapter_parameters, attach, export_adapter, head_path, import_adapter,
+    negate_into, resolve_targets, subspace_overlap, unwrap,
 )
+from .toolbox.reinit import reinitialise
 
 log = logging.getLogger(__name__)
 

@@ -5,9 +5,9 @@ parameter's shape: the larger the value, the more the weight matters. A procedur
 (or factorizes, quantizes...) the entries with the *smallest* scores.
 
 - :class:`Magnitude`: ``|θ|``, the fairness-unaware baseline.
-- :class:`GroupSaliency`: ``½θ²(h⁰ − β·h¹)`` (FairPrune; FairLRF scores factor entries the
-  same way; FairQuantize puts the rounding error ``q(θ) − θ`` in place of ``θ``), with ``h^c`` the diagonal loss curvature on the scoring set of group ``c``
-  (``c = 0``: the unprivileged group). A weight scores low when the unprivileged group
+- :class:`GroupSaliency`: ``½θ²(h⁰ − β·h¹)`` (FairPrune; FairQuantize puts the rounding
+  error ``q(θ) − θ`` in place of ``θ``), with ``h^c`` the diagonal loss curvature on the
+  scoring set of group ``c`` (``c = 0``: the unprivileged group). A weight scores low when the unprivileged group
   needs it little compared with the privileged group.
 - :class:`HeadSaliency`: the same saliency with the curvature of a head (one layer to the
   logits) on the features that layer receives (FairLRF's factor entries).
