@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-import test_conformance
 from fairsqueeze.methods import METHODS
 from fairsqueeze.store import Store
+from fairsqueeze.testing import check_conformance
 
 DOC = Path(__file__).resolve().parents[1] / "CONTRIBUTING.md"
 
@@ -23,9 +23,9 @@ def example_plugin(monkeypatch):
     return "layer_magnitude_prune"
 
 
-def test_contributing_example_conforms(isolated, example_plugin, monkeypatch):
+def test_contributing_example_conforms(isolated, example_plugin):
     assert example_plugin in METHODS.names()
-    test_conformance.check_conformance(isolated, example_plugin, {}, monkeypatch)
+    check_conformance(example_plugin, {}, workdir=isolated).assert_ok()
     info = Store(f"sqlite:///{isolated}/{example_plugin}-a.db").runs_frame()["info"].item()
     assert info["zeros"] == {"fc2": 256}  # half of fc2's 32x16 weights
 
