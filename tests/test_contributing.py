@@ -26,7 +26,8 @@ def example_plugin(monkeypatch):
 def test_contributing_example_conforms(isolated, example_plugin):
     assert example_plugin in METHODS.names()
     check_conformance(example_plugin, {}, workdir=isolated).assert_ok()
-    info = Store(f"sqlite:///{isolated}/{example_plugin}-a.db").runs_frame()["info"].item()
+    runs = Store(f"sqlite:///{isolated}/{example_plugin}-a.db").runs_frame().set_index("method")
+    info = runs.loc[example_plugin, "info"]
     assert info["zeros"] == {"fc2": 256}  # half of fc2's 32x16 weights
 
 
