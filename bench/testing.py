@@ -40,20 +40,23 @@ CHECKS = {
 }
 
 
+def tiny_suite_definition(methods: list, seeds=(TINY_SEED,), epochs: int = 2, name: str = "tiny") -> dict:
+    """A seconds-long suite on the file-less digits task with a small MLP, as a suite file holds it."""
+    return {
+        "name": name,
+        "seeds": list(seeds),
+        "train": {"epochs": epochs, "batch_size": 64, "lr": 0.05},
+        "tasks": [{"name": "digits", "options": {"target": "parity"}}],
+        "models": [{"name": "mlp", "options": {"hidden": [32, 16]}}],
+        "methods": methods,
+    }
+
+
 def tiny_suite(methods: list, seeds=(TINY_SEED,), epochs: int = 2, name: str = "tiny"):
-    """A seconds-long suite on the file-less digits task with a small MLP."""
+    """:func:`tiny_suite_definition`, parsed."""
     from .suite import parse_suite
 
-    return parse_suite(
-        {
-            "name": name,
-            "seeds": list(seeds),
-            "train": {"epochs": epochs, "batch_size": 64, "lr": 0.05},
-            "tasks": [{"name": "digits", "options": {"target": "parity"}}],
-            "models": [{"name": "mlp", "options": {"hidden": [32, 16]}}],
-            "methods": methods,
-        }
-    )
+    return parse_suite(tiny_suite_definition(methods, seeds, epochs, name))
 
 
 @dataclass(frozen=True)
