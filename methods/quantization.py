@@ -7,7 +7,7 @@ and its activations after calibrating the observers on training rows (FX graph m
 ``dynamic`` quantizes only the weights of linear layers and the activations on the fly.
 PyTorch's int8 kernels are CPU kernels: the method refuses other devices.
 
-``fairquantize`` follows the reference code of Guo et al. (MICCAI 2024), methods.md §2.6:
+``fairquantize`` follows the reference code of Guo et al. (MICCAI 2024), docs/methods.md §2.6:
 
 1. cumulative targets t_n = n·step (5 % steps by default) up to ``target``;
 2. at each step the per-group diagonal curvature h^c of the loss w.r.t. every conv/linear
@@ -24,7 +24,7 @@ PyTorch's int8 kernels are CPU kernels: the method refuses other devices.
 5. in the last step the model is validated after every epoch and the checkpoint is chosen by
    a named policy (``checkpoint``); earlier steps continue from their last epoch, as in the
    reference code. The reference saves several best-by-metric checkpoints and the FairLRF
-   paper does not say which it reported; the default policy (an assumption, methods.md)
+   paper does not say which it reported; the default policy (an assumption, docs/methods.md §2.6)
    takes the lowest validation EOpp1 among the epochs within ``checkpoint_tolerance`` of the
    best validation accuracy.
 
