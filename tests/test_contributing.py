@@ -127,3 +127,30 @@ def test_out_of_tree_plugin_is_discovered_and_conforms(isolated, installed_plugi
     assert [line.split(":")[0] for line in lines[:-1]] == [f"PASS {name}" for name in CHECKS]
     assert lines[-1] == "layer_magnitude_prune: conforms"
 
+
+
+# what the repository's comments and docs may cite: docs/methods.md by section, nothing outside
+CITED_SECTION = re.compile(r"docs/methods\.md\s*§\s*(\d+(?:\.\d+)?)(?:\s*-\s*(\d+(?:\.\d+)?))?")
+OUTSIDE = re.compile(r"(?<![\w/])(?:\.\./shared|shared/reference|/work/shared|(?<!docs/)methods\.md\b)")
+
+
+def project_files() -> list[Path]:
+    root = DOC.parent
+    folders = ("bench", "methods", "datasets", "reports", "leaderboard", "tests", "docs")
+    files = [p for folder in folders for p in (root / folder).rglob("*") if p.suffix in (".py", ".md", ".yaml", ".j2")]
+    return files + [root / name for name in ("README.md", "CONTRIBUTING.md", "Makefile", "pyproject.toml")]
+
+
+def test_comments_cite_existing_sections_of_docs_methods_and_nothing_outside():
+    headings = set(re.findall(r"^#{2,3} (\d+(?:\.\d+)?)\.? ", (DOC.parent / "docs" / "methods.md").read_text(), re.M))
+    cited, outside = {}, []
+    for path in project_files():
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if path != Path(__file__).resolve():
+            outside += [f"{path.name}: {m.group(0)}" for m in OUTSIDE.finditer(text)]
+        for m in CITED_SECTION.finditer(text):
+            cited.setdefault(m.group(1), path.name)
+            if m.group(2):
+                cited.setdefault(m.group(2), path.name)
+    assert outside == []
+    assert cited and {s: f for s, f in cited.items() if s not in headings} == {}
