@@ -197,12 +197,17 @@ def check_conformance(method_name: str, tiny_params: dict | None = None, *, work
     # method changed it: the dense run's input must equal the method's input
     watched = {method_name: cls, "dense": METHODS.get("dense")}
     entries = [{"name": method_name, "params": params}] + ([] if method_name == "dense" else ["dense"])
-    with _scratch(workdir):
-        _run_checks(report, entries, watched, workdir, device)
+    stores: list = []
+    try:
+        with _scratch(workdir):
+            _run_checks(report, entries, watched, workdir, device, stores)
+    finally:
+        for store in stores:  # the databases may live in a folder about to be removed
+            store.engine.dispose()
     return report
 
 
-def _run_checks(report: Conformance, entries: list, watched: dict, workdir: Path, device: str) -> None:
+def _run_checks(report: Conformance, entries: list, watched: dict, workdir: Path, device: str, stores: list) -> None:
     from .runner import Runner, resolve_device
     from .store import Store
 
@@ -216,9 +221,9 @@ def _run_checks(report: Conformance, entries: list, watched: dict, workdir: Path
 
     name = report.method
     runner_device = resolve_device(device)
-    stores = []
     for db in ("a", "b"):
         store = Store(f"sqlite:///{workdir / f'{name}-{db}.db'}")
+        stores.append(store)
         runner = Runner(store, workdir / "data", runner_device)
         try:
             plan = runner.plan(tiny_suite(entries, epochs=1, name=f"conformance-{db}"))
@@ -228,7 +233,6 @@ def _run_checks(report: Conformance, entries: list, watched: dict, workdir: Path
         calls: list[_Call] = []
         with _watching(watched, calls):
             runner.run(plan)
-        stores.append(store)
         if db == "a":
             add("accepts_params", True, "")
             if not _check_first_run(add, name, store, plan, calls):
