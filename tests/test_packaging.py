@@ -11,10 +11,12 @@ import sys
 import sysconfig
 import tomllib
 import venv
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 from fairsqueeze.testing import tiny_suite_definition
 
@@ -42,12 +44,25 @@ def source_copy(dest: Path) -> Path:
     return dest
 
 
+def backend_installed() -> bool:
+    """Whether this environment holds the build backend pyproject.toml asks for (then the
+    build needs no index); a fresh venv's bundled setuptools may be too old."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    for requirement in map(Requirement, config["build-system"]["requires"]):
+        try:
+            if not requirement.specifier.contains(version(requirement.name), prereleases=True):
+                return False
+        except PackageNotFoundError:
+            return False
+    return True
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> tuple[Path, str]:
     tmp = tmp_path_factory.mktemp("wheel")
     src = source_copy(tmp / "src")
-    build = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-v",
-                 "-w", tmp / "dist", src])
+    offline = ["--no-build-isolation", "--no-index"] if backend_installed() else []
+    build = run([sys.executable, "-m", "pip", "wheel", "--no-deps", *offline, "-v", "-w", tmp / "dist", src])
     [built] = (tmp / "dist").glob("fairsqueeze-*.whl")
     return built, build.stdout + build.stderr
 
