@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--split", default="test", choices=["val", "test"])
     _add_store(report)
 
+    check = sub.add_parser("check-plugin", help="run the conformance checks of a method on a tiny task")
+    check.add_argument("name", help="a registered method (entry-point plugins included)")
+    check.add_argument("--params", default="{}", help='the method\'s parameters as JSON, e.g. \'{"rank": 2}\'')
+    check.add_argument("--device", default="cpu", help="cpu (default), auto or cuda[:N]")
+
     board = sub.add_parser("leaderboard", help="write the HTML leaderboard of every stored task and model")
     board.add_argument("--out", default="results/leaderboard", help="output folder (default results/leaderboard)")
     _add_store(board)
@@ -239,6 +244,24 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_check_plugin(args) -> int:
+    import json
+
+    from .errors import ConfigError
+    from .testing import check_conformance
+
+    try:
+        params = json.loads(args.params)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--params: not valid JSON ({exc})") from None
+    if not isinstance(params, dict):
+        raise ConfigError(f"--params: expected a JSON object, got {args.params!r}")
+    report = check_conformance(args.name, params, device=args.device)
+    print(report)
+    print(f"{args.name}: {'conforms' if report else 'does not conform'}")
+    return 0 if report else 1
+
+
 def cmd_leaderboard(args) -> int:
     from fairsqueeze.leaderboard.site import build_leaderboard
     from fairsqueeze.reports.data import load
@@ -253,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     handlers = {"run": cmd_run, "worker": cmd_worker, "fronts": cmd_fronts, "list": cmd_list, "show": cmd_show,
-                "report": cmd_report, "leaderboard": cmd_leaderboard}
+                "report": cmd_report, "leaderboard": cmd_leaderboard, "check-plugin": cmd_check_plugin}
     try:
         return handlers[args.command](args)
     except FairsqueezeError as exc:

@@ -2,7 +2,7 @@
 
 Every number the suite reports is a *named definition* in :data:`METRICS`, because
 fairness libraries use the same names for different quantities (see
-``shared/reference/prior-art.md`` §3). :func:`compute_metrics` returns all of them as one
+``docs/methods.md`` §1.6). :func:`compute_metrics` returns all of them as one
 flat ``dict[str, float]``; :func:`metric_def` maps any returned key to its definition.
 
 Inputs and conventions
@@ -14,7 +14,7 @@ Inputs and conventions
   metric and of K; only the overall ``accuracy`` and ``support`` count them.
 * ``K = num_classes`` when given, else ``max(max y, max y_pred) + 1`` over evaluated rows.
 * Binary task: ``K <= 2``, and class 1 is the positive class.
-* ``Δ = group 1 − group 0``. Group 0 is the unprivileged group (methods.md §1.1).
+* ``Δ = group 1 − group 0``. Group 0 is the unprivileged group (docs/methods.md §1.1).
 * Aggregates over groups: ``*_avg`` is the plain mean of the group values (each group
   weighs 1, as in the FairLRF tables' "Avg." row; it is *not* the pooled metric);
   ``*_diff`` is ``max − min`` over groups, i.e. ``|m1 − m0|`` for two groups.

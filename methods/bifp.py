@@ -185,7 +185,7 @@ class BiFP(Method):
         tolerance: float = 0.0  # τ of the hinge penalty
         fairness_weight: float = 1.0  # λ_f; 0 switches the penalty off
         fair_levels: str = "both"
-        temperature: float = 0.3  # T of the soft accuracy softmax(z / T)_y (see the notes)
+        temperature: float = 0.3  # T of the soft accuracy softmax(z / T)_y (docs/methods.md §2.8)
         epochs: int = 100
         batch_size: int = 128  # split into two halves: weights on one, scores on the other
         lr: float = 0.1

@@ -513,7 +513,7 @@ class UnlearnLoRA(PrivacySplitLoRA):
 
     @dataclass
     class Params(PrivacySplitLoRA.Params):
-        strength: float = 1.0  # lambda_u of W0 - lambda_u * (alpha / r) B_s A_s; the notes suggest [0.5, 1]
+        strength: float = 1.0  # lambda_u of W0 - lambda_u * (alpha / r) B_s A_s; docs/methods.md §2.9 suggests [0.5, 1]
 
     def validate(self) -> None:
         super().validate()
@@ -535,7 +535,7 @@ class OrthogonalLoRA(PrivacySplitLoRA):
 
     @dataclass
     class Params(PrivacySplitLoRA.Params):
-        orth_weight: float = 1.0  # lambda_orth; the notes suggest 0.1, 1 or 10
+        orth_weight: float = 1.0  # lambda_orth; docs/methods.md §2.9 suggests 0.1, 1 or 10
 
     def validate(self) -> None:
         super().validate()
@@ -572,7 +572,7 @@ class AdversarialLoRA(PrivacySplitLoRA):
     @dataclass
     class Params(PrivacySplitLoRA.Params):
         rounds: int = 5               # R; epochs must be a multiple of it
-        adv_weight: float = 1.0       # lambda_adv, as a factor on the auditor's update step; the notes suggest 0.1 or 1
+        adv_weight: float = 1.0       # lambda_adv, as a factor on the auditor's update step; docs/methods.md §2.9 suggests 0.1 or 1
         adversary_c: float = 1.0      # inverse L2 strength of the adversary (a logistic regression), scikit-learn's default
         objective: str = "uniform"    # "uniform" or "reversal"
 

@@ -1,6 +1,6 @@
 """The sparse low-rank family: SLR-w, SLR-a and FairLRF.
 
-All three run one procedure (methods.md §2.2-2.4) on each target linear layer W (out x in):
+All three run one procedure (docs/methods.md §2.2-2.4) on each target linear layer W (out x in):
 
 1. truncated SVD, W ≈ P_out · diag(σ) · P_inᵀ, as a real :class:`FactorizedLinear`
    (``first.weight`` = P_inᵀ, ``second.weight`` = P_out);

@@ -3,7 +3,7 @@
 One procedure (:mod:`.toolbox.pruning`) with two scores (:mod:`.toolbox.scores`):
 
 - ``magnitude_prune``: remove the weights with the smallest ``|θ|`` (fairness-unaware twin);
-- ``fairprune`` (Wu et al., MICCAI 2022, as FairLRF describes its baseline, methods.md
+- ``fairprune`` (Wu et al., MICCAI 2022, as FairLRF describes its baseline, docs/methods.md
   §2.5): remove the weights with the smallest saliency ``½θ²(h⁰ − β·h¹)``, where ``h^c`` is
   the diagonal curvature of the CE loss on the balanced scoring set of group ``c``
   (``c = 0``: the unprivileged group). No retraining.

@@ -7,7 +7,7 @@ and its activations after calibrating the observers on training rows (FX graph m
 ``dynamic`` quantizes only the weights of linear layers and the activations on the fly.
 PyTorch's int8 kernels are CPU kernels: the method refuses other devices.
 
-``fairquantize`` follows the reference code of Guo et al. (MICCAI 2024), methods.md §2.6:
+``fairquantize`` follows the reference code of Guo et al. (MICCAI 2024), docs/methods.md §2.6:
 
 1. cumulative targets t_n = n·step (5 % steps by default) up to ``target``;
 2. at each step the per-group diagonal curvature h^c of the loss w.r.t. every conv/linear
@@ -30,7 +30,7 @@ PyTorch's int8 kernels are CPU kernels: the method refuses other devices.
    named policy (``checkpoint``): ``fairest_within_tolerance``, ``best_accuracy`` or
    ``last``; earlier steps continue from their last epoch, as in the reference code. The
    reference saves several best-by-metric checkpoints and the FairLRF paper does not say
-   which it reported; the default policy (an assumption) takes the lowest validation EOpp1
+   which it reported; the default policy (an assumption, docs/methods.md §2.6) takes the lowest validation EOpp1
    among the epochs within ``checkpoint_tolerance`` accuracy points of the best, by the
    tuning module's rule (:func:`fairsqueeze.tuning.fairest_above`).
 

@@ -1,20 +1,21 @@
-"""Every registered method, plugins included: a valid outcome on a tiny task whose test split
-is sealed while the method runs, the shared in-memory dense model untouched, deterministic.
+"""Every registered method, plugins included, passes ``fairsqueeze.testing.check_conformance``:
+a valid outcome on a tiny task whose test split is sealed while the method runs, the shared
+in-memory dense model untouched, deterministic. Planted cheating plugins fail the check
+that names what they did, and only that one where the others still hold.
 
-A new plugin gets these checks for free. Methods whose default parameters do not fit the
-tiny model (an MLP with layers fc1 32 -> fc2 16 -> fc3) list overrides in ``TINY_PARAMS``.
+Methods whose default parameters do not fit the tiny model (an MLP with layers
+fc1 32 -> fc2 16 -> fc3) list overrides in ``TINY_PARAMS``.
 """
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 
-from tiny import tiny_suite
-from fairsqueeze.hashing import array_hash
+from fairsqueeze.cli import main
 from fairsqueeze.methods import METHODS, Method, Outcome
 from fairsqueeze.registry_loader import load_plugins
-from fairsqueeze.runner import Runner, resolve_device
-from fairsqueeze.store import Store
+from fairsqueeze.testing import CHECKS, check_conformance
 
 load_plugins()
 
@@ -36,51 +37,11 @@ TINY_PARAMS: dict[str, dict] = {
 }
 
 
-def state_digest(model: torch.nn.Module) -> str:
-    return array_hash(*(v.detach().cpu().numpy() for v in model.state_dict().values()))
-
-
-def check_conformance(tmp, name: str, params: dict, monkeypatch) -> None:
-    """Run ``name`` twice into two databases; assert the contract (AssertionError otherwise)."""
-    seen = []
-    original = Runner.run_one
-
-    def watched(self, spec, task, label, reference, *rest):
-        before = state_digest(reference.model)
-        result = original(self, spec, task, label, reference, *rest)
-        seen.append((before, state_digest(reference.model)))
-        return result
-
-    monkeypatch.setattr(Runner, "run_one", watched)
-    reports, stores = [], []
-    for db in ("a", "b"):
-        suite = tiny_suite([{"name": name, "params": params}], epochs=1)
-        store = Store(f"sqlite:///{tmp}/{name}-{db}.db")
-        reports.append(Runner(store, tmp / "data", resolve_device("cpu")).run(suite))
-        stores.append(store)
-    runs = stores[0].runs_frame()
-    assert reports[0].failed == [] and reports[1].failed == [], runs["error"].tolist()
-    # the in-memory dense model shared by the runs of a group is untouched by the method
-    assert seen and all(before == after for before, after in seen), "the method changed the shared dense model"
-
-    # a valid outcome: finite metrics on both splits, a footprint, predictions for every row
-    metrics = stores[0].metrics_frame()
-    assert set(metrics["split"]) == {"val", "test"}
-    assert metrics.query("name == 'accuracy'")["value"].between(0, 1).all()
-    fp = stores[0].footprint_frame().set_index("name")["value"]
-    assert fp["params"] > 0 and fp["stored_params"] <= fp["params"] and fp["compression_ratio"] > 0
-    key = runs["key"].item()
-    for split in ("val", "test"):
-        assert len(stores[0].predictions(key, split)["y_pred"]) > 0
-
-    # deterministic: the same seed gives identical metrics
-    m1, m2 = (s.metrics_frame().set_index(["split", "name"])["value"].sort_index() for s in stores)
-    assert m1.equals(m2)
-
-
 @pytest.mark.parametrize("name", METHODS.names())
-def test_method_conforms(isolated, monkeypatch, name):
-    check_conformance(isolated, name, TINY_PARAMS.get(name, {}), monkeypatch)
+def test_method_conforms(isolated, name):
+    report = check_conformance(name, TINY_PARAMS.get(name, {}), workdir=isolated)
+    report.assert_ok()
+    assert [c.name for c in report.checks] == list(CHECKS)
 
 
 class _Planted(Method):
@@ -133,11 +94,82 @@ class ChangesTheSharedModel(_Planted):
         return Outcome(model=ctx.model)
 
 
-@pytest.mark.parametrize("plugin", [ReadsTestByRebuilding, ReadsTestAndHidesIt, ReachesThroughPrepare,
-                                    ChangesTheSharedModel])
-def test_conformance_catches_a_cheating_plugin(isolated, monkeypatch, plugin):
+class IgnoresTheSeed(_Planted):
+    """Perturbs its copy with noise from an unseeded generator."""
+
+    def apply(self, ctx):
+        noise = np.random.default_rng().normal(0, 0.5, tuple(ctx.model.fc1.weight.shape))
+        with torch.no_grad():
+            ctx.model.fc1.weight.add_(torch.as_tensor(noise, dtype=ctx.model.fc1.weight.dtype))
+        return Outcome(model=ctx.model)
+
+
+class ReturnsTheBareModel(_Planted):
+    """Returns the module instead of an Outcome."""
+
+    def apply(self, ctx):
+        return ctx.model
+
+
+def plant(monkeypatch, plugin) -> str:
     name = plugin.__name__.lower()
     monkeypatch.setitem(METHODS._items, name, plugin)
-    plugin.registered_name = name
-    with pytest.raises(AssertionError):
-        check_conformance(isolated, name, {}, monkeypatch)
+    monkeypatch.setattr(plugin, "registered_name", name, raising=False)
+    return name
+
+
+@pytest.mark.parametrize("plugin, failing", [
+    (ReadsTestByRebuilding, {"runs", "test_split_sealed"}),
+    (ReadsTestAndHidesIt, {"runs", "test_split_sealed"}),
+    (ReachesThroughPrepare, {"runs"}),  # the view hides the task: the attribute is not there
+    (ChangesTheSharedModel, {"dense_untouched"}),
+    (IgnoresTheSeed, {"deterministic"}),
+    (ReturnsTheBareModel, {"runs"}),
+])
+def test_conformance_catches_a_cheating_plugin(isolated, monkeypatch, plugin, failing):
+    report = check_conformance(plant(monkeypatch, plugin), {}, workdir=isolated)
+    assert not report
+    assert {c.name for c in report.checks if c.passed is False} == failing, str(report)
+    with pytest.raises(AssertionError, match="does not conform"):
+        report.assert_ok()
+
+
+class Honest(_Planted):
+    """The planted plugins' shape without the cheat: the dense copy, unchanged."""
+
+    def apply(self, ctx):
+        return Outcome(model=ctx.model)
+
+
+def test_the_planted_shape_conforms_without_its_cheat(isolated, monkeypatch):
+    """The failures above come from the cheats, not from the planted plugins' shape."""
+    report = check_conformance(plant(monkeypatch, Honest), {}, workdir=isolated)
+    assert report, str(report)
+
+
+def test_refused_parameters_fail_one_check_and_skip_the_rest(isolated):
+    report = check_conformance("truncated_svd", {"k": 999}, workdir=isolated)
+    assert report["accepts_params"].passed is False and "999" in report["accepts_params"].reason
+    assert [c.passed for c in report.checks[1:]] == [None] * (len(CHECKS) - 1)
+
+
+def test_check_plugin_prints_one_line_per_check(isolated, monkeypatch, capsys):
+    assert main(["check-plugin", "truncated_svd", "--params", '{"k": 8}']) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines[:-1]] == [["PASS", f"{name}:"] for name in CHECKS]
+    assert lines[-1] == "truncated_svd: conforms"
+
+    assert main(["check-plugin", plant(monkeypatch, ChangesTheSharedModel)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL dense_untouched: the method changed the shared dense model in place" in out.splitlines()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["check-plugin", "truncated_svdd"], "unknown method 'truncated_svdd'; did you mean 'truncated_svd'?"),
+    (["check-plugin", "dense", "--params", "{k: 8}"], "--params: not valid JSON"),
+    (["check-plugin", "dense", "--params", "[8]"], "--params: expected a JSON object"),
+])
+def test_check_plugin_refuses_bad_input_in_one_line(isolated, capsys, argv, message):
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.splitlines()) == 1 and message in captured.err

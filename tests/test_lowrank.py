@@ -2,7 +2,7 @@
 
 Oracles: numpy SVDs and absolute sums for the selections, hand-written forward passes for
 the activations, ``torch.autograd.functional.hessian`` for FairLRF's curvature, and the
-FairLRF paper's published compression ratios (methods.md §1.5) on its VGG-11 variant.
+FairLRF paper's published compression ratios (docs/methods.md §1.5) on its VGG-11 variant.
 """
 from __future__ import annotations
 
@@ -491,7 +491,7 @@ PUBLISHED = [
     # keep = max(1, ⌊0.65·1⌋) = 1 = k: nothing is zeroed, as the paper's 1.596 requires
     ("fairlrf", 2, {"k": 1, "sparsity_rate": 0.8, "keep_rate": 0.65, "min_keep": 1, "scoring_size": 2}, 1.596, 28_119_427),
     # min_keep = 0 zeroes ⌊0.8·4096⌋ = 3276 whole rows in both factors: 28,119,427 − 6552 = 28,112,875,
-    # CR 44,888,450 / 28,112,875 = 1.59672 -> 1.597, which the paper does NOT print (methods.md §1.5)
+    # CR 44,888,450 / 28,112,875 = 1.59672 -> 1.597, which the paper does NOT print (docs/methods.md §1.5)
     ("fairlrf", 2, {"k": 1, "sparsity_rate": 0.8, "keep_rate": 0.65, "min_keep": 0, "scoring_size": 2}, 1.597, 28_112_875),
 ]
 
@@ -500,7 +500,7 @@ PUBLISHED = [
 def test_published_compression_ratios(memo_svd, paper_models, paper_tasks, name, classes, params, published, stored):
     dense = paper_models[classes]
     dense_fp = footprint(dense)
-    assert dense_fp["params"] == {114: 45_347_314, 2: 44_888_450}[classes]  # methods.md §1.5 totals
+    assert dense_fp["params"] == {114: 45_347_314, 2: 44_888_450}[classes]  # docs/methods.md §1.5 totals
     out = METHODS.get(name).from_config({**params, "layer": "fc2", "solver": "randomized"}).apply(
         make_ctx(copy.deepcopy(dense), paper_tasks[classes])
     )

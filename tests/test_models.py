@@ -43,7 +43,7 @@ def test_forward_shape(name, input_shape, options):
 
 
 def test_paper_vgg_parameter_counts_and_forward():
-    # methods.md §1.5: conv 9,217,728 weights + 2,752 biases, then 4608-4096-4096-C
+    # docs/methods.md §1.5: conv 9,217,728 weights + 2,752 biases, then 4608-4096-4096-C
     assert n_params(create_model("vgg11_paper", (3, 112, 112), 114)) == 45_347_314
     model = create_model("vgg11_paper", (3, 112, 112), 2).eval()
     assert n_params(model) == 44_888_450

@@ -65,7 +65,7 @@ def needs(folder):
 def test_fairlrf_table1_reduced(isolated):
     runner = run(reduced("fairlrf_table1", limit=24), DATA, isolated / "t1.db")
     # Table 1 prints 1.596 for every compressed row; truncated SVD reproduces it, the sparse
-    # rows zero their selected rows for real (min_keep 0), which is 1.597 (methods.md 1.5)
+    # rows zero their selected rows for real (min_keep 0), which is 1.597 (docs/methods.md §1.5)
     assert ratios(runner) == {
         "dense": 1.0,
         "truncated SVD (k=1)": 1.596,

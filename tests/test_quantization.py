@@ -2,7 +2,7 @@
 
 Oracles: numpy power-of-two and symmetric-int8 rounding, hand-worked selections (including
 the reference code's argsort quirk), the FairLRF paper's published compression ratios for
-FairQuantize (methods.md §1.5: 1/(1 − 0.75·t), 1.081 at 10 %, 1.176 at 20 %), a saved and
+FairQuantize (docs/methods.md §1.5: 1/(1 − 0.75·t), 1.081 at 10 %, 1.176 at 20 %), a saved and
 reloaded state dict, and PyTorch's own int8 modules.
 """
 from __future__ import annotations
