@@ -62,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     board = sub.add_parser("leaderboard", help="write the HTML leaderboard of every stored task and model")
     board.add_argument("--out", default="results/leaderboard", help="output folder (default results/leaderboard)")
     _add_store(board)
+
+    data = sub.add_parser("data", help="fetch datasets into the data root, or check what is there")
+    data_sub = data.add_subparsers(dest="action", required=True)
+    fetch = data_sub.add_parser("fetch", help="download datasets (checksums verified); manual ones say how")
+    fetch.add_argument("names", nargs="+", metavar="NAME", help="adult, compas, german, fitzpatrick, ...")
+    check = data_sub.add_parser("check", help="per dataset: present / missing / corrupt, and how to get it")
+    check.add_argument("names", nargs="*", metavar="NAME", help="datasets to check (default: all)")
+    for p in (fetch, check):
+        p.add_argument("--data-root", default=None, help="dataset folder (default: $FAIRSQUEEZE_DATA or ./data)")
     return parser
 
 
@@ -249,11 +258,31 @@ def cmd_leaderboard(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    """``data fetch``: 0 when every named dataset is complete; ``data check``: 0 unless a named
+    dataset is not present or any checked one is corrupt."""
+    from fairsqueeze.datasets.fetch import check, fetch, sources
+
+    from .tasks import data_root
+
+    root = data_root(args.data_root)
+    chosen = sources(args.names)
+    if args.action == "fetch":
+        complete = [fetch(source, root) for source in chosen]
+        return 0 if all(complete) else 1
+    statuses = [check(source, root) for source in chosen]
+    print(f"data root: {root}")
+    for status in statuses:
+        print(status.line())
+    corrupt = any(s.state == "corrupt" for s in statuses)
+    return 1 if corrupt or (args.names and any(s.state != "present" for s in statuses)) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     handlers = {"run": cmd_run, "worker": cmd_worker, "fronts": cmd_fronts, "list": cmd_list, "show": cmd_show,
-                "report": cmd_report, "leaderboard": cmd_leaderboard}
+                "report": cmd_report, "leaderboard": cmd_leaderboard, "data": cmd_data}
     try:
         return handlers[args.command](args)
     except FairsqueezeError as exc:
