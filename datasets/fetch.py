@@ -281,7 +281,8 @@ def _fetch_image(url: str, target: Path, attempts: int, pause_s: float) -> str |
             reason = str(exc).rsplit(": ", 1)[-1]
             if "HTTP 4" in reason or "decodable" in reason:
                 return reason
-        time.sleep(pause_s * 2 ** attempt)
+        if attempt + 1 < attempts:
+            time.sleep(pause_s * 2 ** attempt)
     return reason
 
 
