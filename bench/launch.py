@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import submitit
+from sqlalchemy import create_engine, inspect
+from sqlalchemy.exc import SQLAlchemyError
 
 from .errors import FairsqueezeError
 from .store import Store
@@ -92,8 +94,11 @@ class SuiteStatus:
     failures: list[str] = field(default_factory=list)  # "label on task, model, seed: first error line"
 
     def remaining(self) -> int:
-        """Work a new worker would do: pending or orphaned-running runs and trials (failed ones
-        are retried by new workers too, but a deterministic failure must not requeue forever)."""
+        """Work a new worker would do: pending or orphaned-running runs and trials, or the whole
+        suite when no worker has started (failed runs are retried by new workers too, but a
+        deterministic failure must not requeue a job forever)."""
+        if not self.started:
+            return 1
         return self.runs["pending"] + self.runs["running"] + self.trials["pending"] + self.trials["running"]
 
     def lines(self) -> list[str]:
@@ -117,8 +122,16 @@ def suite_status(url: str, suite: str) -> SuiteStatus:
 
     import optuna
 
-    store = Store(url, read_only=True)
     status = SuiteStatus(suite)
+    engine = create_engine(url)
+    try:
+        if not inspect(engine).has_table("members"):  # no worker has created the tables yet
+            return status
+    except SQLAlchemyError as exc:
+        raise FairsqueezeError(f"--db {url}: cannot open the database: {str(getattr(exc, 'orig', exc)).splitlines()[0]}")
+    finally:
+        engine.dispose()
+    store = Store(url, read_only=True)
     members = store.members_frame(suite).drop_duplicates("run_key")
     status.started = not members.empty
     rows = store.runs_frame(keys=members["run_key"]).set_index("key")
