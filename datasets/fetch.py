@@ -181,6 +181,7 @@ def download(url: str, target: Path, sha256: str | None = None,
              accept: Callable[[Path], None] | None = None) -> None:
     """Download ``url`` to ``target`` through a hidden part file; it takes the target's name only
     when complete, matching ``sha256`` and passing ``accept`` (which raises to reject)."""
+    created = not target.parent.exists()
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, part = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     os.close(fd)
@@ -199,6 +200,8 @@ def download(url: str, target: Path, sha256: str | None = None,
     finally:
         if os.path.exists(part):
             os.unlink(part)
+        if created and not any(target.parent.iterdir()):  # a failed first download leaves no empty folder
+            target.parent.rmdir()
 
 
 def fetch(source: DatasetSource, root: Path, say: Callable[[str], None] = print) -> bool:
