@@ -143,3 +143,37 @@ def test_killing_a_launched_job_mid_run_loses_nothing(postgres_server, tmp_path,
     assert job.checkpoint(0) is None  # nothing left: a preempted job would simply end
     assert WorkerJob(str(suite), shared, requeue=False).checkpoint(0) is None
     assert SuiteStatus("fresh").remaining() == 1  # nothing recorded yet: all of it remains
+
+
+def test_gpu_suites_refuse_a_cpu_only_start_unless_device_cpu_is_explicit(tmp_path, capsys):
+    import shutil
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the refusal is for CPU-only machines")
+    empty = str(tmp_path / "no-data")
+    assert main(["run", "fairlrf_table1", "--data-root", empty]) == 2
+    assert capsys.readouterr().err.strip() == ("fairsqueeze: error: suite fairlrf_table1 needs a GPU and CUDA is not"
+                                               " available on this machine; pass --device cpu to run it on the CPU anyway")
+    assert main(["run", "fairlrf_table1", "--data-root", empty, "--device", "cpu"]) == 2
+    assert "needs a GPU" not in capsys.readouterr().err  # past the check: it stops at the missing data instead
+
+    db = "postgresql+psycopg://nobody@127.0.0.1:1/none"
+    assert main(["launch", "fairlrf_table2", "--db", db, "--executor", "local"]) == 2
+    assert "needs a GPU and the jobs ask for none (--gpus 0); ask for --gpus 1" in capsys.readouterr().err
+    if shutil.which("sbatch") is None:  # past the GPU check with --gpus 1 or --device cpu: stops at sbatch
+        for extra in (["--gpus", "1"], ["--device", "cpu"]):
+            assert main(["launch", "fairlrf_table2", "--db", db, "--executor", "slurm", *extra]) == 2
+            assert "sbatch is not on this machine's PATH" in capsys.readouterr().err
+
+    assert main(["launch", "default", "--db", db, "--workers", "0", "--executor", "local"]) == 2
+    assert capsys.readouterr().err.strip() == "fairsqueeze: error: --workers 0: expected a positive number"
+    assert main(["launch", "default", "--status", "--db", db]) == 2
+    assert capsys.readouterr().err.startswith(f"fairsqueeze: error: --db {db}: cannot open the database:")
+
+    suite = tmp_path / "bad.yaml"
+    suite.write_text("name: bad\nneeds_gpu: sometimes\ntasks: [digits]\nmodels: [mlp]\nmethods: [dense]\n")
+    assert main(["run", str(suite)]) == 2
+    err = capsys.readouterr().err
+    assert "needs_gpu" in err and "expected true or false" in err and len(err.strip().splitlines()) == 1
