@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from .store import Store
 
 EXECUTORS = ("slurm", "local")
 STATES = ("pending", "running", "done", "failed")
+SHOWN = 10  # running and failed runs listed by --status
 
 
 @dataclass
@@ -91,7 +93,8 @@ class SuiteStatus:
     trials: Counter = field(default_factory=Counter)
     studies: int = 0
     started: bool = False  # a worker has recorded the suite's membership
-    failures: list[str] = field(default_factory=list)  # "label on task, model, seed: first error line"
+    failures: list[str] = field(default_factory=list)  # "label, model, seed: the error's last line"
+    running: list[str] = field(default_factory=list)  # "label, model, seed, for N s"
 
     def remaining(self) -> int:
         """Work a new worker would do: pending or orphaned-running runs and trials, or the whole
@@ -112,7 +115,10 @@ class SuiteStatus:
                f"  trials  {row(self.trials)}  ({self.studies} studies; selected runs join the runs as policies choose)"]
         if self.runs["running"] or self.trials["running"]:
             out.append("  running: held by a live worker, or left by a stopped one until another worker takes it over")
-        out += [f"  failed: {line}" for line in self.failures]
+        out += [f"  running: {line}" for line in self.running[:SHOWN]]
+        out += [f"  failed: {line}" for line in self.failures[:SHOWN]]
+        if max(len(self.running), len(self.failures)) > SHOWN:
+            out.append(f"  (first {SHOWN} of each shown)")
         return out
 
 
@@ -135,9 +141,13 @@ def suite_status(url: str, suite: str) -> SuiteStatus:
     members = store.members_frame(suite).drop_duplicates("run_key")
     status.started = not members.empty
     rows = store.runs_frame(keys=members["run_key"]).set_index("key")
+    now = time.time()
     for _, member in members.iterrows():
         state = rows["status"].get(member["run_key"], "pending")
         status.runs[state] += 1
+        if state == "running":
+            since = rows.loc[member["run_key"], "started_at"]
+            status.running.append(f"{member['label']}, {member['model']}, seed {member['seed']}, for {now - since:.0f} s")
         if state == "failed":
             error = rows.loc[member["run_key"], "error"] or ""
             status.failures.append(f"{member['label']}, {member['model']}, seed {member['seed']}: "

@@ -111,16 +111,22 @@ def check(source: DatasetSource, root: Path) -> Status:
     if source.images:
         listed, present = _image_counts(root, source)
         if present == 0:
-            return Status(source.name, "missing", f"no images under {root / source.images}; {how}")
+            return Status(source.name, "missing", f"no images under {image_folder(root, source)}; {how}")
         detail += f"; {present:,} of {listed:,} listed images present"
         if present < listed:
             detail += f" (the rest: rerun fairsqueeze data fetch {source.name}, see {UNREACHABLE})"
     return Status(source.name, "present", detail)
 
 
+def image_folder(root: Path, source: DatasetSource) -> Path:
+    """Where the images are: the first folder the loader accepts that exists, else the default."""
+    found = [root / p for p in (source.images, *source.images_also) if (root / p).is_dir()]
+    return found[0] if found else root / source.images
+
+
 def _image_counts(root: Path, source: DatasetSource) -> tuple[int, int]:
     listed = {r["md5hash"] for r in _image_rows(root / source.files[0].path)}
-    folder = root / source.images
+    folder = image_folder(root, source)
     on_disk = {p[:-4] for p in os.listdir(folder) if p.endswith(".jpg")} if folder.is_dir() else set()
     return len(listed), len(listed & on_disk)
 
@@ -220,7 +226,9 @@ def fetch(source: DatasetSource, root: Path, say: Callable[[str], None] = print)
         try:
             download(spec.source(), root / spec.path, spec.sha256)
         except DownloadError as exc:
-            say(f"{source.name}: {exc}")
+            say(f"{source.name}: {exc}" + ("; optional, the loader does not read it" if spec.optional else ""))
+            if spec.optional:
+                continue
             return False
         except OSError as exc:
             say(f"{source.name}: cannot write {root / spec.path}: {exc.strerror or exc}")
@@ -231,7 +239,7 @@ def fetch(source: DatasetSource, root: Path, say: Callable[[str], None] = print)
             return False
         say(f"{source.name}: {spec.path} fetched" + (" and verified" if spec.sha256 else ""))
     if source.images:
-        report = fetch_images(root / source.files[0].path, root / source.images)
+        report = fetch_images(root / source.files[0].path, image_folder(root, source))
         say(f"{source.name}: {report.summary()}")
     return True
 

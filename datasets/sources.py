@@ -37,6 +37,7 @@ class DatasetSource:
     files: tuple[RemoteFile, ...] = ()
     manual: str = ""  # for datasets that cannot be fetched: what to download and where to put it
     images: str = ""  # image folder filled from the URLs listed in the CSV (Fitzpatrick-17k)
+    images_also: tuple[str, ...] = ()  # other image folders the loader accepts in its place
     layout: tuple[str, ...] = ()  # files and folders a manual download must provide
 
     @property
@@ -71,7 +72,7 @@ SOURCES: dict[str, DatasetSource] = {
             RemoteFile("fitzpatrick17k/fitzpatrick17k.csv",
                        "https://raw.githubusercontent.com/mattgroh/fitzpatrick17k/main/fitzpatrick17k.csv",
                        None, rows=16_577, skip=1),
-        ), images="fitzpatrick17k/images"),
+        ), images="fitzpatrick17k/images", images_also=("fitzpatrick17k/data/finalfitz17k",)),
         DatasetSource("celeba", manual=(
             "CelebA's licence asks for a manual download: from https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html "
             "get img_align_celeba.zip, list_attr_celeba.txt, list_eval_partition.txt and identity_CelebA.txt and "

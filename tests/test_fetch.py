@@ -30,10 +30,10 @@ needs_upstream = pytest.mark.skipif(not (UPSTREAM / "SHA256SUMS").exists(),
 class Mirror:
     """Serves ``files`` (url path -> bytes) and, for other paths, files under ``folder``.
     ``interrupt``: paths answered with half their bytes (full Content-Length) then a closed
-    connection, once each; ``flaky``: paths answered 503 once; every request is counted."""
+    connection, once each; ``flaky``: paths answered 503 once; ``gone``: 404; every request is counted."""
 
     def __init__(self, folder: Path | None = None):
-        self.folder, self.files, self.interrupt, self.flaky, self.hits = folder, {}, set(), set(), {}
+        self.folder, self.files, self.interrupt, self.flaky, self.gone, self.hits = folder, {}, set(), set(), set(), {}
         mirror = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -44,7 +44,7 @@ class Mirror:
                 path = self.path.lstrip("/")
                 mirror.hits[path] = mirror.hits.get(path, 0) + 1
                 body = mirror.files.get(path)
-                if body is None and mirror.folder and (mirror.folder / path).is_file():
+                if body is None and mirror.folder and (mirror.folder / path).is_file() and path not in mirror.gone:
                     body = (mirror.folder / path).read_bytes()
                 if path in mirror.flaky:
                     mirror.flaky.discard(path)
@@ -242,5 +242,21 @@ def test_fitzpatrick_fetches_the_listed_images_and_lists_dead_links(tmp_path, mo
         assert all(server.hits[p] == before[p] for p in images)  # a rerun fetches only what is missing
         assert server.hits["img/gone.jpg"] == 2 and (folder / f"{'d' * 32}.jpg").exists()
         assert "5 already present, 1 fetched" in said[-1] and "3 unreachable" in said[-1]
+
+        (tmp_path / "fitzpatrick17k/data").mkdir()  # the upstream script's folder, which the loader also reads
+        folder.rename(tmp_path / "fitzpatrick17k/data/finalfitz17k")
+        assert "6 of 9 listed images present" in check(source, tmp_path).detail
     finally:
         server.close()
+
+
+@needs_upstream
+def test_an_optional_file_that_cannot_be_fetched_does_not_fail_the_dataset(mirror, tmp_path, capsys):
+    mirror.gone.add("adult/adult.names")
+    assert main(["data", "fetch", "adult", "--data-root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "adult: cannot download adult.names" in out and "HTTP 404; optional, the loader does not read it" in out
+    assert check(SOURCES["adult"], tmp_path).state == "present"
+    mirror.gone.add("adult/adult.test")
+    (tmp_path / "adult/adult.test").unlink()
+    assert main(["data", "fetch", "adult", "--data-root", str(tmp_path)]) == 1  # a file the loader reads

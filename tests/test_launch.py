@@ -55,6 +55,8 @@ def results(folder: Path, job_ids, timeout=240):
         if not alive:
             return {jid: found.get(jid) for jid in job_ids}
         time.sleep(0.5)
+    for jid in alive:  # leave nothing running behind a failed test (the controller stops its task)
+        os.kill(int(jid), signal.SIGINT)
     raise AssertionError(f"jobs still running after {timeout} s: {alive}")
 
 
@@ -109,7 +111,7 @@ class SleepyWorkerJob(WorkerJob):
         return super().__call__(index)
 
 
-def test_killing_a_launched_job_mid_run_loses_nothing(postgres_server, tmp_path, job_env, monkeypatch, capsys):
+def test_killing_a_launched_job_mid_run_loses_nothing(postgres_server, tmp_path, job_env, monkeypatch, request):
     import sleepy_plugin  # noqa: F401
 
     suite = write_suite(tmp_path, ["dense", {"name": "sleepy_svd", "params": {"layer": "fc2", "k": 4}}], "killed")
@@ -123,6 +125,7 @@ def test_killing_a_launched_job_mid_run_loses_nothing(postgres_server, tmp_path,
     logs = tmp_path / "logs"
     job = SleepyWorkerJob(str(suite), shared, "cpu", requeue=True, suite_name="killed")
     jobs = submit(job, 2, make_executor("local", logs, Resources(time_min=10), "killed"))
+    request.addfinalizer(lambda: [j.cancel() for j in jobs if j.state == "RUNNING"])  # nothing left behind
     deadline = time.time() + 180
     while not marker.exists() or not marker.read_text().strip():
         assert time.time() < deadline, "no launched worker reached the method's apply"
@@ -130,6 +133,7 @@ def test_killing_a_launched_job_mid_run_loses_nothing(postgres_server, tmp_path,
     victim = int(marker.read_text().split()[0])
     status = suite_status(shared, "killed")
     assert status.runs["running"] == 1 and status.remaining() >= 1
+    assert status.running[0].startswith("sleepy_svd(k=4,layer=fc2), mlp(hidden=[32, 16]), seed 0, for ")
     assert job.checkpoint(0) is not None  # a preempted job would be resubmitted: work remains
     os.kill(victim, signal.SIGKILL)  # the worker process of one job, in the middle of its run
 
