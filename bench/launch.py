@@ -53,7 +53,10 @@ class WorkerJob(submitit.helpers.Checkpointable):
     def __call__(self, index: int = 0) -> int:
         from .cli import main
 
-        return main(self.argv())
+        code = main(self.argv())
+        if code != 0:  # the scheduler then shows the job as failed; the reason is in its log
+            raise RuntimeError(f"fairsqueeze {' '.join(self.argv())} exited with status {code}")
+        return code
 
     def checkpoint(self, *args, **kwargs):
         """Called by submitit when SLURM preempts the job or its time runs out: resubmit it
@@ -66,8 +69,9 @@ class WorkerJob(submitit.helpers.Checkpointable):
 def make_executor(kind: str, folder: Path, resources: Resources, name: str) -> submitit.AutoExecutor:
     if kind not in EXECUTORS:
         raise FairsqueezeError(f"--executor {kind!r}: expected one of {', '.join(EXECUTORS)}")
-    if kind == "slurm" and shutil.which("sbatch") is None:
-        raise FairsqueezeError("--executor slurm: sbatch is not on this machine's PATH; run launch on the"
+    lacking = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+    if kind == "slurm" and lacking:
+        raise FairsqueezeError(f"--executor slurm: {lacking[0]} is not on this machine's PATH; run launch on the"
                                " cluster's login node (or use --executor local)")
     executor = submitit.AutoExecutor(folder=folder, cluster=kind)
     params = {"name": name, "timeout_min": resources.time_min, "cpus_per_task": resources.cpus,
@@ -81,7 +85,10 @@ def make_executor(kind: str, folder: Path, resources: Resources, name: str) -> s
 
 
 def submit(job: WorkerJob, workers: int, executor) -> list:
-    """N copies of ``job`` as one array (one SLURM array job; N processes locally)."""
+    """N copies of ``job`` as one array (one SLURM array job; N processes locally), all
+    allowed to run at once (submitit caps arrays at 256 otherwise)."""
+    if executor.cluster == "slurm":
+        executor.update_parameters(slurm_array_parallelism=workers)
     return executor.map_array(job, list(range(workers)))
 
 

@@ -166,7 +166,7 @@ def test_gpu_suites_refuse_a_cpu_only_start_unless_device_cpu_is_explicit(tmp_pa
     db = "postgresql+psycopg://nobody@127.0.0.1:1/none"
     assert main(["launch", "fairlrf_table2", "--db", db, "--executor", "local"]) == 2
     assert "needs a GPU and the jobs ask for none (--gpus 0); ask for --gpus 1" in capsys.readouterr().err
-    if shutil.which("sbatch") is None:  # past the GPU check with --gpus 1 or --device cpu: stops at sbatch
+    if shutil.which("sbatch") is None and shutil.which("srun") is None:  # past the GPU check with --gpus 1 or --device cpu: stops at sbatch
         for extra in (["--gpus", "1"], ["--device", "cpu"]):
             assert main(["launch", "fairlrf_table2", "--db", db, "--executor", "slurm", *extra]) == 2
             assert "sbatch is not on this machine's PATH" in capsys.readouterr().err
@@ -181,3 +181,29 @@ def test_gpu_suites_refuse_a_cpu_only_start_unless_device_cpu_is_explicit(tmp_pa
     assert main(["run", str(suite)]) == 2
     err = capsys.readouterr().err
     assert "needs_gpu" in err and "expected true or false" in err and len(err.strip().splitlines()) == 1
+
+
+def test_slurm_gets_one_array_job_with_the_requested_resources(tmp_path, monkeypatch, capsys):
+    """sbatch is replaced by a script that keeps the submission file and answers as SLURM does."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\ncp \"$1\" {tmp_path}/submitted.sh\necho Submitted batch job 4242\n")
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit looks for it; the jobs would run it
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    db = "postgresql+psycopg://me@dbhost/study"
+    assert main(["launch", "fairlrf_table1", "--db", db, "--workers", "3", "--executor", "slurm", "--partition", "gpu",
+                 "--time", "90", "--cpus", "4", "--gpus", "1", "--mem", "16", "--device", "cuda", "--requeue",
+                 "--logs", str(tmp_path / "logs")]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "submitted 3 worker(s) to slurm: 4242_0 4242_1 4242_2"
+    script = (tmp_path / "submitted.sh").read_text()
+    for line in ("#SBATCH --array=0-2%3", "#SBATCH --partition=gpu", "#SBATCH --time=90", "#SBATCH --cpus-per-task=4",
+                 "#SBATCH --gpus-per-node=1", "#SBATCH --mem=16GB", "#SBATCH --job-name=fairsqueeze-fairlrf_table1"):
+        assert line in script.splitlines(), line
+    pickled = sorted((tmp_path / "logs").glob("*_submitted.pkl"))
+    assert [p.name for p in pickled] == [f"4242_{i}_submitted.pkl" for i in range(3)]
+    with open(pickled[0], "rb") as fh:
+        job = pickle.load(fh).function  # what every array element runs
+    assert job.argv() == ["worker", job.suite, "--db", db, "--device", "cuda"] and job.requeue
+    assert job.suite.endswith("fairlrf_table1.yaml") and os.path.isabs(job.suite)
