@@ -322,10 +322,10 @@ def cmd_launch(args) -> int:
     from .launch import Resources, WorkerJob, make_executor, print_jobs, submit, suite_status
     from .suite import load_suite, resolve_suite_path
 
-    suite = load_suite(args.suite)
-    if args.status:
-        print("\n".join(suite_status(args.db, suite.name).lines()))
+    if args.status:  # a suite file, a bundled suite or just the name it is stored under
+        print("\n".join(suite_status(args.db, _suite_name(args.suite)).lines()))
         return 0
+    suite = load_suite(args.suite)
     for flag in ("workers", "time", "cpus"):
         if getattr(args, flag) < 1:
             raise FairsqueezeError(f"--{flag} {getattr(args, flag)}: expected a positive number")
