@@ -67,6 +67,32 @@ def build_parser() -> argparse.ArgumentParser:
     board = sub.add_parser("leaderboard", help="write the HTML leaderboard of every stored task and model")
     board.add_argument("--out", default="results/leaderboard", help="output folder (default results/leaderboard)")
     _add_store(board)
+
+    data = sub.add_parser("data", help="fetch datasets into the data root, or check what is there")
+    data_sub = data.add_subparsers(dest="action", required=True)
+    fetch = data_sub.add_parser("fetch", help="download datasets (checksums verified); manual ones say how")
+    fetch.add_argument("names", nargs="+", metavar="NAME", help="adult, compas, german, fitzpatrick, ...")
+    check = data_sub.add_parser("check", help="per dataset: present / missing / corrupt, and how to get it")
+    check.add_argument("names", nargs="*", metavar="NAME", help="datasets to check (default: all)")
+    for p in (fetch, check):
+        p.add_argument("--data-root", default=None, help="dataset folder (default: $FAIRSQUEEZE_DATA or ./data)")
+
+    launch = sub.add_parser("launch", help="submit N workers of a suite as one job array (SLURM or local), "
+                                           "or show its progress with --status")
+    launch.add_argument("suite")
+    launch.add_argument("--status", action="store_true", help="show pending/running/done/failed runs and trials")
+    launch.add_argument("--workers", type=int, default=1, help="number of workers (array size)")
+    launch.add_argument("--executor", default="slurm", choices=["slurm", "local"])
+    launch.add_argument("--partition", default=None, help="SLURM partition")
+    launch.add_argument("--time", type=int, default=60, help="time limit per job, minutes")
+    launch.add_argument("--cpus", type=int, default=1, help="CPUs per worker")
+    launch.add_argument("--gpus", type=int, default=0, help="GPUs per worker")
+    launch.add_argument("--mem", type=float, default=None, help="memory per worker, GB")
+    launch.add_argument("--requeue", action="store_true", help="resubmit a preempted or timed-out job while work remains")
+    launch.add_argument("--device", default="auto", help="the workers' device: auto, cpu or cuda[:N]")
+    launch.add_argument("--data-root", default=None, help="dataset folder as the nodes see it")
+    launch.add_argument("--logs", default=None, help="submitit's folder for job logs (default results/launch/SUITE)")
+    _add_store(launch)
     return parser
 
 
@@ -83,6 +109,7 @@ def cmd_run(args) -> int:
     load_plugins()
     suite = load_suite(args.suite)
     device = resolve_device(args.device)
+    _check_gpu_request(suite, args.device)
     if suite.studies():  # tuned entries: one worker in this process
         return cmd_worker(args)
     # everything (suite, data, tasks, method parameters) is checked before the store is opened
@@ -182,6 +209,7 @@ def cmd_worker(args) -> int:
     load_plugins()
     suite = load_suite(args.suite)
     device = resolve_device(args.device)
+    _check_gpu_request(suite, args.device)
     # everything (suite, data, tasks, method parameters) is checked before the store is opened
     plan = plan_suite(suite, data_root(args.data_root), args.skip_missing_data)
     with sqlite_single_worker(args.db):
@@ -272,11 +300,80 @@ def cmd_leaderboard(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    """``data fetch``: 0 when every named dataset is complete; ``data check``: 0 unless a named
+    dataset is not present or any checked one is corrupt."""
+    from fairsqueeze.datasets.fetch import check, fetch, sources
+
+    from .tasks import data_root
+
+    root = data_root(args.data_root)
+    chosen = sources(args.names)
+    if args.action == "fetch":
+        complete = [fetch(source, root) for source in chosen]
+        return 0 if all(complete) else 1
+    statuses = [check(source, root) for source in chosen]
+    print(f"data root: {root}")
+    for status in statuses:
+        print(status.line())
+    corrupt = any(s.state == "corrupt" for s in statuses)
+    return 1 if corrupt or (args.names and any(s.state != "present" for s in statuses)) else 0
+
+
+def _check_gpu_request(suite, device: str, gpus: int | None = None) -> None:
+    """A suite that declares ``needs_gpu`` refuses to start without one unless ``--device cpu``
+    says so: on this machine (run, worker) or in the jobs' request (launch, ``gpus``)."""
+    if not suite.needs_gpu or device == "cpu":
+        return
+    if gpus is None:
+        import torch
+
+        if torch.cuda.is_available():
+            return
+        why, fix = "CUDA is not available on this machine", ""
+    elif gpus > 0:
+        return
+    else:
+        why, fix = "the jobs ask for none (--gpus 0)", "ask for --gpus 1, or "
+    raise FairsqueezeError(f"suite {suite.name} needs a GPU and {why}; {fix}pass --device cpu to run it on the CPU"
+                           " anyway")
+
+
+def cmd_launch(args) -> int:
+    from pathlib import Path
+
+    from .launch import Resources, WorkerJob, make_executor, print_jobs, submit, suite_status
+    from .suite import load_suite, resolve_suite_path
+
+    if args.status:  # a suite file, a bundled suite or just the name it is stored under
+        print("\n".join(suite_status(args.db, _suite_name(args.suite)).lines()))
+        return 0
+    suite = load_suite(args.suite)
+    for flag in ("workers", "time", "cpus"):
+        if getattr(args, flag) < 1:
+            raise FairsqueezeError(f"--{flag} {getattr(args, flag)}: expected a positive number")
+    if args.gpus < 0 or (args.mem is not None and args.mem <= 0):
+        raise FairsqueezeError("--gpus must be >= 0 and --mem > 0")
+    if args.db.startswith("sqlite") and args.workers > 1:
+        raise FairsqueezeError(f"--db {args.db}: SQLite allows one writer; several workers need PostgreSQL"
+                               " (--db postgresql+psycopg://user@host/db, reachable from the nodes)")
+    _check_gpu_request(suite, args.device, gpus=args.gpus)
+    path = resolve_suite_path(args.suite)
+    data = str(Path(args.data_root).resolve()) if args.data_root else None
+    job = WorkerJob(str(path.resolve()), args.db, args.device, data, args.requeue, suite.name)
+    folder = Path(args.logs or f"results/launch/{suite.name}").resolve()
+    resources = Resources(args.time, args.cpus, args.gpus, args.mem, args.partition)
+    jobs = submit(job, args.workers, make_executor(args.executor, folder, resources, f"fairsqueeze-{suite.name}"))
+    print_jobs(jobs, args.executor, folder)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     handlers = {"run": cmd_run, "worker": cmd_worker, "fronts": cmd_fronts, "list": cmd_list, "show": cmd_show,
-                "report": cmd_report, "leaderboard": cmd_leaderboard, "check-plugin": cmd_check_plugin}
+                "report": cmd_report, "leaderboard": cmd_leaderboard, "check-plugin": cmd_check_plugin,
+                "data": cmd_data, "launch": cmd_launch}
     try:
         return handlers[args.command](args)
     except FairsqueezeError as exc:

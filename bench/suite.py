@@ -35,7 +35,7 @@ from .hashing import config_hash
 from .training import TrainConfig
 from .tuning import TuneSpec, parse_tuning
 
-TOP_KEYS = {"name", "description", "seeds", "train", "tasks", "models", "methods", "tuning"}
+TOP_KEYS = {"name", "description", "seeds", "train", "tasks", "models", "methods", "tuning", "needs_gpu"}
 TASK_KEYS = {"name", "options"}
 MODEL_KEYS = {"name", "options", "train", "tasks"}
 METHOD_KEYS = {"name", "params", "sweep", "label", "models", "tasks", "tune"}
@@ -141,6 +141,7 @@ class Suite:
     models: list[ModelEntry]
     methods: list[MethodEntry]
     source: str = "<memory>"
+    needs_gpu: bool = False  # refuses a CPU-only start unless --device cpu is explicit
 
     def runs(self) -> list[RunSpec]:
         """The fixed runs: every (task, model, method, seed) the entries' restrictions allow."""
@@ -330,6 +331,9 @@ def parse_suite(data: Any, where: _Where | None = None, default_name: str = "sui
             labels[method.label] = i
             methods.append(method)
     _check_budgets(methods, tuning, where)
+    needs_gpu = data.get("needs_gpu", False)
+    if not isinstance(needs_gpu, bool):
+        raise where(("needs_gpu",), "expected true or false")
 
     return Suite(
         name=str(data.get("name", default_name)),
@@ -339,6 +343,7 @@ def parse_suite(data: Any, where: _Where | None = None, default_name: str = "sui
         models=models,
         methods=methods,
         source=where.source,
+        needs_gpu=needs_gpu,
     )
 
 
