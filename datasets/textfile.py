@@ -57,6 +57,8 @@ def read_table(path: Path, *, sep: str = ",", header: bool, skiprows: int = 0, n
     except UnicodeDecodeError:
         raise _not_text(path) from None
     if frame.empty:
+        if next(_data_lines(path, 0), None) is None:
+            raise malformed(path, 1, "the file is empty")
         raise malformed(path, first + int(header), "no data rows" + (" after the header" if header else ""))
     if frame.isna().to_numpy().any():  # a short line is padded with NaN: find it
         _check_field_counts(path, sep, skiprows, len(frame.columns))
