@@ -103,6 +103,12 @@ def row(id: str, suite_text: str, expect: str, *extra: str, files: dict | None =
 LOCK_FILE = "issue 21 item 12: the single-writer lock leaves a .worker-lock file beside the database"
 
 
+def first_version(tmp: Path) -> None:
+    """The database holds suite 'study' as run from its first definition."""
+    (tmp / "v1.yaml").write_text(suite(head="name: study\nseeds: [0]\ntrain: {epochs: 1}\n"))
+    assert main(["run", str(tmp / "v1.yaml"), "--db", f"sqlite:///{tmp}/x.db", "--quiet"]) == 0
+
+
 def old_schema(tmp: Path) -> None:
     import sqlite3
 
@@ -232,6 +238,9 @@ ROWS = [
         "adir is a directory", {"s.yaml": suite(), "adir/": ""}, known_gap=LOCK_FILE),
     Row("a database below a file", run(suite())[0][:2] + ["--db", "sqlite:///{tmp}/file/sub/x.db", "--quiet"],
         "cannot create the database", {"s.yaml": suite(), "file": ""}),
+    row("a suite changed since its name was run", suite(head="name: study\nseeds: [0, 1]\ntrain: {epochs: 1}\n"),
+        "suite 'study' was run on this database with another definition (seeds has 2 entries here, 1 stored)",
+        before=first_version),
     row("a database of an older schema", suite(), "uses schema 1", before=old_schema, known_gap=LOCK_FILE),
     Row("an unreachable PostgreSQL server", ["show", "--db", "postgresql://fairsqueeze@127.0.0.1:9/results"],
         '"127.0.0.1", port 9 failed'),

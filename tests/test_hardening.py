@@ -167,3 +167,82 @@ def test_an_unreachable_postgresql_server_is_one_line_naming_host_and_port(capsy
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0
     assert '"127.0.0.1", port 9 failed' in err
+
+
+SUITE_V1 = ("name: study\nseeds: [0]\ntrain: {epochs: 1}\ntasks: [{name: digits, options: {target: parity}}]\n"
+            "models: [{name: mlp, options: {hidden: [32, 16]}}]\n"
+            "methods: [dense, {name: truncated_svd, params: {layer: fc2, k: 4}}]\n")
+SUITE_V2 = SUITE_V1.replace("k: 4}", "k: 8}")
+
+
+def test_a_changed_suite_is_refused_naming_the_key_and_redefine_keeps_the_old_runs_as_a_version(isolated, capsys):
+    from fairsqueeze.store import Store
+
+    v1, v2 = isolated / "v1.yaml", isolated / "v2.yaml"
+    v1.write_text(SUITE_V1)
+    v2.write_text(SUITE_V2)
+    db = f"sqlite:///{isolated}/r.db"
+    assert run_cli(capsys, str(v1), "--db", db)[0] == 0
+    assert run_cli(capsys, str(v1), "--db", db)[0] == 0  # the same definition again: accepted, nothing to do
+    before = Store(db).members_frame("study")
+
+    code, err = run_cli(capsys, str(v2), "--db", db)
+    assert code == 2 and err.count("\n") == 0 and "methods[1].params.k is 8 here, 4 stored" in err and "--redefine" in err
+    pd.testing.assert_frame_equal(Store(db).members_frame("study"), before)  # nothing recorded
+
+    code, _ = run_cli(capsys, str(v2), "--db", db, "--redefine")
+    store = Store(db)
+    assert code == 0 and set(store.suites_frame()["name"]) == {"study", "study@v1"}
+    current, previous = store.members_frame("study"), store.members_frame("study@v1")
+    assert set(current["label"]) == {"dense", "truncated_svd(k=8,layer=fc2)"}
+    pd.testing.assert_frame_equal(previous.drop(columns="suite"), before.drop(columns="suite"))
+    runs = store.runs_frame(keys=previous["run_key"])
+    assert len(runs) == 2 and (runs["status"] == "done").all()  # the first version's results are still there
+
+    code, err = run_cli(capsys, str(v1), "--db", db)  # the old file is now the changed one
+    assert code == 2 and "methods[1].params.k is 4 here, 8 stored" in err
+    assert run_cli(capsys, str(v1), "--db", db, "--redefine")[0] == 0
+    assert set(Store(db).suites_frame()["name"]) == {"study", "study@v1", "study@v2"}
+
+
+def test_the_first_definition_is_recorded_before_any_run_so_a_second_worker_is_refused(tmp_path):
+    from fairsqueeze.runner import suite_definition
+    from fairsqueeze.store import Store, StoreError
+    from fairsqueeze.suite import parse_suite
+
+    import yaml
+
+    first, second = (suite_definition(parse_suite(yaml.safe_load(t))) for t in (SUITE_V1, SUITE_V2))
+    store = Store(f"sqlite:///{tmp_path}/w.db")
+    assert store.check_definition("study", first) is None
+    assert store.members_frame("study").empty  # no run yet, but the definition is claimed
+    with pytest.raises(StoreError, match=r"methods\[1\]\.params\.k is 8 here, 4 stored"):
+        store.check_definition("study", second)
+    assert store.check_definition("study", first) is None
+    tuned = yaml.safe_load(SUITE_V1)
+    tuned["methods"][1]["tune"] = {"trials": 2}
+    budget = yaml.safe_load(SUITE_V1)
+    budget["methods"][1]["tune"] = {"trials": 3}
+    store.check_definition("tuned", suite_definition(parse_suite(tuned)))
+    with pytest.raises(StoreError, match=r"methods\[1\]\.tune\.trials is 3 here, 2 stored"):
+        store.check_definition("tuned", suite_definition(parse_suite(budget)))
+
+
+def test_a_database_from_before_the_definition_hash_gets_the_column_and_is_still_compared(tmp_path):
+    import sqlite3
+
+    import yaml
+
+    from fairsqueeze.runner import suite_definition
+    from fairsqueeze.store import Store, StoreError
+    from fairsqueeze.suite import parse_suite
+
+    first, second = (suite_definition(parse_suite(yaml.safe_load(t))) for t in (SUITE_V1, SUITE_V2))
+    path = tmp_path / "old.db"
+    Store(f"sqlite:///{path}").put_suite("study", "", "s.yaml", first)
+    with sqlite3.connect(path) as conn:  # as an older fairsqueeze wrote it
+        conn.execute("ALTER TABLE suites DROP COLUMN definition_hash")
+    store = Store(f"sqlite:///{path}")
+    assert store.check_definition("study", first) is None
+    with pytest.raises(StoreError, match=r"params\.k is 8 here, 4 stored"):
+        store.check_definition("study", second)
