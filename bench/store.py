@@ -222,8 +222,7 @@ _DERIVED = {"label", "entry_label"}  # follow from params: name the param that c
 
 
 def _add_definition_hash(engine: Engine) -> None:
-    """A database written before suites had a definition hash gets the (empty) column; the
-    hash of such a suite is computed from its stored definition when it is compared."""
+    """A database written before suites had a definition hash gets the (empty) column."""
     if "definition_hash" not in {c["name"] for c in inspect(engine).get_columns(suites.name)}:
         with engine.begin() as conn:
             conn.execute(text("ALTER TABLE suites ADD COLUMN definition_hash VARCHAR(64)"))
@@ -299,7 +298,9 @@ class Store:
         first differing key, so two versions never mix under one name. With ``redefine`` the
         stored membership moves to suite ``NAME@vN`` (the previous version, still readable) and
         the new definition is recorded; returns that name. The first definition of a name is
-        recorded at once, so a worker started a moment later with another one is refused."""
+        recorded at once, so a worker started a moment later with another one is refused. A
+        suite stored before definitions had a hash takes the definition it is run with now
+        (its stored one was written in an older shape and cannot be compared)."""
         encoded = _definition_text(definition)
         digest = _definition_hash(encoded)
         for _ in range(2):  # a second pass after losing an insert race to another process
@@ -310,7 +311,10 @@ class Store:
                         conn.execute(insert(suites).values(name=name, definition=encoded, definition_hash=digest,
                                                            updated_at=time.time()))
                         return None
-                    if (row.definition_hash or _definition_hash(row.definition)) == digest:
+                    if row.definition_hash is None or row.definition_hash == digest:
+                        if row.definition_hash is None:
+                            conn.execute(update(suites).where(suites.c.name == name)
+                                         .values(definition=encoded, definition_hash=digest))
                         return None
                     where = _first_difference(json.loads(row.definition), json.loads(encoded))
                     if not redefine:

@@ -268,9 +268,9 @@ def _names(value, where, path) -> tuple[str, ...] | None:
 
 
 def _train(value, base: dict, where, path) -> TrainConfig:
-    value = _options(value, where, path)
     from fairsqueeze.methods.base import check_types
 
+    value = _options(value, where, path)
     allowed = {f.name for f in fields(TrainConfig)}
     for key in value:
         if key not in allowed:

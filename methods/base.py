@@ -9,6 +9,7 @@ import abc
 import collections.abc
 import dataclasses
 import math
+import numbers
 import types
 import typing
 from dataclasses import dataclass, field
@@ -138,16 +139,19 @@ def _fits(value: Any, hint: Any) -> bool:
     if hint is type(None):
         return value is None
     if origin is bool:
-        return isinstance(value, bool)
+        return isinstance(value, (bool, np.bool_))
+    if isinstance(value, (bool, np.bool_)):
+        return False
     if origin is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, numbers.Integral)
     if origin is float:
         if isinstance(value, str):
             try:
-                return math.isfinite(Fraction(value.strip()))
+                Fraction(value.strip())
             except (ValueError, ZeroDivisionError):
                 return False
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+            return True
+        return isinstance(value, numbers.Real) and not math.isnan(value)
     if origin in (list, tuple, collections.abc.Sequence):
         return isinstance(value, (list, tuple))  # YAML and JSON give lists for tuple fields
     if isinstance(origin, type):
