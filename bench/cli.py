@@ -16,6 +16,21 @@ def _add_store(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", default=DEFAULT_URL, help=f"SQLAlchemy database URL (default {DEFAULT_URL})")
 
 
+def _add_redefine(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--redefine", action="store_true",
+                   help="the suite file changed since its name was last run: record the new definition and keep"
+                        " the old one's runs as suite NAME@vN (without it, a changed suite is refused)")
+
+
+def _check_definition(store, suite, args) -> None:
+    """A suite name stands for one definition: refuse another one unless --redefine says so."""
+    from .runner import suite_definition
+
+    previous = store.check_definition(suite.name, suite_definition(suite), args.redefine)
+    if previous and not args.quiet:
+        print(f"suite {suite.name}: new definition recorded; the runs of the previous one are suite {previous}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fairsqueeze", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -28,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--skip-missing-data", action="store_true", help="skip tasks whose files are absent instead of failing"
     )
+    _add_redefine(run)
     _add_store(run)
 
     worker = sub.add_parser(
@@ -39,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--quiet", action="store_true", help="no summary at the end")
     worker.add_argument("--skip-missing-data", action="store_true", help="skip tasks whose files are absent")
     worker.add_argument("--heartbeat", type=int, default=None, help="Optuna heartbeat interval of a trial, seconds")
+    _add_redefine(worker)
     _add_store(worker)
 
     fronts = sub.add_parser("fronts", help="list tuning studies, their Pareto fronts and the selected results")
@@ -115,7 +132,9 @@ def cmd_run(args) -> int:
     # everything (suite, data, tasks, method parameters) is checked before the store is opened
     plan = plan_suite(suite, data_root(args.data_root), args.skip_missing_data)
     with sqlite_single_worker(args.db):
-        runner = Runner(Store(args.db), data_root(args.data_root), device, args.skip_missing_data)
+        store = Store(args.db)
+        _check_definition(store, suite, args)
+        runner = Runner(store, data_root(args.data_root), device, args.skip_missing_data)
         report = runner.run(plan)
     if not args.quiet:
         print(f"suite {suite.name}: {report.done} run(s) done, {report.skipped} already done, {len(report.failed)} failed")
@@ -215,6 +234,7 @@ def cmd_worker(args) -> int:
     with sqlite_single_worker(args.db):
         with db_lock(args.db):  # workers started together create the tables one at a time
             store = Store(args.db)
+            _check_definition(store, suite, args)
         runner = Runner(store, data_root(args.data_root), device, args.skip_missing_data)
         worker = Worker(runner, heartbeat_interval=getattr(args, "heartbeat", None) or HEARTBEAT_S)
         report = worker.run(plan)

@@ -370,5 +370,6 @@ def suite_definition(suite: Suite) -> dict:
         "models": [{"name": m.name, "options": m.options, "train": asdict(m.train), "tasks": m.tasks}
                    for m in suite.models],
         "methods": [{"name": m.name, "label": m.label, "params": m.params, "entry": m.entry,
-                     "entry_label": m.entry_label, "sweep": m.sweep} for m in suite.methods],
+                     "entry_label": m.entry_label, "sweep": m.sweep, "tune": m.tune and asdict(m.tune)}
+                    for m in suite.methods],
     }

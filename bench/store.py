@@ -8,7 +8,8 @@ Tables:
   serve many suites and labels.
 - ``members``: (suite, task key, model, label, seed) -> run key: which computation a suite
   entry currently shows. Tables, reports and leaderboards select through it.
-- ``suites``: the definition of every suite that was run.
+- ``suites``: the definition of every suite that was run and its hash; a previous definition
+  that the user replaced (``--redefine``) keeps its membership as suite ``NAME@vN``.
 - ``meta``: the schema version; a database written by another version is refused.
 - ``metrics``: (run, split, name) -> value; NaN is stored as NULL.
 - ``footprint``: (run, name) -> value (parameter counts, bytes, compression ratio, latency).
@@ -44,12 +45,14 @@ from sqlalchemy import (
     delete,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from .errors import FairsqueezeError
+from .hashing import config_hash
 
 DEFAULT_URL = "sqlite:///results/fairsqueeze.db"
 SCHEMA_VERSION = "2"
@@ -109,6 +112,7 @@ suites = Table(
     Column("source", Text),
     Column("definition", Text, nullable=False),
     Column("updated_at", Float, nullable=False),
+    Column("definition_hash", String(64)),  # of the resolved definition: a changed suite is refused
 )
 
 metrics = Table(
@@ -189,6 +193,41 @@ class StoreError(FairsqueezeError):
     """The database cannot be opened or was written by another schema version."""
 
 
+def _definition_text(definition: dict[str, Any]) -> str:
+    return json.dumps(definition, sort_keys=True, default=str)
+
+
+def _definition_hash(encoded: str) -> str:
+    return config_hash(json.loads(encoded))
+
+
+def _first_difference(stored: Any, new: Any, path: str = "") -> str:
+    """The first key path where two decoded definitions differ, with both values."""
+    if isinstance(stored, dict) and isinstance(new, dict):
+        for key in sorted(set(stored) | set(new), key=lambda k: (k in _DERIVED, k)):
+            if stored.get(key, _ABSENT) != new.get(key, _ABSENT):
+                return _first_difference(stored.get(key, _ABSENT), new.get(key, _ABSENT), f"{path}.{key}".lstrip("."))
+    elif isinstance(stored, list) and isinstance(new, list):
+        for i, (a, b) in enumerate(zip(stored, new)):
+            if a != b:
+                return _first_difference(a, b, f"{path}[{i}]")
+        if len(stored) != len(new):
+            return f"{path or '<top>'} has {len(new)} entries here, {len(stored)} stored"
+    shown = {id(_ABSENT): "nothing"}
+    return f"{path or '<top>'} is {shown.get(id(new), repr(new))} here, {shown.get(id(stored), repr(stored))} stored"
+
+
+_ABSENT = object()
+_DERIVED = {"label", "entry_label"}  # follow from params: name the param that changed instead
+
+
+def _add_definition_hash(engine: Engine) -> None:
+    """A database written before suites had a definition hash gets the (empty) column."""
+    if "definition_hash" not in {c["name"] for c in inspect(engine).get_columns(suites.name)}:
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE suites ADD COLUMN definition_hash VARCHAR(64)"))
+
+
 def _sqlite_path(url: str) -> Path | None:
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         return Path(url.removeprefix("sqlite:///"))
@@ -217,6 +256,7 @@ class Store:
                     raise StoreError(f"--db {url}: the database holds no fairsqueeze results")
                 return
             meta.create_all(self.engine)
+            _add_definition_hash(self.engine)
             with self.engine.begin() as conn:
                 if conn.execute(select(schema.c.value).where(schema.c.key == "schema_version")).scalar() is None:
                     conn.execute(insert(schema).values(key="schema_version", value=SCHEMA_VERSION))
@@ -246,11 +286,52 @@ class Store:
 
     # -- suites and membership -----------------------------------------------------------
     def put_suite(self, name: str, description: str, source: str, definition: dict[str, Any]) -> None:
-        values = {"name": name, "description": description, "source": source,
-                  "definition": json.dumps(definition, sort_keys=True, default=str), "updated_at": time.time()}
+        encoded = _definition_text(definition)
+        values = {"name": name, "description": description, "source": source, "definition": encoded,
+                  "definition_hash": _definition_hash(encoded), "updated_at": time.time()}
         with self.engine.begin() as conn:
             conn.execute(delete(suites).where(suites.c.name == name))
             conn.execute(insert(suites).values(**values))
+
+    def check_definition(self, name: str, definition: dict[str, Any], redefine: bool = False) -> str | None:
+        """Refuse a definition of suite ``name`` that differs from the stored one, naming the
+        first differing key, so two versions never mix under one name. With ``redefine`` the
+        stored membership moves to suite ``NAME@vN`` (the previous version, still readable) and
+        the new definition is recorded; returns that name. The first definition of a name is
+        recorded at once, so a worker started a moment later with another one is refused. A
+        suite stored before definitions had a hash takes the definition it is run with now
+        (its stored one was written in an older shape and cannot be compared)."""
+        encoded = _definition_text(definition)
+        digest = _definition_hash(encoded)
+        for _ in range(2):  # a second pass after losing an insert race to another process
+            try:
+                with self.engine.begin() as conn:
+                    row = conn.execute(select(suites).where(suites.c.name == name)).first()
+                    if row is None:
+                        conn.execute(insert(suites).values(name=name, definition=encoded, definition_hash=digest,
+                                                           updated_at=time.time()))
+                        return None
+                    if row.definition_hash is None or row.definition_hash == digest:
+                        if row.definition_hash is None:
+                            conn.execute(update(suites).where(suites.c.name == name)
+                                         .values(definition=encoded, definition_hash=digest))
+                        return None
+                    where = _first_difference(json.loads(row.definition), json.loads(encoded))
+                    if not redefine:
+                        raise StoreError(
+                            f"suite {name!r} was run on this database with another definition ({where}); give this one"
+                            " another name, or pass --redefine to record it (the runs of the stored one stay"
+                            f" visible as a previous version, suite {name}@vN)")
+                    taken = {r[0] for r in conn.execute(select(suites.c.name).where(suites.c.name.like(f"{name}@v%")))}
+                    previous = next(f"{name}@v{n}" for n in range(1, len(taken) + 2) if f"{name}@v{n}" not in taken)
+                    conn.execute(insert(suites).values({**row._asdict(), "name": previous}))
+                    conn.execute(update(members).where(members.c.suite == name).values(suite=previous))
+                    conn.execute(update(suites).where(suites.c.name == name)
+                                 .values(definition=encoded, definition_hash=digest, updated_at=time.time()))
+                    return previous
+            except IntegrityError:
+                continue
+        raise StoreError(f"suite {name!r}: its definition is being written by another process; start again")
 
     def set_members(self, suite: str, rows: list[dict[str, Any]], keep_tasks: Iterable[str] = ()) -> None:
         """Make ``rows`` the suite's membership, in one transaction.

@@ -269,11 +269,17 @@ def _names(value, where, path) -> tuple[str, ...] | None:
 
 
 def _train(value, base: dict, where, path) -> TrainConfig:
+    from fairsqueeze.methods.base import check_types
+
     value = _options(value, where, path)
     allowed = {f.name for f in fields(TrainConfig)}
     for key in value:
         if key not in allowed:
             raise where(path + (key,), f"unknown training option {key!r} (allowed: {', '.join(sorted(allowed))})")
+        try:
+            check_types({key: value[key]}, TrainConfig)
+        except ConfigError as exc:
+            raise where(path + (key,), str(exc)) from None
     try:
         return TrainConfig(**{**base, **value})
     except (ConfigError, TypeError) as exc:
@@ -286,6 +292,8 @@ def parse_suite(data: Any, where: _Where | None = None, default_name: str = "sui
     from .registry_loader import load_plugins
     from .tasks import TASKS, check_options
 
+    from fairsqueeze.methods.base import check_types
+
     load_plugins()
     where = where or _Where("<suite>", None)
     data = _mapping(data if data is not None else {}, where, (), TOP_KEYS)
@@ -294,8 +302,11 @@ def parse_suite(data: Any, where: _Where | None = None, default_name: str = "sui
             raise where((required,), "expected a non-empty list")
 
     seeds = data.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise where(("seeds",), "expected a non-empty list of integers")
+    for i, seed in enumerate(seeds):
+        if seed in seeds[:i]:  # one run per (entry, seed): a repeated seed would be the same computation twice
+            raise where(("seeds", i), f"seed {seed} is listed twice")
     base_train = _options(data.get("train"), where, ("train",))
     _train(base_train, {}, where, ("train",))
 
@@ -306,6 +317,7 @@ def parse_suite(data: Any, where: _Where | None = None, default_name: str = "sui
         try:
             spec = TASKS.get(entry["name"])
             check_options(spec.builder, options, f"task {entry['name']!r}")
+            check_types(options, spec.builder, f"task {entry['name']!r}")
         except FairsqueezeError as exc:
             raise where(("tasks", i), str(exc)) from None
         tasks.append(TaskEntry(entry["name"], options))
@@ -316,12 +328,14 @@ def parse_suite(data: Any, where: _Where | None = None, default_name: str = "sui
         options = _options(entry.get("options"), where, ("models", i, "options"))
         try:
             check_options(MODELS.get(entry["name"]).builder, options, f"model {entry['name']!r}")
+            check_types(options, MODELS.get(entry["name"]).builder, f"model {entry['name']!r}")
         except FairsqueezeError as exc:
             raise where(("models", i), str(exc)) from None
         train = _train(entry.get("train"), base_train, where, ("models", i, "train"))
         models.append(ModelEntry(entry["name"], options, train, _names(entry.get("tasks"), where, ("models", i, "tasks"))))
 
     tuning = _options(data.get("tuning"), where, ("tuning",))
+    _check_tuning_flags(tuning, where)
     methods, labels = [], {}
     for i, raw in enumerate(data["methods"]):
         for method in _method_entries(raw, where, ("methods", i), tuning):
@@ -345,6 +359,18 @@ def parse_suite(data: Any, where: _Where | None = None, default_name: str = "sui
         source=where.source,
         needs_gpu=needs_gpu,
     )
+
+
+def _check_tuning_flags(tuning: dict, where) -> None:
+    """The tuning block's switches are YAML booleans: ``"no"`` is a non-empty string, which
+    Python would read as true."""
+    objectives = tuning.get("objectives")
+    flags = [(("tuning", "unequal_budgets"), tuning.get("unequal_budgets", False))]
+    if isinstance(objectives, dict):
+        flags.append((("tuning", "objectives", "compression"), objectives.get("compression", False)))
+    for path, value in flags:
+        if not isinstance(value, bool):
+            raise where(path, f"expected true or false, got {value!r}")
 
 
 def _check_budgets(methods: list[MethodEntry], tuning: dict, where) -> None:

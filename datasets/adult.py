@@ -52,6 +52,7 @@ from .tabular import (
     common_options,
     encode_features,
 )
+from .textfile import read_table
 
 NAME = "adult"
 FILES = ("adult/adult.data", "adult/adult.test")
@@ -75,13 +76,14 @@ OPTIONS = ("target", "sensitive", "split_seed", "fractions", "split", "include_s
 
 def read_adult(path: Path) -> pd.DataFrame:
     """One raw UCI file as a table: spaces stripped, ``?`` as NaN, trailing ``.`` of labels removed."""
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8", errors="replace") as fh:
         comment = fh.readline().startswith("|")
-    frame = pd.read_csv(
+    frame = read_table(
         path,
-        header=None,
+        header=False,
         names=list(COLUMNS),
         skiprows=1 if comment else 0,
+        numeric=[c for c in COLUMNS if c not in TEXT],
         skipinitialspace=True,
         na_values=["?", ""],
         keep_default_na=False,  # only the documented marker means missing

@@ -24,6 +24,7 @@ from fairsqueeze.errors import ConfigError, DatasetMissing
 from fairsqueeze.tasks import TaskData, register_task, require_file
 
 from .images import ImageTable, assemble
+from .textfile import WHITESPACE, line_of_row, malformed, read_header_lines, read_table
 
 log = logging.getLogger(__name__)
 
@@ -34,19 +35,21 @@ FRACTIONS = (0.6, 0.2, 0.2)
 
 def read_attributes(path: Path) -> pd.DataFrame:
     """The attribute table, indexed by file name, values 0/1 (int8), in file order."""
-    with open(path) as fh:
-        fh.readline()  # row count; the table itself is the truth
-        names = fh.readline().split()
-    table = pd.read_csv(path, sep=r"\s+", skiprows=2, header=None, names=["file", *names],
-                        index_col="file", dtype={n: np.int8 for n in names})
-    return (table > 0).astype(np.int8)
+    # line 1 is the row count (the table itself is the truth), line 2 the attribute names
+    names = read_header_lines(path, 2, ["the number of images", "the attribute names"])[1].split()
+    table = read_table(path, sep=WHITESPACE, header=False, skiprows=2, names=["file", *names], numeric=names)
+    values = table[names].to_numpy()
+    bad = ~np.isin(values, (-1, 1))
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise malformed(path, line_of_row(path, int(row), 2), f"{names[col]}: expected 1 or -1, got {values[row, col]}")
+    return (table.set_index("file") > 0).astype(np.int8)
 
 
 def read_pairs(path: Path, column: str) -> pd.Series:
     """A two-column "file value" listing (partition or identity), indexed by file name."""
-    table = pd.read_csv(path, sep=r"\s+", header=None, names=["file", column], index_col="file",
-                        dtype={column: np.int64})
-    return table[column]
+    table = read_table(path, sep=WHITESPACE, header=False, names=["file", column], numeric=[column])
+    return table.set_index("file")[column].astype(np.int64)
 
 
 def check_attribute(option: str, name: str, known: list[str]) -> None:

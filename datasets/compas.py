@@ -51,6 +51,7 @@ from .tabular import (
     common_options,
     encode_features,
 )
+from .textfile import line_of_row, malformed, read_table
 
 NAME = "compas"
 FILE = "compas/compas-scores-two-years.csv"
@@ -62,6 +63,8 @@ NUMERIC = ("age", "priors_count", "juv_fel_count", "juv_misd_count", "juv_other_
 CATEGORICAL = ("c_charge_degree", "sex", "race")
 RACES = {"African-American": 0, "Caucasian": 1}
 SEXES = {"Female": 0, "Male": 1}
+NUMERIC_READ = ("age", "priors_count", "juv_fel_count", "juv_misd_count", "juv_other_count",
+                "days_b_screening_arrest", "is_recid", "two_year_recid")
 USED = (
     "sex", "age", "race", "juv_fel_count", "juv_misd_count", "juv_other_count", "priors_count",
     "days_b_screening_arrest", "c_jail_in", "c_jail_out", "c_charge_degree", "is_recid",
@@ -79,12 +82,21 @@ PROPUBLICA_FILTER: tuple[tuple[str, Callable[[pd.DataFrame], pd.Series]], ...] =
 
 
 def read_compas(path: Path) -> pd.DataFrame:
-    frame = pd.read_csv(path, keep_default_na=False, na_values=[""], low_memory=False)
+    frame = read_table(path, header=True, numeric=NUMERIC_READ, keep_default_na=False, na_values=[""],
+                       low_memory=False)
     missing = [c for c in USED if c not in frame.columns]
     if missing:
         raise FairsqueezeError(f"{path}: column(s) {', '.join(missing)} not found")
     frame = frame[list(USED)].copy()
     frame["row"] = np.arange(len(frame))
+    for column in ("c_jail_in", "c_jail_out"):  # the dates length_of_stay needs
+        dates = pd.to_datetime(frame[column], errors="coerce", format="%Y-%m-%d %H:%M:%S")
+        bad = dates.isna() & frame[column].notna()
+        if bad.any():
+            row = int(bad.to_numpy().argmax())
+            raise malformed(path, line_of_row(path, row, 1),
+                            f"{column}: expected a date like 2013-08-13 06:03:42, got {frame[column].iloc[row]!r}")
+        frame[column] = dates
     return frame
 
 

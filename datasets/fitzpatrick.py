@@ -30,6 +30,7 @@ import pandas as pd
 from fairsqueeze.errors import ConfigError, DatasetMissing
 from fairsqueeze.tasks import TaskData, register_task, require_file, stratified_split
 
+from . import textfile
 from .images import ImageTable, assemble
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ MIN_STRATIFIED = 3
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    table = pd.read_csv(path)
+    table = textfile.read_table(path, header=True, numeric=SKIN_COLUMNS)
     skin = next((c for c in SKIN_COLUMNS if c in table.columns), None)
     needed = ["md5hash", *TARGETS.values()]
     lacking = [c for c in needed if c not in table.columns] + ([] if skin else [SKIN_COLUMNS[0]])
@@ -89,8 +90,9 @@ def build_fitzpatrick(root: Path, target: str = "label", split_seed: int = 0, si
     if target not in TARGETS:
         raise ConfigError(f"fitzpatrick option target={target!r}; expected one of {', '.join(TARGETS)}")
     folder = Path(root) / FOLDER
-    table = read_table(require_file(folder / CSV, "the Fitzpatrick-17k CSV"))
-    image_dir = find_image_dir(folder)
+    csv_path = require_file(folder / CSV, "the Fitzpatrick-17k CSV")
+    image_dir = find_image_dir(folder)  # every missing file is named before any is read
+    table = read_table(csv_path)
     class_names = sorted(table[TARGETS[target]].astype(str).unique())
     y_all = pd.Categorical(table[TARGETS[target]].astype(str), categories=class_names).codes
 

@@ -40,6 +40,7 @@ from .tabular import (
     common_options,
     encode_features,
 )
+from .textfile import WHITESPACE, read_table
 
 NAME = "german"
 FILE = "german/german.data"
@@ -64,12 +65,8 @@ OPTIONS = ("target", "sensitive", "split_seed", "fractions", "include_sensitive"
 
 
 def read_german(path: Path) -> pd.DataFrame:
-    frame = pd.read_csv(
-        path, sep=r"\s+", header=None, dtype={i: str for i, c in enumerate(COLUMNS) if c in CATEGORICAL}
-    )
-    if frame.shape[1] != len(COLUMNS):
-        raise FairsqueezeError(f"{path}: expected {len(COLUMNS)} columns, found {frame.shape[1]}")
-    frame.columns = list(COLUMNS)
+    frame = read_table(path, sep=WHITESPACE, header=False, names=list(COLUMNS), numeric=NUMERIC + ("credit",),
+                       dtype={c: str for c in CATEGORICAL})
     labels = set(frame["credit"])
     if not labels <= {1, 2}:
         raise FairsqueezeError(f"{path}: credit labels must be 1 (good) or 2 (bad), found {sorted(labels)}")

@@ -269,3 +269,33 @@ def test_german_known_counts():
     assert np.concatenate([p.s for p in parts(by_age)]).sum() == 810
     assert german.build(root).split_hash == task.split_hash
     assert german.build(root, split_seed=3).split_hash != task.split_hash
+
+
+# --- damaged files: one line naming the file and the line ------------------------------------
+
+
+def test_a_damaged_file_names_its_own_line_counting_comments_and_blank_lines(adult_root: Path):
+    from fairsqueeze.datasets.textfile import MalformedFile
+
+    path = adult_root / "adult/adult.test"
+    lines = path.read_text().splitlines()  # line 1 is the comment
+    lines.insert(3, "")  # a blank line 4, skipped as pandas skips it
+    lines[5] = "thirty" + lines[5][lines[5].index(","):]  # the age of file line 6
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(MalformedFile, match=re.escape(f"{path}: line 6: age: expected a number, got 'thirty'")):
+        adult.read_adult(path)
+    lines[5] = ", ".join(lines[5].split(", ")[:9])  # the same line cut short
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(MalformedFile, match=re.escape(f"{path}: line 6: expected 15 fields, found 9")):
+        adult.read_adult(path)
+
+
+def test_an_intact_file_reads_as_before(adult_root: Path):
+    """The checks only name problems: a file with missing values ('?') and blank lines reads as pandas reads it."""
+    path = adult_root / "adult/adult.test"
+    path.write_text(path.read_text() + "\n\n")
+    plain = pd.read_csv(path, header=None, names=list(adult.COLUMNS), skiprows=1, skipinitialspace=True,
+                        na_values=["?", ""], keep_default_na=False, dtype={c: str for c in adult.TEXT})
+    ours = adult.read_adult(path)
+    plain["income"] = plain["income"].str.rstrip(".")
+    pd.testing.assert_frame_equal(ours, plain, check_dtype=False)

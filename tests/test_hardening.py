@@ -1,5 +1,6 @@
-"""Bad input gets one clear line, a non-zero exit and nothing written; broken plugins are named
-and skipped."""
+"""Broken plugins are named and skipped, runs are reproducible, a failing model fails its run
+only, and a suite name stands for one definition. Bad input has its own catalogue
+(test_bad_inputs.py)."""
 import logging
 
 import pandas as pd
@@ -9,54 +10,9 @@ from fairsqueeze.cli import main
 from fairsqueeze.methods import METHODS
 
 
-def suite_file(tmp_path, task: str, options: str = "{size: 32}") -> str:
-    path = tmp_path / "s.yaml"
-    path.write_text(f"seeds: [0]\ntrain: {{epochs: 1}}\ntasks: [{{name: {task}, options: {options}}}]\n"
-                    "models: [vgg11_narrow]\nmethods: [dense]\n")
-    return str(path)
-
-
 def run_cli(capsys, *args) -> tuple[int, str]:
     code = main(["run", *args, "--quiet"])
     return code, capsys.readouterr().err.strip()
-
-
-@pytest.mark.parametrize("task, folder, message", [
-    ("utkface", "utkface/UTKFace", "no UTKFace images"),
-    ("celeba", "celeba/img_align_celeba", "none of the 2 images listed in list_attr_celeba.txt is in"),
-])
-def test_an_empty_image_folder_is_one_line(isolated, capsys, task, folder, message):
-    root = isolated / "data"
-    (root / folder).mkdir(parents=True)
-    if task == "celeba":
-        names = " ".join(f"A{i}" for i in range(40))
-        rows = "\n".join(f"{i:06d}.jpg " + " ".join(["1", "-1"] * 20) for i in (1, 2))
-        (root / "celeba/list_attr_celeba.txt").write_text(f"2\n{names}\n{rows}\n")
-        (root / "celeba/list_eval_partition.txt").write_text("000001.jpg 0\n000002.jpg 1\n")
-    db = isolated / "x.db"
-    code, err = run_cli(capsys, suite_file(isolated, task, "{size: 32, target: A0, sensitive: A1}" if task == "celeba"
-                                            else "{size: 32}"), "--data-root", str(root), "--db", f"sqlite:///{db}")
-    assert code == 2 and err.count("\n") == 0 and message in err, err
-    assert not db.exists()
-
-
-def test_a_database_path_that_is_a_folder_or_unwritable_is_one_line(isolated, capsys):
-    suite = suite_file(isolated, "digits", "{size: 32, channels: 3}")
-    folder = isolated / "adir"
-    folder.mkdir()
-    code, err = run_cli(capsys, suite, "--db", f"sqlite:///{folder}")
-    assert code == 2 and err.count("\n") == 0 and f"{folder} is a directory" in err
-    blocker = isolated / "file"
-    blocker.write_text("")
-    code, err = run_cli(capsys, suite, "--db", f"sqlite:///{blocker}/sub/x.db")
-    assert code == 2 and err.count("\n") == 0 and "cannot create the database" in err and str(blocker) in err
-
-
-def test_a_missing_file_or_a_root_one_level_too_deep_writes_no_database(isolated, capsys, tmp_path):
-    db = isolated / "x.db"
-    code, err = run_cli(capsys, suite_file(isolated, "adult", "{}"), "--data-root", str(tmp_path / "nowhere"),
-                        "--db", f"sqlite:///{db}")
-    assert code == 2 and "adult" in err and not db.exists()
 
 
 def test_a_plugin_that_fails_to_import_is_named_and_the_builtins_still_work(tmp_path, monkeypatch, caplog):
@@ -145,25 +101,81 @@ def test_a_model_that_outputs_nan_fails_its_run_and_the_suite_goes_on(isolated, 
     assert "Traceback" in runs.loc["poison", "error"] and runs.loc["dense", "status"] == "done"
 
 
-@pytest.mark.parametrize("entry, message", [
-    ("{name: fairlrf, params: {sparsity_rate: 1.5}}", "sparsity_rate and keep_rate must lie in"),
-    ("{name: fairlrf, params: {beta: -0.5}}", "beta must be >= 0"),
-    ("{name: fairlrf, params: {beta: 'five ninths'}}", "expected a number or a fraction"),
-    ("{name: slr_w, params: {k: 0}}", "k must be >= 1"),
-    ("{name: truncated_svd, params: {layer: fc9}}", "no layer 'fc9'"),
-    ("{name: truncated_svd, params: {k: 40}}", "k=40 exceeds the rank of fc2"),
-])
-def test_parameters_out_of_range_are_one_line_before_anything_runs(isolated, capsys, entry, message):
-    path = isolated / "s.yaml"
-    path.write_text(f"seeds: [0]\ntasks: [digits]\nmodels: [{{name: mlp, options: {{hidden: [32, 16]}}}}]\n"
-                    f"methods: [{entry}]\n")
-    code, err = run_cli(capsys, str(path), "--db", f"sqlite:///{isolated}/x.db")
-    assert code == 2 and err.count("\n") == 0 and message in err, err
-    assert not (isolated / "x.db").exists()
+SUITE_V1 = ("name: study\nseeds: [0]\ntrain: {epochs: 1}\ntasks: [{name: digits, options: {target: parity}}]\n"
+            "models: [{name: mlp, options: {hidden: [32, 16]}}]\n"
+            "methods: [dense, {name: truncated_svd, params: {layer: fc2, k: 4}}]\n")
+SUITE_V2 = SUITE_V1.replace("k: 4}", "k: 8}")
 
 
-def test_an_unreachable_postgresql_server_is_one_line_naming_host_and_port(capsys):
-    code = main(["show", "--db", "postgresql://fairsqueeze@127.0.0.1:9/results"])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and err.count("\n") == 0
-    assert '"127.0.0.1", port 9 failed' in err
+def test_a_changed_suite_is_refused_naming_the_key_and_redefine_keeps_the_old_runs_as_a_version(isolated, capsys):
+    from fairsqueeze.store import Store
+
+    v1, v2 = isolated / "v1.yaml", isolated / "v2.yaml"
+    v1.write_text(SUITE_V1)
+    v2.write_text(SUITE_V2)
+    db = f"sqlite:///{isolated}/r.db"
+    assert run_cli(capsys, str(v1), "--db", db)[0] == 0
+    assert run_cli(capsys, str(v1), "--db", db)[0] == 0  # the same definition again: accepted, nothing to do
+    before = Store(db).members_frame("study")
+
+    code, err = run_cli(capsys, str(v2), "--db", db)
+    assert code == 2 and err.count("\n") == 0 and "methods[1].params.k is 8 here, 4 stored" in err and "--redefine" in err
+    pd.testing.assert_frame_equal(Store(db).members_frame("study"), before)  # nothing recorded
+
+    code, _ = run_cli(capsys, str(v2), "--db", db, "--redefine")
+    store = Store(db)
+    assert code == 0 and set(store.suites_frame()["name"]) == {"study", "study@v1"}
+    current, previous = store.members_frame("study"), store.members_frame("study@v1")
+    assert set(current["label"]) == {"dense", "truncated_svd(k=8,layer=fc2)"}
+    pd.testing.assert_frame_equal(previous.drop(columns="suite"), before.drop(columns="suite"))
+    runs = store.runs_frame(keys=previous["run_key"])
+    assert len(runs) == 2 and (runs["status"] == "done").all()  # the first version's results are still there
+
+    code, err = run_cli(capsys, str(v1), "--db", db)  # the old file is now the changed one
+    assert code == 2 and "methods[1].params.k is 4 here, 8 stored" in err
+    assert run_cli(capsys, str(v1), "--db", db, "--redefine")[0] == 0
+    assert set(Store(db).suites_frame()["name"]) == {"study", "study@v1", "study@v2"}
+
+
+def test_the_first_definition_is_recorded_before_any_run_so_a_second_worker_is_refused(tmp_path):
+    from fairsqueeze.runner import suite_definition
+    from fairsqueeze.store import Store, StoreError
+    from fairsqueeze.suite import parse_suite
+
+    import yaml
+
+    first, second = (suite_definition(parse_suite(yaml.safe_load(t))) for t in (SUITE_V1, SUITE_V2))
+    store = Store(f"sqlite:///{tmp_path}/w.db")
+    assert store.check_definition("study", first) is None
+    assert store.members_frame("study").empty  # no run yet, but the definition is claimed
+    with pytest.raises(StoreError, match=r"methods\[1\]\.params\.k is 8 here, 4 stored"):
+        store.check_definition("study", second)
+    assert store.check_definition("study", first) is None
+    tuned = yaml.safe_load(SUITE_V1)
+    tuned["methods"][1]["tune"] = {"trials": 2}
+    budget = yaml.safe_load(SUITE_V1)
+    budget["methods"][1]["tune"] = {"trials": 3}
+    store.check_definition("tuned", suite_definition(parse_suite(tuned)))
+    with pytest.raises(StoreError, match=r"methods\[1\]\.tune\.trials is 3 here, 2 stored"):
+        store.check_definition("tuned", suite_definition(parse_suite(budget)))
+
+
+def test_a_database_from_before_the_definition_hash_gets_the_column_and_then_compares(tmp_path):
+    import sqlite3
+
+    import yaml
+
+    from fairsqueeze.runner import suite_definition
+    from fairsqueeze.store import Store, StoreError
+    from fairsqueeze.suite import parse_suite
+
+    first, second = (suite_definition(parse_suite(yaml.safe_load(t))) for t in (SUITE_V1, SUITE_V2))
+    path = tmp_path / "old.db"
+    Store(f"sqlite:///{path}").put_suite("study", "", "s.yaml", first)
+    with sqlite3.connect(path) as conn:  # as an older fairsqueeze wrote it
+        conn.execute("ALTER TABLE suites DROP COLUMN definition_hash")
+    store = Store(f"sqlite:///{path}")
+    # an older fairsqueeze stored the definition in another shape: the one run now is taken
+    assert store.check_definition("study", second) is None
+    with pytest.raises(StoreError, match=r"params\.k is 4 here, 8 stored"):
+        store.check_definition("study", first)

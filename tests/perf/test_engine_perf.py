@@ -1,10 +1,12 @@
 """Engine performance, side by side in one run (``make perf``; figures in the README):
 
 - evaluation throughput of the engine's ``predict`` against a bare torch inference loop on
-  the same model and rows (target: at least 0.9x);
+  the same model and rows, 30 engine rounds interleaved with 31 bare ones, the median of the
+  per-round ratios compared (target: at least 0.9x);
 - the default suite: wall time outside dense training, method work and evaluation
-  (target: under 10 % of the first run), and a resumed run with nothing left to do against
-  the first run (target: under 5 %), which must train nothing and decode no image.
+  (target: under 10 % of the first run; one round, about a minute), and a resumed run with
+  nothing left to do against the first run (target: under 5 %; fastest of 3 rounds), which
+  must train nothing and decode no image.
 """
 from __future__ import annotations
 
@@ -47,8 +49,16 @@ def rounds(fn, n: int) -> list[float]:
     return out
 
 
+EVALUATION_ROUNDS = 30  # engine rounds, each between two bare-loop rounds; about 45 ms each on an idle core
+
+
 @pytest.mark.benchmark(group="evaluation")
 def test_evaluation_throughput_against_a_bare_torch_loop(benchmark):
+    """The engine's ``predict`` and a bare loop take turns (bare, engine, bare, ...), so load
+    from other processes hits both alike. Each engine round is compared with the mean of the
+    bare rounds just before and after it, and the median of those ratios must reach 0.9 (one
+    short timing of each side would be noise on a shared machine); the fastest rounds are
+    reported beside it."""
     task = build_task("digits", None, size=32, channels=3)
     torch.manual_seed(0)
     model = create_model("vgg11_narrow", task.input_shape, task.num_classes).eval()
@@ -62,13 +72,22 @@ def test_evaluation_throughput_against_a_bare_torch_loop(benchmark):
 
     ours = lambda: predict(model, split, task.prepare, device, batch_size=batch)  # noqa: E731
     assert np.array_equal(ours(), bare())
-    bare_times = rounds(bare, 5)
-    benchmark.pedantic(ours, rounds=5, warmup_rounds=1)
-    bare_times += rounds(bare, 5)
-    ours_s, bare_s = benchmark.stats.stats.min, fastest(bare_times)
-    rows_per_s = {"engine": len(split) / ours_s, "bare_torch": len(split) / bare_s}
-    benchmark.extra_info.update({"rows": len(split), "rows_per_s": rows_per_s, "engine_over_bare": bare_s / ours_s})
-    assert bare_s / ours_s >= 0.9, f"engine {rows_per_s['engine']:.0f} rows/s, bare loop {rows_per_s['bare_torch']:.0f}"
+    bare_times: list[float] = []
+    # pytest-benchmark calls setup (untimed by it) before every round, the warm-up included
+    benchmark.pedantic(ours, setup=lambda: bare_times.extend(rounds(bare, 1)), rounds=EVALUATION_ROUNDS,
+                       warmup_rounds=1)
+    bare_times = bare_times[1:] + rounds(bare, 1)  # without the warm-up's, with the one after the last round
+    engine_times = benchmark.stats.stats.data
+    assert len(engine_times) == EVALUATION_ROUNDS and len(bare_times) == EVALUATION_ROUNDS + 1
+    paired = [(bare_times[i] + bare_times[i + 1]) / 2 / engine_times[i] for i in range(EVALUATION_ROUNDS)]
+    ratio = {"paired_median": float(np.median(paired)), "min": min(bare_times) / min(engine_times)}
+    rows_per_s = {"engine": len(split) / min(engine_times), "bare_torch": len(split) / min(bare_times)}
+    benchmark.extra_info.update({"rows": len(split), "rounds": EVALUATION_ROUNDS, "rows_per_s": rows_per_s,
+                                 "engine_over_bare": ratio})
+    assert ratio["paired_median"] >= 0.9, benchmark.extra_info
+
+
+RESUME_ROUNDS = 3  # the first run is one round of about a minute; the resume takes a fraction of a second
 
 
 @pytest.mark.benchmark(group="suite")
@@ -91,10 +110,13 @@ def test_default_suite_overhead_and_resume(benchmark, tmp_path, monkeypatch):
     fits = []
     monkeypatch.setattr(Trainer, "fit", lambda self, *a, **k: fits.append(1) or [])
     decoded = decoded_total()
-    started = time.perf_counter()
-    resumed = runner.run(plan_suite(suite, data_root(), skip_missing_data=True))
-    resume_s = time.perf_counter() - started
-    assert resumed.done == 0 and fits == [] and decoded_total() == decoded  # a cache hit does no work
+    resumes = []
+
+    def resume():
+        resumes.append(runner.run(plan_suite(suite, data_root(), skip_missing_data=True)))
+
+    resume_s = fastest(rounds(resume, RESUME_ROUNDS))  # a fraction of a second: the fastest of a few
+    assert all(r.done == 0 for r in resumes) and fits == [] and decoded_total() == decoded  # no work
 
     outside = (first_s - report.seconds["total"]) + report.overhead  # planning/loading + bookkeeping
     benchmark.extra_info.update({
@@ -104,6 +126,7 @@ def test_default_suite_overhead_and_resume(benchmark, tmp_path, monkeypatch):
         "outside_work_s": outside,
         "outside_work_share": outside / first_s,
         "resume_s": resume_s,
+        "resume_rounds": RESUME_ROUNDS,
         "resume_share": resume_s / first_s,
         "missing_tasks": report.missing_tasks,
     })
