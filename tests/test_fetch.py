@@ -1,7 +1,7 @@
 """Dataset fetching and checking, against a local HTTP server on 127.0.0.1 (never the internet).
 
-The tabular files are served from the real upstream copies under ``$FAIRSQUEEZE_DATA`` (CI:
-../shared/data) and pointed at with FAIRSQUEEZE_DATA_MIRROR; the Fitzpatrick-17k image list is
+The tabular files are served from the real upstream copies under ``$FAIRSQUEEZE_DATA`` (the
+data root CI sets) and pointed at with FAIRSQUEEZE_DATA_MIRROR; the Fitzpatrick-17k image list is
 generated here. Expected hashes come from the data folder's own SHA256SUMS, not from the package.
 """
 import csv
@@ -21,7 +21,7 @@ from fairsqueeze.cli import main
 from fairsqueeze.datasets.fetch import check, fetch
 from fairsqueeze.datasets.sources import SOURCES, RemoteFile
 
-UPSTREAM = Path(os.environ.get("FAIRSQUEEZE_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+UPSTREAM = Path(os.environ.get("FAIRSQUEEZE_DATA", "data"))
 TABULAR = ("adult", "compas", "german")
 needs_upstream = pytest.mark.skipif(not (UPSTREAM / "SHA256SUMS").exists(),
                                     reason=f"upstream data copies not found under {UPSTREAM} (set FAIRSQUEEZE_DATA)")
