@@ -274,7 +274,7 @@ def _train(value, base: dict, where, path) -> TrainConfig:
         if key not in allowed:
             raise where(path + (key,), f"unknown training option {key!r} (allowed: {', '.join(sorted(allowed))})")
     try:
-        return TrainConfig(**{**base, **value})
+        return TrainConfig(**{**base, **value}).check_reference()
     except (ConfigError, TypeError) as exc:
         raise where(path, str(exc)) from None
 
