@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from fairsqueeze.biascard import format_bias_card
+from fairsqueeze.biascard import format_bias_card, is_underfit
 from fairsqueeze.leaderboard.hypervolume import hypervolume, reference_point
 from fairsqueeze.tuning import short_params
 
@@ -18,6 +18,7 @@ from .data import Results
 from .runs import failed_runs, run_sections
 from .tables import Comparison, Row, comparisons
 from .tuning import tuning_sections
+from .verdicts import ALPHA, verdict_records
 
 TEMPLATES = Path(__file__).parent / "templates"
 COMPRESSED = 1.05  # a row below this compression ratio is not a compression result
@@ -80,7 +81,9 @@ def _cards(results: Results, comp: Comparison) -> list[dict]:
     if dense.empty or "bias_card" not in dense:
         return []
     rows = dense[(dense["task_key"] == comp.task_key) & (dense["model"] == comp.model)].sort_values("seed")
-    return [{"seed": int(r["seed"]), "text": format_bias_card(r["bias_card"])} for _, r in rows.iterrows() if r["bias_card"]]
+    return [{"seed": int(r["seed"]), "text": format_bias_card(r["bias_card"]), "underfit": is_underfit(r["bias_card"]),
+             "reasons": r["bias_card"].get("dense", {}).get("underfit_reasons", [])}
+            for _, r in rows.iterrows() if r["bias_card"]]
 
 
 def build_report(results: Results, suite: str, out: Path) -> Path:
@@ -116,6 +119,8 @@ def build_report(results: Results, suite: str, out: Path) -> Path:
         colours=colours,
         methods=set(results.runs["method"]),
         tuning=tuning_sections(results, colours),
+        verdicts=verdict_records(results),
+        verdict_alpha=ALPHA,
         details=run_sections(results),
         failed=failed,
         n_runs=results.runs.loc[results.runs["status"].isin(["done", "failed"]), "run_key"].nunique(),

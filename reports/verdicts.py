@@ -210,3 +210,12 @@ def _verdict(claim: Claim, row: dict[str, Any], alpha: float) -> str:
     if significant and right_sign and cost_ok:
         return "supported"
     return "inconclusive"
+
+
+def verdict_records(results) -> list[dict[str, Any]]:
+    """The verdict table of ``results`` (``reports.data.Results``) as records for the
+    ``_verdicts.html.j2`` include; a run shared by several suites or labels counts once."""
+    done = results.done()
+    if not done.empty:
+        done = done.drop_duplicates("run_key")
+    return verdicts(done, dense=results.dense).to_dict("records")
