@@ -35,6 +35,8 @@ def build_leaderboard(results: Results, out: Path) -> Path:
     export.write_frame(pd.DataFrame([t.__dict__ for t in tests]).drop(columns=["mean_ranks"], errors="ignore"), tables, "friedman")
     export.write_frame(pd.DataFrame([t.__dict__ for t in twins]), tables, "twins")
     export.write_runs(results.runs, tables)
+    verdict_rows = verdicts.verdict_table(results)
+    export.write_frame(verdicts.for_export(verdict_rows), tables, "verdicts")
     # the first row of each (metric, tier, method) in the cell table is the target of its summary links
     anchors = {}
     cells = scores.sort_values(["metric", "tier", "method", "task_label", "model"]).to_dict("records") if not scores.empty else []
@@ -59,7 +61,7 @@ def build_leaderboard(results: Results, out: Path) -> Path:
         ranked=sorted(board["method"].unique()) if not board.empty else [],
         details=run_sections(results, with_predictions=False),
         twin_map=significance.TWINS,
-        verdicts=verdicts.verdict_records(results),
+        verdicts=verdict_rows.to_dict("records"),
         verdict_alpha=verdicts.ALPHA,
         underfit_cells=left_out.to_dict("records"),
     )

@@ -18,7 +18,7 @@ from .data import Results
 from .runs import failed_runs, run_sections
 from .tables import Comparison, Row, comparisons
 from .tuning import tuning_sections
-from .verdicts import ALPHA, verdict_records
+from .verdicts import ALPHA, dense_delta_table, for_export, verdict_table
 
 TEMPLATES = Path(__file__).parent / "templates"
 COMPRESSED = 1.05  # a row below this compression ratio is not a compression result
@@ -111,6 +111,9 @@ def build_report(results: Results, suite: str, out: Path) -> Path:
             )
         )
     export.write_runs(results.runs, tables_dir)
+    verdict_rows = verdict_table(results)
+    export.write_frame(for_export(verdict_rows), tables_dir, "verdicts")
+    export.write_frame(for_export(dense_delta_table(results)), tables_dir, "paired_deltas")
     failed = failed_runs(results)
     page = environment().get_template("report.html.j2").render(
         suite=suite,
@@ -119,7 +122,7 @@ def build_report(results: Results, suite: str, out: Path) -> Path:
         colours=colours,
         methods=set(results.runs["method"]),
         tuning=tuning_sections(results, colours),
-        verdicts=verdict_records(results),
+        verdicts=verdict_rows.to_dict("records"),
         verdict_alpha=ALPHA,
         details=run_sections(results),
         failed=failed,

@@ -32,7 +32,7 @@ import yaml
 from fairsqueeze.biascard import is_underfit
 
 from .columns import is_binary
-from .stats import detectable_effect, holm, paired_t
+from .stats import detectable_effect, holm, paired_deltas, paired_t
 
 ALPHA = 0.05
 CLAIMS_FILE = Path(__file__).with_name("claims.yaml")
@@ -212,10 +212,29 @@ def _verdict(claim: Claim, row: dict[str, Any], alpha: float) -> str:
     return "inconclusive"
 
 
-def verdict_records(results) -> list[dict[str, Any]]:
-    """The verdict table of ``results`` (``reports.data.Results``) as records for the
-    ``_verdicts.html.j2`` include; a run shared by several suites or labels counts once."""
+def verdict_table(results) -> pd.DataFrame:
+    """The verdict table of ``results`` (``reports.data.Results``); a run shared by several
+    suites or labels counts once."""
     done = results.done()
     if not done.empty:
         done = done.drop_duplicates("run_key")
-    return verdicts(done, dense=results.dense).to_dict("records")
+    return verdicts(done, dense=results.dense)
+
+
+def dense_delta_table(results, metrics: tuple[str, ...] = ("accuracy", "accuracy_diff", "eodd", "eopp1", "deo",
+                                                            "dp_diff")) -> pd.DataFrame:
+    """Every method cell of ``results`` against the dense model of the same seed
+    (``stats.paired_deltas``), per (task, model, entry label) and metric."""
+    done = results.done()
+    if done.empty:
+        return pd.DataFrame()
+    done = done.drop_duplicates(["task_key", "model", "label", "seed"])
+    present = [m for m in metrics if m in done]
+    deltas = paired_deltas(done, present, cell=("task_key", "task_label", "model"))
+    return deltas.drop(columns="estimate")
+
+
+def for_export(table: pd.DataFrame) -> pd.DataFrame:
+    """List and dict cells as text, for CSV."""
+    return table.apply(lambda col: col.map(lambda v: "; ".join(map(str, v)) if isinstance(v, list)
+                                           else (str(v) if isinstance(v, dict) else v)))

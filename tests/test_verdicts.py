@@ -146,3 +146,34 @@ def test_the_packaged_claims_name_their_sources_and_known_methods():
     for c in claims:
         assert c.source and c.claim and c.fair.method in METHODS
         assert c.twin.method in METHODS or c.id == "fairquantize-vs-curvature-free"
+
+
+def test_the_report_and_the_leaderboard_show_the_verdicts_and_an_underfit_reference(tmp_path):
+    import warnings
+
+    from synthetic_results import make_results
+    from fairsqueeze.leaderboard.site import build_leaderboard
+    from fairsqueeze.reports.html import build_report
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = make_results()
+    underfit_key = results.dense["key"].iloc[0]
+    results.dense["bias_card"] = [
+        {"groups": {0: {"name": "a", "train_support": 10, "val_support": 5, "accuracy": 0.6}}, "base_rates": {0: 0.5},
+         "accuracy_gap": 0.1, "informative": True, "rule": "r",
+         "dense": {"val_accuracy": 0.6, "constant": False, "underfit": key == underfit_key,
+                   "underfit_reasons": ["validation loss still falling at the last of 1 epoch(s)"]}}
+        for key in results.dense["key"]]
+    page = build_report(results, "synthetic", tmp_path / "report").read_text()
+    assert 'id="verdicts"' in page and "FairLRF lowers EOdd against truncated SVD at equal compression" in page
+    assert "Underfit reference</b> (seed 0)" in page and "validation loss still falling" in page
+    table = pd.read_csv(tmp_path / "report" / "tables" / "verdicts.csv")
+    assert len(table) == len(load_claims())
+    row = table.set_index("id").loc["fairlrf-vs-truncated-svd"]
+    # fairlrf(sr=0.6) at ratio 1.6 lies between svd's 1.4 and 2.0; sr=0.2 at 1.3 has no bracket: seeds 1, 2
+    assert row["pairs"] == 2 and row["left_out"] > 0
+    assert (tmp_path / "report" / "tables" / "paired_deltas.csv").exists()
+    board = build_leaderboard(results, tmp_path / "board").read_text()
+    assert board.index('id="verdicts"') < board.index('id="board"')
+    assert "Left out of the ranking" in board and "(seed 0)" in board
