@@ -175,7 +175,8 @@ def _test(claim: Claim, pairs: pd.DataFrame, runs: pd.DataFrame, left_out: int) 
         present = set(runs["method"]) if "method" in runs else set()
         missing = [m for m in (claim.fair.method, claim.twin.method) if m not in present]
         row["note"] = (f"not in the suite: {', '.join(missing)}" if missing
-                       else f"{len(pairs)} matched pair(s): the suite has no like-for-like configurations")
+                       else "1 matched pair: a paired test needs 2 or more" if len(pairs) == 1
+                       else "no like-for-like configurations in these results")
         row.update(effect=math.nan, low=math.nan, high=math.nan, p=math.nan, pairs=len(pairs),
                    cells=pairs["cell"].nunique(), detectable_effect=math.nan, accuracy_cost=math.nan,
                    accuracy_cost_high=math.nan)
