@@ -191,3 +191,17 @@ def test_a_dense_reference_refuses_zero_epochs():
     with pytest.raises(ConfigError, match="epochs must be >= 1"):
         TrainConfig(epochs=0).check_reference()
     assert TrainConfig(epochs=0).epochs == 0  # a method may still retrain for no epoch
+
+
+def test_a_suite_with_zero_dense_epochs_is_refused_in_one_line():
+    from fairsqueeze.errors import FairsqueezeError
+    from fairsqueeze.suite import parse_suite
+
+    suite = {"name": "s", "seeds": [0], "train": {"epochs": 0}, "tasks": ["digits"], "models": ["mlp"],
+             "methods": ["dense"]}
+    with pytest.raises(FairsqueezeError, match="epochs must be >= 1") as err:
+        parse_suite(suite)
+    assert "\n" not in str(err.value)
+    suite["train"] = {"epochs": 5, "patience": -1}
+    with pytest.raises(FairsqueezeError, match="patience"):
+        parse_suite(suite)
