@@ -83,3 +83,22 @@ def test_the_detectable_effect_is_detected_with_the_stated_power():
     rejected = stats.ttest_1samp(draws, 0.0, axis=1).pvalue < 0.05
     assert rejected.mean() == pytest.approx(0.8, abs=0.015)
     assert detectable_effect(sd, 40) < mde and math.isnan(detectable_effect(sd, 1))
+
+
+def test_a_report_of_two_seeds_shows_per_seed_values_not_intervals(tmp_path):
+    import re
+    import warnings
+
+    from synthetic_results import make_results
+    from fairsqueeze.reports.html import build_report
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = make_results(seeds=(0, 1), failed=False)
+    page = build_report(results, "two-seeds", tmp_path).read_text()
+    table = page[page.index('class="sortable comparison"'):]
+    table = table[:table.index("</table>")]
+    assert "±" not in table
+    dense_acc = results.done().query("method == 'dense'").sort_values("seed")["accuracy"].tolist()
+    assert f"{dense_acc[0]:.3f} | {dense_acc[1]:.3f}" in table
+    assert re.search(r"\d\.\d{3} \| \d\.\d{3}", table)
