@@ -107,7 +107,7 @@ class RunSpec:
                 "task": self.task.key,
                 "data": self.data,
                 "model": {"name": self.model.name, "options": self.model.options},
-                "train": self.model.train,
+                "train": self.model.train.identity(),
                 "seed": self.seed,
             }
         )

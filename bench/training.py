@@ -22,7 +22,7 @@ wall time) in :attr:`Trainer.cost`, so a method can report its cost beside its f
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -64,6 +64,15 @@ class TrainConfig:
             raise ConfigError("train: epochs must be >= 0, batch_size >= 1 and lr > 0")
         if self.patience < 0 or not self.min_delta >= 0:
             raise ConfigError("train: patience and min_delta must be >= 0")
+
+    def identity(self) -> dict:
+        """What determines the training, for hashing: without early stopping (patience 0)
+        ``min_delta`` changes nothing, so neither key enters and a fixed-epoch config keeps
+        the hash it had before early stopping existed."""
+        fields = asdict(self)
+        if not self.patience:
+            del fields["patience"], fields["min_delta"]
+        return fields
 
     def check_reference(self) -> "TrainConfig":
         """Refuse a config that would accept an untrained dense reference (a method may

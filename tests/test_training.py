@@ -205,3 +205,14 @@ def test_a_suite_with_zero_dense_epochs_is_refused_in_one_line():
     suite["train"] = {"epochs": 5, "patience": -1}
     with pytest.raises(FairsqueezeError, match="patience"):
         parse_suite(suite)
+
+
+def test_the_stopping_rule_is_part_of_the_training_hash():
+    from fairsqueeze.hashing import config_hash
+
+    fixed = TrainConfig(epochs=10)
+    assert "patience" not in fixed.identity()  # a fixed protocol keeps the hash it always had
+    assert config_hash(TrainConfig(epochs=10, min_delta=0.5).identity()) == config_hash(fixed.identity())
+    stopped = TrainConfig(epochs=10, patience=3)
+    assert config_hash(stopped.identity()) != config_hash(fixed.identity())
+    assert config_hash(TrainConfig(epochs=10, patience=3, min_delta=0.01).identity()) != config_hash(stopped.identity())
