@@ -190,7 +190,8 @@ def _test(claim: Claim, pairs: pd.DataFrame, runs: pd.DataFrame, left_out: int) 
     cost, cost_half, _, _ = paired_t((pairs["twin_accuracy"] - pairs["fair_accuracy"]).to_numpy())
     row.update(accuracy_cost=cost, accuracy_cost_high=cost + cost_half)
     if claim.accuracy_cost is not None:
-        row["note"] = f"accuracy cost limit {claim.accuracy_cost:g}"
+        row["note"] = (f"accuracy cost {cost:+.4f} [{2 * cost - row['accuracy_cost_high']:+.4f}, "
+                       f"{row['accuracy_cost_high']:+.4f}] against a limit of {claim.accuracy_cost:g}")
     return row
 
 
