@@ -10,7 +10,8 @@ Holm-corrected. A claim is
   claimed sign and, for a claim with an accuracy cost, the interval of the accuracy lost stays
   below that cost;
 - **contradicted** when the difference is significant with the other sign, or the accuracy
-  lost is significantly above the cost;
+  lost is significantly above the cost (the cost condition reads the cost's 95 % interval,
+  outside the Holm family);
 - **inconclusive** otherwise, with the smallest effect the design could detect at that n
   (power 0.8) so that "no difference" and "too few pairs" can be told apart;
 - **untested** when the suite has no pair for it (the reason says which side is missing).
