@@ -110,15 +110,25 @@ def claim_pairs(frame: pd.DataFrame, claim: Claim) -> pd.DataFrame:
             twin = _matched_twin(f, twins, claim, metric)
             if twin is None or not np.isfinite([f[metric], twin[metric]]).all():
                 continue
+            # both sides left the dense model's predictions as they were: the pair measures nothing
+            idle = "no_effect" in (f["flags"] or ()) and twin["no_effect"]
             rows.append({"cell": f"{f['task_label']} · {model}", "config": f["label"], "seed": int(seed),
                          "metric": metric, "fair": float(f[metric]), "twin": float(twin[metric]),
-                         "fair_accuracy": float(f["accuracy"]), "twin_accuracy": float(twin["accuracy"])})
+                         "fair_accuracy": float(f["accuracy"]), "twin_accuracy": float(twin["accuracy"]),
+                         "idle": bool(idle)})
     return pd.DataFrame(rows, columns=["cell", "config", "seed", "metric", "fair", "twin", "fair_accuracy",
-                                       "twin_accuracy"])
+                                       "twin_accuracy", "idle"])
 
 
 def _matched_twin(fair: pd.Series, twins: pd.DataFrame, claim: Claim, metric: str) -> dict | None:
-    columns = [metric, "accuracy"]
+    """The twin's metric and accuracy for ``fair``, and ``no_effect``: whether every twin run
+    used was flagged no_effect."""
+    twins = twins.assign(no_effect=twins["flags"].map(lambda f: float("no_effect" in (f or ()))))
+    found = _twin_values(fair, twins, claim, [metric, "accuracy", "no_effect"])
+    return None if found is None else {**found, "no_effect": found["no_effect"] == 1.0}
+
+
+def _twin_values(fair: pd.Series, twins: pd.DataFrame, claim: Claim, columns: list[str]) -> dict | None:
     if claim.match == "compression":
         return _at_ratio(float(fair["compression_ratio"]), twins, columns)
     same = twins[[all(p.get(k) == fair["params"].get(k) for k in claim.match) for p in twins["params"]]]
@@ -161,7 +171,11 @@ def verdicts(frame: pd.DataFrame, claims: list[Claim] | None = None, dense: pd.D
     rows = []
     for claim in claims:
         pairs = claim_pairs(runs, claim)
-        rows.append(_test(claim, pairs, runs, left_out))
+        idle = int(pairs["idle"].sum())
+        row = _test(claim, pairs[~pairs["idle"].astype(bool)], runs, left_out)
+        if idle:
+            row["note"] += f"{'; ' if row['note'] else ''}{idle} pair(s) where neither side changed a prediction left out"
+        rows.append(row)
     table = pd.DataFrame(rows, columns=VERDICT_COLUMNS)
     table["p_holm"] = holm(table["p"].to_numpy(float))
     table["verdict"] = [_verdict(c, r, alpha) for c, r in zip(claims, table.to_dict("records"))]

@@ -177,3 +177,17 @@ def test_the_report_and_the_leaderboard_show_the_verdicts_and_an_underfit_refere
     board = build_leaderboard(results, tmp_path / "board").read_text()
     assert board.index('id="verdicts"') < board.index('id="board"')
     assert "Left out of the ranking" in board and "(seed 0)" in board
+
+
+def test_a_pair_where_neither_side_changed_a_prediction_is_left_out():
+    frame = synthetic(-0.03)
+    idle = (frame["task_key"] == "adult") & (frame["method"] != "dense")
+    frame.loc[idle, "flags"] = pd.Series([["no_effect"]] * int(idle.sum()), index=frame.index[idle])
+    frame.loc[idle, "gap"] = frame.loc[idle, "seed"].map(lambda s: 0.05 + 0.05 * s)  # the dense gap, both sides
+    row = one(frame)
+    assert row["pairs"] == 25 and row["cells"] == 5 and "5 pair(s) where neither side changed" in row["note"]
+    # one side alone without effect still pairs: it is a result about the other side
+    only_twin = synthetic(-0.03)
+    twin = (only_twin["task_key"] == "adult") & (only_twin["method"] == "twin")
+    only_twin.loc[twin, "flags"] = pd.Series([["no_effect"]] * 5, index=only_twin.index[twin])
+    assert one(only_twin)["pairs"] == 30
