@@ -25,19 +25,14 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
+from fairsqueeze.reports.verdicts import load_claims, twin_map  # noqa: E402
+
 ALPHA = 0.05
 MIN_CELLS = 5  # below this, a Friedman test over cells has almost no power (N = 2 gave χ² = 0, p = 1)
-# fairness-aware method -> the fairness-unaware methods it improves on
-TWINS = {
-    "fairlrf": ("slr_w", "slr_a", "truncated_svd"),
-    "fairprune": ("magnitude_prune",),
-    "fairquantize": ("int8_ptq",),
-    "fairalm": ("unconstrained", "l2_penalty"),
-    "fairprune_structured": ("magnitude_prune_structured",),
-    "lora_orthogonal": ("lora_erm",),
-    "lora_adversarial": ("lora_erm",),
-    "lora_unlearn": ("lora_erm",),
-}
+# fairness-aware method -> the fairness-unaware methods it claims to improve on: the claims file's
+# pairs of two different methods (a pair within one method, such as BiFP with and without its
+# penalty, has one hypervolume and is left to the verdicts)
+TWINS = twin_map(load_claims())
 
 
 @dataclass

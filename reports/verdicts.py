@@ -86,6 +86,15 @@ def load_claims(path: Path | str | None = None) -> list[Claim]:
     return claims
 
 
+def twin_map(claims: list[Claim]) -> dict[str, tuple[str, ...]]:
+    """Fair method -> the other methods its claims compare it with, in the claims' order."""
+    pairs: dict[str, tuple[str, ...]] = {}
+    for c in claims:
+        if c.fair.method != c.twin.method and c.twin.method not in pairs.get(c.fair.method, ()):
+            pairs[c.fair.method] = pairs.get(c.fair.method, ()) + (c.twin.method,)
+    return pairs
+
+
 def underfit_dense_keys(dense: pd.DataFrame) -> set[str]:
     """Keys of the stored dense references whose bias card flags them underfit."""
     if dense.empty or "bias_card" not in dense:
