@@ -161,14 +161,14 @@ def _at_ratio(ratio: float, twins: pd.DataFrame, columns: list[str]) -> dict | N
     return {c: float((1 - w) * twins[c].iloc[lo] + w * twins[c].iloc[hi]) for c in columns}
 
 
-def usable(frame: pd.DataFrame, dense: pd.DataFrame | None = None) -> tuple[pd.DataFrame, int]:
-    """Runs that may enter a pair, and how many were left out (degenerate, or on an underfit
-    dense reference)."""
+def usable(frame: pd.DataFrame, dense: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Runs that may enter a pair, and those left out (degenerate, or on an underfit dense
+    reference)."""
     underfit = underfit_dense_keys(dense) if dense is not None else set()
     bad = frame["flags"].map(lambda f: "degenerate" in (f or ()))
     if "dense_key" in frame:
         bad |= frame["dense_key"].isin(underfit)
-    return frame[~bad], int(bad.sum())
+    return frame[~bad], frame[bad]
 
 
 def verdicts(frame: pd.DataFrame, claims: list[Claim] | None = None, dense: pd.DataFrame | None = None,
@@ -176,11 +176,12 @@ def verdicts(frame: pd.DataFrame, claims: list[Claim] | None = None, dense: pd.D
     """One row per claim (columns ``VERDICT_COLUMNS``). ``frame``: finished runs with their
     metrics (``Results.done()``); ``dense``: the stored dense references (``Results.dense``)."""
     claims = load_claims() if claims is None else claims
-    runs, left_out = usable(frame, dense) if not frame.empty else (frame, 0)
+    runs, dropped = usable(frame, dense) if not frame.empty else (frame, frame)
     rows = []
     for claim in claims:
         pairs = claim_pairs(runs, claim)
         idle = int(pairs["idle"].sum())
+        left_out = int(dropped["method"].isin([claim.fair.method, claim.twin.method]).sum()) if len(dropped) else 0
         row = _test(claim, pairs[~pairs["idle"].astype(bool)], runs, left_out)
         if idle:
             row["note"] += f"{'; ' if row['note'] else ''}{idle} pair(s) where neither side changed a prediction left out"
