@@ -16,6 +16,7 @@ from . import export, figures
 from .columns import UTILITY, headline_gap
 from .data import Results
 from .runs import failed_runs, run_sections
+from .stats import metric_bounds
 from .tables import Comparison, Row, comparisons
 from .tuning import tuning_sections
 from .verdicts import ALPHA, dense_delta_table, for_export, verdict_table
@@ -35,6 +36,7 @@ def environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters["short_params"] = short_params
+    env.globals["metric_bounds"] = metric_bounds  # intervals are clipped to them (reports.stats)
     return env
 
 

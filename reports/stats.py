@@ -48,12 +48,16 @@ class Estimate:
             return "–"
         if self.n < MIN_INTERVAL_N or math.isnan(self.half_width):
             return " | ".join(f"{v:.{digits}f}" for v in self.values) if self.values else f"{self.mean:.{digits}f}"
+        return f"{self.mean:.{digits}f} {self.interval_text(digits, bounds)}"
+
+    def interval_text(self, digits: int = 3, bounds: tuple[float, float] | None = None) -> str:
+        """What follows the mean: ``± half``, or ``[low, high]`` with a clipped end marked."""
         low, high, clipped = clip_interval(self.mean, self.half_width, bounds)
         if not clipped:
-            return f"{self.mean:.{digits}f} ± {self.half_width:.{digits}f}"
+            return f"± {self.half_width:.{digits}f}"
         lo = f"{CLIP_MARK if clipped in ('low', 'both') else ''}{low:.{digits}f}"
         hi = f"{high:.{digits}f}{CLIP_MARK if clipped in ('high', 'both') else ''}"
-        return f"{self.mean:.{digits}f} [{lo}, {hi}]"
+        return f"[{lo}, {hi}]"
 
 
 def clip_interval(mean: float, half: float, bounds: tuple[float, float] | None) -> tuple[float, float, str]:

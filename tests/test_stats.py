@@ -102,3 +102,17 @@ def test_a_report_of_two_seeds_shows_per_seed_values_not_intervals(tmp_path):
     dense_acc = results.done().query("method == 'dense'").sort_values("seed")["accuracy"].tolist()
     assert f"{dense_acc[0]:.3f} | {dense_acc[1]:.3f}" in table
     assert re.search(r"\d\.\d{3} \| \d\.\d{3}", table)
+
+
+def test_a_report_cell_clips_its_interval_to_the_metric_range_and_marks_it():
+    from fairsqueeze.reports.columns import Column
+    from fairsqueeze.reports.html import environment
+
+    template = environment().from_string('{% from "_macros.html.j2" import cell %}{{ cell(est, col, False, 2) }}')
+    gap = Column("deo", "TPR gap", "fairness", "TPR gap", False)
+    near_zero = template.render(est=estimate([0.0, 0.01, 0.05]), col=gap)  # mean 0.02, half-width 0.066
+    assert f"[{CLIP_MARK}0.000, 0.086]" in near_zero and "±" not in near_zero
+    inside = template.render(est=estimate([0.40, 0.41, 0.42]), col=gap)
+    assert "0.410<small> ± 0.025</small>" in inside
+    ratio = Column("compression_ratio", "ratio", "cost", "ratio", True)  # unbounded: never clipped
+    assert CLIP_MARK not in template.render(est=estimate([0.1, 1.0, 3.0]), col=ratio)
