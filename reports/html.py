@@ -19,7 +19,7 @@ from .runs import failed_runs, run_sections
 from .stats import metric_bounds
 from .tables import Comparison, Row, comparisons
 from .tuning import tuning_sections
-from .verdicts import ALPHA, dense_delta_table, for_export, verdict_table
+from .verdicts import ALPHA, delta_sections, dense_delta_table, for_export, verdict_table
 
 TEMPLATES = Path(__file__).parent / "templates"
 COMPRESSED = 1.05  # a row below this compression ratio is not a compression result
@@ -115,7 +115,8 @@ def build_report(results: Results, suite: str, out: Path) -> Path:
     export.write_runs(results.runs, tables_dir)
     verdict_rows = verdict_table(results)
     export.write_frame(for_export(verdict_rows), tables_dir, "verdicts")
-    export.write_frame(for_export(dense_delta_table(results)), tables_dir, "paired_deltas")
+    deltas = dense_delta_table(results)
+    export.write_frame(for_export(deltas.drop(columns="estimate", errors="ignore")), tables_dir, "paired_deltas")
     failed = failed_runs(results)
     page = environment().get_template("report.html.j2").render(
         suite=suite,
@@ -126,6 +127,7 @@ def build_report(results: Results, suite: str, out: Path) -> Path:
         tuning=tuning_sections(results, colours),
         verdicts=verdict_rows.to_dict("records"),
         verdict_alpha=ALPHA,
+        deltas=delta_sections(deltas),
         details=run_sections(results),
         failed=failed,
         n_runs=results.runs.loc[results.runs["status"].isin(["done", "failed"]), "run_key"].nunique(),

@@ -251,14 +251,40 @@ def verdict_table(results) -> pd.DataFrame:
 def dense_delta_table(results, metrics: tuple[str, ...] = ("accuracy", "accuracy_diff", "eodd", "eopp1", "deo",
                                                             "dp_diff")) -> pd.DataFrame:
     """Every method cell of ``results`` against the dense model of the same seed
-    (``stats.paired_deltas``), per (task, model, entry label) and metric."""
+    (``stats.paired_deltas``), per (task, model, entry label) and metric, with its
+    ``estimate`` (drop it for export)."""
     done = results.done()
     if done.empty:
         return pd.DataFrame()
     done = done.drop_duplicates(["task_key", "model", "label", "seed"])
     present = [m for m in metrics if m in done]
-    deltas = paired_deltas(done, present, cell=("task_key", "task_label", "model"))
-    return deltas.drop(columns="estimate")
+    return paired_deltas(done, present, cell=("task_key", "task_label", "model"))
+
+
+def delta_sections(deltas: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """``dense_delta_table`` rows per ``task_key|model``, ready for ``_paired_deltas.html.j2``:
+    the metrics present and, per entry label, the display of each Δ (per-seed values below
+    3 pairs, ``mean ± paired half-width`` from 3 on) with its number of pairs."""
+    out: dict[str, dict[str, Any]] = {}
+    if deltas.empty:
+        return out
+    for (task_key, model), cell in deltas.groupby(["task_key", "model"], sort=False):
+        metrics = [m for m in cell["metric"].unique() if cell.loc[cell["metric"] == m, "n"].max() > 0]
+        rows = []
+        for label, sub in cell.groupby("label", sort=True):
+            by_metric = sub.set_index("metric")
+            rows.append({"label": label, "method": sub["method"].iloc[0], "n": int(sub["n"].max()),
+                         "values": {m: _signed(by_metric.loc[m, "estimate"]) for m in metrics if m in by_metric.index}})
+        out[f"{task_key}|{model}"] = {"metrics": metrics, "rows": rows}
+    return out
+
+
+def _signed(est) -> str:
+    if est.n == 0:
+        return "–"
+    if est.n < 3 or not math.isfinite(est.half_width):
+        return " | ".join(f"{v:+.3f}" for v in est.values)
+    return f"{est.mean:+.3f} ± {est.half_width:.3f}"
 
 
 def for_export(table: pd.DataFrame) -> pd.DataFrame:

@@ -191,3 +191,22 @@ def test_a_pair_where_neither_side_changed_a_prediction_is_left_out():
     twin = (only_twin["task_key"] == "adult") & (only_twin["method"] == "twin")
     only_twin.loc[twin, "flags"] = pd.Series([["no_effect"]] * 5, index=only_twin.index[twin])
     assert one(only_twin)["pairs"] == 30
+
+
+def test_the_report_shows_each_method_against_the_dense_model_of_the_same_seed(tmp_path):
+    import warnings
+
+    from synthetic_results import make_results
+    from fairsqueeze.reports.html import build_report
+    from fairsqueeze.reports.stats import estimate
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = make_results()
+    page = build_report(results, "synthetic", tmp_path).read_text()
+    assert page.count("Change against the dense model of the same seed") == 1
+    done = results.done()
+    dense = done[done["method"] == "dense"].set_index("seed")["accuracy"]
+    svd = done[done["label"] == "svd(k=4)"].set_index("seed")["accuracy"]
+    est = estimate((svd - dense).to_numpy())  # by hand: three paired differences
+    assert f"<td>{est.mean:+.3f} ± {est.half_width:.3f}</td>" in page
