@@ -2,14 +2,21 @@
 
 Computed once per dense reference from the training split (group sizes, base rates) and
 the dense model's *validation* predictions (per-group accuracy, TPR, FPR), so that deciding
-whether a task is informative never touches the test split.
+whether a task is informative never touches the test split. The card also carries the
+reference's training evidence (epochs used, validation accuracy, majority-class rate and
+the ``underfit`` flag of :mod:`fairsqueeze.convergence`) and, for display only, its test
+accuracy.
 
 A task is flagged ``informative`` when the dense model's groups differ by at least
 ``ACCURACY_GAP`` in accuracy or, for binary tasks, by at least ``RATE_GAP`` in TPR or FPR:
-below that, a fairness-aware method has nothing measurable to repair.
+below that, a fairness-aware method has nothing measurable to repair. A dense model with
+constant predictions is never informative: its accuracy gap is only the difference of the
+groups' base rates. A gap over a rate that is undefined for some group (TPR of a group
+without positives) is undefined (NaN), never 0, and does not count towards the flag.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -32,16 +39,24 @@ def _base_rates(y: np.ndarray, s: np.ndarray, num_classes: int) -> dict[int, flo
     return rates
 
 
-def bias_card(task: TaskData, dense_val_pred: np.ndarray) -> dict[str, Any]:
+def _gap(values: pd.Series) -> float:
+    """max − min over the groups; NaN when fewer than two groups or any group's rate is undefined."""
+    v = values.to_numpy(float)
+    return float(v.max() - v.min()) if len(v) > 1 and np.isfinite(v).all() else math.nan
+
+
+def bias_card(task: TaskData, dense_val_pred: np.ndarray, reference: dict | None = None,
+              dense_test_pred: np.ndarray | None = None) -> dict[str, Any]:
+    """``reference``: the underfit evidence of the dense model (``convergence.underfit_flag``);
+    ``dense_test_pred``: its test predictions, only to show its test accuracy."""
     table = per_group_table(task.val.y, dense_val_pred, task.val.s, num_classes=task.num_classes)
     groups = [int(g) for g in table.index]
-    gaps = {"accuracy_gap": float(table["accuracy"].max() - table["accuracy"].min()) if len(groups) > 1 else float("nan")}
+    gaps = {"accuracy_gap": _gap(table["accuracy"])}
     if "tpr" in table:
-        gaps["tpr_gap"] = float(table["tpr"].max() - table["tpr"].min())
-        gaps["fpr_gap"] = float(table["fpr"].max() - table["fpr"].min())
-    informative = gaps["accuracy_gap"] >= ACCURACY_GAP or any(
-        gaps.get(k, 0) >= RATE_GAP for k in ("tpr_gap", "fpr_gap")
-    )
+        gaps["tpr_gap"] = _gap(table["tpr"])
+        gaps["fpr_gap"] = _gap(table["fpr"])
+    constant = len(np.unique(dense_val_pred)) <= 1
+    large = gaps["accuracy_gap"] >= ACCURACY_GAP or any(gaps.get(k, 0) >= RATE_GAP for k in ("tpr_gap", "fpr_gap"))
     per_group = {
         g: {
             "name": task.group_names.get(g, str(g)),
@@ -52,14 +67,28 @@ def bias_card(task: TaskData, dense_val_pred: np.ndarray) -> dict[str, Any]:
         }
         for g in groups
     }
+    dense = {"val_accuracy": float(np.mean(dense_val_pred == task.val.y)) if len(dense_val_pred) else math.nan,
+             "constant": bool(constant)}
+    if dense_test_pred is not None and len(dense_test_pred):
+        dense["test_accuracy"] = float(np.mean(dense_test_pred == task.test.y))
+    if reference:
+        dense.update({k: reference[k] for k in ("epochs_used", "best_epoch", "stopped_early", "majority_rate")})
+        dense.update(underfit=bool(reference["underfit"]), underfit_reasons=list(reference["reasons"]))
     return {
         "groups": per_group,
         "base_rates": _base_rates(task.train.y, task.train.s, task.num_classes),
         "unknown_group_rows": int((task.train.s < 0).sum()),
         **gaps,
-        "informative": bool(informative),
-        "rule": f"accuracy gap >= {ACCURACY_GAP} or binary TPR/FPR gap >= {RATE_GAP} (dense model, validation)",
+        "dense": dense,
+        "informative": bool(large and not constant),
+        "rule": f"accuracy gap >= {ACCURACY_GAP} or binary TPR/FPR gap >= {RATE_GAP} (dense model, validation),"
+                " never for a constant dense model",
     }
+
+
+def is_underfit(card: dict[str, Any] | None) -> bool:
+    """Whether a stored card says its dense reference is underfit."""
+    return bool(card and card.get("dense", {}).get("underfit"))
 
 
 def format_bias_card(card: dict[str, Any]) -> str:
@@ -71,7 +100,29 @@ def format_bias_card(card: dict[str, Any]) -> str:
             row["base rate"] = rate
         row.update({k: info[k] for k in ("accuracy", "tpr", "fpr") if k in info})
         rows.append(row)
-    table = pd.DataFrame(rows).set_index("group").to_string(float_format=lambda v: f"{v:.3f}")
-    gaps = ", ".join(f"{k} {card[k]:.3f}" for k in ("accuracy_gap", "tpr_gap", "fpr_gap") if k in card)
-    verdict = "informative" if card["informative"] else "NOT informative"
-    return f"{table}\n{gaps} -> {verdict} ({card['rule']})"
+    table = pd.DataFrame(rows).set_index("group").to_string(float_format=lambda v: f"{v:.3f}", na_rep="undefined")
+    gaps = ", ".join(f"{k} {_fmt(card[k])}" for k in ("accuracy_gap", "tpr_gap", "fpr_gap") if k in card)
+    if card["informative"]:
+        verdict = "informative"
+    elif card.get("dense", {}).get("constant"):
+        verdict = "NOT informative: the dense model is constant, its gap is only the base rates'"
+    else:
+        verdict = "NOT informative"
+    lines = [table, f"{gaps} -> {verdict} ({card['rule']})"]
+    dense = card.get("dense")
+    if dense:
+        parts = [f"val accuracy {_fmt(dense['val_accuracy'])}"]
+        if "test_accuracy" in dense:
+            parts.append(f"test accuracy {_fmt(dense['test_accuracy'])}")
+        if "majority_rate" in dense:
+            parts.insert(0, f"{dense['epochs_used']} epoch(s), best {dense['best_epoch']}"
+                            f"{' (stopped early)' if dense['stopped_early'] else ''}")
+            parts.append(f"majority-class rate {_fmt(dense['majority_rate'])}")
+        lines.insert(0, "dense model: " + ", ".join(parts))
+        if dense.get("underfit"):
+            lines.insert(0, "UNDERFIT reference: " + "; ".join(dense["underfit_reasons"]))
+    return "\n".join(lines)
+
+
+def _fmt(value: float) -> str:
+    return "undefined" if value is None or not math.isfinite(value) else f"{value:.3f}"

@@ -12,7 +12,8 @@ from torch import nn
 from .models import create_model
 from .suite import RunSpec
 from .tasks import TaskData, cache_root
-from .training import train_model
+from .convergence import majority_rate, underfit_flag
+from .training import train_reference
 
 log = logging.getLogger("fairsqueeze")
 
@@ -65,11 +66,19 @@ def dense_reference(spec: RunSpec, task: TaskData, device: torch.device) -> tupl
     path = checkpoint_path(spec.dense_key)
     model = build_untrained(spec, task)
     if path.exists() and (saved := _load_checkpoint(path, model, task)) is not None:
-        return model.to(device).eval(), {"cached": True, "history": saved["history"]}
+        return model.to(device).eval(), _info(True, saved["history"], saved.get("training"), task)
     model = build_untrained(spec, task)  # a failed load may have filled part of the weights
     desc = f"dense {spec.model.name} on {spec.task.name} (seed {spec.seed})"
-    history = train_model(model, task, spec.model.train, device, spec.seed, desc=desc)
+    training = train_reference(model, task, spec.model.train, device, spec.seed, desc=desc)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    record = {"state_dict": state, "history": history, "split_hash": task.split_hash, "data_hash": task.fingerprint}
+    record = {"state_dict": state, "history": training["train_loss"], "training": training,
+              "split_hash": task.split_hash, "data_hash": task.fingerprint}
     _save_atomic(record, path)
-    return model.eval(), {"cached": False, "history": history}
+    return model.eval(), _info(False, training["train_loss"], training, task)
+
+
+def _info(cached: bool, history: list[float], training: dict | None, task: TaskData) -> dict:
+    """The reference's info: training losses, the training record and the underfit flag
+    with its evidence (None for a checkpoint saved without a record)."""
+    underfit = underfit_flag(training, majority_rate(task.train.y, task.val.y)) if training else None
+    return {"cached": cached, "history": history, "training": training, "underfit": underfit}

@@ -197,7 +197,8 @@ class Runner:
             "model": spec.model.label,
             "seed": spec.seed,
             "history": dense_info["history"],
-            "bias_card": bias_card(task, reference.predictions["val"]),
+            "bias_card": bias_card(task, reference.predictions["val"], dense_info.get("underfit"),
+                                   reference.predictions["test"]),
         }
         with contextlib.suppress(IntegrityError):  # another worker wrote the same row first
             self.store.put_dense(spec.dense_key, row)

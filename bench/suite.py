@@ -107,7 +107,7 @@ class RunSpec:
                 "task": self.task.key,
                 "data": self.data,
                 "model": {"name": self.model.name, "options": self.model.options},
-                "train": self.model.train,
+                "train": self.model.train.identity(),
                 "seed": self.seed,
             }
         )
@@ -281,7 +281,7 @@ def _train(value, base: dict, where, path) -> TrainConfig:
         except ConfigError as exc:
             raise where(path + (key,), str(exc)) from None
     try:
-        return TrainConfig(**{**base, **value})
+        return TrainConfig(**{**base, **value}).check_reference()
     except (ConfigError, TypeError) as exc:
         raise where(path, str(exc)) from None
 

@@ -24,7 +24,7 @@ wall time) in :attr:`Trainer.cost`, so a method can report its cost beside its f
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -40,6 +40,11 @@ from .tasks import Split, TaskData, TaskView
 class TrainConfig:
     """Training hyperparameters. ``lr_step`` epochs between decays by ``lr_gamma`` (0 = none).
 
+    ``patience`` > 0 turns ``epochs`` into a maximum for the dense reference: training stops
+    after ``patience`` epochs without the validation loss falling by more than ``min_delta``,
+    and the weights of the best validation epoch are restored (see :class:`EarlyStopping`).
+    0 trains every epoch (the papers' fixed protocols). Both are part of the config hash.
+
     The FairLRF protocol is SGD, lr 0.01, x0.57 every 10 epochs, batch 128, 100 epochs.
     """
 
@@ -51,12 +56,32 @@ class TrainConfig:
     weight_decay: float = 0.0
     lr_step: int = 0
     lr_gamma: float = 0.57
+    patience: int = 0
+    min_delta: float = 0.0
 
     def __post_init__(self):
         if self.optimizer not in ("sgd", "adam", "adamw"):
             raise ConfigError(f"train.optimizer: unknown optimizer {self.optimizer!r} (sgd, adam, adamw)")
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("train: epochs must be >= 0, batch_size >= 1 and lr > 0")
+        if self.patience < 0 or not self.min_delta >= 0:
+            raise ConfigError("train: patience and min_delta must be >= 0")
+
+    def identity(self) -> dict:
+        """What determines the training, for hashing: without early stopping (patience 0)
+        ``min_delta`` changes nothing, so neither key enters and a fixed-epoch config keeps
+        the hash it had before early stopping existed."""
+        fields = asdict(self)
+        if not self.patience:
+            del fields["patience"], fields["min_delta"]
+        return fields
+
+    def check_reference(self) -> "TrainConfig":
+        """Refuse a config that would accept an untrained dense reference (a method may
+        retrain for 0 epochs; a reference may not)."""
+        if self.epochs < 1:
+            raise ConfigError(f"train: epochs must be >= 1 for a dense reference, got {self.epochs}")
+        return self
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -233,6 +258,57 @@ class Trainer:
         return history
 
 
+class EarlyStopping:
+    """An ``on_epoch_end`` hook that watches one validation split.
+
+    After every epoch it records the validation loss and accuracy, keeps a copy of the
+    weights of the epoch with the lowest loss, and, with ``patience`` > 0, stops training
+    once ``patience`` epochs in a row have not lowered that loss by more than ``min_delta``.
+    :meth:`restore` puts the best weights back. With ``patience`` = 0 it only records.
+    """
+
+    def __init__(self, val: Split, patience: int = 0, min_delta: float = 0.0, batch_size: int = 512):
+        self.val = val
+        self.patience = patience
+        self.min_delta = min_delta
+        self.batch_size = batch_size
+        self.val_loss: list[float] = []
+        self.val_accuracy: list[float] = []
+        self.best_epoch = -1
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.stopped_early = False
+
+    @torch.no_grad()
+    def __call__(self, trainer: "Trainer", epoch: int) -> None:
+        trainer.model.eval()
+        total, correct = 0.0, 0
+        for start in range(0, len(self.val), self.batch_size):
+            rows = np.arange(start, min(start + self.batch_size, len(self.val)))
+            batch = trainer.batch(self.val, rows, train=False)
+            logits = trainer.model(batch.x)
+            total += float(nn.functional.cross_entropy(logits, batch.y, reduction="sum"))
+            correct += int((logits.argmax(1) == batch.y).sum())
+        loss, n = total / max(len(self.val), 1), max(len(self.val), 1)
+        self.val_loss.append(loss)
+        self.val_accuracy.append(correct / n)
+        if self.best_epoch < 0 or loss < self.val_loss[self.best_epoch] - self.min_delta:
+            self.best_epoch = epoch
+            self.best_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        elif self.patience and epoch - self.best_epoch >= self.patience:
+            self.stopped_early = True
+            trainer.stop = True
+
+    def restore(self, model: nn.Module) -> None:
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+
+    def record(self, train_loss: list[float]) -> dict:
+        """What the training did, as stored with the dense reference."""
+        return {"epochs_used": len(self.val_loss), "best_epoch": self.best_epoch + 1,
+                "stopped_early": self.stopped_early, "train_loss": train_loss,
+                "val_loss": self.val_loss, "val_accuracy": self.val_accuracy}
+
+
 def train_model(
     model: nn.Module,
     task: TaskData | TaskView,
@@ -242,5 +318,18 @@ def train_model(
     split: Split | None = None,
     desc: str = "train",
 ) -> list[float]:
-    """Plain supervised training of ``model`` in place (the dense reference); epoch losses."""
+    """Plain supervised training of ``model`` in place for ``cfg.epochs``; epoch losses."""
     return Trainer(model, task, cfg, device, seed, desc=desc).fit(split)
+
+
+def train_reference(model: nn.Module, task: TaskData, cfg: TrainConfig, device: torch.device, seed: int,
+                    desc: str = "train") -> dict:
+    """Train the dense reference on ``task.train``, watching ``task.val`` (early stopping
+    when ``cfg.patience`` > 0), and leave the best validation epoch's weights in ``model``.
+    Returns the training record (:meth:`EarlyStopping.record`)."""
+    monitor = EarlyStopping(task.val, cfg.patience, cfg.min_delta)
+    history = Trainer(model, task, cfg, device, seed, on_epoch_end=monitor, desc=desc).fit()
+    if cfg.patience:  # a fixed protocol (patience 0) keeps its last epoch
+        monitor.restore(model)
+    model.eval()
+    return {**monitor.record(history), "restored": bool(cfg.patience)}

@@ -38,10 +38,29 @@ def tier_of(ratio: float) -> str | None:
     return None
 
 
-def usable_runs(frame: pd.DataFrame) -> pd.DataFrame:
+def tier_order(label: str) -> int:
+    """Position of a tier in ``TIERS`` (tiers sort by their ratios, not their labels)."""
+    return [t for t, _, _ in TIERS].index(label)
+
+
+def underfit_cells(frame: pd.DataFrame, underfit: set[str]) -> pd.DataFrame:
+    """The (task, model) cells with a run on an underfit dense reference (``underfit``: dense
+    keys), with the seeds concerned: the leaderboard leaves them out and says so."""
+    bad = frame[frame["dense_key"].isin(underfit)] if "dense_key" in frame else frame.iloc[:0]
+    cells = bad.groupby(["task_label", "model"], sort=True)["seed"].agg(lambda s: sorted({int(v) for v in s}))
+    return cells.rename("seeds").reset_index()
+
+
+def usable_runs(frame: pd.DataFrame, underfit: set[str] = frozenset()) -> pd.DataFrame:
     """Finished runs that may be ranked, with their tier; one row per distinct run and
-    suite entry label (a run shared by two suites counts once)."""
+    suite entry label (a run shared by two suites counts once). A cell with any run on an
+    underfit dense reference (``underfit``: dense keys) is left out whole: its methods are
+    compared with a reference that was still learning."""
     frame = add_derived(frame)
+    if underfit and "dense_key" in frame:
+        cells = underfit_cells(frame, underfit)
+        out = frame.set_index(["task_label", "model"]).index.isin(cells.set_index(["task_label", "model"]).index)
+        frame = frame[~out]
     flagged = frame["flags"].map(lambda f: any(x in EXCLUDED_FLAGS for x in (f or ())))
     frame = frame[~flagged | (frame["method"] == "dense")].copy()
     frame["tier"] = frame["compression_ratio"].map(tier_of)
@@ -97,13 +116,21 @@ def _front_keys(runs: pd.DataFrame, gap: str) -> list[str]:
 
 
 def scores_frame(scores: list[CellScore]) -> pd.DataFrame:
-    frame = pd.DataFrame([s.__dict__ for s in scores])
+    return scores_frame_from(pd.DataFrame([s.__dict__ for s in scores]))
+
+
+def scores_frame_from(frame: pd.DataFrame) -> pd.DataFrame:
+    """Cell scores (metric, tier, task_key, model, method, mean) with their cell, rank and
+    number of other methods met."""
     if frame.empty:
         return frame
+    frame = frame.copy()
     frame["cell"] = frame["task_key"] + "/" + frame["model"]
-    # rank 1 = largest hypervolume in its (metric, tier, task, model) cell; ties share the mean rank
-    frame["rank"] = frame.groupby(["metric", "tier", "cell"])["mean"].transform(lambda v: rankdata(-v.to_numpy()))
+    # rank 1 = largest hypervolume in its (metric, tier, task, model) cell; ties share the mean rank;
+    # a method alone in its cell has no rank
     frame["others"] = frame.groupby(["metric", "tier", "cell"])["mean"].transform("size") - 1
+    ranks = frame.groupby(["metric", "tier", "cell"])["mean"].transform(lambda v: rankdata(-v.to_numpy()))
+    frame["rank"] = ranks.where(frame["others"] > 0)
     return frame
 
 
@@ -121,15 +148,21 @@ def win_rate(frame: pd.DataFrame) -> pd.Series:
 
 def leaderboard_table(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per (metric, tier, method): mean rank, win rate, mean hypervolume ± CI over
-    the cells, number of cells."""
+    the cells, number of cells. A method that meets no other method of its tier in any cell
+    is listed with ``ranked`` False and no rank or win rate. Tiers sort by their ratios."""
     if frame.empty:
         return frame
     frame = frame.assign(win=win_rate(frame))
     rows = []
     for (metric, tier, method), g in frame.groupby(["metric", "tier", "method"], sort=True):
         hv = estimate(g["mean"])
+        met = int(g["others"].max())
         rows.append({"metric": metric, "tier": tier, "method": method, "mean_rank": g["rank"].mean(),
                      "win_rate": g["win"].mean(), "hypervolume": hv.mean, "hypervolume ci95": hv.half_width,
-                     "cells": g["cell"].nunique(), "methods_met": int(g["others"].max())})
+                     "cells": g["cell"].nunique(), "methods_met": met, "ranked": met > 0,
+                     "note": "" if met else "alone in its tier: listed, not ranked"})
     table = pd.DataFrame(rows)
-    return table.sort_values(["metric", "tier", "mean_rank", "method"]).reset_index(drop=True)
+    table["tier_order"] = table["tier"].map(tier_order)
+    table = table.sort_values(["metric", "tier_order", "ranked", "mean_rank", "method"],
+                              ascending=[True, True, False, True, True])
+    return table.drop(columns="tier_order").reset_index(drop=True)

@@ -2,13 +2,15 @@
 
 * Friedman test over (task, model) cells as blocks and methods as treatments, on each
   method's mean hypervolume per cell; only cells where every compared method has a value
-  enter (a complete block design).
+  enter (a complete block design), and only with at least ``MIN_CELLS`` of them.
 * Nemenyi critical difference for the critical-difference diagram:
   ``CD = q_α / √2 · √(k (k + 1) / (6 N))`` with ``q_α`` the studentized-range quantile
   for k methods and infinite degrees of freedom (Demšar 2006).
 * Each fairness-aware method against its fairness-unaware twin: a two-sided Wilcoxon
   signed-rank test on paired hypervolumes, one pair per (task, model, seed) where both
   have results in the same budget tier (seeds share the dense reference, so they pair).
+  A pair that never shares a tier (e.g. FairQuantize beside int8 PTQ, each at its own ratio)
+  is still shown, across tiers, with a note saying that it is not like for like.
 """
 from __future__ import annotations
 
@@ -23,18 +25,14 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
+from fairsqueeze.reports.verdicts import load_claims, twin_map  # noqa: E402
+
 ALPHA = 0.05
-# fairness-aware method -> the fairness-unaware methods it improves on
-TWINS = {
-    "fairlrf": ("slr_w", "slr_a", "truncated_svd"),
-    "fairprune": ("magnitude_prune",),
-    "fairquantize": ("int8_ptq",),
-    "fairalm": ("unconstrained", "l2_penalty"),
-    "fairprune_structured": ("magnitude_prune_structured",),
-    "lora_orthogonal": ("lora_erm",),
-    "lora_adversarial": ("lora_erm",),
-    "lora_unlearn": ("lora_erm",),
-}
+MIN_CELLS = 5  # below this, a Friedman test over cells has almost no power (N = 2 gave χ² = 0, p = 1)
+# fairness-aware method -> the fairness-unaware methods it claims to improve on: the claims file's
+# pairs of two different methods (a pair within one method, such as BiFP with and without its
+# penalty, has one hypervolume and is left to the verdicts)
+TWINS = twin_map(load_claims())
 
 
 @dataclass
@@ -59,8 +57,12 @@ def friedman(frame: pd.DataFrame, metric: str, tier: str) -> Friedman:
     methods = sorted(counts[counts == counts.max()].index) if len(counts) else []
     wide = wide[methods].dropna() if methods else wide
     result = Friedman(metric, tier, methods, len(wide))
-    if len(methods) < 3 or len(wide) < 2:
-        result.note = f"needs ≥ 3 methods on ≥ 2 common cells (has {len(methods)} on {len(wide)})"
+    if len(wide) < MIN_CELLS:
+        result.note = (f"{len(wide)} common (task, model) cell(s): a rank test needs ≥ {MIN_CELLS}, "
+                       "so no Friedman test or critical-difference diagram")
+        return result
+    if len(methods) < 3:
+        result.note = f"needs ≥ 3 methods on the common cells (has {len(methods)})"
         return result
     res = stats.friedmanchisquare(*(wide[m].to_numpy() for m in methods))
     result.statistic, result.p_value = float(res.statistic), float(res.pvalue)
@@ -129,22 +131,40 @@ def twin_tests(frame: pd.DataFrame) -> list[TwinTest]:
     tests = []
     if per_seed.empty:
         return tests
-    for (metric, tier), sub in per_seed.groupby(["metric", "tier"], sort=True):
+    from .ranking import tier_order
+
+    per_seed["order"] = per_seed["tier"].map(tier_order)
+    for (metric, _, tier), sub in per_seed.groupby(["metric", "order", "tier"], sort=True):
         wide = sub.pivot_table(index=["cell", "seed"], columns="method", values="hv")
         for fair, twins in TWINS.items():
             for twin in twins:
-                if fair not in wide or twin not in wide:
+                if fair in wide and twin in wide and not (paired := wide[[fair, twin]].dropna()).empty:
+                    tests.append(_wilcoxon(metric, tier, fair, twin, paired[fair], paired[twin]))
+    # a pair with no tier in common: compared across tiers, with the tiers named
+    for metric, sub in per_seed.groupby("metric", sort=True):
+        for fair, twins in TWINS.items():
+            for twin in twins:
+                if any(t.metric == metric and t.fair == fair and t.twin == twin for t in tests):
                     continue
-                paired = wide[[fair, twin]].dropna()
-                if paired.empty:
+                sides = [sub[sub["method"] == m].groupby(["cell", "seed"])["hv"].mean() for m in (fair, twin)]
+                both = pd.concat(sides, axis=1, keys=[fair, twin]).dropna()
+                if both.empty:
                     continue
-                diff = paired[fair] - paired[twin]
-                test = TwinTest(metric, tier, fair, twin, len(paired), float(diff.mean()), math.nan)
-                if (diff == 0).all():
-                    test.note = "identical hypervolumes"
-                else:
-                    test.p_value = float(stats.wilcoxon(paired[fair], paired[twin]).pvalue)
-                    if len(paired) < 6:
-                        test.note = "fewer than 6 pairs: p cannot fall below 0.05"
+                tiers = [" / ".join(sorted(sub.loc[sub["method"] == m, "tier"].unique(), key=tier_order)) for m in (fair, twin)]
+                test = _wilcoxon(metric, f"{tiers[0]} vs {tiers[1]}", fair, twin, both[fair], both[twin])
+                test.note = (f"across tiers ({fair} {tiers[0]}, {twin} {tiers[1]}): not like for like"
+                             + (f"; {test.note}" if test.note else ""))
                 tests.append(test)
     return tests
+
+
+def _wilcoxon(metric: str, tier: str, fair: str, twin: str, a: pd.Series, b: pd.Series) -> TwinTest:
+    diff = a - b
+    test = TwinTest(metric, tier, fair, twin, len(diff), float(diff.mean()), math.nan)
+    if (diff == 0).all():
+        test.note = "identical hypervolumes"
+    else:
+        test.p_value = float(stats.wilcoxon(a, b).pvalue)
+        if len(diff) < 6:
+            test.note = "fewer than 6 pairs: p cannot fall below 0.05"
+    return test

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fairsqueeze.reports import export
+from fairsqueeze.reports import export, verdicts
 from fairsqueeze.reports.data import Results
 from fairsqueeze.reports.figures import palette
 from fairsqueeze.reports.html import environment
@@ -20,7 +20,9 @@ from .hypervolume import MAX_GAP
 def build_leaderboard(results: Results, out: Path) -> Path:
     """Write ``out/index.html`` and ``out/tables/*``; return the page path."""
     out = Path(out)
-    runs = ranking.usable_runs(results.done())
+    underfit = verdicts.underfit_dense_keys(results.dense)
+    left_out = ranking.underfit_cells(results.done(), underfit)
+    runs = ranking.usable_runs(results.done(), underfit)
     scores = ranking.scores_frame(ranking.cell_scores(runs)) if not runs.empty else pd.DataFrame()
     board = ranking.leaderboard_table(scores)
     tests = [significance.friedman(scores, m, t) for m in ranking.GAPS for t, _, _ in ranking.TIERS
@@ -33,6 +35,8 @@ def build_leaderboard(results: Results, out: Path) -> Path:
     export.write_frame(pd.DataFrame([t.__dict__ for t in tests]).drop(columns=["mean_ranks"], errors="ignore"), tables, "friedman")
     export.write_frame(pd.DataFrame([t.__dict__ for t in twins]), tables, "twins")
     export.write_runs(results.runs, tables)
+    verdict_rows = verdicts.verdict_table(results)
+    export.write_frame(verdicts.for_export(verdict_rows), tables, "verdicts")
     # the first row of each (metric, tier, method) in the cell table is the target of its summary links
     anchors = {}
     cells = scores.sort_values(["metric", "tier", "method", "task_label", "model"]).to_dict("records") if not scores.empty else []
@@ -57,6 +61,9 @@ def build_leaderboard(results: Results, out: Path) -> Path:
         ranked=sorted(board["method"].unique()) if not board.empty else [],
         details=run_sections(results, with_predictions=False),
         twin_map=significance.TWINS,
+        verdicts=verdict_rows.to_dict("records"),
+        verdict_alpha=verdicts.ALPHA,
+        underfit_cells=left_out.to_dict("records"),
     )
     out.mkdir(parents=True, exist_ok=True)
     path = out / "index.html"

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from fairsqueeze.biascard import format_bias_card
+from fairsqueeze.biascard import format_bias_card, is_underfit
 from fairsqueeze.leaderboard.hypervolume import hypervolume, reference_point
 from fairsqueeze.tuning import short_params
 
@@ -16,8 +16,10 @@ from . import export, figures
 from .columns import UTILITY, headline_gap
 from .data import Results
 from .runs import failed_runs, run_sections
+from .stats import metric_bounds
 from .tables import Comparison, Row, comparisons
 from .tuning import tuning_sections
+from .verdicts import ALPHA, delta_sections, dense_delta_table, for_export, verdict_table
 
 TEMPLATES = Path(__file__).parent / "templates"
 COMPRESSED = 1.05  # a row below this compression ratio is not a compression result
@@ -34,6 +36,7 @@ def environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters["short_params"] = short_params
+    env.globals["metric_bounds"] = metric_bounds  # intervals are clipped to them (reports.stats)
     return env
 
 
@@ -80,7 +83,9 @@ def _cards(results: Results, comp: Comparison) -> list[dict]:
     if dense.empty or "bias_card" not in dense:
         return []
     rows = dense[(dense["task_key"] == comp.task_key) & (dense["model"] == comp.model)].sort_values("seed")
-    return [{"seed": int(r["seed"]), "text": format_bias_card(r["bias_card"])} for _, r in rows.iterrows() if r["bias_card"]]
+    return [{"seed": int(r["seed"]), "text": format_bias_card(r["bias_card"]), "underfit": is_underfit(r["bias_card"]),
+             "reasons": r["bias_card"].get("dense", {}).get("underfit_reasons", [])}
+            for _, r in rows.iterrows() if r["bias_card"]]
 
 
 def build_report(results: Results, suite: str, out: Path) -> Path:
@@ -108,6 +113,10 @@ def build_report(results: Results, suite: str, out: Path) -> Path:
             )
         )
     export.write_runs(results.runs, tables_dir)
+    verdict_rows = verdict_table(results)
+    export.write_frame(for_export(verdict_rows), tables_dir, "verdicts")
+    deltas = dense_delta_table(results)
+    export.write_frame(for_export(deltas.drop(columns="estimate", errors="ignore")), tables_dir, "paired_deltas")
     failed = failed_runs(results)
     page = environment().get_template("report.html.j2").render(
         suite=suite,
@@ -116,6 +125,9 @@ def build_report(results: Results, suite: str, out: Path) -> Path:
         colours=colours,
         methods=set(results.runs["method"]),
         tuning=tuning_sections(results, colours),
+        verdicts=verdict_rows.to_dict("records"),
+        verdict_alpha=ALPHA,
+        deltas=delta_sections(deltas),
         details=run_sections(results),
         failed=failed,
         n_runs=results.runs.loc[results.runs["status"].isin(["done", "failed"]), "run_key"].nunique(),

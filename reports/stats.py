@@ -1,31 +1,90 @@
-"""Seed statistics: a mean with its 95 % confidence interval."""
+"""Seed statistics: means with 95 % intervals, paired differences, Holm, detectable effects.
+
+- :func:`estimate`: mean ± Student-t half-width over seeds. With fewer than
+  ``MIN_INTERVAL_N`` (3) values there is no interval (t_{0.975,1} = 12.7 says nothing): the
+  estimate keeps its per-seed values and :meth:`Estimate.display` shows them instead.
+- :func:`clip_interval` / :meth:`Estimate.display`: an interval is clipped to its metric's
+  range (:func:`metric_bounds`) and the clipping is marked.
+- :func:`paired_deltas`: every method cell against the dense model of the same seed
+  (Δ = method − dense per seed, then the interval of the mean Δ): seeds move the dense
+  model far more than the method, and pairing removes that.
+- :func:`holm`: Holm's step-down adjustment of a family of p-values (SciPy has only
+  Benjamini–Hochberg).
+- :func:`detectable_effect`: the smallest mean paired difference a two-sided paired t-test
+  at level α detects with the given power, from the noncentral t distribution.
+"""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
-from scipy import stats
+import pandas as pd
+from scipy import optimize, stats
 
 LEVEL = 0.95
+MIN_INTERVAL_N = 3  # fewer seeds than this: per-seed values, never a t-interval
+CLIP_MARK = "⊢"  # marks an interval end clipped to the metric's range
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """Mean over seeds, half-width of its 95 % Student-t interval (NaN for one seed) and
-    the number of seeds that had a value."""
+    """Mean over seeds, half-width of its 95 % Student-t interval (NaN below
+    ``MIN_INTERVAL_N`` values), the number of seeds that had a value, and those values."""
 
     mean: float
     half_width: float
     n: int
+    values: tuple[float, ...] = field(default=(), compare=False)
 
     def __str__(self) -> str:
+        return self.display()
+
+    def display(self, digits: int = 3, bounds: tuple[float, float] | None = None) -> str:
+        """``mean ± half`` (n ≥ 3; ``[low, high]`` with the clipped end marked when the
+        interval leaves ``bounds``), the per-seed values ``a | b`` below that, ``–`` when empty."""
         if self.n == 0:
             return "–"
-        if math.isnan(self.half_width):
-            return f"{self.mean:.3f}"
-        return f"{self.mean:.3f} ± {self.half_width:.3f}"
+        if self.n < MIN_INTERVAL_N or math.isnan(self.half_width):
+            return " | ".join(f"{v:.{digits}f}" for v in self.values) if self.values else f"{self.mean:.{digits}f}"
+        return f"{self.mean:.{digits}f} {self.interval_text(digits, bounds)}"
+
+    def interval_text(self, digits: int = 3, bounds: tuple[float, float] | None = None) -> str:
+        """What follows the mean: ``± half``, or ``[low, high]`` with a clipped end marked."""
+        low, high, clipped = clip_interval(self.mean, self.half_width, bounds)
+        if not clipped:
+            return f"± {self.half_width:.{digits}f}"
+        lo = f"{CLIP_MARK if clipped in ('low', 'both') else ''}{low:.{digits}f}"
+        hi = f"{high:.{digits}f}{CLIP_MARK if clipped in ('high', 'both') else ''}"
+        return f"[{lo}, {hi}]"
+
+
+def clip_interval(mean: float, half: float, bounds: tuple[float, float] | None) -> tuple[float, float, str]:
+    """(low, high, which end was clipped: '', 'low', 'high' or 'both')."""
+    low, high = mean - half, mean + half
+    if bounds is None or not math.isfinite(half):
+        return low, high, ""
+    clipped = ("low" if low < bounds[0] else "") + ("high" if high > bounds[1] else "")
+    return max(low, bounds[0]), min(high, bounds[1]), {"lowhigh": "both"}.get(clipped, clipped)
+
+
+def metric_bounds(key: str, num_classes: int = 2) -> tuple[float, float] | None:
+    """The range a metric's value lies in: [0, 1] for rates and gaps, [0, K] or [0, 2K] for
+    the sum forms, [0, 2] for the L1 parity distance; None for counts and costs."""
+    from fairsqueeze.metrics import metric_def
+
+    try:
+        kind = metric_def(key).kind
+    except KeyError:
+        return (0.0, 1.0) if key == "eodds_diff" else None
+    if kind == "support":
+        return None
+    if key in ("eopp0_sum", "eopp1_sum"):
+        return 0.0, float(num_classes)
+    if key == "eodd_sum":
+        return 0.0, 2.0 * num_classes
+    return (0.0, 2.0) if key == "dp_l1" else (0.0, 1.0)
 
 
 def estimate(values) -> Estimate:
@@ -35,10 +94,8 @@ def estimate(values) -> Estimate:
     n = len(x)
     if n == 0:
         return Estimate(math.nan, math.nan, 0)
-    if n == 1:
-        return Estimate(float(x[0]), math.nan, 1)
-    half = _t(n - 1) * x.std(ddof=1) / math.sqrt(n)
-    return Estimate(float(x.mean()), float(half), n)
+    half = _t(n - 1) * x.std(ddof=1) / math.sqrt(n) if n >= MIN_INTERVAL_N else math.nan
+    return Estimate(float(x.mean()), float(half), n, tuple(float(v) for v in x))
 
 
 @lru_cache(maxsize=None)
@@ -51,12 +108,94 @@ def estimates(frame, by: str, columns: list[str]) -> dict[str, dict[str, Estimat
     ``{group: {column: Estimate}}``."""
     grouped = frame.groupby(by, sort=False)[columns]
     mean, std, count = grouped.mean(), grouped.std(ddof=1), grouped.count()
+    small = grouped.agg(lambda v: tuple(float(x) for x in v if np.isfinite(x)))  # per-seed values
     out = {}
     for label in mean.index:
         m, sd, n = mean.loc[label].to_numpy(float), std.loc[label].to_numpy(float), count.loc[label].to_numpy(int)
         out[label] = {
             col: Estimate(math.nan if n[i] == 0 else float(m[i]),
-                          _t(int(n[i]) - 1) * float(sd[i]) / math.sqrt(n[i]) if n[i] > 1 else math.nan, int(n[i]))
+                          _t(int(n[i]) - 1) * float(sd[i]) / math.sqrt(n[i]) if n[i] >= MIN_INTERVAL_N else math.nan,
+                          int(n[i]), small.loc[label, col])
             for i, col in enumerate(columns)
         }
     return out
+
+
+def paired_deltas(frame: pd.DataFrame, metrics: list[str], cell: tuple[str, ...] = ("task_key", "model"),
+                  label: str = "label", reference: str = "dense") -> pd.DataFrame:
+    """Each (cell, label) against the ``reference`` method's run of the same cell and seed.
+
+    ``frame``: one row per run with ``seed``, ``method``, the ``cell`` and ``label`` columns
+    and the metric columns. Returns one row per (cell, label, metric) with ``delta`` (mean of
+    method − reference over the seeds both have), its paired 95 % ``half_width`` (NaN below
+    ``MIN_INTERVAL_N`` pairs), ``low``/``high``, ``n`` and ``per_seed`` ({seed: Δ})."""
+    keys = list(cell)
+    dense = frame[frame["method"] == reference].drop_duplicates(keys + ["seed"]).set_index(keys + ["seed"])
+    rows = []
+    for group, runs in frame[frame["method"] != reference].groupby(keys + [label], sort=True):
+        cell_key = tuple(group[:-1])
+        runs = runs.drop_duplicates("seed").set_index("seed")
+        for metric in metrics:
+            if metric not in runs or metric not in dense:
+                continue
+            per_seed = {}
+            for seed, value in runs[metric].items():
+                ref = dense[metric].get(cell_key + (seed,))
+                if ref is not None and np.isfinite(value) and np.isfinite(ref):
+                    per_seed[int(seed)] = float(value - ref)
+            est = estimate(list(per_seed.values()))
+            rows.append({**dict(zip(keys, cell_key)), label: group[-1], "method": runs["method"].iloc[0],
+                         "metric": metric, "delta": est.mean, "half_width": est.half_width,
+                         "low": est.mean - est.half_width, "high": est.mean + est.half_width,
+                         "n": est.n, "per_seed": per_seed, "estimate": est})
+    columns = keys + [label, "method", "metric", "delta", "half_width", "low", "high", "n", "per_seed", "estimate"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm-adjusted p-values in the input order: sort ascending, multiply the i-th smallest
+    (i from 0) by (m − i), carry the running maximum, cap at 1. NaN entries stay NaN and do
+    not count towards m."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    m = len(finite)
+    order = finite[np.argsort(p[finite], kind="stable")]
+    running = 0.0
+    for i, idx in enumerate(order):
+        running = max(running, min(1.0, (m - i) * p[idx]))
+        out[idx] = running
+    return out
+
+
+def paired_t(differences) -> tuple[float, float, float, int]:
+    """(mean, half-width of its 95 % interval, two-sided p of the paired t-test, n) of the
+    per-pair differences; NaN where n < 2 or every difference is equal."""
+    d = np.asarray(differences, dtype=float)
+    d = d[np.isfinite(d)]
+    n = len(d)
+    if n < 2:
+        return (float(d.mean()) if n else math.nan), math.nan, math.nan, n
+    sd = d.std(ddof=1)
+    if sd == 0:
+        return float(d.mean()), 0.0, (1.0 if d.mean() == 0 else 0.0), n
+    res = stats.ttest_1samp(d, 0.0)
+    return float(d.mean()), _t(n - 1) * sd / math.sqrt(n), float(res.pvalue), n
+
+
+def detectable_effect(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest |mean difference| that a two-sided paired t-test on ``n`` pairs with
+    difference sd ``sd`` rejects at level ``alpha`` with probability ``power`` (noncentral t)."""
+    if n < 2 or not math.isfinite(sd):
+        return math.nan
+    if sd == 0:
+        return 0.0
+    df = n - 1
+    crit = stats.t.ppf(1 - alpha / 2, df)
+
+    def shortfall(nc: float) -> float:
+        # the lower tail is negligible (and NaN in SciPy's series) once nc is large
+        return stats.nct.sf(crit, df, nc) + np.nan_to_num(stats.nct.cdf(-crit, df, nc)) - power
+
+    nc = optimize.brentq(shortfall, 0.0, 200.0)
+    return float(nc * sd / math.sqrt(n))

@@ -83,7 +83,10 @@ def test_leaderboard_in_the_browser(pages):
         page.click(f"#board-table thead th >> nth={col}")
         ranks = [float(v) for v in column_values(page, "#board-table", col)]
         assert ranks == sorted(ranks)
-        assert page.locator("img.cd").count() >= 1
+        # two cells: no Friedman test or CD diagram, and the page says why
+        assert page.locator("img.cd").count() == 0
+        assert page.locator("#friedman-table", has_text="2 common (task, model) cell(s): a rank test needs ≥ 5").count() == 1
+        assert page.locator("#verdicts-table tbody tr").count() >= 6
         assert page.locator("#twins-table tbody tr").count() >= 2
         page.click(f"{rows} >> nth=0 >> td >> nth={col} >> a")
         cell_anchor = page.evaluate("location.hash")

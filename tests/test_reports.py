@@ -179,6 +179,35 @@ def test_friedman_and_nemenyi_against_demsar():
     assert significance.cd_diagram(result)
     short = significance.friedman(pd.DataFrame(rows[:3]), "m", "t")  # one cell
     assert math.isnan(short.p_value) and "needs" in short.note
+    # four cells: no test and no diagram, and the note says how many cells there are
+    four = significance.friedman(pd.DataFrame(rows[:12]), "m", "t")
+    assert math.isnan(four.p_value) and four.note.startswith("4 common (task, model) cell(s)")
+    assert significance.cd_diagram(four) is None
+    assert not math.isnan(significance.friedman(pd.DataFrame(rows[:15]), "m", "t").p_value)  # five cells
+
+
+def test_a_method_alone_in_its_tier_is_listed_not_ranked_and_tiers_sort_by_ratio():
+    frame = pd.DataFrame({"metric": "m", "tier": [">1.7", "1.05–1.3", "1.05–1.3", "<1.05", "1.3–1.7"],
+                          "task_key": "t", "model": "mlp", "method": ["solo", "a", "b", "dense", "c"],
+                          "mean": [0.9, 0.5, 0.6, 0.7, 0.4]})
+    board = ranking.leaderboard_table(ranking.scores_frame_from(frame))
+    assert board["tier"].tolist() == ["<1.05", "1.05–1.3", "1.05–1.3", "1.3–1.7", ">1.7"]
+    solo = board.set_index("method").loc["solo"]
+    assert not solo["ranked"] and math.isnan(solo["mean_rank"]) and "alone" in solo["note"]
+    assert board.set_index("method").loc["b", "mean_rank"] == 1
+
+
+def test_cells_on_an_underfit_reference_are_left_out_of_the_ranking(results):
+    done = results.done()
+    cell = done[["task_label", "model"]].drop_duplicates().iloc[0]
+    keys = set(done.loc[(done["task_label"] == cell["task_label"]) & (done["model"] == cell["model"])
+                        & (done["seed"] == 0), "dense_key"])
+    runs = ranking.usable_runs(done, underfit=keys)
+    assert not ((runs["task_label"] == cell["task_label"]) & (runs["model"] == cell["model"])).any()
+    assert len(ranking.usable_runs(done)) > len(runs) > 0
+    left = ranking.underfit_cells(done, keys)
+    assert left[["task_label", "model"]].values.tolist() == [[cell["task_label"], cell["model"]]]
+    assert left["seeds"].iloc[0] == [0]
 
 
 def test_twin_test_pairs_seeds_and_states_p(results):
@@ -189,6 +218,16 @@ def test_twin_test_pairs_seeds_and_states_p(results):
     svd = next(t for t in tests if t.twin == "truncated_svd")
     assert svd.pairs == 6 and svd.mean_difference > 0  # 2 cells x 3 seeds
     assert svd.p_value == pytest.approx(2 / 2**6)  # exact two-sided: all six differences positive
+
+
+def test_a_twin_pair_in_different_tiers_is_shown_across_tiers_with_a_note():
+    rows = [{"metric": "m", "tier": tier, "task_key": f"t{c}", "model": "mlp", "method": method, "mean": hv,
+             "per_seed": {s: hv + 0.01 * s for s in range(3)}}
+            for c in range(2) for method, tier, hv in (("fairquantize", "1.05–1.3", 0.6), ("int8_ptq", ">1.7", 0.5))]
+    tests = significance.twin_tests(ranking.scores_frame_from(pd.DataFrame(rows)))
+    (test,) = [t for t in tests if t.fair == "fairquantize"]
+    assert test.tier == "1.05–1.3 vs >1.7" and test.pairs == 6 and test.mean_difference == pytest.approx(0.1)
+    assert "across tiers" in test.note and "not like for like" in test.note
 
 
 def test_store_round_trip_gives_the_same_tables(results, tmp_path):

@@ -137,5 +137,6 @@ def test_studies_keep_the_seeds_of_an_entry_side_by_side():
 def test_default_suite_is_bundled_and_valid():
     assert "default" in bundled_suites()
     suite = load_suite("default")
-    assert {t.name for t in suite.tasks} == {"adult", "digits"}
+    assert {t.name for t in suite.tasks} == {"adult", "compas", "german", "digits", "celeba", "utkface"}
+    assert len(suite.seeds) >= 5
     assert any(r.method.name == "truncated_svd" for r in suite.runs())

@@ -1,10 +1,13 @@
 """The shared trainer: hooks, samplers and cost accounting."""
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
+from fairsqueeze.convergence import majority_rate, underfit_flag
+from fairsqueeze.errors import ConfigError
 from fairsqueeze.tasks import Split, TaskData
-from fairsqueeze.training import Trainer, TrainConfig, cross_entropy
+from fairsqueeze.training import EarlyStopping, Trainer, TrainConfig, cross_entropy, train_reference
 
 
 def toy_task(n0=60, n1=20):
@@ -107,3 +110,109 @@ def test_a_split_that_withholds_a_column_gives_batches_without_it():
     assert [n for _, n in seen] == [32, 32, 16] and all(s is None for s, _ in seen)
     trainer.fit(task.train)  # a full split still hands over its groups
     assert seen[-1][0] is not None and len(seen[-1][0]) == seen[-1][1]
+
+
+# -- early stopping and the underfit flag ------------------------------------------------------
+
+def scripted_bias_run(biases, patience):
+    """A model whose output is its bias alone (x = 0), set to ``biases[epoch]`` after every step:
+    the validation loss of epoch e is softplus(-b_e) on labels that are all 1."""
+    n = 16
+    split = Split(np.zeros((n, 1), np.float32), np.ones(n, np.int64), np.array([0, 1] * (n // 2)), np.arange(n))
+    task = TaskData("const", split, split, split, 2, (1,), "y", "s", {0: "a", 1: "b"})
+    model = nn.Linear(1, 2)
+
+    def script(trainer):
+        with torch.no_grad():
+            trainer.model.bias.copy_(torch.tensor([0.0, biases[trainer.cost.epochs]]))
+
+    monitor = EarlyStopping(task.val, patience=patience)
+    Trainer(model, task, TrainConfig(epochs=len(biases), batch_size=n, patience=patience), torch.device("cpu"), 0,
+            after_step=script, on_epoch_end=monitor).fit()
+    return model, monitor
+
+
+def test_early_stopping_restores_the_best_validation_epoch():
+    biases = [1.0, 3.0, 2.0, 0.5, 0.1]
+    model, monitor = scripted_bias_run(biases, patience=2)
+    softplus = [float(np.log1p(np.exp(-b))) for b in biases]
+    # best at epoch 2 (b = 3); epochs 3 and 4 do not improve, so training stops after epoch 4
+    assert monitor.val_loss == pytest.approx(softplus[:4], abs=1e-6)
+    assert monitor.best_epoch == 1 and monitor.stopped_early
+    monitor.restore(model)
+    assert model.bias[1].item() == 3.0
+    assert monitor.record([0.0] * 4)["best_epoch"] == 2 and monitor.record([])["epochs_used"] == 4
+
+
+def test_without_patience_every_epoch_runs_and_nothing_stops():
+    biases = [1.0, 3.0, 2.0, 0.5, 0.1]
+    model, monitor = scripted_bias_run(biases, patience=0)
+    assert len(monitor.val_loss) == 5 and not monitor.stopped_early
+    assert model.bias[1].item() == pytest.approx(0.1)  # the last epoch's weights
+
+
+def noisy_task(n=400, seed=0):
+    rng = np.random.default_rng(seed)
+    def split(m):
+        x = rng.normal(size=(m, 4)).astype(np.float32)
+        y = ((x[:, 0] > 0) ^ (rng.random(m) < 0.15)).astype(np.int64)  # 15 % label noise: the loss plateaus
+        return Split(x, y, (x[:, 1] > 0).astype(np.int64), np.arange(m))
+    return TaskData("noisy", split(n), split(n), split(n), 2, (4,), "y", "s", {0: "a", 1: "b"})
+
+
+def test_a_reference_stopped_after_one_epoch_is_underfit_and_a_converged_one_is_not():
+    task = noisy_task()
+    majority = majority_rate(task.train.y, task.val.y)
+
+    def train(epochs, lr):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+        record = train_reference(model, task, TrainConfig(epochs=epochs, batch_size=32, lr=lr, patience=3, min_delta=1e-3),
+                                 torch.device("cpu"), 0)
+        return record, underfit_flag(record, majority)
+
+    record, flag = train(1, 0.05)
+    assert record["epochs_used"] == 1 and flag["still_improving"] and flag["underfit"]
+    record, flag = train(200, 0.05)
+    assert record["stopped_early"] and record["epochs_used"] < 200
+    assert not flag["underfit"], flag["reasons"]
+    assert flag["val_accuracy"] == pytest.approx(record["val_accuracy"][record["best_epoch"] - 1])
+
+
+def test_a_reference_at_the_majority_rate_is_underfit():
+    record = {"epochs_used": 10, "best_epoch": 4, "stopped_early": True, "restored": True, "val_accuracy": [0.53] * 10}
+    flag = underfit_flag(record, majority_rate(np.array([0, 0, 1]), np.array([0] * 53 + [1] * 47)))
+    assert flag["majority_rate"] == pytest.approx(0.53) and flag["underfit"] and not flag["still_improving"]
+    flag = underfit_flag({**record, "val_accuracy": [0.60] * 10}, 0.53)  # 7 points above: learnt something
+    assert not flag["underfit"]
+
+
+def test_a_dense_reference_refuses_zero_epochs():
+    with pytest.raises(ConfigError, match="epochs must be >= 1"):
+        TrainConfig(epochs=0).check_reference()
+    assert TrainConfig(epochs=0).epochs == 0  # a method may still retrain for no epoch
+
+
+def test_a_suite_with_zero_dense_epochs_is_refused_in_one_line():
+    from fairsqueeze.errors import FairsqueezeError
+    from fairsqueeze.suite import parse_suite
+
+    suite = {"name": "s", "seeds": [0], "train": {"epochs": 0}, "tasks": ["digits"], "models": ["mlp"],
+             "methods": ["dense"]}
+    with pytest.raises(FairsqueezeError, match="epochs must be >= 1") as err:
+        parse_suite(suite)
+    assert "\n" not in str(err.value)
+    suite["train"] = {"epochs": 5, "patience": -1}
+    with pytest.raises(FairsqueezeError, match="patience"):
+        parse_suite(suite)
+
+
+def test_the_stopping_rule_is_part_of_the_training_hash():
+    from fairsqueeze.hashing import config_hash
+
+    fixed = TrainConfig(epochs=10)
+    assert "patience" not in fixed.identity()  # a fixed protocol keeps the hash it always had
+    assert config_hash(TrainConfig(epochs=10, min_delta=0.5).identity()) == config_hash(fixed.identity())
+    stopped = TrainConfig(epochs=10, patience=3)
+    assert config_hash(stopped.identity()) != config_hash(fixed.identity())
+    assert config_hash(TrainConfig(epochs=10, patience=3, min_delta=0.01).identity()) != config_hash(stopped.identity())
