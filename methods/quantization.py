@@ -62,7 +62,7 @@ from .toolbox import curvature
 from .toolbox.factorize import replace_module
 from .toolbox.pruning import select_smallest
 from .toolbox.group_surrogates import cell_means, miss
-from .toolbox.scores import GroupSaliency, scoring_groups
+from .toolbox.scores import GroupSaliency, RoundingError, scoring_groups
 from .toolbox.quantize import QUANTIZABLE, SCHEMES, Codec, coded_layer, coded_summary, fit_codec, quantize
 
 CHECKPOINT_POLICIES = ("fairest_within_tolerance", "best_accuracy", "last")
@@ -286,6 +286,28 @@ def _group_gap_loss(alpha: float):
     return loss
 
 
+@dataclass
+class RoundingSchedule:
+    """The progressive procedure FairQuantize and its curvature-free twin share (all but the score)."""
+
+    target: float = 0.2  # cumulative quantized fraction of every layer at the end (FairLRF: 0.1 / 0.2)
+    step: float = 0.05  # increment of the cumulative schedule
+    scheme: str = "pow2"  # "pow2" (reference) or "int8_sym" (labelled alternative)
+    exponent_bits: int = 7  # pow2 code: sign + this many exponent bits in one int8
+    reference_argsort_quirk: bool = False
+    scoring_size: int | None = None  # rows per group of the balanced subset (None: smaller group)
+    epochs: int = 20  # retraining epochs per step
+    batch_size: int = 8  # balanced: batch_size // 2 rows of each group (reference: 4 + 4)
+    lr: float = 1e-3
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    lr_step: int = 4
+    lr_gamma: float = 0.57
+    checkpoint: str = "fairest_within_tolerance"
+    checkpoint_tolerance: float = 0.01  # accuracy points below the best validation accuracy
+    checkpoint_fairness: str = "eopp1"
+
+
 @register_method("fairquantize")
 class FairQuantize(Method):
     """Progressive, curvature-guided power-of-two quantization with retraining (Guo et al. 2024)."""
@@ -294,51 +316,55 @@ class FairQuantize(Method):
     needs = ("dense", "scoring")
 
     @dataclass
-    class Params:
-        target: float = 0.2  # cumulative quantized fraction of every layer at the end (FairLRF: 0.1 / 0.2)
-        step: float = 0.05  # increment of the cumulative schedule
+    class Params(RoundingSchedule):
         beta: float | str = "5/9"  # reference weights (9, -5)
         unprivileged_group: int | None = None  # None: the group the dense model does worse on (val)
-        scheme: str = "pow2"  # "pow2" (reference) or "int8_sym" (labelled alternative)
-        exponent_bits: int = 7  # pow2 code: sign + this many exponent bits in one int8
-        reference_argsort_quirk: bool = False
         estimator: str = "ggn_exact"
-        scoring_size: int | None = None  # rows per group of the balanced subset (None: smaller group)
         curvature_batch_size: int = 4
-        epochs: int = 20  # retraining epochs per step
-        batch_size: int = 8  # balanced: batch_size // 2 rows of each group (reference: 4 + 4)
-        lr: float = 1e-3
-        momentum: float = 0.0
-        weight_decay: float = 0.0
-        lr_step: int = 4
-        lr_gamma: float = 0.57
         alpha: float = 0.0  # weight of |CE_0 - CE_1| in the retraining loss
-        checkpoint: str = "fairest_within_tolerance"
-        checkpoint_tolerance: float = 0.01  # accuracy points below the best validation accuracy
-        checkpoint_fairness: str = "eopp1"
 
     def validate(self) -> None:
         p = self.params
-        checked_beta("fairquantize", p.beta)
+        checked_beta(self.registered_name, p.beta)
+        if p.curvature_batch_size < 1 or not 0 <= p.alpha <= 1:
+            raise ConfigError(f"{self.registered_name}: curvature_batch_size >= 1 and alpha in [0, 1] needed")
+        if p.estimator not in curvature.ESTIMATORS:
+            raise ConfigError(f"{self.registered_name}: unknown estimator {p.estimator!r} "
+                              f"(known: {', '.join(curvature.ESTIMATORS)})")
+        self._validate_schedule()
+
+    def _validate_schedule(self) -> None:
+        p, who = self.params, self.registered_name
         if not (0 < p.step <= 1 and 0 < p.target <= 1):
-            raise ConfigError("fairquantize: step and target must lie in (0, 1]")
+            raise ConfigError(f"{who}: step and target must lie in (0, 1]")
         if p.scheme not in SCHEMES:
-            raise ConfigError(f"fairquantize: unknown scheme {p.scheme!r} (known: {', '.join(SCHEMES)})")
+            raise ConfigError(f"{who}: unknown scheme {p.scheme!r} (known: {', '.join(SCHEMES)})")
         if not 1 <= p.exponent_bits <= 7:
-            raise ConfigError("fairquantize: exponent_bits must lie in 1..7")
+            raise ConfigError(f"{who}: exponent_bits must lie in 1..7")
         if p.scoring_size is not None and p.scoring_size < 1:
-            raise ConfigError("fairquantize: scoring_size must be >= 1 (or null for the smaller group's size)")
-        if p.curvature_batch_size < 1 or p.batch_size < 2 or p.epochs < 0:
-            raise ConfigError("fairquantize: curvature_batch_size >= 1, batch_size >= 2 and epochs >= 0 needed")
-        if p.lr <= 0 or p.lr_step < 0 or not 0 <= p.alpha <= 1:
-            raise ConfigError("fairquantize: lr > 0, lr_step >= 0 and alpha in [0, 1] needed")
+            raise ConfigError(f"{who}: scoring_size must be >= 1 (or null for the smaller group's size)")
+        if p.batch_size < 2 or p.epochs < 0:
+            raise ConfigError(f"{who}: batch_size >= 2 and epochs >= 0 needed")
+        if p.lr <= 0 or p.lr_step < 0:
+            raise ConfigError(f"{who}: lr > 0 and lr_step >= 0 needed")
         if p.checkpoint not in CHECKPOINT_POLICIES:
-            raise ConfigError(f"fairquantize: unknown checkpoint policy {p.checkpoint!r} "
+            raise ConfigError(f"{who}: unknown checkpoint policy {p.checkpoint!r} "
                               f"(known: {', '.join(CHECKPOINT_POLICIES)})")
         if not 0 <= p.checkpoint_tolerance <= 1:
-            raise ConfigError("fairquantize: checkpoint_tolerance must lie in [0, 1]")
-        if p.estimator not in curvature.ESTIMATORS:
-            raise ConfigError(f"fairquantize: unknown estimator {p.estimator!r} (known: {', '.join(curvature.ESTIMATORS)})")
+            raise ConfigError(f"{who}: checkpoint_tolerance must lie in [0, 1]")
+
+    def _score(self, ctx: MethodContext, sets: dict, codecs: dict) -> tuple[object, dict]:
+        """The score that orders the weights to round, and what the run's info says of it."""
+        p = self.params
+        beta = parse_beta(p.beta)
+        by_group = {role: ctx.labelled_batches(split, p.curvature_batch_size) for role, split in sets.items()}
+        # the OBD cost of rounding each weight, (h⁰ − β·h¹)·(q(w) − w)² up to the positive ½
+        score = GroupSaliency(by_group, beta, p.estimator, generator=ctx.seed,
+                              displacement=lambda name, w: quantize(codecs[name], w) - w)
+        return score, {"beta": beta, "estimator": p.estimator}
+
+    def _retraining_alpha(self) -> float:
+        return self.params.alpha
 
     def space(self, trial) -> "FairQuantize.Params":
         p = self.params
@@ -349,8 +375,8 @@ class FairQuantize(Method):
     def apply(self, ctx: MethodContext) -> Outcome:
         self.validate()
         p = self.params
-        sets, unprivileged = scoring_groups(ctx, p.scoring_size, p.unprivileged_group, "fairquantize")
-        beta = parse_beta(p.beta)
+        sets, unprivileged = scoring_groups(ctx, p.scoring_size, getattr(p, "unprivileged_group", None),
+                                            self.registered_name)
         train = ctx.task.train
         subset = _balanced_subset(train, sets)
 
@@ -363,7 +389,6 @@ class FairQuantize(Method):
         if not layers:
             raise ConfigError("fairquantize: the model has no linear or conv layer")
         names = [f"{layer.path}.weight" for layer in layers]
-        by_group = {role: ctx.labelled_batches(split, p.curvature_batch_size) for role, split in sets.items()}
 
         def freeze(trainer: Trainer | None = None) -> None:
             with torch.no_grad():
@@ -371,9 +396,7 @@ class FairQuantize(Method):
                     layer.module.weight.view(-1).index_copy_(0, layer.positions, layer.values)
 
         codecs = {f"{layer.path}.weight": layer.codec for layer in layers}
-        # the OBD cost of rounding each weight, (h⁰ − β·h¹)·(q(w) − w)² up to the positive ½
-        score = GroupSaliency(by_group, beta, p.estimator, generator=ctx.seed,
-                              displacement=lambda name, w: quantize(codecs[name], w) - w)
+        score, score_info = self._score(ctx, sets, codecs)
         exact = cumulative_targets(p.step, p.target)
         targets = reference_targets(p.step, p.target) if p.reference_argsort_quirk else exact
         passes: dict[str, float] = {}
@@ -381,7 +404,8 @@ class FairQuantize(Method):
         for n, t in enumerate(targets):
             model.eval()
             scored = score(model, names)  # passes over the balanced subset
-            _add(passes, {"curvature_forward": scored.passes["forward"], "curvature_backward": scored.passes["backward"]})
+            _add(passes, {"curvature_forward": scored.passes.get("forward", 0.0),
+                          "curvature_backward": scored.passes.get("backward", 0.0)})
             quantized_now = 0
             with torch.no_grad():
                 for layer in layers:
@@ -402,7 +426,7 @@ class FairQuantize(Method):
             last = n == len(targets) - 1
             checkpoint = _Checkpoints(ctx, p.checkpoint, p.checkpoint_tolerance, p.checkpoint_fairness) if last else None
             trainer = Trainer(
-                model, ctx.task, _retrain_config(p), ctx.device, ctx.seed + n, loss=_group_gap_loss(p.alpha),
+                model, ctx.task, _retrain_config(p), ctx.device, ctx.seed + n, loss=_group_gap_loss(self._retraining_alpha()),
                 after_step=freeze, on_epoch_end=checkpoint, sampler="balanced", augment=False,
                 desc=f"fairquantize step {n + 1}/{len(targets)}",
             )
@@ -425,7 +449,7 @@ class FairQuantize(Method):
         summary = coded_summary(model)
         info = {
             "unprivileged_group": unprivileged,
-            "beta": beta,
+            **score_info,
             "scheme": p.scheme,
             "selection": "reference_argsort_quirk" if p.reference_argsort_quirk else "true_ranks",
             "nominal_fraction": float(exact[-1]),
@@ -434,13 +458,37 @@ class FairQuantize(Method):
             "clipped_exponents" if p.scheme == "pow2" else "clipped_codes": clipped,
             "steps": steps,
             "checkpoint": chosen,
-            "estimator": p.estimator,
             "scoring_rows_per_group": len(sets[0]),
         }
         return Outcome(model=model, passes=passes, info=info)
 
 
-def _retrain_config(p: "FairQuantize.Params") -> TrainConfig:
+@register_method("fairquantize_error")
+class FairQuantizeError(FairQuantize):
+    """FairQuantize's fairness-unaware twin: the same progressive rounding, retraining and
+    checkpoint policy, but the weights with the smallest rounding error (q(w) − w)² go first
+    (no curvature, no groups), so a comparison at the same ratio isolates the fair score."""
+
+    @dataclass
+    class Params(RoundingSchedule):
+        pass
+
+    def validate(self) -> None:
+        self._validate_schedule()
+
+    def space(self, trial) -> "FairQuantizeError.Params":
+        p = self.params
+        epochs = trial.suggest_int("epochs", 0, max(p.epochs, 1))
+        return FairQuantizeError.Params(**{**vars(p), "epochs": epochs})
+
+    def _score(self, ctx: MethodContext, sets: dict, codecs: dict) -> tuple[object, dict]:
+        return RoundingError(lambda name, w: quantize(codecs[name], w) - w), {"score": "rounding_error"}
+
+    def _retraining_alpha(self) -> float:
+        return 0.0
+
+
+def _retrain_config(p: RoundingSchedule) -> TrainConfig:
     return TrainConfig(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, optimizer="sgd", momentum=p.momentum,
                        weight_decay=p.weight_decay, lr_step=p.lr_step, lr_gamma=p.lr_gamma)
 

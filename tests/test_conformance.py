@@ -30,6 +30,7 @@ TINY_PARAMS: dict[str, dict] = {
     "lora_orthogonal": {"epochs": 1, "auditor_epochs": 1, "rank": 2},
     "lora_adversarial": {"epochs": 1, "rounds": 1, "auditor_epochs": 1, "rank": 2},
     "fairquantize": {"target": 0.1, "epochs": 1, "batch_size": 32, "scoring_size": 64, "curvature_batch_size": 32},
+    "fairquantize_error": {"target": 0.1, "epochs": 1, "batch_size": 32, "scoring_size": 64},
     "fairalm": {"epochs": 1, "batch_size": 64, "inner_steps": 2},
     "unconstrained": {"epochs": 1, "batch_size": 64, "inner_steps": 2},
     "l2_penalty": {"epochs": 1, "batch_size": 64, "inner_steps": 2},

@@ -316,6 +316,32 @@ def test_real_curvature_selection_differs_from_magnitude_only(fq_model, fq_data)
         assert not torch.equal(mask, magnitude)
 
 
+def test_curvature_free_twin_rounds_the_smallest_rounding_errors_first(planted_curvature, fq_model, fq_data):
+    """fairquantize_error: the same schedule with (q(w) − w)² as the score, by hand; it never
+    asks for curvature, and its masks equal FairQuantize's when the group weighting is a
+    positive constant (equal group curvatures), so the score is the only difference."""
+    twin = METHODS.get("fairquantize_error").from_config({"epochs": 0, "target": 0.25, "step": 0.25})
+    masks = quantized_masks(twin.apply(make_ctx(copy.deepcopy(fq_model), fq_data)).model)
+    assert planted_curvature["calls"] == 0
+    for path, mask in masks.items():
+        w = dict(fq_model.named_modules())[path].weight.detach()
+        error = ((quantize(PowerOfTwo.fit(w), w) - w) ** 2).reshape(-1).double().numpy()
+        count = round(0.25 * w.numel())
+        assert set(torch.nonzero(mask.reshape(-1)).flatten().tolist()) == set(np.argsort(error, kind="stable")[:count].tolist())
+    same = quantized_masks(run_fq(fq_model, fq_data, target=0.25, step=0.25).model)  # h⁰ = h¹ = 1
+    assert all(torch.equal(same[k], masks[k]) for k in masks)
+    planted_curvature["privileged"] = lambda w: 4.0 * (w.abs() > w.abs().median())
+    fair = quantized_masks(run_fq(fq_model, fq_data, target=0.25, step=0.25).model)
+    assert any(not torch.equal(fair[k], masks[k]) for k in masks)
+
+
+def test_curvature_free_twin_has_no_fairness_parameters():
+    twin = METHODS.get("fairquantize_error")
+    for name in ("beta", "alpha", "estimator", "unprivileged_group"):
+        with pytest.raises(ConfigError, match="unknown parameter"):
+            twin.from_config({name: 0})
+
+
 def test_quantized_codes_stay_frozen_through_retraining(fq_model, fq_data):
     out = run_fq(fq_model, fq_data, target=0.3, step=0.3, epochs=3, lr=0.5, batch_size=8,
                  scoring_size=24, curvature_batch_size=8, checkpoint="last")

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .curvature import APPROXIMATIONS, Curvature, Data, network_curvature, per_group_curvature
 
-__all__ = ["GroupSaliency", "HeadSaliency", "Magnitude", "Scores", "group_saliency", "scoring_groups"]
+__all__ = ["GroupSaliency", "HeadSaliency", "Magnitude", "RoundingError", "Scores", "group_saliency", "scoring_groups"]
 
 
 @dataclass
@@ -67,6 +67,18 @@ class Magnitude:
 
     def __call__(self, model: nn.Module, names: Sequence[str]) -> Scores:
         return Scores({name: model.get_parameter(name).detach().abs() for name in names})
+
+
+@dataclass
+class RoundingError:
+    """``(q(θ) − θ)²``: how far each weight moves when rounded, with no curvature and no groups
+    (the fairness-unaware counterpart of :class:`GroupSaliency` with a ``displacement``)."""
+
+    displacement: Callable[[str, Tensor], Tensor]
+    name = "rounding_error"
+
+    def __call__(self, model: nn.Module, names: Sequence[str]) -> Scores:
+        return Scores({name: self.displacement(name, model.get_parameter(name).detach()) ** 2 for name in names})
 
 
 @dataclass
