@@ -100,7 +100,7 @@ def cmd_run(args) -> int:
 
 
 def _print_failures(store, suite: str, keys: list[str]) -> None:
-    from .results import suite_runs
+    from fairsqueeze.reports.results import suite_runs
 
     members = suite_runs(store, suite)
     failed = members[members["run_key"].isin(keys)].drop_duplicates("run_key")
@@ -191,7 +191,7 @@ def cmd_worker(args) -> int:
             print(f"skipped for missing data: {', '.join(sorted(set(report.missing_tasks)))}")
         if args.command == "run":
             _print_tables(runner.store, suite.name, "test")
-            from .tuning_report import format_fronts
+            from fairsqueeze.reports.tuning_report import format_fronts
 
             print(format_fronts(runner.store, suite.name))
     if report.failed:
@@ -202,7 +202,7 @@ def cmd_worker(args) -> int:
 
 def cmd_fronts(args) -> int:
     from .store import Store
-    from .tuning_report import format_fronts
+    from fairsqueeze.reports.tuning_report import format_fronts
 
     print(format_fronts(Store(args.db, read_only=True), args.suite))
     return 0

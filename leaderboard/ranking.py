@@ -17,7 +17,7 @@ from scipy.stats import rankdata
 from fairsqueeze.reports.columns import EODDS, UTILITY, add_derived, is_binary
 from fairsqueeze.reports.stats import estimate
 
-from .hypervolume import hypervolume
+from fairsqueeze.reports.hypervolume import hypervolume
 
 # (label, lowest ratio included, highest ratio excluded)
 TIERS = (("<1.05", 0.0, 1.05), ("1.05–1.3", 1.05, 1.3), ("1.3–1.7", 1.3, 1.7), (">1.7", 1.7, math.inf))

@@ -9,12 +9,11 @@ import pandas as pd
 
 from fairsqueeze.reports import export
 from fairsqueeze.reports.data import Results
-from fairsqueeze.reports.figures import palette
 from fairsqueeze.reports.html import environment
 from fairsqueeze.reports.runs import run_sections
 
 from . import ranking, significance
-from .hypervolume import MAX_GAP
+from fairsqueeze.reports.hypervolume import MAX_GAP
 
 
 def build_leaderboard(results: Results, out: Path) -> Path:
@@ -52,7 +51,7 @@ def build_leaderboard(results: Results, out: Path) -> Path:
         max_gap=MAX_GAP,
         alpha=significance.ALPHA,
         tasks=sorted({c["task_label"] for c in cells}),
-        colours=palette(results.runs["method"].unique()),
+        colours=results.colours(),
         methods=sorted(results.runs.loc[results.runs["status"] == "done", "method"].unique()),
         ranked=sorted(board["method"].unique()) if not board.empty else [],
         details=run_sections(results, with_predictions=False),

@@ -8,6 +8,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from .palette import palette
+
 # columns of a run record that are dicts/lists (kept as Python objects in the frames)
 OBJECT_COLUMNS = ("sweep", "params", "flags", "info", "timings")
 # footprint columns joined to each run (renamed where a run column has the same name)
@@ -17,7 +19,7 @@ FOOTPRINT_PREFIX = "footprint_"
 @dataclass
 class Results:
     """Stored results, read once. ``runs`` has one row per suite membership
-    (see ``fairsqueeze.results.suite_runs``); ``metrics`` and ``footprint`` are indexed by
+    (see ``fairsqueeze.reports.results.suite_runs``); ``metrics`` and ``footprint`` are indexed by
     run key; ``predictions(run_key, split)`` reads per-example predictions on demand."""
 
     runs: pd.DataFrame
@@ -27,10 +29,16 @@ class Results:
     dense: pd.DataFrame = field(default_factory=pd.DataFrame)
     predictions: Callable[[str, str], dict[str, np.ndarray]] | None = None
     split: str = "test"
-    # tuning: the suite's studies (``fairsqueeze.tuning_report.TunedStudy``) and the
+    # tuning: the suite's studies (``fairsqueeze.reports.tuning_report.TunedStudy``) and the
     # selected configurations' results on ``split`` (``selected_results``)
     studies: list = field(default_factory=list)
     selected: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # every method stored in the database (method, family, method_order): the colours of
+    # all pages of one store come from it; empty -> taken from ``runs``
+    methods: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def colours(self) -> dict[str, str]:
+        return palette(self.methods if not self.methods.empty else self.runs)
 
     def done(self) -> pd.DataFrame:
         """Finished runs, one row per membership, with their metrics and footprint joined
@@ -47,8 +55,8 @@ class Results:
 def load(store, suite: str | None = None, split: str = "test") -> Results:
     """Read the runs of ``suite`` (every suite when None) from ``store``, and the suite's
     tuning studies (only for one suite: the leaderboard shows no studies)."""
-    from fairsqueeze.results import footprint_table, metric_table, suite_runs
-    from fairsqueeze.tuning_report import selected_results, tuned_studies
+    from .results import footprint_table, method_catalogue, metric_table, suite_runs
+    from .tuning_report import selected_results, tuned_studies
 
     runs = suite_runs(store, suite)
     keys = runs.loc[runs["status"] == "done", "run_key"].unique().tolist()
@@ -62,4 +70,5 @@ def load(store, suite: str | None = None, split: str = "test") -> Results:
         split=split,
         studies=tuned_studies(store, suite) if suite is not None else [],
         selected=selected_results(store, suite, split) if suite is not None else pd.DataFrame(),
+        methods=method_catalogue(store),
     )

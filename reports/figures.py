@@ -1,7 +1,6 @@
 """Figures, rendered with matplotlib's Agg backend and embedded as base64 PNG.
 
-One colour per method, the same in every figure (a method's place in the sorted list of
-registered names decides it; the dense model is always black)."""
+One colour per method, the same in every figure (``palette``; the dense model is black)."""
 from __future__ import annotations
 
 import base64
@@ -13,36 +12,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import patheffects  # noqa: E402
 import numpy as np  # noqa: E402
-import seaborn as sns  # noqa: E402
 
 from .columns import UTILITY, headline_gap  # noqa: E402
 from .tables import Comparison, Row  # noqa: E402
 
-DENSE_COLOUR = "#000000"
 LABEL_STEP = 0.07  # axes fraction between two stacked policy names in the tuning figure
-
-
-def _method_colours() -> list[str]:
-    """tab10's hues, then the same hues darker (seaborn's "dark"): 18 colours that all stand out
-    on white. Grey is left out: it marks other entries' trials and unknown methods."""
-    grey = 7
-    return [c for palette_name in ("tab10", "dark")
-            for i, c in enumerate(sns.color_palette(palette_name, 10).as_hex()) if i != grey]
-
-
-METHOD_COLOURS = _method_colours()
-
-
-def palette(methods) -> dict[str, str]:
-    """Method -> colour, stable across reports: registered methods first, in name order."""
-    try:
-        from fairsqueeze.methods import METHODS
-
-        known = list(METHODS.names())
-    except Exception:  # a report must render even where plugins fail to import
-        known = []
-    names = [m for m in sorted(set(known) | {m for m in methods if isinstance(m, str)}) if m != "dense"]
-    return {"dense": DENSE_COLOUR, **{m: METHOD_COLOURS[i % len(METHOD_COLOURS)] for i, m in enumerate(names)}}
 
 
 def to_png(fig) -> str:

@@ -9,8 +9,8 @@ import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from fairsqueeze.biascard import format_bias_card
-from fairsqueeze.leaderboard.hypervolume import hypervolume, reference_point
-from fairsqueeze.tuning import short_params
+from fairsqueeze.reports.hypervolume import hypervolume, reference_point
+from fairsqueeze.studies import short_params
 
 from . import export, figures
 from .columns import UTILITY, headline_gap
@@ -54,7 +54,7 @@ class TaskSection:
 
 def best_tradeoff(comp: Comparison) -> Row | None:
     """The compressed, unflagged row whose own point has the largest hypervolume against
-    the task's fixed reference point (see ``fairsqueeze.leaderboard.hypervolume``)."""
+    the task's fixed reference point (see ``fairsqueeze.reports.hypervolume``)."""
     gap = headline_gap(comp.num_classes)
     scored = [
         (hypervolume([r.values[UTILITY].mean], [r.values[gap].mean], comp.num_classes), r)
@@ -87,7 +87,7 @@ def build_report(results: Results, suite: str, out: Path) -> Path:
     """Write ``out/index.html`` and ``out/tables/*`` for ``suite``; return the page path."""
     out = Path(out)
     tables_dir = out / "tables"
-    colours = figures.palette(results.runs["method"].unique())
+    colours = results.colours()
     sections = []
     for comp in comparisons(results.done()):
         written = export.write_comparison(comp, tables_dir)

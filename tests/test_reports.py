@@ -11,7 +11,7 @@ from scipy import stats
 
 from synthetic_results import make_results
 from fairsqueeze.leaderboard import ranking, significance
-from fairsqueeze.leaderboard.hypervolume import hypervolume, reference_point
+from fairsqueeze.reports.hypervolume import hypervolume, reference_point
 from fairsqueeze.metrics import compute_metrics
 from fairsqueeze.reports import export
 from fairsqueeze.reports.columns import EODDS
@@ -240,18 +240,59 @@ def test_cli_writes_both_pages_for_a_real_suite(isolated, capsys):
     assert main(["report", "nosuch", "--db", db]) == 2
 
 
+def _registry_catalogue() -> pd.DataFrame:
+    """What the store records with each run: the method's family and registry position."""
+    from fairsqueeze.methods import METHODS
+
+    names = list(METHODS.names())
+    return pd.DataFrame({"method": names, "family": [METHODS.get(m).family for m in names],
+                         "method_order": range(len(names))})
+
+
 def test_every_registered_method_has_its_own_colour_that_stands_out_on_white():
     import colorsys
+    import itertools
 
+    from coloraide import Color
     from matplotlib.colors import to_rgb
 
-    from fairsqueeze.methods import METHODS
-    from fairsqueeze.reports.figures import DENSE_COLOUR, palette
+    from fairsqueeze.reports.palette import DENSE_COLOUR, palette
 
-    colours = palette([])
-    methods = [m for m in METHODS.names() if m != "dense"]
+    catalogue = _registry_catalogue()
+    colours = palette(catalogue)
+    methods = [m for m in catalogue["method"] if m != "dense"]
     assert set(methods) <= set(colours) and colours["dense"] == DENSE_COLOUR
-    assert len({colours[m] for m in methods}) == len(methods)  # no two methods alike
+    for a, b in itertools.combinations(methods, 2):  # CIEDE2000: ~10 is a difference anyone sees
+        assert Color(colours[a]).delta_e(Color(colours[b]), method="2000") > 10, (a, b, colours[a], colours[b])
     for m in methods:
-        hue, lightness, saturation = colorsys.rgb_to_hls(*to_rgb(colours[m]))
-        assert lightness < 0.7 and saturation > 0.3, (m, colours[m])  # not pale, not grey
+        _, _, saturation = colorsys.rgb_to_hls(*to_rgb(colours[m]))
+        assert saturation > 0.3, (m, colours[m])  # not grey
+        assert Color(colours[m]).delta_e(Color("white"), method="2000") > 30, (m, colours[m])  # not pale
+    # one family, one hue: a fair method and its twin differ in lightness, not in hue
+    hue = {m: Color(colours[m]).convert("lch")["hue"] for m in methods}
+    assert abs(hue["fairquantize"] - hue["int8_ptq"]) < 15
+    assert abs(hue["fairalm"] - hue["l2_penalty"]) < 15
+    assert abs(hue["fairprune"] - hue["bifp"]) < 15 and abs(hue["fairprune"] - hue["fairquantize"]) > 30
+
+
+def test_colours_come_from_the_store_alone_and_fall_back_without_families():
+    from fairsqueeze.reports.palette import palette
+
+    full = palette(_registry_catalogue())
+    # a page of a few methods has the colours the full store gives them
+    sub = _registry_catalogue().iloc[[3, 5, 9]]
+    assert all(full[m] == c for m, c in palette(_registry_catalogue()).items() if m in set(sub["method"]))
+    # runs stored without family/order: one family "other", name order, still distinct colours
+    bare = palette(pd.DataFrame({"method": ["zeta", "alpha", "mid"]}))
+    assert len({bare[m] for m in ("zeta", "alpha", "mid")}) == 3 and bare["alpha"] == palette(pd.DataFrame({"method": ["alpha"]}))["alpha"]
+
+
+def test_the_reading_side_imports_nothing_that_runs():
+    import subprocess
+    import sys
+
+    code = ("import sys, fairsqueeze.reports.html, fairsqueeze.leaderboard.site, fairsqueeze.reports.data;"
+            "print(sorted(m for m in sys.modules if m.split('.')[:2] in (['fairsqueeze', 'runner'], "
+            "['fairsqueeze', 'worker'], ['fairsqueeze', 'training'], ['fairsqueeze', 'methods'])))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -13,6 +13,7 @@ from tuned import POLICIES
 from fairsqueeze.cli import main
 from fairsqueeze.reports import figures
 from fairsqueeze.reports.data import load
+from fairsqueeze.reports.palette import palette
 from fairsqueeze.reports.tuning import _unequal
 from fairsqueeze.store import Store
 from fairsqueeze.tuning import Policy
@@ -64,7 +65,7 @@ def test_the_unequal_budget_note_needs_unequal_budgets():
 
 def test_the_drawn_fronts_are_optunas_best_trials_and_dominate(tuned_db, results, report):
     db, _ = tuned_db
-    fig = figures.tuning_figure(results.studies, figures.palette(["truncated_svd", "slr_w"]))
+    fig = figures.tuning_figure(results.studies, results.colours())
     lines = {line.get_gid(): line for ax in fig.axes for line in ax.get_lines() if line.get_gid()}
     assert len(lines) == len(results.studies) == 4
     for summary in optuna.get_all_study_summaries(storage=db):  # the oracle: Optuna's own API
@@ -86,7 +87,7 @@ def test_the_drawn_fronts_are_optunas_best_trials_and_dominate(tuned_db, results
 
 
 def test_every_policy_is_named_next_to_its_selected_trial(results):
-    fig = figures.tuning_figure(results.studies, figures.palette(["truncated_svd", "slr_w"]))
+    fig = figures.tuning_figure(results.studies, results.colours())
     for study in results.studies:
         assert sorted(study.selected) == POLICY_LABELS
         ax = next(a for a in fig.axes if a.get_title().startswith(study.attrs["label"] + " ·"))
@@ -165,7 +166,7 @@ def test_reading_writes_nothing(tuned_db, tmp_path, capsys):
 
 def test_the_figure_marks_flagged_and_infeasible_trials_and_draws_a_3_objective_front_as_points():
     import pandas as pd
-    from fairsqueeze.tuning_report import TunedStudy
+    from fairsqueeze.reports.tuning_report import TunedStudy
 
     names = ["f1_avg", "eodd", "compression_ratio"]
     trials = pd.DataFrame({"number": [0, 1, 2], "utility": [0.8, 0.7, 0.9], "unfairness": [0.1, 0.0, 0.3],
@@ -176,7 +177,7 @@ def test_the_figure_marks_flagged_and_infeasible_trials_and_draws_a_3_objective_
     attrs = {"label": "svd", "method": "truncated_svd", "seed": 0, "trials": 4, "objectives": names}
     three = TunedStudy("a", attrs, ["maximize", "minimize", "maximize"], trials, front, {"utopia": 0})
     empty = TunedStudy("b", {**attrs, "label": "other"}, three.directions, trials.iloc[:0], front.iloc[:0], {})
-    fig = figures.tuning_figure([three, empty], figures.palette(["truncated_svd"]))
+    fig = figures.tuning_figure([three, empty], palette(pd.DataFrame({"method": ["truncated_svd"]})))
     panel = next(a for a in fig.axes if a.get_title().startswith("svd ·"))
     (line,) = [ln for ln in panel.get_lines() if ln.get_gid() == "front:a"]
     assert line.get_linestyle() == "None" and list(line.get_xdata()) == [0.7, 0.8]  # points, no staircase
@@ -193,7 +194,7 @@ def test_the_figure_marks_flagged_and_infeasible_trials_and_draws_a_3_objective_
 
 
 def test_a_flagged_trial_on_the_front_is_named_as_such():
-    from fairsqueeze.tuning_report import front_table
+    from fairsqueeze.reports.tuning_report import front_table
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     study.set_user_attr("objectives", ["f1_avg", "eodd"])
@@ -208,7 +209,7 @@ def test_a_flagged_trial_on_the_front_is_named_as_such():
 
 def test_front_params_are_the_searched_ones_on_one_short_line():
     from fairsqueeze.tuning import short_params
-    from fairsqueeze.tuning_report import front_table
+    from fairsqueeze.reports.tuning_report import front_table
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     trial = study.ask()

@@ -10,15 +10,17 @@ import re
 
 import numpy as np
 import pandas as pd
+from sqlalchemy import inspect, text
 
-from .store import Store
+from fairsqueeze.store import Store
 
 PER_GROUP = ("precision", "recall", "f1")
 HEADLINE = ("eopp0", "eopp1", "eodd", "dp_diff", "fpr_diff", "accuracy")
 _GROUP = re.compile(r"^(\w+)\[g=(-?\d+)\]$")
 
-RUN_COLUMNS = ["run_key", "task", "task_key", "task_label", "method", "params", "status", "error", "flags",
-               "info", "timings", "dense_key", "split_hash", "data_hash"]
+RUN_COLUMNS = ["run_key", "task", "task_key", "task_label", "method", "family", "method_order", "params", "status",
+               "error", "flags", "info", "timings", "dense_key", "split_hash", "data_hash"]
+OTHER_FAMILY = "other"  # the family of a run stored before families were recorded
 
 
 def suite_runs(store: Store, suite: str | None = None) -> pd.DataFrame:
@@ -29,8 +31,6 @@ def suite_runs(store: Store, suite: str | None = None) -> pd.DataFrame:
     info, timings, dense_key, split_hash, data_hash. A member whose run was never started has
     status "pending".
     """
-    from fairsqueeze.methods import METHODS
-
     members = store.members_frame(suite)
     runs = store.runs_frame(keys=members["run_key"].unique()).rename(columns={"key": "run_key",
                                                                             "dense_hash": "dense_key"})
@@ -43,8 +43,23 @@ def suite_runs(store: Store, suite: str | None = None) -> pd.DataFrame:
     for column in ("target", "sensitive", "num_classes"):
         frame[column] = frame["task_key"].map(lambda k, c=column: summaries.get(k, {}).get(c))
     frame["task_label"] = frame["task_label"].fillna(frame["task_key"].map(lambda k: summaries.get(k, {}).get("label")))
-    frame["family"] = frame["method"].map(lambda m: METHODS.get(m).family if isinstance(m, str) and m in METHODS else None)
+    # stored with the run, so a page renders where the plugin is not installed
+    if "family" not in frame:
+        frame["family"] = None
+    frame["family"] = frame["family"].where(frame["family"].notna(), OTHER_FAMILY)
+    if "method_order" not in frame:
+        frame["method_order"] = np.nan
     return frame.sort_values(["suite", "task_label", "model", "entry", "label", "seed"], kind="stable").reset_index(drop=True)
+
+
+def method_catalogue(store: Store) -> pd.DataFrame:
+    """Every method with a stored run: method, family, method_order (the colour order), read
+    from the runs table; a database written before those columns existed gives NaN."""
+    have = {c["name"] for c in inspect(store.engine).get_columns("runs")}
+    extra = [c for c in ("family", "method_order") if c in have]
+    with store.engine.connect() as conn:
+        frame = pd.read_sql(text(f"SELECT DISTINCT {', '.join(['method', *extra])} FROM runs"), conn)
+    return frame.reindex(columns=["method", "family", "method_order"])
 
 
 def metric_table(store: Store, run_keys, split: str = "test") -> pd.DataFrame:
