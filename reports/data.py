@@ -8,6 +8,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from . import chance
 from .palette import palette
 
 # columns of a run record that are dicts/lists (kept as Python objects in the frames)
@@ -36,6 +37,8 @@ class Results:
     # every method stored in the database (method, family, method_order): the colours of
     # all pages of one store come from it; empty -> taken from ``runs``
     methods: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # task key -> majority-class rates on ``split`` (``chance.majority_rates``); filled on first use
+    majority: dict[str, dict] = field(default_factory=dict)
 
     def colours(self) -> dict[str, str]:
         return palette(self.methods if not self.methods.empty else self.runs)
@@ -46,7 +49,21 @@ class Results:
         done = self.runs[self.runs["status"] == "done"]
         fp = self.footprint.rename(columns={c: FOOTPRINT_PREFIX + c for c in self.footprint.columns if c in done})
         frame = done.join(self.metrics, on="run_key").join(fp, on="run_key")
-        return frame.reset_index(drop=True)
+        return chance.with_flag(frame.reset_index(drop=True), self.majority_rates())
+
+    def majority_rates(self) -> dict[str, dict]:
+        """Per task, the majority-class rates of ``split``, from the labels stored with one of
+        its runs' predictions (every run of a task shares the split's labels and groups)."""
+        done = self.runs[self.runs["status"] == "done"].drop_duplicates("task_key")
+        for task_key, run_key in zip(done["task_key"], done["run_key"]):
+            if task_key in self.majority or self.predictions is None:
+                continue
+            try:
+                pred = self.predictions(run_key, self.split)
+            except KeyError:
+                continue
+            self.majority[task_key] = chance.majority_rates(pred["y"], pred["s"])
+        return self.majority
 
     def failed(self) -> pd.DataFrame:
         return self.runs[self.runs["status"] == "failed"].reset_index(drop=True)

@@ -13,17 +13,36 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import patheffects  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .columns import UTILITY, headline_gap  # noqa: E402
+from .columns import DELTA_GAP, DELTA_UTILITY, UTILITY, headline_gap  # noqa: E402
 from .tables import Comparison, Row  # noqa: E402
 
 LABEL_STEP = 0.07  # axes fraction between two stacked policy names in the tuning figure
+SCREEN_DPI = 100  # CSS pixels per inch a figure is shown at; it is drawn at twice that
+MIN_FONT = 8  # points: 8 pt at 100 dpi is 11 CSS px
+MARKERS = "osD^vP<>Xph"  # one per entry of a method, in entry order
+FLAGGED = "#888888"
+# the range a plotted value can take: accuracy and every gap are rates
+FEASIBLE = {UTILITY: (0.0, 1.0), "gap": (0.0, 1.0)}
+
+plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "xtick.labelsize": 9,
+                     "ytick.labelsize": 9, "legend.fontsize": 9, "svg.fonttype": "none"})
 
 
-def to_png(fig) -> str:
+class Png(str):
+    """Base64 PNG drawn at 2x, with the size it is shown at on screen (CSS px)."""
+
+    width: int
+    height: int
+
+
+def to_png(fig) -> Png:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)  # fixed margins: a "tight" box costs a second draw
+    fig.savefig(buf, format="png", dpi=2 * SCREEN_DPI)  # fixed margins: a "tight" box costs a second draw
+    width, height = fig.get_size_inches() * SCREEN_DPI
     plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    png = Png(base64.b64encode(buf.getvalue()).decode("ascii"))
+    png.width, png.height = int(round(width)), int(round(height))
+    return png
 
 
 def pareto_front(points: np.ndarray) -> np.ndarray:
@@ -37,101 +56,179 @@ def pareto_front(points: np.ndarray) -> np.ndarray:
     return np.array(front, dtype=int)
 
 
-def _xy(rows: list[Row], x: str, y: str):
-    pts = np.array([[r.values[x].mean, r.values[y].mean] for r in rows], dtype=float)
-    err = np.array([[r.values[x].half_width, r.values[y].half_width] for r in rows], dtype=float)
-    return pts, np.nan_to_num(err)
+def feasible_limits(values, bounds: tuple[float, float] | None, pad: float = 0.06) -> tuple[float, float]:
+    """Axis limits around the plotted values (means and the ends of their spread), padded,
+    never past what the metric can take."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    low, high = (v.min(), v.max()) if len(v) else bounds or (0.0, 1.0)
+    span = (high - low) or max(abs(high), 1.0) * 0.1
+    low, high = low - pad * span, high + pad * span
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return float(low), float(high)
 
 
-def _scatter(ax, comp: Comparison, colours: dict[str, str], x: str, front: bool) -> None:
+def _short(row: Row) -> str:
+    """A point's label: its sweep values, or its entry when nothing is swept."""
+    if row.sweep:
+        return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.sweep.items())
+    return row.label if row.label != row.method else ""
+
+
+def _by_method(comp: Comparison) -> dict[str, list[Row]]:
     by_method: dict[str, list[Row]] = {}
     for r in comp.rows:
         by_method.setdefault(r.method, []).append(r)
-    for method, rows in by_method.items():
-        pts, err = _xy(rows, x, UTILITY)
-        ok = np.isfinite(pts).all(axis=1)
-        if not ok.any():
-            continue
-        colour = colours.get(method, "#888888")
-        ranked = np.array([r.ranked for r in rows])
+    return by_method
+
+
+def _points(ax, comp: Comparison, colours: dict[str, str], x: str, y: str, front: bool, spread: bool = True,
+            labels: bool = True) -> tuple[list[float], list[float]]:
+    """Each row as a point (mean over seeds) in its method's colour, one marker per entry,
+    flagged rows hollow and grey-edged; the seed spread (95 % CI) as thin faint bars behind
+    the points; each method's front of unflagged rows as one step line; the dense model a
+    black star. Returns every plotted coordinate (points and bar ends) for the limits."""
+    xs, ys = [], []
+    for method, rows in _by_method(comp).items():
+        colour = colours.get(method, FLAGGED)
         dense = method == "dense"
-        for mask, face in ((ok & ranked, colour), (ok & ~ranked, "none")):
-            if mask.any():
-                ax.errorbar(pts[mask, 0], pts[mask, 1], xerr=err[mask, 0], yerr=err[mask, 1], fmt="*" if dense else "o",
-                            ms=14 if dense else 7, color=colour, mfc=face, ecolor=colour, elinewidth=1, capsize=2,
-                            label=(method if face != "none" else f"{method} (flagged)"), zorder=3)
-        keep = ok & ranked
-        if front and keep.sum() > 1:
-            sub = pts[keep]
-            idx = pareto_front(sub)
-            ax.step(sub[idx, 0], sub[idx, 1], where="post", color=colour, lw=1.2, alpha=0.8, zorder=2)
+        entries = {e: i for i, e in enumerate(dict.fromkeys(r.entry_label for r in rows))}
+        kept = []
+        for r in rows:
+            px, py = r.values[x].mean, r.values[y].mean
+            if not (np.isfinite(px) and np.isfinite(py)):
+                continue
+            ex, ey = (np.nan_to_num(r.values[k].half_width) if spread else 0.0 for k in (x, y))
+            xs += [px - ex, px + ex]
+            ys += [py - ey, py + ey]
+            if ex or ey:
+                ax.errorbar([px], [py], xerr=[ex], yerr=[ey], fmt="none", ecolor=colour, elinewidth=0.7, alpha=0.45,
+                            capsize=0, zorder=1)
+            marker = "*" if dense else MARKERS[entries[r.entry_label] % len(MARKERS)]
+            face = colour if r.ranked else "none"
+            ax.scatter([px], [py], s=180 if dense else 46, marker=marker, facecolors=face,
+                       edgecolors=colour if r.ranked else FLAGGED, linewidths=1.2, zorder=3,
+                       gid=f"points:{method}", label="_nolegend_")
+            if labels and not dense and (text := _short(r)):
+                ax.annotate(text + ("" if r.ranked else " (flagged)"), (px, py), xytext=(4, 3),
+                            textcoords="offset points", fontsize=MIN_FONT, color=colour if r.ranked else FLAGGED, zorder=4)
+            if r.ranked:
+                kept.append((px, py))
+        if front and len(kept) > 1:
+            pts = np.array(kept)
+            idx = pareto_front(pts)
+            ax.step(pts[idx, 0], pts[idx, 1], where="post", color=colour, lw=1.8, alpha=0.9, zorder=2,
+                    gid=f"front:{method}")
+        ax.scatter([], [], marker="*" if dense else "o", s=80 if dense else 40, color=colour, label=method)
+    return xs, ys
 
 
-def _axes():
-    """One plot with room on the right for the legend."""
-    fig, ax = plt.subplots(figsize=(7.2, 4.2))
-    fig.subplots_adjust(left=0.11, right=0.72, bottom=0.12, top=0.92)
+def _axes(width: float = 6.8, height: float = 4.4):
+    """One plot with room on the right for the legend of methods."""
+    fig, ax = plt.subplots(figsize=(width, height))
+    fig.subplots_adjust(left=0.11, right=0.74, bottom=0.13, top=0.91)
     return fig, ax
 
 
-def pareto_plot(comp: Comparison, colours: dict[str, str]) -> str:
-    """Utility against the headline unfairness gap: seed CIs as error bars, the dense model
-    as a black star, each method's non-dominated front as a step line; flagged
-    (degenerate / no-effect) points hollow."""
+def _finish(ax, title: str, xlabel: str, ylabel: str, xs, ys, xbounds, ybounds) -> None:
+    ax.set_xlim(*feasible_limits(xs, xbounds))
+    ax.set_ylim(*feasible_limits(ys, ybounds))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, title="method",
+              handletextpad=0.3, borderaxespad=0.0)
+
+
+def pareto_figure(comp: Comparison, colours: dict[str, str]):
+    """Utility against the headline unfairness gap: points labelled by their sweep values,
+    seed CIs as faint thin bars, each method's non-dominated front as a step line, the
+    dense model a black star, flagged (degenerate, no-effect, near-chance) rows hollow."""
     gap = headline_gap(comp.num_classes)
     fig, ax = _axes()
-    _scatter(ax, comp, colours, gap, front=True)
-    ax.set_xlabel(f"{gap} (lower is fairer)")
-    ax.set_ylabel(f"{UTILITY} (higher is better)")
-    ax.set_title(f"{comp.task_label} · {comp.model}: utility vs unfairness", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return to_png(fig)
+    xs, ys = _points(ax, comp, colours, gap, UTILITY, front=True)
+    _finish(ax, f"{comp.task_label} · {comp.model}", f"{gap} (lower is fairer)", f"{UTILITY} (higher is better)",
+            xs, ys, FEASIBLE["gap"], FEASIBLE[UTILITY])
+    return fig
 
 
-def cost_plot(comp: Comparison, colours: dict[str, str]) -> str:
+def pareto_plot(comp: Comparison, colours: dict[str, str]) -> Png:
+    return to_png(pareto_figure(comp, colours))
+
+
+def delta_figure(comp: Comparison, colours: dict[str, str]):
+    """The paired view: per row, the mean over seeds of its change against the dense model
+    of the same seed, accuracy (up is better) against the headline gap (left is fairer).
+    The dense model sits at the origin; differences between methods show here first."""
+    fig, ax = _axes()
+    ax.axhline(0, color="#444444", lw=0.8, zorder=0)
+    ax.axvline(0, color="#444444", lw=0.8, zorder=0)
+    xs, ys = _points(ax, comp, colours, DELTA_GAP, DELTA_UTILITY, front=False, spread=False)
+    _finish(ax, f"{comp.task_label} · {comp.model}: change vs dense (same seed)",
+            f"Δ {headline_gap(comp.num_classes)} (left is fairer)", f"Δ {UTILITY} (up is better)",
+            xs + [0.0], ys + [0.0], (-1.0, 1.0), (-1.0, 1.0))
+    return fig
+
+
+def delta_plot(comp: Comparison, colours: dict[str, str]) -> Png:
+    return to_png(delta_figure(comp, colours))
+
+
+def cost_figure(comp: Comparison, colours: dict[str, str]):
     """Utility against the compression ratio."""
     fig, ax = _axes()
-    _scatter(ax, comp, colours, "compression_ratio", front=False)
-    ax.set_xlabel("compression ratio (higher is smaller)")
-    ax.set_ylabel(UTILITY)
-    ax.set_title(f"{comp.task_label} · {comp.model}: utility vs compression", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return to_png(fig)
+    xs, ys = _points(ax, comp, colours, "compression_ratio", UTILITY, front=False)
+    _finish(ax, f"{comp.task_label} · {comp.model}", "compression ratio (higher is smaller)", UTILITY,
+            xs, ys, (0.0, np.inf), FEASIBLE[UTILITY])
+    return fig
+
+
+def cost_plot(comp: Comparison, colours: dict[str, str]) -> Png:
+    return to_png(cost_figure(comp, colours))
 
 
 def swept_parameters(comp: Comparison) -> list[str]:
     return sorted({p for r in comp.rows for p in r.sweep})
 
 
-def ablation_plot(comp: Comparison, param: str, colours: dict[str, str]) -> str:
+def ablation_figure(comp: Comparison, param: str, colours: dict[str, str]):
     """The utility and the headline gap against one swept parameter: one line per method
-    entry (and per value of any other parameter swept with it)."""
+    entry (and per value of any other parameter swept with it), seed CIs as a shaded band."""
     gap = headline_gap(comp.num_classes)
     lines: dict[tuple, list[Row]] = {}
     for r in comp.rows:
         if param in r.sweep:
             others = tuple(sorted((k, str(v)) for k, v in r.sweep.items() if k != param))
             lines.setdefault((r.entry_label, r.method, others), []).append(r)
-    fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.6))
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.15, top=0.88, wspace=0.25)
+    fig, axes = plt.subplots(1, 2, figsize=(11.0, 3.8))
+    fig.subplots_adjust(left=0.07, right=0.80, bottom=0.15, top=0.88, wspace=0.25)
     numeric = all(isinstance(r.sweep[param], (int, float)) for rows in lines.values() for r in rows)
-    for (entry_label, method, others), rows in sorted(lines.items(), key=lambda kv: str(kv[0])):
+    spans: dict[str, list[float]] = {UTILITY: [], gap: []}
+    for n, ((entry_label, method, others), rows) in enumerate(sorted(lines.items(), key=lambda kv: str(kv[0]))):
         rows = sorted(rows, key=lambda r: r.sweep[param] if numeric else str(r.sweep[param]))
         xs = [r.sweep[param] if numeric else str(r.sweep[param]) for r in rows]
         name = entry_label + ("" if not others else " " + ",".join(f"{k}={v}" for k, v in others))
+        colour = colours.get(method, FLAGGED)
         for ax, key in zip(axes, (UTILITY, gap)):
-            ys = [r.values[key].mean for r in rows]
+            ys = np.array([r.values[key].mean for r in rows], dtype=float)
             es = np.nan_to_num([r.values[key].half_width for r in rows])
-            ax.errorbar(xs, ys, yerr=es, marker="o", color=colours.get(method, "#888888"), capsize=2, label=name)
+            ax.plot(xs, ys, marker=MARKERS[n % len(MARKERS)], color=colour, lw=1.6, label=name, gid=f"line:{name}")
+            ax.fill_between(range(len(xs)) if not numeric else xs, ys - es, ys + es, color=colour, alpha=0.15, lw=0)
+            spans[key] += list(ys - es) + list(ys + es)
     for ax, key in zip(axes, (UTILITY, gap)):
+        ax.set_ylim(*feasible_limits(spans[key], FEASIBLE[UTILITY if key == UTILITY else "gap"]))
         ax.set_xlabel(param)
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"{comp.task_label} · {comp.model}: sweep of {param}", fontsize=9)
-    return to_png(fig)
+    axes[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    fig.suptitle(f"{comp.task_label} · {comp.model}: sweep of {param}")
+    return fig
+
+
+def ablation_plot(comp: Comparison, param: str, colours: dict[str, str]) -> Png:
+    return to_png(ablation_figure(comp, param, colours))
 
 
 def tuning_figure(studies, colours: dict[str, str]):

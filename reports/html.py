@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
 
 from fairsqueeze.biascard import format_bias_card
-from fairsqueeze.reports.hypervolume import hypervolume, reference_point
+from .hypervolume import reference_point
 from fairsqueeze.studies import short_params
 
-from . import export, figures
+from . import export, figures, overview
 from .columns import UTILITY, headline_gap
 from .data import Results
 from .runs import failed_runs, run_sections
@@ -20,7 +21,6 @@ from .tables import Comparison, Row, comparisons
 from .tuning import tuning_sections
 
 TEMPLATES = Path(__file__).parent / "templates"
-COMPRESSED = 1.05  # a row below this compression ratio is not a compression result
 
 
 def environment() -> Environment:
@@ -43,8 +43,10 @@ class TaskSection:
     gap: str
     ref: tuple[float, float]
     pareto: str
+    delta: str
     cost: str
     ablations: list[tuple[str, str]]
+    tiers: list[overview.Tier]
     cards: list[dict]
     exports: list[str]
     best: Row | None = None
@@ -55,14 +57,7 @@ class TaskSection:
 def best_tradeoff(comp: Comparison) -> Row | None:
     """The compressed, unflagged row whose own point has the largest hypervolume against
     the task's fixed reference point (see ``fairsqueeze.reports.hypervolume``)."""
-    gap = headline_gap(comp.num_classes)
-    scored = [
-        (hypervolume([r.values[UTILITY].mean], [r.values[gap].mean], comp.num_classes), r)
-        for r in comp.rows
-        if r.ranked and r.method != "dense" and r.values["compression_ratio"].mean >= COMPRESSED
-    ]
-    scored = [(hv, r) for hv, r in scored if hv > 0]
-    return max(scored, key=lambda s: s[0])[1] if scored else None
+    return overview.best_of([r for r in comp.rows if r.values["compression_ratio"].mean >= overview.COMPRESSED], comp)
 
 
 def front_labels(comp: Comparison) -> set[str]:
@@ -83,8 +78,10 @@ def _cards(results: Results, comp: Comparison) -> list[dict]:
     return [{"seed": int(r["seed"]), "text": format_bias_card(r["bias_card"])} for _, r in rows.iterrows() if r["bias_card"]]
 
 
-def build_report(results: Results, suite: str, out: Path) -> Path:
-    """Write ``out/index.html`` and ``out/tables/*`` for ``suite``; return the page path."""
+def build_report(results: Results, suite: str, out: Path, verdicts: Markup | None = None) -> Path:
+    """Write ``out/index.html`` and ``out/tables/*`` for ``suite``; return the page path.
+    ``verdicts``: the rendered verdict table of the suite, shown in its own section that
+    each overview links to (none: no link)."""
     out = Path(out)
     tables_dir = out / "tables"
     colours = results.colours()
@@ -98,7 +95,9 @@ def build_report(results: Results, suite: str, out: Path) -> Path:
                 gap=headline_gap(comp.num_classes),
                 ref=reference_point(comp.num_classes),
                 pareto=figures.pareto_plot(comp, colours),
+                delta=figures.delta_plot(comp, colours),
                 cost=figures.cost_plot(comp, colours),
+                tiers=overview.tiers(comp),
                 ablations=[(p, figures.ablation_plot(comp, p, colours)) for p in figures.swept_parameters(comp)],
                 cards=_cards(results, comp),
                 exports=[p.relative_to(out).as_posix() for p in written],
@@ -118,6 +117,7 @@ def build_report(results: Results, suite: str, out: Path) -> Path:
         tuning=tuning_sections(results, colours),
         details=run_sections(results),
         failed=failed,
+        verdicts=verdicts,
         n_runs=results.runs.loc[results.runs["status"].isin(["done", "failed"]), "run_key"].nunique(),
         n_failed=len(failed),
     )

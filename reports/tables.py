@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .columns import Column, add_derived, comparison_columns
+from .columns import DELTA_GAP, DELTA_UTILITY, Column, add_derived, comparison_columns
 from .stats import Estimate, estimate, estimates
 
-# flags that keep a row out of "best" marks: a constant model is not fair, a no-op is no result
-UNRANKED_FLAGS = ("degenerate", "no_effect")
+# flags that keep a row out of "best" marks, fronts and rankings: a constant model is not fair,
+# a no-op is no result, a near-chance model (``chance``) has learnt next to nothing
+UNRANKED_FLAGS = ("degenerate", "no_effect", "near_chance")
 
 
 @dataclass
@@ -126,15 +127,18 @@ def comparisons(frame: pd.DataFrame, tasks: dict | None = None) -> list[Comparis
         num_classes = int(cell["num_classes"].iloc[0])
         columns = comparison_columns(metric_keys, num_classes)
         order = cell.assign(_dense=cell["method"] != "dense").sort_values(["_dense", "entry", "label"])
-        present = [c.key for c in columns if c.key in cell]
+        present = [c.key for c in columns if c.key in cell] + list(PAIRED)
         values = estimates(order, "label", present)
         empty = estimate([])
-        rows = [_row(label, members, {c.key: values[label].get(c.key, empty) for c in columns})
+        rows = [_row(label, members, {k: values[label].get(k, empty) for k in [c.key for c in columns] + list(PAIRED)})
                 for label, members in order.groupby("label", sort=False)]
         _mark_best(rows, columns)
         out.append(Comparison(task_key, cell["task_label"].iloc[0], model, num_classes, columns, rows))
     return sorted(out, key=lambda c: (c.task_label, c.model))
 
+
+# per-row values kept beside the columns: the mean per-seed change against dense (the paired view)
+PAIRED = (DELTA_UTILITY, DELTA_GAP)
 
 # the scalar metric keys a comparison may show (per-group keys are matched by "[g=")
 _METRICISH = {

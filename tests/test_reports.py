@@ -296,3 +296,38 @@ def test_the_reading_side_imports_nothing_that_runs():
             "['fairsqueeze', 'worker'], ['fairsqueeze', 'training'], ['fairsqueeze', 'methods'])))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_near_chance_row_is_never_bold_on_a_front_or_best():
+    """An entry that predicts one class but for a few rows (accuracy ≈ the majority rate,
+    gaps ≈ 0) is not constant: the engine does not flag it, the reading side does; without
+    the flag it would be the fairest row and on the front."""
+    from synthetic_results import ENTRIES
+    from fairsqueeze.reports import chance
+    from fairsqueeze.reports.figures import pareto_figure
+    from fairsqueeze.reports.html import best_tradeoff, front_labels
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        made = make_results(entries=[*ENTRIES, ("coin", "coin", {}, {}, "near_constant", 1.2)], seeds=(0, 1), failed=False)
+    rates = made.majority_rates()
+    (task,) = rates
+    pred = made.predictions(made.runs["run_key"].iloc[0], "test")
+    assert rates[task]["overall"] == pytest.approx(np.bincount(pred["y"]).max() / len(pred["y"]))
+    assert rates[task][1] == pytest.approx(np.bincount(pred["y"][pred["s"] == 1]).max() / (pred["s"] == 1).sum())
+
+    comp = comparisons(made.done())[0]
+    coin = next(r for r in comp.rows if r.method == "coin")
+    assert coin.flags.get("near_chance") == 2 and "degenerate" not in coin.flags and not coin.ranked
+    assert not coin.best and coin.label not in front_labels(comp) and best_tradeoff(comp).method != "coin"
+    assert all(not r.flags.get("near_chance") for r in comp.rows if r.method != "coin")
+    fig = pareto_figure(comp, made.colours())
+    filled = [c for c in fig.axes[0].collections if c.get_gid() == "points:coin"]
+    assert filled and all(np.all(c.get_facecolor()[:, 3] == 0) for c in filled)  # hollow
+
+    # switched off (no majority rates known), the coin-flip model is bold and on the front
+    done = made.done()
+    done["flags"] = [[f for f in fl if f != chance.FLAG] for fl in done["flags"]]
+    comp_off = comparisons(done)[0]
+    coin_off = next(r for r in comp_off.rows if r.method == "coin")
+    assert coin_off.ranked and {"deo", "dp_diff"} <= coin_off.best and coin_off.label in front_labels(comp_off)

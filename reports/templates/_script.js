@@ -46,6 +46,9 @@
   document.querySelectorAll("input[data-toggle]").forEach(function (box) {
     box.addEventListener("change", function () { document.body.classList.toggle("show-" + box.getAttribute("data-toggle"), box.checked); });
   });
+  document.querySelectorAll("input[data-fold]").forEach(function (box) {
+    box.addEventListener("change", function () { document.body.classList.toggle("fold-" + box.getAttribute("data-fold"), box.checked); });
+  });
   var filtered = {};
   document.querySelectorAll("[data-filter-table]").forEach(function (c) { filtered[c.getAttribute("data-filter-table")] = 1; });
   Object.keys(filtered).forEach(function (id) { applyFilters(document.getElementById(id)); });  // preset choices
