@@ -227,6 +227,7 @@ def _suite_name(text: str) -> str:
 
 def cmd_report(args) -> int:
     from fairsqueeze.reports.data import load
+    from fairsqueeze.reports.export import report_folder
     from fairsqueeze.reports.html import build_report
 
     from .store import Store
@@ -235,7 +236,7 @@ def cmd_report(args) -> int:
     results = load(Store(args.db, read_only=True), name, args.split)
     if results.runs.empty:
         raise FairsqueezeError(f"no runs of suite {name!r} in {args.db}")
-    print(f"report: {build_report(results, name, args.out or f'results/reports/{name}')}")
+    print(f"report: {build_report(results, name, args.out or report_folder(name))}")
     return 0
 
 

@@ -11,9 +11,39 @@ from fairsqueeze.reports import export
 from fairsqueeze.reports.data import Results
 from fairsqueeze.reports.html import environment
 from fairsqueeze.reports.runs import run_sections
+from fairsqueeze.reports.tiers import tier_rank
 
 from . import ranking, significance
 from fairsqueeze.reports.hypervolume import MAX_GAP
+
+
+def in_tier_order(frame: pd.DataFrame, then: list[str] | None = None) -> pd.DataFrame:
+    """Rows by metric, tier in numeric order (not as text), then ``then`` (default: mean rank
+    and method)."""
+    if frame.empty:
+        return frame
+    then = then or ["mean_rank", "method"]
+    order = frame.assign(_tier=frame["tier"].map(tier_rank))
+    return order.sort_values(["metric", "_tier", *then], kind="stable").drop(columns="_tier").reset_index(drop=True)
+
+
+def twins_apart(scores: pd.DataFrame) -> list[dict]:
+    """(metric, fair method, twin) pairs that share a (task, model) cell but never a tier in it,
+    so no paired test compares them; the twin table names them instead of dropping them."""
+    if scores.empty:
+        return []
+    out = []
+    for metric, by_metric in scores.groupby("metric", sort=True):
+        for fair, twins in significance.TWINS.items():
+            for twin in twins:
+                mine, theirs = (by_metric[by_metric["method"] == m] for m in (fair, twin))
+                common = set(mine["cell"]) & set(theirs["cell"])
+                if not common or set(zip(mine["cell"], mine["tier"])) & set(zip(theirs["cell"], theirs["tier"])):
+                    continue
+                tiers = lambda f: ", ".join(sorted(set(f.loc[f["cell"].isin(common), "tier"]), key=tier_rank))  # noqa: E731
+                out.append({"metric": metric, "fair": fair, "twin": twin, "cells": len(common),
+                            "fair_tiers": tiers(mine), "twin_tiers": tiers(theirs)})
+    return out
 
 
 def build_leaderboard(results: Results, out: Path) -> Path:
@@ -21,7 +51,7 @@ def build_leaderboard(results: Results, out: Path) -> Path:
     out = Path(out)
     runs = ranking.usable_runs(results.done())
     scores = ranking.scores_frame(ranking.cell_scores(runs)) if not runs.empty else pd.DataFrame()
-    board = ranking.leaderboard_table(scores)
+    board = in_tier_order(ranking.leaderboard_table(scores))
     tests = [significance.friedman(scores, m, t) for m in ranking.GAPS for t, _, _ in ranking.TIERS
              if not scores.empty and ((scores["metric"] == m) & (scores["tier"] == t)).any()]
     twins = significance.twin_tests(scores) if not scores.empty else []
@@ -34,7 +64,7 @@ def build_leaderboard(results: Results, out: Path) -> Path:
     export.write_runs(results.runs, tables)
     # the first row of each (metric, tier, method) in the cell table is the target of its summary links
     anchors = {}
-    cells = scores.sort_values(["metric", "tier", "method", "task_label", "model"]).to_dict("records") if not scores.empty else []
+    cells = in_tier_order(scores, ["method", "task_label", "model"]).to_dict("records") if not scores.empty else []
     for c in cells:
         c["anchor"] = "c-" + hashlib.sha1(f"{c['metric']}|{c['tier']}|{c['method']}".encode()).hexdigest()[:10]
         c["first"] = (c["metric"], c["tier"], c["method"]) not in anchors
@@ -45,6 +75,7 @@ def build_leaderboard(results: Results, out: Path) -> Path:
         cells=cells,
         tests=[(t, significance.cd_diagram(t)) for t in tests],
         twins=twins,
+        apart=twins_apart(scores),
         tiers=[t for t, _, _ in ranking.TIERS],
         metrics=list(ranking.GAPS),
         gap_keys=ranking.GAPS,

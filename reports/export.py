@@ -1,7 +1,10 @@
 """Exports beside the HTML, through pandas' own writers: CSV and JSON of every table and
-of the run records, LaTeX (booktabs) and Markdown of the comparison tables."""
+of the run records, LaTeX (booktabs) and Markdown of the comparison tables. Every format
+escapes what it needs: LaTeX specials (pandas), Markdown markup and pipes, and spreadsheet
+formulas in CSV text cells."""
 from __future__ import annotations
 
+import html
 import json
 import re
 from pathlib import Path
@@ -11,15 +14,41 @@ import pandas as pd
 from .tables import Comparison
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "table"
+def slug(text: str, default: str = "table") -> str:
+    """One safe path component from any text: letters, digits, ``_``, ``.`` and ``-`` only,
+    never starting with a dot (so never ``.`` or ``..``), never empty."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_").lstrip(".") or default
+
+
+def report_folder(suite: str, root: Path = Path("results/reports")) -> Path:
+    """Where a suite's report goes by default: one component under ``root``, whatever the
+    suite's name holds (``/``, ``..``, markup)."""
+    return Path(root) / slug(suite, "suite")
+
+
+# a spreadsheet runs a cell that starts with one of these as a formula
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def defuse(value):
+    """A text cell that a spreadsheet would read as a formula, quoted so it is read as text;
+    numbers (a negative change is a number) and other text are unchanged."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
+def markdown_text(value) -> str:
+    """A cell as Markdown shows it literally: HTML markup escaped, the table's ``|`` escaped."""
+    return html.escape(str(value), quote=False).replace("|", "\\|")
 
 
 def write_frame(frame: pd.DataFrame, folder: Path, name: str) -> list[Path]:
     """CSV and JSON (records) of one table."""
     folder.mkdir(parents=True, exist_ok=True)
     csv, js = folder / f"{name}.csv", folder / f"{name}.json"
-    frame.to_csv(csv, index=False)
+    text = frame.select_dtypes(include=["object", "string"]).columns
+    frame.assign(**{c: frame[c].map(defuse) for c in text}).to_csv(csv, index=False)
     frame.to_json(js, orient="records", indent=1, default_handler=str)
     return [csv, js]
 
@@ -32,7 +61,10 @@ def write_comparison(comp: Comparison, folder: Path) -> list[Path]:
     caption = f"{comp.task_label}, {comp.model}: mean ± 95% CI over seeds; * best per column"
     # booktabs rules and LaTeX escaping of every cell and header are pandas' own
     shown.to_latex(tex, escape=True, caption=caption, position="htbp")
-    md.write_text(f"**{caption}**\n\n" + shown.to_markdown() + "\n", encoding="utf-8")
+    as_md = shown.map(markdown_text)
+    as_md.index = as_md.index.map(markdown_text)
+    as_md.columns = as_md.columns.map(markdown_text)
+    md.write_text(f"**{markdown_text(caption)}**\n\n" + as_md.to_markdown() + "\n", encoding="utf-8")
     return paths + [tex, md]
 
 

@@ -21,18 +21,50 @@ RECORD_COLUMNS = ("suite", "label", "entry_label", "task_label", "target", "sens
 GROUP_METRICS = ("support", "accuracy", "precision", "recall", "f1", "tpr", "fpr")
 
 
-def _text(value) -> str:
+def human_bytes(n: float) -> str:
+    """1536 -> "1.5 KiB": binary units, three significant digits."""
+    size, unit = float(n), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            break
+        size /= 1024
+    return f"{int(size)} B" if unit == "B" else f"{size:.3g} {unit}"
+
+
+def _text(value, key: str = "") -> str:
+    """A scalar as a reader wants it: bytes in KiB/MiB, whole numbers without a decimal
+    point and with thousands separators, other numbers to four significant digits."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    if isinstance(value, float):
-        return f"{value:.6g}"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        if "bytes" in key and math.isfinite(value):
+            return human_bytes(value)
+        if float(value).is_integer() and abs(value) < 1e15:
+            return f"{int(value):,}"
+        return f"{float(value):.4g}"
     return str(value)
 
 
-def _kv(mapping: dict[str, Any]) -> str:
-    rows = "".join(f'<tr><th class="lbl">{escape(k)}</th><td class="lbl">{escape(_text(v))}</td></tr>'
-                   for k, v in sorted(mapping.items()))
-    return f"<table><tbody>{rows}</tbody></table>"
+def _cell(key: str, value, depth: int = 0) -> str:
+    """A value as HTML: a dict becomes a nested table, a list of scalars one line, a list
+    of dicts one nested table each."""
+    if isinstance(value, dict) and value and depth < 4:
+        return _kv(value, depth + 1)
+    if isinstance(value, (list, tuple)) and value:
+        if all(isinstance(v, dict) for v in value) and depth < 4:
+            return "".join(_kv(v, depth + 1) for v in value)
+        return escape(", ".join(_text(v, key) for v in value))
+    if isinstance(value, dict):
+        return "–"
+    return escape(_text(value, key))
+
+
+def _kv(mapping: dict[str, Any], depth: int = 0) -> str:
+    rows = "".join(f'<tr><th class="lbl">{escape(str(k))}</th><td class="lbl wrap">{_cell(str(k), v, depth)}</td></tr>'
+                   for k, v in sorted(mapping.items(), key=lambda kv: str(kv[0])))
+    return f'<table class="{"kv nested" if depth else "kv"}"><tbody>{rows}</tbody></table>'
 
 
 def _grid(corner: str, index, columns, cells) -> str:

@@ -1,8 +1,11 @@
 """Reports and leaderboard from stored results: numbers against independent oracles
 (SciPy, Fairlearn, Optuna's hypervolume, Demšar's table), escaping, exports, terminal."""
+import dataclasses
+import html
 import math
 import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -331,3 +334,79 @@ def test_a_near_chance_row_is_never_bold_on_a_front_or_best():
     comp_off = comparisons(done)[0]
     coin_off = next(r for r in comp_off.rows if r.method == "coin")
     assert coin_off.ranked and {"deo", "dp_diff"} <= coin_off.best and coin_off.label in front_labels(comp_off)
+
+
+def test_run_details_are_nested_tables_with_readable_numbers(results, tmp_path):
+    from fairsqueeze.reports.html import build_report
+    from fairsqueeze.reports.runs import human_bytes
+
+    assert human_bytes(1536) == "1.5 KiB" and human_bytes(1287360) == "1.23 MiB" and human_bytes(512) == "512 B"
+    runs = results.runs.copy()
+    runs["info"] = [{"passes": {"forward": 3.0, "backward": 2.0}, "layers": [{"name": "fc2", "rank": 4}], "lr": 0.0123456}
+                    ] * len(runs)
+    page = build_report(dataclasses.replace(results, runs=runs), "s", tmp_path).read_text()
+    run = page[page.index('id="run-'):]
+    run = run[:run.index('<div class="run"', 10)]
+    assert "{'" not in run and "{&#39;" not in run  # no raw Python dicts
+    info = run[run.index("<h5>info</h5>"):]
+    assert '<th class="lbl">passes</th><td class="lbl wrap"><table class="kv nested">' in info
+    assert '<th class="lbl">forward</th><td class="lbl wrap">3</td>' in info
+    assert '<th class="lbl">lr</th><td class="lbl wrap">0.01235</td>' in info
+    fp = results.footprint.iloc[0]
+    assert f'<th class="lbl">serialized_bytes</th><td class="lbl wrap">{human_bytes(fp["serialized_bytes"])}</td>' in run
+    assert "e+0" not in run
+
+
+def test_a_hostile_suite_name_stays_in_one_folder_and_every_export_is_escaped(results, tmp_path, monkeypatch):
+    from synthetic_results import write_store
+    from fairsqueeze.cli import main
+    from fairsqueeze.reports.export import report_folder, slug
+    from fairsqueeze.store import Store
+
+    for bad in ("../../etc", "..", "a/b", "<script>alert(1)</script>", ".hidden", ""):
+        folder = report_folder(bad)
+        assert folder.parent == Path("results/reports") and ".." not in folder.parts and folder.name
+        assert "/" not in slug(bad) and not slug(bad).startswith(".")
+    name = "../<script>alert(1)</script>"
+    runs = results.runs.copy()
+    runs["label"] = runs["label"].where(runs["method"] != "slr_w", "=HYPERLINK(\"x\")<script>|\\input{x}")
+    store = Store(f"sqlite:///{tmp_path}/s.db")
+    write_store(dataclasses.replace(results, runs=runs), store, suite=name)
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", name, "--db", f"sqlite:///{tmp_path}/s.db"]) == 0
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != "s.db"]
+    assert written and all(p.resolve().is_relative_to(tmp_path / "results" / "reports") for p in written)
+    page = next(p for p in written if p.name == "index.html").read_text()
+    assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)" in page
+    md = "".join(p.read_text() for p in written if p.suffix == ".md")
+    assert "<script>" not in md and "&lt;script&gt;" in md and "\\|" in md
+    tex = "".join(p.read_text() for p in written if p.suffix == ".tex")
+    assert "=HYPERLINK" in tex and "\\input{x}" not in tex and "\\textbackslash input\\{x\\}" in tex
+    csv = pd.concat([pd.read_csv(p) for p in written if p.suffix == ".csv" and "label" in pd.read_csv(p, nrows=0)])
+    labels = set(csv["label"].dropna())
+    assert "'=HYPERLINK(\"x\")<script>|\\input{x}" in labels and not any(v.startswith(("=", "+", "@")) for v in labels)
+
+
+def test_leaderboard_tiers_in_numeric_order_singletons_unranked_and_twins_apart_named(results, tmp_path):
+    from fairsqueeze.leaderboard.site import build_leaderboard, in_tier_order, twins_apart
+
+    def score(method, tier, cell, mean=0.5):
+        return {"metric": "equalized odds", "tier": tier, "method": method, "cell": cell, "mean": mean}
+
+    scores = pd.DataFrame([score("fairprune", "1.3–1.7", "a"), score("magnitude_prune", ">1.7", "a"),
+                           score("fairlrf", "<1.05", "a"), score("slr_w", "1.05–1.3", "a"),
+                           score("fairquantize", ">1.7", "b"), score("int8_ptq", ">1.7", "b")])
+    ordered = in_tier_order(scores, ["method"])
+    assert list(ordered["tier"]) == ["<1.05", "1.05–1.3", "1.3–1.7", ">1.7", ">1.7", ">1.7"]
+    apart = twins_apart(scores)
+    pairs = {(a["fair"], a["twin"]) for a in apart}
+    # fairprune/magnitude_prune and fairlrf/slr_w share cell a in different tiers; fairquantize/int8_ptq share a tier
+    assert pairs == {("fairprune", "magnitude_prune"), ("fairlrf", "slr_w")}
+    assert next(a for a in apart if a["fair"] == "fairprune")["twin_tiers"] == ">1.7"
+
+    page = build_leaderboard(results, tmp_path).read_text()
+    board = page[page.index('id="board-table"'):page.index("</table>", page.index('id="board-table"'))]
+    tiers = [html.unescape(t) for t in re.findall(r'data-metric="equalized odds" data-tier="([^"]+)"', board)]
+    assert tiers == sorted(tiers, key=["<1.05", "1.05–1.3", "1.3–1.7", ">1.7"].index)
+    # the dense model and svd(k=4) are alone in their tiers: listed, not ranked
+    assert board.count(">alone</a>") == 4 and ">1.00</a></td><td data-v=\"\"" not in board
