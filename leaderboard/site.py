@@ -9,8 +9,8 @@ import pandas as pd
 
 from fairsqueeze.reports import export
 from fairsqueeze.reports.data import Results
-from fairsqueeze.reports.html import environment
-from fairsqueeze.reports.runs import run_sections
+from fairsqueeze.reports.run_pages import run_page_list, write_run_pages
+from fairsqueeze.reports.templating import environment
 from fairsqueeze.reports.tiers import tier_rank
 
 from . import ranking, significance
@@ -62,6 +62,7 @@ def build_leaderboard(results: Results, out: Path) -> Path:
     export.write_frame(pd.DataFrame([t.__dict__ for t in tests]).drop(columns=["mean_ranks"], errors="ignore"), tables, "friedman")
     export.write_frame(pd.DataFrame([t.__dict__ for t in twins]), tables, "twins")
     export.write_runs(results.runs, tables)
+    links = write_run_pages(results, out, "fairsqueeze leaderboard", with_predictions=False)
     # the first row of each (metric, tier, method) in the cell table is the target of its summary links
     anchors = {}
     cells = in_tier_order(scores, ["method", "task_label", "model"]).to_dict("records") if not scores.empty else []
@@ -85,7 +86,9 @@ def build_leaderboard(results: Results, out: Path) -> Path:
         colours=results.colours(),
         methods=sorted(results.runs.loc[results.runs["status"] == "done", "method"].unique()),
         ranked=sorted(board["method"].unique()) if not board.empty else [],
-        details=run_sections(results, with_predictions=False),
+        run_link=links,
+        run_pages=run_page_list(results, links),
+        run_pages_have_predictions=False,
         twin_map=significance.TWINS,
     )
     out.mkdir(parents=True, exist_ok=True)

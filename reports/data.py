@@ -29,6 +29,8 @@ class Results:
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     dense: pd.DataFrame = field(default_factory=pd.DataFrame)
     predictions: Callable[[str, str], dict[str, np.ndarray]] | None = None
+    # (run keys, split) -> {run key: predictions}, one bulk read; None: ``predictions`` per run
+    predictions_many: Callable[[list, str], dict[str, dict[str, np.ndarray]]] | None = None
     split: str = "test"
     # tuning: the suite's studies (``fairsqueeze.reports.tuning_report.TunedStudy``) and the
     # selected configurations' results on ``split`` (``selected_results``)
@@ -84,6 +86,7 @@ def load(store, suite: str | None = None, split: str = "test") -> Results:
         tasks=store.task_summaries(),
         dense=store.dense_frame(),
         predictions=store.predictions,
+        predictions_many=store.predictions_many,
         split=split,
         studies=tuned_studies(store, suite) if suite is not None else [],
         selected=selected_results(store, suite, split) if suite is not None else pd.DataFrame(),

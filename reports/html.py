@@ -6,36 +6,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
 from fairsqueeze.biascard import format_bias_card
 from .hypervolume import reference_point
-from fairsqueeze.studies import short_params
 
 from . import export, figures, overview
 from .columns import UTILITY, headline_gap
 from .data import Results
-from .runs import failed_runs, run_sections
+from .run_pages import run_page_list, write_run_pages
+from .runs import failed_runs
+from .templating import environment
 from .tables import Comparison, Row, comparisons
 from .tuning import tuning_sections
-
-TEMPLATES = Path(__file__).parent / "templates"
-
-
-def environment() -> Environment:
-    """Jinja2 with autoescaping on every template: names, labels, parameters and errors
-    come from users and are always escaped."""
-    env = Environment(
-        loader=FileSystemLoader(TEMPLATES),
-        autoescape=select_autoescape(default=True, default_for_string=True),
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["short_params"] = short_params
-    return env
-
 
 @dataclass
 class TaskSection:
@@ -107,6 +90,7 @@ def build_report(results: Results, suite: str, out: Path, verdicts: Markup | Non
             )
         )
     export.write_runs(results.runs, tables_dir)
+    links = write_run_pages(results, out, f"fairsqueeze report: {suite}")
     failed = failed_runs(results)
     page = environment().get_template("report.html.j2").render(
         suite=suite,
@@ -115,7 +99,9 @@ def build_report(results: Results, suite: str, out: Path, verdicts: Markup | Non
         colours=colours,
         methods=set(results.runs["method"]),
         tuning=tuning_sections(results, colours),
-        details=run_sections(results),
+        run_link=links,
+        run_pages=run_page_list(results, links),
+        run_pages_have_predictions=True,
         failed=failed,
         verdicts=verdicts,
         n_runs=results.runs.loc[results.runs["status"].isin(["done", "failed"]), "run_key"].nunique(),

@@ -2,14 +2,15 @@
 per-group results and per-group confusion matrices, all read from the store.
 
 Built as escaped HTML in Python rather than in the template, with no pandas per run: a
-report may hold ten thousand runs, and this is the one part of the page that grows with them."""
+report may hold ten thousand runs, and this is the one part that grows with them (written
+on pages of their own, ``run_pages``)."""
 from __future__ import annotations
 
 import math
 from typing import Any
 
 import numpy as np
-from markupsafe import Markup, escape
+from markupsafe import escape
 
 from .columns import groups_in
 from .data import Results
@@ -109,7 +110,9 @@ def run_title(r) -> str:
 
 
 def run_section(r: dict, results: Results, groups: GroupColumns, metrics: dict, footprint: dict,
-                with_predictions: bool) -> str:
+                predictions: dict[str, dict[str, np.ndarray]]) -> str:
+    """One run's details; ``predictions``: run key -> stored predictions (the runs absent
+    from it get no confusion matrices)."""
     key = r["run_key"]
     flags = "".join(f'<span class="flag {escape(f)}">{escape(f)}</span>' for f in (r.get("flags") or []))
     parts = [
@@ -128,14 +131,11 @@ def run_section(r: dict, results: Results, groups: GroupColumns, metrics: dict, 
         if table is not None:
             parts.append(f"<h5>per group ({escape(results.split)}, stored metrics)</h5>" + table)
         k = int(r["num_classes"])
-        if with_predictions and results.predictions is not None and k <= MAX_CONFUSION_CLASSES:
-            try:
-                pred = results.predictions(key, results.split)
-            except KeyError:
-                pred = None
+        pred = predictions.get(key)
+        if pred is not None and k <= MAX_CONFUSION_CLASSES:
             names = (results.tasks.get(r["task_key"]) or {}).get("group_names") or {}
             rows, cols = [f"y={i}" for i in range(k)], [f"ŷ={i}" for i in range(k)]
-            for g, cm in (confusions(pred, k) if pred is not None else {}).items():
+            for g, cm in confusions(pred, k).items():
                 name = names.get(str(g), names.get(g))
                 label = f"group {g}" + (f" ({name})" if name is not None else "")
                 parts.append(f"<h5>confusion matrix, {escape(label)} (stored predictions)</h5>"
@@ -146,17 +146,6 @@ def run_section(r: dict, results: Results, groups: GroupColumns, metrics: dict, 
         f"<details><summary>config, params, hashes, footprint, timings, per-group results</summary>"
         f'<div class="figs">{"".join(parts)}</div></details></div>'
     )
-
-
-def run_sections(results: Results, with_predictions: bool = True) -> Markup:
-    """The detail section of every distinct run (a run shared by several entries appears once)."""
-    runs = results.runs[results.runs["status"].isin(["done", "failed"])].drop_duplicates("run_key")
-    groups = GroupColumns(results.metrics.columns)
-    values = results.metrics.to_numpy(dtype=float)
-    metrics = {key: values[i] for i, key in enumerate(results.metrics.index)}
-    footprint = results.footprint.to_dict("index")
-    return Markup("\n".join(run_section(r, results, groups, metrics, footprint, with_predictions)
-                            for r in runs.to_dict("records")))
 
 
 def failed_runs(results: Results) -> list[dict[str, str]]:

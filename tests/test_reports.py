@@ -143,7 +143,10 @@ def test_report_escapes_user_text_and_embeds_everything(results, tmp_path):
     assert "http://" not in page and "https://" not in page  # offline: nothing fetched
     assert len(re.findall(r'<img class="pareto"', page)) == 2
     assert len(re.findall(r'<img class="ablation', page)) == 4  # k and sparsity_rate, per table
-    assert page.count('id="run-') == len(results.runs["run_key"].unique())
+    pages = "".join(p.read_text() for p in (tmp_path / "runs").glob("*.html"))
+    assert pages.count('id="run-') == len(results.runs["run_key"].unique()) and 'id="run-' not in page
+    for href, key in re.findall(r'href="(runs/[0-9a-f]+\.html)#run-([0-9a-f]+)"', page):  # every run link lands
+        assert f'id="run-{key}"' in (tmp_path / href).read_text()
 
 
 def test_ranking_is_by_tier_and_leaves_flagged_runs_out(results):
@@ -236,7 +239,8 @@ def test_cli_writes_both_pages_for_a_real_suite(isolated, capsys):
     out = capsys.readouterr().out
     assert f"report: {isolated / 'rep' / 'index.html'}" in out and f"leaderboard: {isolated / 'lb' / 'index.html'}" in out
     page = (isolated / "rep" / "index.html").read_text()
-    assert page.count('class="ablation') == 1 and "Bias card" in page and "confusion matrix, group 0" in page
+    runs_page = "".join(p.read_text() for p in (isolated / "rep" / "runs").glob("*.html"))
+    assert page.count('class="ablation') == 1 and "Bias card" in page and "confusion matrix, group 0" in runs_page
     board = (isolated / "lb" / "index.html").read_text()
     assert "truncated_svd" in board and "dense" in board
     assert (isolated / "rep" / "tables" / "runs.csv").exists()
@@ -344,7 +348,8 @@ def test_run_details_are_nested_tables_with_readable_numbers(results, tmp_path):
     runs = results.runs.copy()
     runs["info"] = [{"passes": {"forward": 3.0, "backward": 2.0}, "layers": [{"name": "fc2", "rank": 4}], "lr": 0.0123456}
                     ] * len(runs)
-    page = build_report(dataclasses.replace(results, runs=runs), "s", tmp_path).read_text()
+    build_report(dataclasses.replace(results, runs=runs), "s", tmp_path)
+    page = "".join(p.read_text() for p in sorted((tmp_path / "runs").glob("*.html")))
     run = page[page.index('id="run-'):]
     run = run[:run.index('<div class="run"', 10)]
     assert "{'" not in run and "{&#39;" not in run  # no raw Python dicts

@@ -22,11 +22,16 @@ POLICY_LABELS = sorted(Policy.parse(p).label for p in POLICIES)
 
 
 @pytest.fixture(scope="module")
-def report(tuned_db, tmp_path_factory):
+def report_folder(tuned_db, tmp_path_factory):
     db, name = tuned_db
     out = tmp_path_factory.mktemp("tuned-report")
     assert main(["report", name, "--db", db, "--out", str(out)]) == 0
-    return (out / "index.html").read_text(encoding="utf-8")
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(report_folder):
+    return (report_folder / "index.html").read_text(encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +104,7 @@ def test_every_policy_is_named_next_to_its_selected_trial(results):
                        for text in named), (policy, named)
 
 
-def test_the_selected_table_names_every_policy_with_its_trials_and_links(results, report):
+def test_the_selected_table_names_every_policy_with_its_trials_and_links(results, report, report_folder):
     section = report.split('<section id="tuning">')[1]
     rows = re.findall(r'<tr data-policy="([^"]+)">(.*?)</tr>', section, flags=re.S)
     assert len(rows) == 8 and sorted({p for p, _ in rows}) == POLICY_LABELS
@@ -108,8 +113,10 @@ def test_the_selected_table_names_every_policy_with_its_trials_and_links(results
             label = f"{study.attrs['label']}[{policy}]"
             (cells,) = [c for p, c in rows if p == policy and f">{label}</a>" in c]
             assert f"s{study.attrs['seed']}: #{number}" in cells
-    for key in re.findall(r'href="#run-([0-9a-f]+)"', section.split("</table>")[1]):
-        assert f'id="run-{key}"' in report  # every link reaches a run's detail
+    links = re.findall(r'href="(runs/[0-9a-f]+\.html)#run-([0-9a-f]+)"', section.split("</table>")[1])
+    assert len(links) >= 8
+    for page, key in links:  # every link reaches a run's detail
+        assert f'id="run-{key}"' in (report_folder / page).read_text(encoding="utf-8")
 
 
 def test_the_selected_results_are_seed_means_with_student_t_cis(tuned_db, results, report):
