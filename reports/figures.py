@@ -4,7 +4,10 @@ One colour per method, the same in every figure (``palette``; the dense model is
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+from pathlib import Path
+from typing import Callable
 
 import matplotlib
 
@@ -35,15 +38,65 @@ class Png(str):
     width: int
     height: int
 
+    @classmethod
+    def of(cls, data: bytes) -> "Png":
+        png = cls(base64.b64encode(data).decode("ascii"))
+        # the IHDR chunk holds the pixel size; the screen size is half of it
+        png.width, png.height = (int.from_bytes(data[i:i + 4], "big") // 2 for i in (16, 20))
+        return png
+
+
+def png_bytes(fig) -> bytes:
+    buf = io.BytesIO()
+    # fixed margins (a "tight" box costs a second draw); light compression: encoding is most of a save
+    fig.savefig(buf, format="png", dpi=2 * SCREEN_DPI, pil_kwargs={"compress_level": 2})
+    plt.close(fig)
+    return buf.getvalue()
+
 
 def to_png(fig) -> Png:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=2 * SCREEN_DPI)  # fixed margins: a "tight" box costs a second draw
-    width, height = fig.get_size_inches() * SCREEN_DPI
-    plt.close(fig)
-    png = Png(base64.b64encode(buf.getvalue()).decode("ascii"))
-    png.width, png.height = int(round(width)), int(round(height))
-    return png
+    return Png.of(png_bytes(fig))
+
+
+class FigureCache:
+    """PNGs kept by the content they draw (a digest of the plotted values, labels, flags
+    and colours): rebuilding a page redraws only the figures whose data changed. Files
+    not used by the last build are removed by :meth:`prune`."""
+
+    def __init__(self, folder: Path | None):
+        self.folder = Path(folder) if folder is not None else None
+        self.used: set[str] = set()
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+
+    def get(self, kind: str, content, draw: Callable[[], object]) -> Png:
+        if self.folder is None:
+            return to_png(draw())
+        key = hashlib.sha256(repr((kind, content)).encode()).hexdigest()[:32]
+        self.used.add(key)
+        path = self.folder / f"{key}.png"
+        if path.exists():
+            return Png.of(path.read_bytes())
+        data = png_bytes(draw())
+        path.write_bytes(data)
+        return Png.of(data)
+
+    def prune(self) -> None:
+        if self.folder is not None:
+            for path in self.folder.glob("*.png"):
+                if path.stem not in self.used:
+                    path.unlink()
+
+
+def content(comp: Comparison, colours: dict[str, str]) -> tuple:
+    """What a comparison's figures draw, as a canonical (ordered) value for the cache key."""
+    rows = tuple(
+        (r.label, r.method, r.entry_label, tuple(sorted((k, repr(v)) for k, v in r.sweep.items())),
+         tuple(sorted((k, v) for k, v in r.flags.items() if v)),
+         tuple((k, repr(e.mean), repr(e.half_width)) for k, e in sorted(r.values.items())))
+        for r in comp.rows)
+    return (comp.task_key, comp.task_label, comp.model, comp.num_classes, rows,
+            tuple(sorted((m, c) for m, c in colours.items() if any(r.method == m for r in comp.rows))))
 
 
 def pareto_front(points: np.ndarray) -> np.ndarray:

@@ -20,6 +20,9 @@ from .templating import environment
 from .tables import Comparison, Row, comparisons
 from .tuning import tuning_sections
 
+FIGURE_CACHE = ".figures"  # beside index.html: the figures of the last build, by content
+
+
 @dataclass
 class TaskSection:
     comp: Comparison
@@ -69,19 +72,22 @@ def build_report(results: Results, suite: str, out: Path, verdicts: Markup | Non
     tables_dir = out / "tables"
     colours = results.colours()
     sections = []
+    cache = figures.FigureCache(out / FIGURE_CACHE)
     for comp in comparisons(results.done()):
         written = export.write_comparison(comp, tables_dir)
+        drawn = figures.content(comp, colours)
         dense_rows = [r for r in comp.rows if r.method == "dense"]
         sections.append(
             TaskSection(
                 comp=comp,
                 gap=headline_gap(comp.num_classes),
                 ref=reference_point(comp.num_classes),
-                pareto=figures.pareto_plot(comp, colours),
-                delta=figures.delta_plot(comp, colours),
-                cost=figures.cost_plot(comp, colours),
+                pareto=cache.get("pareto", drawn, lambda: figures.pareto_figure(comp, colours)),
+                delta=cache.get("delta", drawn, lambda: figures.delta_figure(comp, colours)),
+                cost=cache.get("cost", drawn, lambda: figures.cost_figure(comp, colours)),
                 tiers=overview.tiers(comp),
-                ablations=[(p, figures.ablation_plot(comp, p, colours)) for p in figures.swept_parameters(comp)],
+                ablations=[(p, cache.get(f"ablation:{p}", drawn, lambda p=p: figures.ablation_figure(comp, p, colours)))
+                           for p in figures.swept_parameters(comp)],
                 cards=_cards(results, comp),
                 exports=[p.relative_to(out).as_posix() for p in written],
                 best=best_tradeoff(comp),
@@ -107,6 +113,7 @@ def build_report(results: Results, suite: str, out: Path, verdicts: Markup | Non
         n_runs=results.runs.loc[results.runs["status"].isin(["done", "failed"]), "run_key"].nunique(),
         n_failed=len(failed),
     )
+    cache.prune()
     out.mkdir(parents=True, exist_ok=True)
     path = out / "index.html"
     path.write_text(page, encoding="utf-8")

@@ -415,3 +415,74 @@ def test_leaderboard_tiers_in_numeric_order_singletons_unranked_and_twins_apart_
     assert tiers == sorted(tiers, key=["<1.05", "1.05–1.3", "1.3–1.7", ">1.7"].index)
     # the dense model and svd(k=4) are alone in their tiers: listed, not ranked
     assert board.count(">alone</a>") == 4 and ">1.00</a></td><td data-v=\"\"" not in board
+
+
+def test_figures_are_cached_by_what_they_draw(results, tmp_path, monkeypatch):
+    from fairsqueeze.reports import figures
+    from fairsqueeze.reports.html import FIGURE_CACHE, build_report
+
+    first = build_report(results, "s", tmp_path).read_text()
+    cached = sorted(p.name for p in (tmp_path / FIGURE_CACHE).glob("*.png"))
+    assert len(cached) == 2 * 3 + 4  # pareto, delta, cost per table, and the four ablations
+
+    def no_drawing(*args, **kwargs):
+        raise AssertionError("redrawn")
+
+    for name in ("pareto_figure", "delta_figure", "cost_figure", "ablation_figure"):
+        monkeypatch.setattr(figures, name, no_drawing)
+    assert build_report(results, "s", tmp_path).read_text() == first  # same data: nothing drawn
+    changed = results.metrics.copy()
+    changed["accuracy"] = changed["accuracy"] * 0.99  # every figure plots accuracy
+    with pytest.raises(AssertionError, match="redrawn"):
+        build_report(dataclasses.replace(results, metrics=changed), "s", tmp_path)
+
+
+def test_figures_read_well_from_their_artists(results):
+    """The figures' own data, not pixels: axes inside the metric's range, one front line
+    per method with two or more unflagged rows, colours a reader tells apart, labels and
+    text large enough at 2x."""
+    import itertools
+
+    from coloraide import Color
+    from matplotlib.colors import to_hex
+    from matplotlib.text import Annotation
+
+    from fairsqueeze.reports import figures
+
+    colours = results.colours()
+    for comp in comparisons(results.done()):
+        fig = figures.pareto_figure(comp, colours)
+        ax = fig.axes[0]
+        low, high = ax.get_ylim()
+        assert 0 <= low < high <= 1  # accuracy
+        low, high = ax.get_xlim()
+        assert 0 <= low < high <= 1  # the headline gap
+        fronts = [ln.get_gid() for ln in ax.get_lines() if (ln.get_gid() or "").startswith("front:")]
+        many = {m for m in {r.method for r in comp.rows}
+                if sum(r.ranked and r.method == m for r in comp.rows) > 1}
+        assert sorted(fronts) == sorted(f"front:{m}" for m in many) and many  # one per method, none twice
+        drawn = {c.get_gid().split(":", 1)[1]: to_hex(c.get_edgecolor()[0]) for c in ax.collections
+                 if (c.get_gid() or "").startswith("points:") and c.get_facecolor()[:, 3].any()}
+        assert set(drawn) >= many
+        for a, b in itertools.combinations(drawn, 2):
+            assert Color(drawn[a]).delta_e(Color(drawn[b]), method="2000") > 10, (a, b)
+        labels = {t.get_text() for t in ax.texts if isinstance(t, Annotation)}
+        assert {"k=4", "k=16", "sparsity_rate=0.2", "sparsity_rate=0.6"} <= labels  # sweep entries labelled
+        legend = {t.get_text() for t in ax.get_legend().get_texts()}
+        assert {r.method for r in comp.rows} <= legend
+        px = figures.SCREEN_DPI / 72  # CSS px per point at the size the page shows the figure
+        for text in [*ax.texts, *ax.get_xticklabels(), *ax.get_yticklabels(), ax.xaxis.label, ax.title,
+                     *ax.get_legend().get_texts()]:
+            assert text.get_fontsize() * px >= 10, text
+        figures.plt.close(fig)
+
+        fig = figures.ablation_figure(comp, "k" if comp.num_classes == 2 else "sparsity_rate", colours)
+        for axis in fig.axes:
+            low, high = axis.get_ylim()
+            assert 0 <= low < high <= 1  # no negative accuracy, no gap below 0
+        figures.plt.close(fig)
+
+        fig = figures.delta_figure(comp, colours)
+        dense = [c for c in fig.axes[0].collections if c.get_gid() == "points:dense"]
+        assert dense and np.allclose(dense[0].get_offsets(), 0)  # the dense model is the origin
+        figures.plt.close(fig)
