@@ -170,5 +170,7 @@ def test_tuning_section_in_the_browser(tuned_db, tmp_path):
         link = page.locator("#tuning table.selected tbody tr td.lbl a").first
         target = link.get_attribute("href")
         link.click()
-        assert page.evaluate("location.hash") == target and page.locator(f"{target} details").evaluate("d => d.open")
+        page.wait_for_load_state()
+        anchor = "#" + target.split("#")[1]
+        assert page.url.endswith(target) and page.locator(f"{anchor} details").evaluate("d => d.open")
         assert page.errors == []
