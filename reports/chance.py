@@ -5,9 +5,10 @@ overall or on one group, has learnt next to nothing there, even when its predict
 not constant (which the engine's ``degenerate`` flag catches): its small gaps are not
 fairness. It is treated like a degenerate run: never bold, never on a front, never "best".
 
-A check only applies where the dense model of the same seed clears it: on a group whose
-labels are nearly all one class, the dense model is "near chance" too, and the group says
-nothing about the compressed model.
+A check only applies where the dense model of the same seed clears it, and a model is near
+chance there only if it also keeps less than a quarter of the dense model's gain over the
+majority rate: on a group whose labels are nearly all one class (adult's women: 89 %), a
+good model is itself only a few points above the rate, and a small loss is not a collapse.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import pandas as pd
 from .columns import groups_in
 
 FLAG = "near_chance"
-MARGIN = 0.03  # accuracy at most this far above the majority rate is near chance
+MARGIN = 0.03  # accuracy at most this far above the majority rate is near chance ...
+KEEP = 0.25  # ... when it also keeps at most this share of the dense model's gain over the rate
 
 
 def majority_rates(y, s) -> dict:
@@ -32,8 +34,9 @@ def majority_rates(y, s) -> dict:
 
 def near_chance(frame: pd.DataFrame, rates: dict[str, dict], margin: float = MARGIN) -> pd.Series:
     """Per row of a finished-run frame (``Results.done()`` columns): is its accuracy, overall
-    or on a group, within ``margin`` of the task's majority rate, where the dense run of the
-    same seed (``dense_key``) is not? ``rates``: task key -> :func:`majority_rates`."""
+    or on a group, within ``margin`` of the task's majority rate and below a quarter of the
+    gain of the dense run of the same seed (``dense_key``), where that dense run is not
+    within ``margin``? ``rates``: task key -> :func:`majority_rates`."""
     near = np.zeros(len(frame), dtype=bool)
     if frame.empty:
         return pd.Series(near, index=frame.index)
@@ -45,8 +48,10 @@ def near_chance(frame: pd.DataFrame, rates: dict[str, dict], margin: float = MAR
         rate = frame["task_key"].map(lambda k, g=group: (rates.get(k) or {}).get(g, np.nan)).to_numpy(float)
         accuracy = frame[column].to_numpy(float)
         reference = dense[column].reindex(frame["dense_key"]).to_numpy(float) if column in dense else np.full(len(frame), np.nan)
-        informative = ~(reference - rate <= margin)  # no dense run (NaN) -> the check applies
-        near |= informative & (accuracy - rate <= margin)
+        gain, dense_gain = accuracy - rate, reference - rate
+        informative = ~(dense_gain <= margin)  # no dense run (NaN) -> the check applies
+        kept = gain > KEEP * dense_gain  # False where the dense gain is unknown
+        near |= informative & (gain <= margin) & ~kept
     near &= (frame["method"] != "dense").to_numpy()
     return pd.Series(near, index=frame.index)
 

@@ -24,6 +24,7 @@ SCREEN_DPI = 100  # CSS pixels per inch a figure is shown at; it is drawn at twi
 MIN_FONT = 8  # points: 8 pt at 100 dpi is 11 CSS px
 MARKERS = "osD^vP<>Xph"  # one per entry of a method, in entry order
 FLAGGED = "#888888"
+MIN_SPAN = 0.02  # the narrowest axis range, in metric units
 LABEL_ALL = 30  # up to this many rows, every point is labelled; past it, the points on a front
 # the range a plotted value can take: accuracy and every gap are rates
 FEASIBLE = {UTILITY: (0.0, 1.0), "gap": (0.0, 1.0)}
@@ -110,14 +111,14 @@ def pareto_front(points: np.ndarray) -> np.ndarray:
     return np.array(front, dtype=int)
 
 
-def feasible_limits(values, bounds: tuple[float, float] | None, pad: float = 0.06) -> tuple[float, float]:
-    """Axis limits around the plotted values (means and the ends of their spread), padded,
-    never past what the metric can take."""
+def feasible_limits(values, bounds: tuple[float, float] | None, pad: float = 0.08) -> tuple[float, float]:
+    """Axis limits around the plotted values, padded, at least ``MIN_SPAN`` wide, never past
+    what the metric can take."""
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
     low, high = (v.min(), v.max()) if len(v) else bounds or (0.0, 1.0)
-    span = (high - low) or max(abs(high), 1.0) * 0.1
-    low, high = low - pad * span, high + pad * span
+    span = max(high - low, MIN_SPAN)  # a cloud of nearly equal points is not blown up into noise
+    low, high = low - pad * span - (span - (high - low)) / 2, high + pad * span + (span - (high - low)) / 2
     if bounds is not None:
         low, high = max(low, bounds[0]), min(high, bounds[1])
     return float(low), float(high)
@@ -143,8 +144,7 @@ def _points(ax, comp: Comparison, colours: dict[str, str], x: str, y: str, front
     flagged rows hollow and grey-edged; the seed spread (95 % CI) as thin faint bars behind
     the points; each method's front of unflagged rows as one step line; the dense model a
     black star. Points are labelled by their sweep values: all of them in a small figure,
-    those on a front in a crowded one. Returns every plotted coordinate (points and bar
-    ends) for the limits. One artist per (method, entry, flagged): a figure of a thousand
+    those on a front in a crowded one. Returns the points' coordinates, for the limits. One artist per (method, entry, flagged): a figure of a thousand
     rows draws as fast as one of ten."""
     xs, ys = [], []
     crowded = len(comp.rows) > LABEL_ALL
@@ -158,8 +158,8 @@ def _points(ax, comp: Comparison, colours: dict[str, str], x: str, y: str, front
             continue
         ex = np.array([np.nan_to_num(r.values[x].half_width) if spread else 0.0 for r in rows])
         ey = np.array([np.nan_to_num(r.values[y].half_width) if spread else 0.0 for r in rows])
-        xs += list((px - ex)[ok]) + list((px + ex)[ok])
-        ys += list((py - ey)[ok]) + list((py + ey)[ok])
+        xs += list(px[ok])  # the points decide the limits: a wide interval is cut at the axes, never
+        ys += list(py[ok])  # squeezes the points into a corner
         if spread and (ex[ok].any() or ey[ok].any()):
             ax.errorbar(px[ok], py[ok], xerr=ex[ok], yerr=ey[ok], fmt="none", ecolor=colour, elinewidth=0.7, alpha=0.4,
                         capsize=0, zorder=1)
@@ -232,7 +232,7 @@ def delta_figure(comp: Comparison, colours: dict[str, str]):
     ax.axhline(0, color="#444444", lw=0.8, zorder=0)
     ax.axvline(0, color="#444444", lw=0.8, zorder=0)
     xs, ys = _points(ax, comp, colours, DELTA_GAP, DELTA_UTILITY, front=False, spread=False)
-    _finish(ax, f"{comp.task_label} · {comp.model}: change vs dense (same seed)",
+    _finish(ax, "change against the dense model (same seed)",
             f"Δ {headline_gap(comp.num_classes)} (left is fairer)", f"Δ {UTILITY} (up is better)",
             xs + [0.0], ys + [0.0], (-1.0, 1.0), (-1.0, 1.0))
     return fig

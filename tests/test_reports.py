@@ -486,3 +486,21 @@ def test_figures_read_well_from_their_artists(results):
         dense = [c for c in fig.axes[0].collections if c.get_gid() == "points:dense"]
         assert dense and np.allclose(dense[0].get_offsets(), 0)  # the dense model is the origin
         figures.plt.close(fig)
+
+
+def test_near_chance_by_hand():
+    """adult's women are 89 % one class: a model at 91 % there keeps half of the dense
+    model's gain and is not near chance; one at 89.5 % is; a group the dense model cannot
+    beat is no evidence."""
+    from fairsqueeze.reports.chance import majority_rates, near_chance
+
+    rates = {"t": majority_rates([0] * 89 + [1] * 11 + [0] * 50 + [1] * 50, [0] * 100 + [1] * 100)}
+    assert rates["t"] == {"overall": 0.695, 0: 0.89, 1: 0.5}
+    frame = pd.DataFrame({
+        "task_key": "t", "dense_key": "d", "method": ["dense", "a", "b", "c"],
+        "accuracy": [0.85, 0.84, 0.84, 0.71], "accuracy[g=0]": [0.93, 0.91, 0.895, 0.93], "accuracy[g=1]": [0.77, 0.77, 0.77, 0.5],
+    })
+    assert list(near_chance(frame, rates)) == [False, False, True, True]
+    # a dense model no better than the rate on group 0: that group flags nobody
+    frame.loc[0, "accuracy[g=0]"] = 0.90
+    assert list(near_chance(frame, rates)) == [False, False, False, True]
