@@ -62,7 +62,9 @@ def build_leaderboard(results: Results, out: Path) -> Path:
     export.write_frame(pd.DataFrame([t.__dict__ for t in tests]).drop(columns=["mean_ranks"], errors="ignore"), tables, "friedman")
     export.write_frame(pd.DataFrame([t.__dict__ for t in twins]), tables, "twins")
     export.write_runs(results.runs, tables)
-    links = write_run_pages(results, out, "fairsqueeze leaderboard", with_predictions=False)
+    # the page links the runs on the fronts only: their details, not every run's
+    fronts = {k for f in scores["front"] for k in f} if not scores.empty else set()
+    links = write_run_pages(results, out, "fairsqueeze leaderboard", with_predictions=False, keys=fronts)
     # the first row of each (metric, tier, method) in the cell table is the target of its summary links
     anchors = {}
     cells = in_tier_order(scores, ["method", "task_label", "model"]).to_dict("records") if not scores.empty else []

@@ -59,6 +59,10 @@ def to_png(fig) -> Png:
     return Png.of(png_bytes(fig))
 
 
+# the drawing code is part of what a cached figure depends on: a new version redraws
+CODE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+
 class FigureCache:
     """PNGs kept by the content they draw (a digest of the plotted values, labels, flags
     and colours): rebuilding a page redraws only the figures whose data changed. Files
@@ -73,7 +77,7 @@ class FigureCache:
     def get(self, kind: str, content, draw: Callable[[], object]) -> Png:
         if self.folder is None:
             return to_png(draw())
-        key = hashlib.sha256(repr((kind, content)).encode()).hexdigest()[:32]
+        key = hashlib.sha256(repr((CODE, kind, content)).encode()).hexdigest()[:32]
         self.used.add(key)
         path = self.folder / f"{key}.png"
         if path.exists():

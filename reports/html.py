@@ -17,7 +17,7 @@ from .data import Results
 from .run_pages import run_page_list, write_run_pages
 from .runs import failed_runs
 from .templating import environment
-from .tables import Comparison, Row, comparisons
+from .tables import Comparison, Row, cells_html, comparisons
 from .tuning import tuning_sections
 
 FIGURE_CACHE = ".figures"  # beside index.html: the figures of the last build, by content
@@ -106,6 +106,7 @@ def build_report(results: Results, suite: str, out: Path, verdicts: Markup | Non
         methods=set(results.runs["method"]),
         tuning=tuning_sections(results, colours),
         run_link=links,
+        cells_html=cells_html,
         run_pages=run_page_list(results, links),
         run_pages_have_predictions=True,
         failed=failed,

@@ -31,10 +31,14 @@ class RunLinks:
         return self.href.get(key, "#")
 
 
-def write_run_pages(results: Results, out: Path, title: str, with_predictions: bool = True) -> RunLinks:
-    """Write ``out/runs/<task, model>.html`` for every finished or failed run (a run shared
-    by several entries appears once) and return the links to their sections."""
+def write_run_pages(results: Results, out: Path, title: str, with_predictions: bool = True,
+                    keys: set[str] | None = None) -> RunLinks:
+    """Write ``out/runs/<task, model>.html`` for every finished or failed run (only those in
+    ``keys`` when given; a run shared by several entries appears once) and return the links
+    to their sections."""
     runs = results.runs[results.runs["status"].isin(["done", "failed"])].drop_duplicates("run_key")
+    if keys is not None:
+        runs = runs[runs["run_key"].isin(keys)]
     groups = GroupColumns(results.metrics.columns)
     values = results.metrics.to_numpy(dtype=float)
     metrics = {key: values[i] for i, key in enumerate(results.metrics.index)}

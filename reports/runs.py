@@ -6,11 +6,11 @@ report may hold ten thousand runs, and this is the one part that grows with them
 on pages of their own, ``run_pages``)."""
 from __future__ import annotations
 
+import html
 import math
 from typing import Any
 
 import numpy as np
-from markupsafe import escape
 
 from .columns import groups_in
 from .data import Results
@@ -20,6 +20,12 @@ HASH_COLUMNS = ("run_key", "dense_key", "task_key", "split_hash", "data_hash")
 RECORD_COLUMNS = ("suite", "label", "entry_label", "task_label", "target", "sensitive", "num_classes", "model",
                   "method", "family", "seed", "sweep")
 GROUP_METRICS = ("support", "accuracy", "precision", "recall", "f1", "tpr", "fpr")
+
+
+def escape(value) -> str:
+    """HTML-escaped text (quotes included, for attributes): the standard library's escape,
+    several times faster than building Markup objects for the ~100 cells of each run."""
+    return html.escape(str(value))
 
 
 def human_bytes(n: float) -> str:
