@@ -1,5 +1,6 @@
-"""The suite report: one self-contained HTML file (inline CSS, JS and figures), written
-with its CSV/JSON/LaTeX/Markdown exports from stored results alone."""
+"""The suite report: one HTML file (inline CSS, JS and figures) that opens on an overview
+per task and model, written with its CSV/JSON/LaTeX/Markdown exports and its run pages
+from stored results alone."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -9,18 +10,18 @@ import numpy as np
 from markupsafe import Markup
 
 from fairsqueeze.biascard import format_bias_card
-from .hypervolume import reference_point
 
 from . import export, figures, overview
 from .columns import UTILITY, headline_gap
 from .data import Results
+from .hypervolume import reference_point
 from .run_pages import run_page_list, write_run_pages
 from .runs import failed_runs
 from .templating import environment
 from .tables import Comparison, Row, cells_html, comparisons
 from .tuning import tuning_sections
 
-FIGURE_CACHE = ".figures"  # beside index.html: the figures of the last build, by content
+FIGURES = "figures"  # beside index.html: the figures of the last build, named by content
 
 
 @dataclass
@@ -28,10 +29,10 @@ class TaskSection:
     comp: Comparison
     gap: str
     ref: tuple[float, float]
-    pareto: str
-    delta: str
-    cost: str
-    ablations: list[tuple[str, str]]
+    pareto: figures.FigureFile
+    delta: figures.FigureFile
+    cost: figures.FigureFile
+    ablations: list[tuple[str, figures.FigureFile]]
     tiers: list[overview.Tier]
     cards: list[dict]
     exports: list[str]
@@ -72,7 +73,7 @@ def build_report(results: Results, suite: str, out: Path, verdicts: Markup | Non
     tables_dir = out / "tables"
     colours = results.colours()
     sections = []
-    cache = figures.FigureCache(out / FIGURE_CACHE)
+    cache = figures.FigureCache(Path(out) / FIGURES, FIGURES)
     for comp in comparisons(results.done()):
         written = export.write_comparison(comp, tables_dir)
         drawn = figures.content(comp, colours)

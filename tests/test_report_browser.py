@@ -65,7 +65,10 @@ def test_report_in_the_browser(pages, width):
         for kind in ("pareto", "delta", "cost", "ablation"):
             images = page.locator(f"img.{kind}")
             assert images.count() >= 2
-            assert images.first.evaluate("img => img.complete && img.naturalWidth >= 2 * img.width - 2")  # drawn at 2x
+            images.first.scroll_into_view_if_needed()  # loaded lazily, when near the screen
+            page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=images.first.element_handle())
+            assert images.first.evaluate("img => img.naturalWidth >= 2 * img.width - 2")  # drawn at 2x
+        page.evaluate("window.scrollTo(0, 0)")
         page.screenshot(path=str(screenshot_dir(out) / f"report-{width}.png"))
 
         table = "#" + page.locator("table.comparison").first.get_attribute("id")

@@ -419,10 +419,10 @@ def test_leaderboard_tiers_in_numeric_order_singletons_unranked_and_twins_apart_
 
 def test_figures_are_cached_by_what_they_draw(results, tmp_path, monkeypatch):
     from fairsqueeze.reports import figures
-    from fairsqueeze.reports.html import FIGURE_CACHE, build_report
+    from fairsqueeze.reports.html import FIGURES, build_report
 
     first = build_report(results, "s", tmp_path).read_text()
-    cached = sorted(p.name for p in (tmp_path / FIGURE_CACHE).glob("*.png"))
+    cached = sorted(p.name for p in (tmp_path / FIGURES).glob("*.png"))
     assert len(cached) == 2 * 3 + 4  # pareto, delta, cost per table, and the four ablations
 
     def no_drawing(*args, **kwargs):
