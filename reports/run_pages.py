@@ -12,7 +12,7 @@ from markupsafe import Markup
 
 from .data import Results
 from .runs import GroupColumns, run_section
-from .templating import environment
+from .templating import TEMPLATES, environment
 
 FOLDER = "runs"
 
@@ -50,13 +50,35 @@ def write_run_pages(results: Results, out: Path, title: str, with_predictions: b
     for (task_key, model), group in runs.groupby(["task_key", "model"], sort=False, dropna=False):
         name = page_name(str(task_key), str(model))
         records = group.to_dict("records")
+        links.href.update((r["run_key"], f"{FOLDER}/{name}#run-{r['run_key']}") for r in records)
+        # a run's stored results never change: the page is rewritten only when its runs,
+        # their records or this code do
+        stamp = f"<!-- {_digest(title, with_predictions, records, results.split)} -->\n"
+        path = folder / name
+        if path.exists():
+            with path.open(encoding="utf-8") as f:
+                if f.readline() == stamp:
+                    continue
         preds = _predictions(results, [r["run_key"] for r in records if r["status"] == "done"]) if with_predictions else {}
         sections = Markup("\n".join(run_section(r, results, groups, metrics, footprint, preds) for r in records))
         first = records[0]
         page = template.render(title=title, task=first["task_label"], model=model, sections=sections, count=len(records))
-        (folder / name).write_text(page, encoding="utf-8")
-        links.href.update((r["run_key"], f"{FOLDER}/{name}#run-{r['run_key']}") for r in records)
+        path.write_text(stamp + page, encoding="utf-8")
     return links
+
+
+# the code and templates a run page is made from: a new version rewrites every page
+CODE = hashlib.sha256(b"".join(
+    path.read_bytes() for path in sorted([Path(__file__), Path(__file__).with_name("runs.py"),
+                                          *(TEMPLATES / n for n in ("runs.html.j2", "_style.css", "_script.js"))]))
+).hexdigest()
+
+
+def _digest(title: str, with_predictions: bool, records: list[dict], split: str) -> str:
+    """What a run page shows, in short: every run record (key, status, flags, labels,
+    params, info, ...) of the page. Metrics, footprint and predictions are keyed by the run
+    key, which names the computation, and never change once a run is done."""
+    return hashlib.sha256(repr((CODE, title, with_predictions, split, records)).encode()).hexdigest()
 
 
 def _predictions(results: Results, keys: list[str]) -> dict[str, dict[str, np.ndarray]]:
