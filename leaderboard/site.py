@@ -61,7 +61,9 @@ def build_leaderboard(results: Results, out: Path) -> Path:
         export.write_frame(scores.drop(columns=["per_seed"]).assign(front=scores["front"].map(" ".join)), tables, "cells")
     export.write_frame(pd.DataFrame([t.__dict__ for t in tests]).drop(columns=["mean_ranks"], errors="ignore"), tables, "friedman")
     export.write_frame(pd.DataFrame([t.__dict__ for t in twins]), tables, "twins")
-    export.write_runs(results.runs, tables)
+    exported = export.Written(tables)
+    export.write_runs(results.runs, tables, exported)
+    exported.save()
     # the page links the runs on the fronts only: their details, not every run's
     fronts = {k for f in scores["front"] for k in f} if not scores.empty else set()
     links = write_run_pages(results, out, "fairsqueeze leaderboard", with_predictions=False, keys=fronts)

@@ -74,9 +74,12 @@ def build_report(results: Results, suite: str, out: Path, verdicts: Markup | Non
     colours = results.colours()
     sections = []
     cache = figures.FigureCache(Path(out) / FIGURES, FIGURES)
+    exported = export.Written(tables_dir)
     for comp in comparisons(results.done()):
-        written = export.write_comparison(comp, tables_dir)
         drawn = figures.content(comp, colours)
+        shown = (drawn, [(r.runs, sorted(r.best)) for r in comp.rows],
+                 [(c.key, c.label, c.group, c.digits, c.detail) for c in comp.columns])
+        written = export.write_comparison(comp, tables_dir, exported, shown)
         dense_rows = [r for r in comp.rows if r.method == "dense"]
         sections.append(
             TaskSection(
@@ -96,7 +99,8 @@ def build_report(results: Results, suite: str, out: Path, verdicts: Markup | Non
                 front=front_labels(comp),
             )
         )
-    export.write_runs(results.runs, tables_dir)
+    export.write_runs(results.runs, tables_dir, exported)
+    exported.save()
     links = write_run_pages(results, out, f"fairsqueeze report: {suite}")
     failed = failed_runs(results)
     page = environment().get_template("report.html.j2").render(

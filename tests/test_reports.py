@@ -504,3 +504,36 @@ def test_near_chance_by_hand():
     # a dense model no better than the rate on group 0: that group flags nobody
     frame.loc[0, "accuracy[g=0]"] = 0.90
     assert list(near_chance(frame, rates)) == [False, False, False, True]
+
+
+def test_run_pages_are_rewritten_only_when_their_runs_change(results, tmp_path, monkeypatch):
+    from fairsqueeze.reports import run_pages
+
+    links = run_pages.write_run_pages(results, tmp_path, "t")
+    pages = {p.name: p.read_text() for p in (tmp_path / "runs").glob("*.html")}
+    assert len(pages) == 2 and all(f'id="run-{k}"' in "".join(pages.values()) for k in links.href)
+
+    def no_writing(*args, **kwargs):
+        raise AssertionError("rewritten")
+
+    monkeypatch.setattr(run_pages, "run_section", no_writing)
+    assert run_pages.write_run_pages(results, tmp_path, "t").href == links.href  # nothing changed: nothing written
+    runs = results.runs.copy()
+    runs.loc[0, "label"] = "renamed"
+    with pytest.raises(AssertionError, match="rewritten"):
+        run_pages.write_run_pages(dataclasses.replace(results, runs=runs), tmp_path, "t")
+
+
+def test_exports_are_rewritten_only_when_what_they_show_changes(results, tmp_path, monkeypatch):
+    from fairsqueeze.reports import export
+    from fairsqueeze.reports.html import build_report
+
+    build_report(results, "s", tmp_path)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "tables").iterdir()}
+    monkeypatch.setattr(export, "write_frame", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rewritten")))
+    build_report(results, "s", tmp_path)  # nothing changed: nothing written
+    assert {p.name: p.read_bytes() for p in (tmp_path / "tables").iterdir()} == before
+    runs = results.runs.copy()
+    runs.loc[0, "error"] = "new"
+    with pytest.raises(AssertionError, match="rewritten"):  # the run records changed
+        build_report(dataclasses.replace(results, runs=runs), "s", tmp_path)
