@@ -3,9 +3,10 @@
 
 1. Rendering both pages against reading those runs from the store (runs, metrics,
    footprint and every run's predictions, which the run pages' confusion matrices use):
-   rendering must take no longer than reading. Figures are cached by the content they
-   draw, so the timed rounds are re-renders of a store whose figures were drawn once (the
-   first, cold, render is recorded beside them).
+   rendering must take no longer than reading. Figures, run pages and exports are named or
+   stamped by what they show and rewritten only when it changes, so the timed rounds are
+   re-renders of a store whose pages were written once (the first, cold, render is
+   recorded beside them).
 2. The store read is at most twice a plain SQL read of the same rows (sqlite3, no decoding).
 3. The report opens in headless Chromium (load event) in under 3 s, and writing both
    pages peaks below 1 GB of memory (a separate process, its maximum resident size).
