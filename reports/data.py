@@ -74,15 +74,13 @@ class Results:
 def load(store, suite: str | None = None, split: str = "test") -> Results:
     """Read the runs of ``suite`` (every suite when None) from ``store``, and the suite's
     tuning studies (only for one suite: the leaderboard shows no studies)."""
-    from .results import footprint_table, method_catalogue, metric_table, suite_runs
+    from .results import method_catalogue, suite_runs, suite_values
     from .tuning_report import selected_results, tuned_studies
 
-    runs = suite_runs(store, suite)
-    keys = runs.loc[runs["status"] == "done", "run_key"].unique().tolist()
     return Results(
-        runs=runs,
-        metrics=metric_table(store, keys, split=split),
-        footprint=footprint_table(store, keys),
+        runs=suite_runs(store, suite),
+        metrics=suite_values(store, suite, split),
+        footprint=suite_values(store, suite),
         tasks=store.task_summaries(),
         dense=store.dense_frame(),
         predictions=store.predictions,

@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect, select, text
 
 from fairsqueeze.store import Store
 
@@ -72,6 +72,32 @@ def footprint_table(store: Store, run_keys) -> pd.DataFrame:
     """Index run key, one column per footprint key (compression_ratio, stored_bytes, latency_s, ...)."""
     fp = store.footprint_frame(keys=list(run_keys))
     return fp.pivot_table(index="run_key", columns="name", values="value", aggfunc="first", dropna=False)
+
+
+def suite_values(store: Store, suite: str | None, split: str | None = None) -> pd.DataFrame:
+    """Index run key, a column per name: the metrics on ``split`` (or, with ``split`` None,
+    the footprint) of the finished runs of ``suite`` (all suites when None). One query that
+    selects the runs itself rather than a list of keys: faster than thousands of bound
+    parameters, and a suite may hold more runs than SQL takes parameters."""
+    from fairsqueeze.store import footprint, members, metrics, runs
+
+    table = metrics if split is not None else footprint
+    query = select(table.c.run_key, table.c.name, table.c.value)
+    if suite is not None:
+        query = query.where(table.c.run_key.in_(select(members.c.run_key).where(members.c.suite == suite)))
+    if split is not None:
+        query = query.where(table.c.split == split)
+    with store.engine.connect() as conn:
+        rows = conn.execute(query).all()
+    # columns from the rows by zip: a frame built from row objects costs ten times more
+    keys, names, values = zip(*rows) if rows else ((), (), ())
+    frame = pd.DataFrame({"run_key": keys, "name": names, "value": pd.array(values, dtype=float)})
+    wide = frame.set_index(["run_key", "name"])["value"].unstack()
+    wide.columns.name = "name"
+    # values are written with a finished run, in one transaction: check the status once here
+    with store.engine.connect() as conn:
+        done = {k for (k,) in conn.execute(select(runs.c.key).where(runs.c.status == "done"))}
+    return wide[wide.index.isin(done)]
 
 
 def _columns(names: list[str]) -> list[str]:

@@ -64,6 +64,10 @@ def write_run_pages(results: Results, out: Path, title: str, with_predictions: b
         first = records[0]
         page = template.render(title=title, task=first["task_label"], model=model, sections=sections, count=len(records))
         path.write_text(stamp + page, encoding="utf-8")
+    current = {href.split("#")[0].split("/")[-1] for href in links.href.values()}
+    for stale in folder.glob("*.html"):  # pages of tasks and models no longer in the results
+        if stale.name not in current:
+            stale.unlink()
     return links
 
 
