@@ -151,7 +151,7 @@ def cmd_run(args) -> int:
 
 
 def _print_failures(store, suite: str, keys: list[str]) -> None:
-    from .results import suite_runs
+    from fairsqueeze.reports.results import suite_runs
 
     members = suite_runs(store, suite)
     failed = members[members["run_key"].isin(keys)].drop_duplicates("run_key")
@@ -244,7 +244,7 @@ def cmd_worker(args) -> int:
             print(f"skipped for missing data: {', '.join(sorted(set(report.missing_tasks)))}")
         if args.command == "run":
             _print_tables(runner.store, suite.name, "test")
-            from .tuning_report import format_fronts
+            from fairsqueeze.reports.tuning_report import format_fronts
 
             print(format_fronts(runner.store, suite.name))
     if report.failed:
@@ -255,7 +255,7 @@ def cmd_worker(args) -> int:
 
 def cmd_fronts(args) -> int:
     from .store import Store
-    from .tuning_report import format_fronts
+    from fairsqueeze.reports.tuning_report import format_fronts
 
     print(format_fronts(Store(args.db, read_only=True), args.suite))
     return 0
@@ -280,6 +280,7 @@ def _suite_name(text: str) -> str:
 
 def cmd_report(args) -> int:
     from fairsqueeze.reports.data import load
+    from fairsqueeze.reports.export import report_folder
     from fairsqueeze.reports.html import build_report
 
     from .store import Store
@@ -288,7 +289,7 @@ def cmd_report(args) -> int:
     results = load(Store(args.db, read_only=True), name, args.split)
     if results.runs.empty:
         raise FairsqueezeError(f"no runs of suite {name!r} in {args.db}")
-    print(f"report: {build_report(results, name, args.out or f'results/reports/{name}')}")
+    print(f"report: {build_report(results, name, args.out or report_folder(name))}")
     return 0
 
 

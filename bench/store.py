@@ -485,6 +485,18 @@ class Store:
             raise KeyError(f"no predictions for run {key} on {split}")
         return _unpack(blob)
 
+    def predictions_many(self, keys: Iterable[str], split: str, chunk: int = 500) -> dict[str, dict[str, np.ndarray]]:
+        """Stored predictions of many runs on ``split``, a few hundred runs per query (the
+        pages read thousands; one query each would cost more than the data). Runs without
+        predictions are left out of the result."""
+        keys, found = list(keys), {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(keys), chunk):
+                query = select(predictions.c.run_key, predictions.c.data).where(
+                    predictions.c.run_key.in_(keys[i:i + chunk]), predictions.c.split == split)
+                found.update((key, _unpack(blob)) for key, blob in conn.execute(query))
+        return found
+
     def keys_with_status(self, keys: Iterable[str], status: str) -> set[str]:
         keys = list(keys)
         with self.engine.connect() as conn:

@@ -16,26 +16,17 @@ from scipy.stats import rankdata
 
 from fairsqueeze.reports.columns import EODDS, UTILITY, add_derived, is_binary
 from fairsqueeze.reports.stats import estimate
+from fairsqueeze.reports.tables import UNRANKED_FLAGS
+from fairsqueeze.reports.tiers import TIERS, tier_of  # noqa: F401  (the tiers are shared with the report)
 
-from .hypervolume import hypervolume
+from fairsqueeze.reports.hypervolume import hypervolume
 
-# (label, lowest ratio included, highest ratio excluded)
-TIERS = (("<1.05", 0.0, 1.05), ("1.05–1.3", 1.05, 1.3), ("1.3–1.7", 1.3, 1.7), (">1.7", 1.7, math.inf))
 # unfairness definitions a ranking may use: family -> (binary key, multi-class key), each bounded by 1
 GAPS = {
     "equalized odds": (EODDS, "eodd"),
     "equal opportunity": ("deo", "eopp1"),
 }
-EXCLUDED_FLAGS = ("degenerate", "no_effect")
-
-
-def tier_of(ratio: float) -> str | None:
-    if not np.isfinite(ratio):
-        return None
-    for label, low, high in TIERS:
-        if low <= ratio < high:
-            return label
-    return None
+EXCLUDED_FLAGS = UNRANKED_FLAGS
 
 
 def tier_order(label: str) -> int:

@@ -9,12 +9,41 @@ import pandas as pd
 
 from fairsqueeze.reports import export, verdicts
 from fairsqueeze.reports.data import Results
-from fairsqueeze.reports.figures import palette
-from fairsqueeze.reports.html import environment
-from fairsqueeze.reports.runs import run_sections
+from fairsqueeze.reports.run_pages import run_page_list, write_run_pages
+from fairsqueeze.reports.templating import environment
+from fairsqueeze.reports.tiers import tier_rank
 
 from . import ranking, significance
-from .hypervolume import MAX_GAP
+from fairsqueeze.reports.hypervolume import MAX_GAP
+
+
+def in_tier_order(frame: pd.DataFrame, then: list[str] | None = None) -> pd.DataFrame:
+    """Rows by metric, tier in numeric order (not as text), then ``then`` (default: mean rank
+    and method)."""
+    if frame.empty:
+        return frame
+    then = then or ["mean_rank", "method"]
+    order = frame.assign(_tier=frame["tier"].map(tier_rank))
+    return order.sort_values(["metric", "_tier", *then], kind="stable").drop(columns="_tier").reset_index(drop=True)
+
+
+def twins_apart(scores: pd.DataFrame) -> list[dict]:
+    """(metric, fair method, twin) pairs that share a (task, model) cell but never a tier in it,
+    so no paired test compares them; the twin table names them instead of dropping them."""
+    if scores.empty:
+        return []
+    out = []
+    for metric, by_metric in scores.groupby("metric", sort=True):
+        for fair, twins in significance.TWINS.items():
+            for twin in twins:
+                mine, theirs = (by_metric[by_metric["method"] == m] for m in (fair, twin))
+                common = set(mine["cell"]) & set(theirs["cell"])
+                if not common or set(zip(mine["cell"], mine["tier"])) & set(zip(theirs["cell"], theirs["tier"])):
+                    continue
+                tiers = lambda f: ", ".join(sorted(set(f.loc[f["cell"].isin(common), "tier"]), key=tier_rank))  # noqa: E731
+                out.append({"metric": metric, "fair": fair, "twin": twin, "cells": len(common),
+                            "fair_tiers": tiers(mine), "twin_tiers": tiers(theirs)})
+    return out
 
 
 def build_leaderboard(results: Results, out: Path) -> Path:
@@ -24,7 +53,7 @@ def build_leaderboard(results: Results, out: Path) -> Path:
     left_out = ranking.underfit_cells(results.done(), underfit)
     runs = ranking.usable_runs(results.done(), underfit)
     scores = ranking.scores_frame(ranking.cell_scores(runs)) if not runs.empty else pd.DataFrame()
-    board = ranking.leaderboard_table(scores)
+    board = ranking.leaderboard_table(scores)  # tiers in numeric order, ranked methods first
     tests = [significance.friedman(scores, m, t) for m in ranking.GAPS for t, _, _ in ranking.TIERS
              if not scores.empty and ((scores["metric"] == m) & (scores["tier"] == t)).any()]
     twins = significance.twin_tests(scores) if not scores.empty else []
@@ -34,12 +63,17 @@ def build_leaderboard(results: Results, out: Path) -> Path:
         export.write_frame(scores.drop(columns=["per_seed"]).assign(front=scores["front"].map(" ".join)), tables, "cells")
     export.write_frame(pd.DataFrame([t.__dict__ for t in tests]).drop(columns=["mean_ranks"], errors="ignore"), tables, "friedman")
     export.write_frame(pd.DataFrame([t.__dict__ for t in twins]), tables, "twins")
-    export.write_runs(results.runs, tables)
+    exported = export.Written(tables)
+    export.write_runs(results.runs, tables, exported)
+    exported.save()
+    # the page links the runs on the fronts only: their details, not every run's
+    fronts = {k for f in scores["front"] for k in f} if not scores.empty else set()
+    links = write_run_pages(results, out, "fairsqueeze leaderboard", with_predictions=False, keys=fronts)
     verdict_rows = verdicts.verdict_table(results)
     export.write_frame(verdicts.for_export(verdict_rows), tables, "verdicts")
     # the first row of each (metric, tier, method) in the cell table is the target of its summary links
     anchors = {}
-    cells = scores.sort_values(["metric", "tier", "method", "task_label", "model"]).to_dict("records") if not scores.empty else []
+    cells = in_tier_order(scores, ["method", "task_label", "model"]).to_dict("records") if not scores.empty else []
     for c in cells:
         c["anchor"] = "c-" + hashlib.sha1(f"{c['metric']}|{c['tier']}|{c['method']}".encode()).hexdigest()[:10]
         c["first"] = (c["metric"], c["tier"], c["method"]) not in anchors
@@ -50,16 +84,19 @@ def build_leaderboard(results: Results, out: Path) -> Path:
         cells=cells,
         tests=[(t, significance.cd_diagram(t)) for t in tests],
         twins=twins,
+        apart=twins_apart(scores),
         tiers=[t for t, _, _ in ranking.TIERS],
         metrics=list(ranking.GAPS),
         gap_keys=ranking.GAPS,
         max_gap=MAX_GAP,
         alpha=significance.ALPHA,
         tasks=sorted({c["task_label"] for c in cells}),
-        colours=palette(results.runs["method"].unique()),
+        colours=results.colours(),
         methods=sorted(results.runs.loc[results.runs["status"] == "done", "method"].unique()),
         ranked=sorted(board["method"].unique()) if not board.empty else [],
-        details=run_sections(results, with_predictions=False),
+        run_link=links,
+        run_pages=run_page_list(results, links),
+        run_pages_have_predictions=False,
         twin_map=significance.TWINS,
         verdicts=verdict_rows.to_dict("records"),
         verdict_alpha=verdicts.ALPHA,

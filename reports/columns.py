@@ -18,6 +18,9 @@ from fairsqueeze.metrics import metric_def
 UTILITY = "accuracy"  # the utility axis of every plot and of the leaderboard
 EODDS = "eodds_diff"  # derived per run from stored metrics: max(deo, fpr_diff)
 WORST_CHANGE = "worst_group_change"
+# per-seed change against the dense run of the same seed (``dense_key``): the paired view
+DELTA_UTILITY = "delta_accuracy"
+DELTA_GAP = "delta_gap"  # of the headline gap of the row's task
 _GROUP = re.compile(r"^(\w+)\[g=(-?\d+)\]$")
 
 
@@ -70,7 +73,14 @@ def groups_in(keys, base: str) -> list[int]:
 def comparison_columns(metric_keys, num_classes: int) -> list[Column]:
     """Every column of a comparison table, for the metric keys a store holds."""
     keys = set(metric_keys)
-    cols: list[Column] = []
+    # cost first, next to the method's name: the compression is what a row is compared at
+    cols: list[Column] = [
+        _derived("compression_ratio", "ratio", "cost", 2),
+        _derived("serialized_bytes", "bytes", "cost", 0),
+        _derived("latency_s", "latency s", "cost", 4),
+        _derived("apply_s", "method s", "cost", 2),
+        _derived("passes_total", "passes", "cost", 1),
+    ]
     for base, short in (("precision", "P"), ("recall", "R"), ("f1", "F1")):
         cols += [_metric(f"{base}[g={g}]", f"{short}[{g}]", "utility", "detail-groups") for g in groups_in(keys, base)]
         cols += [_metric(f"{base}_avg", f"{short} avg", "utility"), _metric(f"{base}_diff", f"{short} diff", "utility")]
@@ -85,13 +95,6 @@ def comparison_columns(metric_keys, num_classes: int) -> list[Column]:
     else:
         cols += [_metric(k, k, "fairness") for k in ("eopp0", "eopp1", "eodd")]
         cols += [_metric(f"{k}_sum", f"{k}_sum", "fairness", "detail-sum") for k in ("eopp0", "eopp1", "eodd")]
-    cols += [
-        _derived("compression_ratio", "ratio", "cost", 2),
-        _derived("serialized_bytes", "bytes", "cost", 0),
-        _derived("latency_s", "latency s", "cost", 4),
-        _derived("apply_s", "method s", "cost", 2),
-        _derived("passes_total", "passes", "cost", 1),
-    ]
     for g in groups_in(keys, "accuracy"):
         cols.append(Column(f"change_acc[g={g}]", f"Δacc[{g}]", "change",
                            f"Accuracy change of group {g} against the dense model of the same seed.", True))
@@ -116,7 +119,25 @@ def add_derived(frame: pd.DataFrame) -> pd.DataFrame:
         frame[key.replace("accuracy", "change_acc")] = change[:, i]
     frame[WORST_CHANGE] = np.nan if not acc else np.nanmin(np.where(np.isnan(change), np.inf, change), axis=1)
     frame.loc[np.isinf(frame[WORST_CHANGE]), WORST_CHANGE] = np.nan
-    return frame
+    frame["headline_gap"] = _headline_values(frame)
+    for delta, key in ((DELTA_UTILITY, UTILITY), (DELTA_GAP, "headline_gap")):
+        frame[delta] = against_dense(frame, key)
+    return frame.drop(columns="headline_gap")
+
+
+def _headline_values(frame: pd.DataFrame) -> np.ndarray:
+    """Each row's headline gap (``headline_gap`` of its task's number of classes)."""
+    binary = frame["num_classes"].map(lambda k: pd.notna(k) and is_binary(k)).to_numpy(bool)
+    eodds = frame[EODDS].to_numpy(float) if EODDS in frame else np.full(len(frame), np.nan)
+    eodd = frame["eodd"].to_numpy(float) if "eodd" in frame else np.full(len(frame), np.nan)
+    return np.where(binary, eodds, eodd)
+
+
+def against_dense(frame: pd.DataFrame, key: str) -> np.ndarray:
+    """``frame[key]`` minus the value of the dense run of the same (task, model, seed) in the
+    frame (``dense_key``); NaN where that dense run is absent."""
+    dense = frame[frame["method"] == "dense"].drop_duplicates("dense_key").set_index("dense_key")[key]
+    return frame[key].to_numpy(float) - dense.reindex(frame["dense_key"]).to_numpy(float)
 
 
 def _passes_total(info) -> float:

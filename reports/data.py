@@ -8,6 +8,9 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from . import chance
+from .palette import palette
+
 # columns of a run record that are dicts/lists (kept as Python objects in the frames)
 OBJECT_COLUMNS = ("sweep", "params", "flags", "info", "timings")
 # footprint columns joined to each run (renamed where a run column has the same name)
@@ -17,7 +20,7 @@ FOOTPRINT_PREFIX = "footprint_"
 @dataclass
 class Results:
     """Stored results, read once. ``runs`` has one row per suite membership
-    (see ``fairsqueeze.results.suite_runs``); ``metrics`` and ``footprint`` are indexed by
+    (see ``fairsqueeze.reports.results.suite_runs``); ``metrics`` and ``footprint`` are indexed by
     run key; ``predictions(run_key, split)`` reads per-example predictions on demand."""
 
     runs: pd.DataFrame
@@ -26,11 +29,21 @@ class Results:
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     dense: pd.DataFrame = field(default_factory=pd.DataFrame)
     predictions: Callable[[str, str], dict[str, np.ndarray]] | None = None
+    # (run keys, split) -> {run key: predictions}, one bulk read; None: ``predictions`` per run
+    predictions_many: Callable[[list, str], dict[str, dict[str, np.ndarray]]] | None = None
     split: str = "test"
-    # tuning: the suite's studies (``fairsqueeze.tuning_report.TunedStudy``) and the
+    # tuning: the suite's studies (``fairsqueeze.reports.tuning_report.TunedStudy``) and the
     # selected configurations' results on ``split`` (``selected_results``)
     studies: list = field(default_factory=list)
     selected: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # every method stored in the database (method, family, method_order): the colours of
+    # all pages of one store come from it; empty -> taken from ``runs``
+    methods: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # task key -> majority-class rates on ``split`` (``chance.majority_rates``); filled on first use
+    majority: dict[str, dict] = field(default_factory=dict)
+
+    def colours(self) -> dict[str, str]:
+        return palette(self.methods if not self.methods.empty else self.runs)
 
     def done(self) -> pd.DataFrame:
         """Finished runs, one row per membership, with their metrics and footprint joined
@@ -38,7 +51,21 @@ class Results:
         done = self.runs[self.runs["status"] == "done"]
         fp = self.footprint.rename(columns={c: FOOTPRINT_PREFIX + c for c in self.footprint.columns if c in done})
         frame = done.join(self.metrics, on="run_key").join(fp, on="run_key")
-        return frame.reset_index(drop=True)
+        return chance.with_flag(frame.reset_index(drop=True), self.majority_rates())
+
+    def majority_rates(self) -> dict[str, dict]:
+        """Per task, the majority-class rates of ``split``, from the labels stored with one of
+        its runs' predictions (every run of a task shares the split's labels and groups)."""
+        done = self.runs[self.runs["status"] == "done"].drop_duplicates("task_key")
+        for task_key, run_key in zip(done["task_key"], done["run_key"]):
+            if task_key in self.majority or self.predictions is None:
+                continue
+            try:
+                pred = self.predictions(run_key, self.split)
+            except KeyError:
+                continue
+            self.majority[task_key] = chance.majority_rates(pred["y"], pred["s"])
+        return self.majority
 
     def failed(self) -> pd.DataFrame:
         return self.runs[self.runs["status"] == "failed"].reset_index(drop=True)
@@ -47,19 +74,19 @@ class Results:
 def load(store, suite: str | None = None, split: str = "test") -> Results:
     """Read the runs of ``suite`` (every suite when None) from ``store``, and the suite's
     tuning studies (only for one suite: the leaderboard shows no studies)."""
-    from fairsqueeze.results import footprint_table, metric_table, suite_runs
-    from fairsqueeze.tuning_report import selected_results, tuned_studies
+    from .results import method_catalogue, suite_runs, suite_values
+    from .tuning_report import selected_results, tuned_studies
 
-    runs = suite_runs(store, suite)
-    keys = runs.loc[runs["status"] == "done", "run_key"].unique().tolist()
     return Results(
-        runs=runs,
-        metrics=metric_table(store, keys, split=split),
-        footprint=footprint_table(store, keys),
+        runs=suite_runs(store, suite),
+        metrics=suite_values(store, suite, split),
+        footprint=suite_values(store, suite),
         tasks=store.task_summaries(),
         dense=store.dense_frame(),
         predictions=store.predictions,
+        predictions_many=store.predictions_many,
         split=split,
         studies=tuned_studies(store, suite) if suite is not None else [],
         selected=selected_results(store, suite, split) if suite is not None else pd.DataFrame(),
+        methods=method_catalogue(store),
     )

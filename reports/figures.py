@@ -1,11 +1,14 @@
 """Figures, rendered with matplotlib's Agg backend and embedded as base64 PNG.
 
-One colour per method, the same in every figure (a method's place in the sorted list of
-registered names decides it; the dense model is always black)."""
+One colour per method, the same in every figure (``palette``; the dense model is black)."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import matplotlib
 
@@ -13,43 +16,106 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import patheffects  # noqa: E402
 import numpy as np  # noqa: E402
-import seaborn as sns  # noqa: E402
 
-from .columns import UTILITY, headline_gap  # noqa: E402
+from .columns import DELTA_GAP, DELTA_UTILITY, UTILITY, headline_gap  # noqa: E402
 from .tables import Comparison, Row  # noqa: E402
 
-DENSE_COLOUR = "#000000"
 LABEL_STEP = 0.07  # axes fraction between two stacked policy names in the tuning figure
+SCREEN_DPI = 100  # CSS pixels per inch a figure is shown at; it is drawn at twice that
+MIN_FONT = 8  # points: 8 pt at 100 dpi is 11 CSS px
+MARKERS = "osD^vP<>Xph"  # one per entry of a method, in entry order
+FLAGGED = "#888888"
+MIN_SPAN = 0.02  # the narrowest axis range, in metric units
+LABEL_ALL = 30  # up to this many rows, every point is labelled; past it, the points on a front
+# the range a plotted value can take: accuracy and every gap are rates
+FEASIBLE = {UTILITY: (0.0, 1.0), "gap": (0.0, 1.0)}
+
+plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "xtick.labelsize": 9,
+                     "ytick.labelsize": 9, "legend.fontsize": 9, "svg.fonttype": "none"})
 
 
-def _method_colours() -> list[str]:
-    """tab10's hues, then the same hues darker (seaborn's "dark"): 18 colours that all stand out
-    on white. Grey is left out: it marks other entries' trials and unknown methods."""
-    grey = 7
-    return [c for palette_name in ("tab10", "dark")
-            for i, c in enumerate(sns.color_palette(palette_name, 10).as_hex()) if i != grey]
+class Png(str):
+    """Base64 PNG drawn at 2x, with the size it is shown at on screen (CSS px)."""
+
+    width: int
+    height: int
+
+    @classmethod
+    def of(cls, data: bytes) -> "Png":
+        png = cls(base64.b64encode(data).decode("ascii"))
+        # the IHDR chunk holds the pixel size; the screen size is half of it
+        png.width, png.height = (int.from_bytes(data[i:i + 4], "big") // 2 for i in (16, 20))
+        return png
 
 
-METHOD_COLOURS = _method_colours()
-
-
-def palette(methods) -> dict[str, str]:
-    """Method -> colour, stable across reports: registered methods first, in name order."""
-    try:
-        from fairsqueeze.methods import METHODS
-
-        known = list(METHODS.names())
-    except Exception:  # a report must render even where plugins fail to import
-        known = []
-    names = [m for m in sorted(set(known) | {m for m in methods if isinstance(m, str)}) if m != "dense"]
-    return {"dense": DENSE_COLOUR, **{m: METHOD_COLOURS[i % len(METHOD_COLOURS)] for i, m in enumerate(names)}}
-
-
-def to_png(fig) -> str:
+def png_bytes(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)  # fixed margins: a "tight" box costs a second draw
+    # fixed margins (a "tight" box costs a second draw); light compression: encoding is most of a save
+    fig.savefig(buf, format="png", dpi=2 * SCREEN_DPI, pil_kwargs={"compress_level": 2})
     plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return buf.getvalue()
+
+
+def to_png(fig) -> Png:
+    return Png.of(png_bytes(fig))
+
+
+# the drawing code is part of what a cached figure depends on: a new version redraws
+CODE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class FigureFile:
+    """A figure written beside the page: its path relative to the page and the size it is
+    shown at (CSS px; the PNG holds twice as many pixels)."""
+
+    src: str
+    width: int
+    height: int
+
+
+class FigureCache:
+    """The page's figures as PNG files in ``folder``, named by the content they draw (a
+    digest of the plotted values, labels, flags, colours and the drawing code): rebuilding a
+    page redraws only the figures whose data changed, and the page loads them as files (a
+    store of 10,000 runs has a hundred figures). Files the last build did not use are
+    removed by :meth:`prune`."""
+
+    def __init__(self, folder: Path, relative: str):
+        self.folder, self.relative = Path(folder), relative
+        self.used: set[str] = set()
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def get(self, kind: str, content, draw: Callable[[], object]) -> FigureFile:
+        key = hashlib.sha256(repr((CODE, kind, content)).encode()).hexdigest()[:32]
+        self.used.add(key)
+        path = self.folder / f"{key}.png"
+        if path.exists():
+            with path.open("rb") as f:
+                head = f.read(24)
+        else:
+            data = png_bytes(draw())
+            path.write_bytes(data)
+            head = data[:24]
+        # the IHDR chunk holds the pixel size; the screen size is half of it
+        width, height = (int.from_bytes(head[i:i + 4], "big") // 2 for i in (16, 20))
+        return FigureFile(f"{self.relative}/{key}.png", width, height)
+
+    def prune(self) -> None:
+        for path in self.folder.glob("*.png"):
+            if path.stem not in self.used:
+                path.unlink()
+
+
+def content(comp: Comparison, colours: dict[str, str]) -> tuple:
+    """What a comparison's figures draw, as a canonical (ordered) value for the cache key."""
+    rows = tuple(
+        (r.label, r.method, r.entry_label, tuple(sorted((k, repr(v)) for k, v in r.sweep.items())),
+         tuple(sorted((k, v) for k, v in r.flags.items() if v)),
+         tuple((k, repr(e.mean), repr(e.half_width)) for k, e in sorted(r.values.items())))
+        for r in comp.rows)
+    return (comp.task_key, comp.task_label, comp.model, comp.num_classes, rows,
+            tuple(sorted((m, c) for m, c in colours.items() if any(r.method == m for r in comp.rows))))
 
 
 def pareto_front(points: np.ndarray) -> np.ndarray:
@@ -63,101 +129,174 @@ def pareto_front(points: np.ndarray) -> np.ndarray:
     return np.array(front, dtype=int)
 
 
-def _xy(rows: list[Row], x: str, y: str):
-    pts = np.array([[r.values[x].mean, r.values[y].mean] for r in rows], dtype=float)
-    err = np.array([[r.values[x].half_width, r.values[y].half_width] for r in rows], dtype=float)
-    return pts, np.nan_to_num(err)
+def feasible_limits(values, bounds: tuple[float, float] | None, pad: float = 0.08) -> tuple[float, float]:
+    """Axis limits around the plotted values, padded, at least ``MIN_SPAN`` wide, never past
+    what the metric can take."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    low, high = (v.min(), v.max()) if len(v) else bounds or (0.0, 1.0)
+    span = max(high - low, MIN_SPAN)  # a cloud of nearly equal points is not blown up into noise
+    low, high = low - pad * span - (span - (high - low)) / 2, high + pad * span + (span - (high - low)) / 2
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return float(low), float(high)
 
 
-def _scatter(ax, comp: Comparison, colours: dict[str, str], x: str, front: bool) -> None:
+def _short(row: Row) -> str:
+    """A point's label: its sweep values, or its entry when nothing is swept."""
+    if row.sweep:
+        return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.sweep.items())
+    return row.label if row.label != row.method else ""
+
+
+def _by_method(comp: Comparison) -> dict[str, list[Row]]:
     by_method: dict[str, list[Row]] = {}
     for r in comp.rows:
         by_method.setdefault(r.method, []).append(r)
-    for method, rows in by_method.items():
-        pts, err = _xy(rows, x, UTILITY)
-        ok = np.isfinite(pts).all(axis=1)
+    return by_method
+
+
+def _points(ax, comp: Comparison, colours: dict[str, str], x: str, y: str, front: bool, spread: bool = True,
+            labels: bool = True) -> tuple[list[float], list[float]]:
+    """Each row as a point (mean over seeds) in its method's colour, one marker per entry,
+    flagged rows hollow and grey-edged; the seed spread (95 % CI) as thin faint bars behind
+    the points; each method's front of unflagged rows as one step line; the dense model a
+    black star. Points are labelled by their sweep values: all of them in a small figure,
+    those on a front in a crowded one. Returns the points' coordinates, for the limits. One artist per (method, entry, flagged): a figure of a thousand
+    rows draws as fast as one of ten."""
+    xs, ys = [], []
+    crowded = len(comp.rows) > LABEL_ALL
+    for method, rows in _by_method(comp).items():
+        colour = colours.get(method, FLAGGED)
+        dense = method == "dense"
+        px = np.array([r.values[x].mean for r in rows], dtype=float)
+        py = np.array([r.values[y].mean for r in rows], dtype=float)
+        ok = np.isfinite(px) & np.isfinite(py)
         if not ok.any():
             continue
-        colour = colours.get(method, "#888888")
+        ex = np.array([np.nan_to_num(r.values[x].half_width) if spread else 0.0 for r in rows])
+        ey = np.array([np.nan_to_num(r.values[y].half_width) if spread else 0.0 for r in rows])
+        xs += list(px[ok])  # the points decide the limits: a wide interval is cut at the axes, never
+        ys += list(py[ok])  # squeezes the points into a corner
+        if spread and (ex[ok].any() or ey[ok].any()):
+            ax.errorbar(px[ok], py[ok], xerr=ex[ok], yerr=ey[ok], fmt="none", ecolor=colour, elinewidth=0.7, alpha=0.4,
+                        capsize=0, zorder=1)
         ranked = np.array([r.ranked for r in rows])
-        dense = method == "dense"
-        for mask, face in ((ok & ranked, colour), (ok & ~ranked, "none")):
-            if mask.any():
-                ax.errorbar(pts[mask, 0], pts[mask, 1], xerr=err[mask, 0], yerr=err[mask, 1], fmt="*" if dense else "o",
-                            ms=14 if dense else 7, color=colour, mfc=face, ecolor=colour, elinewidth=1, capsize=2,
-                            label=(method if face != "none" else f"{method} (flagged)"), zorder=3)
-        keep = ok & ranked
-        if front and keep.sum() > 1:
-            sub = pts[keep]
-            idx = pareto_front(sub)
-            ax.step(sub[idx, 0], sub[idx, 1], where="post", color=colour, lw=1.2, alpha=0.8, zorder=2)
+        entries = list(dict.fromkeys(r.entry_label for r in rows))
+        entry = np.array([entries.index(r.entry_label) for r in rows])
+        for e in range(len(entries)):
+            marker = "*" if dense else MARKERS[e % len(MARKERS)]
+            for flagged in (False, True):
+                mask = ok & (entry == e) & (ranked != flagged)
+                if mask.any():
+                    ax.scatter(px[mask], py[mask], s=180 if dense else 46, marker=marker,
+                               facecolors="none" if flagged else colour, edgecolors=FLAGGED if flagged else colour,
+                               linewidths=1.2, zorder=3, gid=f"points:{method}", label="_nolegend_")
+        on_front = np.zeros(len(rows), dtype=bool)
+        keep = np.flatnonzero(ok & ranked)
+        if front and len(keep) > 1:
+            idx = keep[pareto_front(np.c_[px[keep], py[keep]])]
+            on_front[idx] = True
+            ax.step(px[idx], py[idx], where="post", color=colour, lw=1.8, alpha=0.9, zorder=2, gid=f"front:{method}")
+        if labels and not dense:
+            for i in np.flatnonzero(ok & (on_front | (not crowded))):
+                if text := _short(rows[i]):
+                    ax.annotate(text + ("" if rows[i].ranked else " (flagged)"), (px[i], py[i]), xytext=(4, 3),
+                                textcoords="offset points", fontsize=MIN_FONT,
+                                color=colour if rows[i].ranked else FLAGGED, zorder=4)
+        ax.scatter([], [], marker="*" if dense else "o", s=80 if dense else 40, color=colour, label=method)
+    return xs, ys
 
 
-def _axes():
-    """One plot with room on the right for the legend."""
-    fig, ax = plt.subplots(figsize=(7.2, 4.2))
-    fig.subplots_adjust(left=0.11, right=0.72, bottom=0.12, top=0.92)
+def _axes(width: float = 6.8, height: float = 4.4):
+    """One plot with room on the right for the legend of methods."""
+    fig, ax = plt.subplots(figsize=(width, height))
+    fig.subplots_adjust(left=0.11, right=0.74, bottom=0.13, top=0.91)
     return fig, ax
 
 
-def pareto_plot(comp: Comparison, colours: dict[str, str]) -> str:
-    """Utility against the headline unfairness gap: seed CIs as error bars, the dense model
-    as a black star, each method's non-dominated front as a step line; flagged
-    (degenerate / no-effect) points hollow."""
+def _finish(ax, title: str, xlabel: str, ylabel: str, xs, ys, xbounds, ybounds) -> None:
+    ax.set_xlim(*feasible_limits(xs, xbounds))
+    ax.set_ylim(*feasible_limits(ys, ybounds))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, title="method",
+              handletextpad=0.3, borderaxespad=0.0)
+
+
+def pareto_figure(comp: Comparison, colours: dict[str, str]):
+    """Utility against the headline unfairness gap: points labelled by their sweep values,
+    seed CIs as faint thin bars, each method's non-dominated front as a step line, the
+    dense model a black star, flagged (degenerate, no-effect, near-chance) rows hollow."""
     gap = headline_gap(comp.num_classes)
     fig, ax = _axes()
-    _scatter(ax, comp, colours, gap, front=True)
-    ax.set_xlabel(f"{gap} (lower is fairer)")
-    ax.set_ylabel(f"{UTILITY} (higher is better)")
-    ax.set_title(f"{comp.task_label} · {comp.model}: utility vs unfairness", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return to_png(fig)
+    xs, ys = _points(ax, comp, colours, gap, UTILITY, front=True)
+    _finish(ax, f"{comp.task_label} · {comp.model}", f"{gap} (lower is fairer)", f"{UTILITY} (higher is better)",
+            xs, ys, FEASIBLE["gap"], FEASIBLE[UTILITY])
+    return fig
 
 
-def cost_plot(comp: Comparison, colours: dict[str, str]) -> str:
+def delta_figure(comp: Comparison, colours: dict[str, str]):
+    """The paired view: per row, the mean over seeds of its change against the dense model
+    of the same seed, accuracy (up is better) against the headline gap (left is fairer).
+    The dense model sits at the origin; differences between methods show here first."""
+    fig, ax = _axes()
+    ax.axhline(0, color="#444444", lw=0.8, zorder=0)
+    ax.axvline(0, color="#444444", lw=0.8, zorder=0)
+    xs, ys = _points(ax, comp, colours, DELTA_GAP, DELTA_UTILITY, front=False, spread=False)
+    _finish(ax, "change against the dense model (same seed)",
+            f"Δ {headline_gap(comp.num_classes)} (left is fairer)", f"Δ {UTILITY} (up is better)",
+            xs + [0.0], ys + [0.0], (-1.0, 1.0), (-1.0, 1.0))
+    return fig
+
+
+def cost_figure(comp: Comparison, colours: dict[str, str]):
     """Utility against the compression ratio."""
     fig, ax = _axes()
-    _scatter(ax, comp, colours, "compression_ratio", front=False)
-    ax.set_xlabel("compression ratio (higher is smaller)")
-    ax.set_ylabel(UTILITY)
-    ax.set_title(f"{comp.task_label} · {comp.model}: utility vs compression", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return to_png(fig)
+    xs, ys = _points(ax, comp, colours, "compression_ratio", UTILITY, front=False)
+    _finish(ax, f"{comp.task_label} · {comp.model}", "compression ratio (higher is smaller)", UTILITY,
+            xs, ys, (0.0, np.inf), FEASIBLE[UTILITY])
+    return fig
 
 
 def swept_parameters(comp: Comparison) -> list[str]:
     return sorted({p for r in comp.rows for p in r.sweep})
 
 
-def ablation_plot(comp: Comparison, param: str, colours: dict[str, str]) -> str:
+def ablation_figure(comp: Comparison, param: str, colours: dict[str, str]):
     """The utility and the headline gap against one swept parameter: one line per method
-    entry (and per value of any other parameter swept with it)."""
+    entry (and per value of any other parameter swept with it), seed CIs as a shaded band."""
     gap = headline_gap(comp.num_classes)
     lines: dict[tuple, list[Row]] = {}
     for r in comp.rows:
         if param in r.sweep:
             others = tuple(sorted((k, str(v)) for k, v in r.sweep.items() if k != param))
             lines.setdefault((r.entry_label, r.method, others), []).append(r)
-    fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.6))
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.15, top=0.88, wspace=0.25)
+    fig, axes = plt.subplots(1, 2, figsize=(11.0, 3.8))
+    fig.subplots_adjust(left=0.07, right=0.80, bottom=0.15, top=0.88, wspace=0.25)
     numeric = all(isinstance(r.sweep[param], (int, float)) for rows in lines.values() for r in rows)
-    for (entry_label, method, others), rows in sorted(lines.items(), key=lambda kv: str(kv[0])):
+    spans: dict[str, list[float]] = {UTILITY: [], gap: []}
+    for n, ((entry_label, method, others), rows) in enumerate(sorted(lines.items(), key=lambda kv: str(kv[0]))):
         rows = sorted(rows, key=lambda r: r.sweep[param] if numeric else str(r.sweep[param]))
         xs = [r.sweep[param] if numeric else str(r.sweep[param]) for r in rows]
         name = entry_label + ("" if not others else " " + ",".join(f"{k}={v}" for k, v in others))
+        colour = colours.get(method, FLAGGED)
         for ax, key in zip(axes, (UTILITY, gap)):
-            ys = [r.values[key].mean for r in rows]
+            ys = np.array([r.values[key].mean for r in rows], dtype=float)
             es = np.nan_to_num([r.values[key].half_width for r in rows])
-            ax.errorbar(xs, ys, yerr=es, marker="o", color=colours.get(method, "#888888"), capsize=2, label=name)
+            ax.plot(xs, ys, marker=MARKERS[n % len(MARKERS)], color=colour, lw=1.6, label=name, gid=f"line:{name}")
+            ax.fill_between(range(len(xs)) if not numeric else xs, ys - es, ys + es, color=colour, alpha=0.15, lw=0)
+            spans[key] += list(ys - es) + list(ys + es)
     for ax, key in zip(axes, (UTILITY, gap)):
+        ax.set_ylim(*feasible_limits(spans[key], FEASIBLE[UTILITY if key == UTILITY else "gap"]))
         ax.set_xlabel(param)
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"{comp.task_label} · {comp.model}: sweep of {param}", fontsize=9)
-    return to_png(fig)
+    axes[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    fig.suptitle(f"{comp.task_label} · {comp.model}: sweep of {param}")
+    return fig
 
 
 def tuning_figure(studies, colours: dict[str, str]):

@@ -1,43 +1,27 @@
-"""The suite report: one self-contained HTML file (inline CSS, JS and figures), written
-with its CSV/JSON/LaTeX/Markdown exports from stored results alone."""
+"""The suite report: one HTML file (inline CSS, JS and figures) that opens on an overview
+per task and model, written with its CSV/JSON/LaTeX/Markdown exports and its run pages
+from stored results alone."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from fairsqueeze.biascard import format_bias_card, is_underfit
-from fairsqueeze.leaderboard.hypervolume import hypervolume, reference_point
-from fairsqueeze.tuning import short_params
 
-from . import export, figures
+from . import export, figures, overview
 from .columns import UTILITY, headline_gap
 from .data import Results
-from .runs import failed_runs, run_sections
-from .stats import metric_bounds
-from .tables import Comparison, Row, comparisons
+from .hypervolume import reference_point
+from .run_pages import run_page_list, write_run_pages
+from .runs import failed_runs
+from .templating import environment
+from .tables import Comparison, Row, cells_html, comparisons
 from .tuning import tuning_sections
 from .verdicts import ALPHA, delta_sections, dense_delta_table, for_export, verdict_table
 
-TEMPLATES = Path(__file__).parent / "templates"
-COMPRESSED = 1.05  # a row below this compression ratio is not a compression result
-
-
-def environment() -> Environment:
-    """Jinja2 with autoescaping on every template: names, labels, parameters and errors
-    come from users and are always escaped."""
-    env = Environment(
-        loader=FileSystemLoader(TEMPLATES),
-        autoescape=select_autoescape(default=True, default_for_string=True),
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["short_params"] = short_params
-    env.globals["metric_bounds"] = metric_bounds  # intervals are clipped to them (reports.stats)
-    return env
+FIGURES = "figures"  # beside index.html: the figures of the last build, named by content
 
 
 @dataclass
@@ -45,9 +29,11 @@ class TaskSection:
     comp: Comparison
     gap: str
     ref: tuple[float, float]
-    pareto: str
-    cost: str
-    ablations: list[tuple[str, str]]
+    pareto: figures.FigureFile
+    delta: figures.FigureFile
+    cost: figures.FigureFile
+    ablations: list[tuple[str, figures.FigureFile]]
+    tiers: list[overview.Tier]
     cards: list[dict]
     exports: list[str]
     best: Row | None = None
@@ -57,15 +43,8 @@ class TaskSection:
 
 def best_tradeoff(comp: Comparison) -> Row | None:
     """The compressed, unflagged row whose own point has the largest hypervolume against
-    the task's fixed reference point (see ``fairsqueeze.leaderboard.hypervolume``)."""
-    gap = headline_gap(comp.num_classes)
-    scored = [
-        (hypervolume([r.values[UTILITY].mean], [r.values[gap].mean], comp.num_classes), r)
-        for r in comp.rows
-        if r.ranked and r.method != "dense" and r.values["compression_ratio"].mean >= COMPRESSED
-    ]
-    scored = [(hv, r) for hv, r in scored if hv > 0]
-    return max(scored, key=lambda s: s[0])[1] if scored else None
+    the task's fixed reference point (see ``fairsqueeze.reports.hypervolume``)."""
+    return overview.best_of([r for r in comp.rows if r.values["compression_ratio"].mean >= overview.COMPRESSED], comp)
 
 
 def front_labels(comp: Comparison) -> set[str]:
@@ -92,19 +71,27 @@ def build_report(results: Results, suite: str, out: Path) -> Path:
     """Write ``out/index.html`` and ``out/tables/*`` for ``suite``; return the page path."""
     out = Path(out)
     tables_dir = out / "tables"
-    colours = figures.palette(results.runs["method"].unique())
+    colours = results.colours()
     sections = []
+    cache = figures.FigureCache(Path(out) / FIGURES, FIGURES)
+    exported = export.Written(tables_dir)
     for comp in comparisons(results.done()):
-        written = export.write_comparison(comp, tables_dir)
+        drawn = figures.content(comp, colours)
+        shown = (drawn, [(r.runs, sorted(r.best)) for r in comp.rows],
+                 [(c.key, c.label, c.group, c.digits, c.detail) for c in comp.columns])
+        written = export.write_comparison(comp, tables_dir, exported, shown)
         dense_rows = [r for r in comp.rows if r.method == "dense"]
         sections.append(
             TaskSection(
                 comp=comp,
                 gap=headline_gap(comp.num_classes),
                 ref=reference_point(comp.num_classes),
-                pareto=figures.pareto_plot(comp, colours),
-                cost=figures.cost_plot(comp, colours),
-                ablations=[(p, figures.ablation_plot(comp, p, colours)) for p in figures.swept_parameters(comp)],
+                pareto=cache.get("pareto", drawn, lambda: figures.pareto_figure(comp, colours)),
+                delta=cache.get("delta", drawn, lambda: figures.delta_figure(comp, colours)),
+                cost=cache.get("cost", drawn, lambda: figures.cost_figure(comp, colours)),
+                tiers=overview.tiers(comp),
+                ablations=[(p, cache.get(f"ablation:{p}", drawn, lambda p=p: figures.ablation_figure(comp, p, colours)))
+                           for p in figures.swept_parameters(comp)],
                 cards=_cards(results, comp),
                 exports=[p.relative_to(out).as_posix() for p in written],
                 best=best_tradeoff(comp),
@@ -112,11 +99,13 @@ def build_report(results: Results, suite: str, out: Path) -> Path:
                 front=front_labels(comp),
             )
         )
-    export.write_runs(results.runs, tables_dir)
+    export.write_runs(results.runs, tables_dir, exported)
     verdict_rows = verdict_table(results)
-    export.write_frame(for_export(verdict_rows), tables_dir, "verdicts")
+    export.write_table(for_export(verdict_rows), tables_dir, "verdicts", exported)
     deltas = dense_delta_table(results)
-    export.write_frame(for_export(deltas.drop(columns="estimate", errors="ignore")), tables_dir, "paired_deltas")
+    export.write_table(for_export(deltas.drop(columns="estimate", errors="ignore")), tables_dir, "paired_deltas", exported)
+    exported.save()
+    links = write_run_pages(results, out, f"fairsqueeze report: {suite}")
     failed = failed_runs(results)
     page = environment().get_template("report.html.j2").render(
         suite=suite,
@@ -128,11 +117,15 @@ def build_report(results: Results, suite: str, out: Path) -> Path:
         verdicts=verdict_rows.to_dict("records"),
         verdict_alpha=ALPHA,
         deltas=delta_sections(deltas),
-        details=run_sections(results),
+        run_link=links,
+        cells_html=cells_html,
+        run_pages=run_page_list(results, links),
+        run_pages_have_predictions=True,
         failed=failed,
         n_runs=results.runs.loc[results.runs["status"].isin(["done", "failed"]), "run_key"].nunique(),
         n_failed=len(failed),
     )
+    cache.prune()
     out.mkdir(parents=True, exist_ok=True)
     path = out / "index.html"
     path.write_text(page, encoding="utf-8")

@@ -2,14 +2,15 @@
 per-group results and per-group confusion matrices, all read from the store.
 
 Built as escaped HTML in Python rather than in the template, with no pandas per run: a
-report may hold ten thousand runs, and this is the one part of the page that grows with them."""
+report may hold ten thousand runs, and this is the one part that grows with them (written
+on pages of their own, ``run_pages``)."""
 from __future__ import annotations
 
+import html
 import math
 from typing import Any
 
 import numpy as np
-from markupsafe import Markup, escape
 
 from .columns import groups_in
 from .data import Results
@@ -21,18 +22,56 @@ RECORD_COLUMNS = ("suite", "label", "entry_label", "task_label", "target", "sens
 GROUP_METRICS = ("support", "accuracy", "precision", "recall", "f1", "tpr", "fpr")
 
 
-def _text(value) -> str:
+def escape(value) -> str:
+    """HTML-escaped text (quotes included, for attributes): the standard library's escape,
+    several times faster than building Markup objects for the ~100 cells of each run."""
+    return html.escape(str(value))
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> "1.5 KiB": binary units, three significant digits."""
+    size, unit = float(n), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            break
+        size /= 1024
+    return f"{int(size)} B" if unit == "B" else f"{size:.3g} {unit}"
+
+
+def _text(value, key: str = "") -> str:
+    """A scalar as a reader wants it: bytes in KiB/MiB, whole numbers without a decimal
+    point and with thousands separators, other numbers to four significant digits."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    if isinstance(value, float):
-        return f"{value:.6g}"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        if "bytes" in key and math.isfinite(value):
+            return human_bytes(value)
+        if float(value).is_integer() and abs(value) < 1e15:
+            return f"{int(value):,}"
+        return f"{float(value):.4g}"
     return str(value)
 
 
-def _kv(mapping: dict[str, Any]) -> str:
-    rows = "".join(f'<tr><th class="lbl">{escape(k)}</th><td class="lbl">{escape(_text(v))}</td></tr>'
-                   for k, v in sorted(mapping.items()))
-    return f"<table><tbody>{rows}</tbody></table>"
+def _cell(key: str, value, depth: int = 0) -> str:
+    """A value as HTML: a dict becomes a nested table, a list of scalars one line, a list
+    of dicts one nested table each."""
+    if isinstance(value, dict) and value and depth < 4:
+        return _kv(value, depth + 1)
+    if isinstance(value, (list, tuple)) and value:
+        if all(isinstance(v, dict) for v in value) and depth < 4:
+            return "".join(_kv(v, depth + 1) for v in value)
+        return escape(", ".join(_text(v, key) for v in value))
+    if isinstance(value, dict):
+        return "–"
+    return escape(_text(value, key))
+
+
+def _kv(mapping: dict[str, Any], depth: int = 0) -> str:
+    rows = "".join(f'<tr><th class="lbl">{escape(str(k))}</th><td class="lbl wrap">{_cell(str(k), v, depth)}</td></tr>'
+                   for k, v in sorted(mapping.items(), key=lambda kv: str(kv[0])))
+    return f'<table class="{"kv nested" if depth else "kv"}"><tbody>{rows}</tbody></table>'
 
 
 def _grid(corner: str, index, columns, cells) -> str:
@@ -77,7 +116,9 @@ def run_title(r) -> str:
 
 
 def run_section(r: dict, results: Results, groups: GroupColumns, metrics: dict, footprint: dict,
-                with_predictions: bool) -> str:
+                predictions: dict[str, dict[str, np.ndarray]]) -> str:
+    """One run's details; ``predictions``: run key -> stored predictions (the runs absent
+    from it get no confusion matrices)."""
     key = r["run_key"]
     flags = "".join(f'<span class="flag {escape(f)}">{escape(f)}</span>' for f in (r.get("flags") or []))
     parts = [
@@ -96,14 +137,11 @@ def run_section(r: dict, results: Results, groups: GroupColumns, metrics: dict, 
         if table is not None:
             parts.append(f"<h5>per group ({escape(results.split)}, stored metrics)</h5>" + table)
         k = int(r["num_classes"])
-        if with_predictions and results.predictions is not None and k <= MAX_CONFUSION_CLASSES:
-            try:
-                pred = results.predictions(key, results.split)
-            except KeyError:
-                pred = None
+        pred = predictions.get(key)
+        if pred is not None and k <= MAX_CONFUSION_CLASSES:
             names = (results.tasks.get(r["task_key"]) or {}).get("group_names") or {}
             rows, cols = [f"y={i}" for i in range(k)], [f"ŷ={i}" for i in range(k)]
-            for g, cm in (confusions(pred, k) if pred is not None else {}).items():
+            for g, cm in confusions(pred, k).items():
                 name = names.get(str(g), names.get(g))
                 label = f"group {g}" + (f" ({name})" if name is not None else "")
                 parts.append(f"<h5>confusion matrix, {escape(label)} (stored predictions)</h5>"
@@ -114,17 +152,6 @@ def run_section(r: dict, results: Results, groups: GroupColumns, metrics: dict, 
         f"<details><summary>config, params, hashes, footprint, timings, per-group results</summary>"
         f'<div class="figs">{"".join(parts)}</div></details></div>'
     )
-
-
-def run_sections(results: Results, with_predictions: bool = True) -> Markup:
-    """The detail section of every distinct run (a run shared by several entries appears once)."""
-    runs = results.runs[results.runs["status"].isin(["done", "failed"])].drop_duplicates("run_key")
-    groups = GroupColumns(results.metrics.columns)
-    values = results.metrics.to_numpy(dtype=float)
-    metrics = {key: values[i] for i, key in enumerate(results.metrics.index)}
-    footprint = results.footprint.to_dict("index")
-    return Markup("\n".join(run_section(r, results, groups, metrics, footprint, with_predictions)
-                            for r in runs.to_dict("records")))
 
 
 def failed_runs(results: Results) -> list[dict[str, str]]:

@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -69,6 +70,7 @@ def clip_interval(mean: float, half: float, bounds: tuple[float, float] | None) 
     return max(low, bounds[0]), min(high, bounds[1]), {"lowhigh": "both"}.get(clipped, clipped)
 
 
+@functools.lru_cache(maxsize=None)  # asked once per table cell
 def metric_bounds(key: str, num_classes: int = 2) -> tuple[float, float] | None:
     """The range a metric's value lies in: [0, 1] for rates and gaps, [0, K] or [0, 2K] for
     the sum forms, [0, 2] for the L1 parity distance; None for counts and costs."""

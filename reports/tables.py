@@ -3,16 +3,19 @@ per method entry (sweep values included), every value a mean ± 95 % CI over see
 from __future__ import annotations
 
 import hashlib
+import html
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from markupsafe import Markup
 
-from .columns import Column, add_derived, comparison_columns
-from .stats import Estimate, estimate, estimates
+from .columns import DELTA_GAP, DELTA_UTILITY, Column, add_derived, comparison_columns
+from .stats import MIN_INTERVAL_N, Estimate, estimate, estimates, metric_bounds
 
-# flags that keep a row out of "best" marks: a constant model is not fair, a no-op is no result
-UNRANKED_FLAGS = ("degenerate", "no_effect")
+# flags that keep a row out of "best" marks, fronts and rankings: a constant model is not fair,
+# a no-op is no result, a near-chance model (``chance``) has learnt next to nothing
+UNRANKED_FLAGS = ("degenerate", "no_effect", "near_chance")
 
 
 @dataclass
@@ -80,12 +83,36 @@ class Comparison:
         return pd.DataFrame(data, index=index)
 
 
-def _row(label: str, members: pd.DataFrame, values: dict[str, Estimate]) -> Row:
-    members = members.sort_values("seed")
-    first = members.iloc[0]
+def cells_html(row: Row, columns: list[Column], num_classes: int = 2) -> Markup:
+    """The value cells of one table row as HTML: mean (``data-v`` for sorting) with its CI
+    clipped to the metric's range (the clipped end marked), or the per-seed values below 3
+    seeds; the column's group and detail classes, bold when best. Built here rather than by
+    a template macro: a store of thousands of runs has a hundred thousand cells."""
+    out = []
+    for col in columns:
+        est = row.values[col.key]
+        best = " best" if col.key in row.best else ""
+        if est.n == 0 or est.mean != est.mean:
+            text, value = "–", ""
+        elif est.values and est.n < MIN_INTERVAL_N:
+            value, text = repr(est.mean), f"<small>{html.escape(est.display(col.digits))}</small>"
+        else:
+            value = repr(est.mean)
+            text = f"{est.mean:.{col.digits}f}"
+            if est.half_width == est.half_width:
+                bounds = metric_bounds(col.key, num_classes)
+                text += f"<small> {html.escape(est.interval_text(col.digits, bounds))}</small>"
+        out.append(f'<td data-v="{value}" class="c-{col.group} {col.detail}{best}" '
+                   f'title="{html.escape(col.label)}: n={est.n} seed(s)">{text}</td>')
+    return Markup("".join(out))
+
+
+def _row(label: str, members: list[dict], values: dict[str, Estimate]) -> Row:
+    """One table row from its runs' records (sorted by seed)."""
+    first = members[0]
     flags: dict[str, int] = {}
-    for fl in members["flags"]:
-        for f in fl or ():
+    for m in members:
+        for f in m["flags"] or ():
             flags[f] = flags.get(f, 0) + 1
     return Row(
         label=label,
@@ -94,7 +121,7 @@ def _row(label: str, members: pd.DataFrame, values: dict[str, Estimate]) -> Row:
         entry=int(first["entry"]),
         entry_label=first["entry_label"],
         sweep=dict(first["sweep"] or {}),
-        runs=list(zip(members["seed"].astype(int), members["run_key"])),
+        runs=[(int(m["seed"]), m["run_key"]) for m in members],
         flags=flags,
         values=values,
     )
@@ -109,9 +136,8 @@ def _mark_best(rows: list[Row], columns: list[Column]) -> None:
         if not np.isfinite(means).any():
             continue
         best = np.nanmax(means) if col.higher_is_better else np.nanmin(means)
-        for r, m in zip(ranked, means):
-            if np.isclose(m, best, rtol=0, atol=1e-12):
-                r.best.add(col.key)
+        for i in np.flatnonzero(np.abs(means - best) <= 1e-12):
+            ranked[i].best.add(col.key)
 
 
 def comparisons(frame: pd.DataFrame, tasks: dict | None = None) -> list[Comparison]:
@@ -126,15 +152,25 @@ def comparisons(frame: pd.DataFrame, tasks: dict | None = None) -> list[Comparis
         num_classes = int(cell["num_classes"].iloc[0])
         columns = comparison_columns(metric_keys, num_classes)
         order = cell.assign(_dense=cell["method"] != "dense").sort_values(["_dense", "entry", "label"])
-        present = [c.key for c in columns if c.key in cell]
+        present = [c.key for c in columns if c.key in cell] + list(PAIRED)
         values = estimates(order, "label", present)
         empty = estimate([])
-        rows = [_row(label, members, {c.key: values[label].get(c.key, empty) for c in columns})
-                for label, members in order.groupby("label", sort=False)]
+        keys = [c.key for c in columns] + list(PAIRED)
+        members: dict[str, list[dict]] = {}  # label -> its runs by seed, labels in table order
+        fields = ["label", "method", "family", "entry", "entry_label", "sweep", "seed", "run_key", "flags"]
+        by_seed = order.sort_values("seed", kind="stable")[[f for f in fields if f in order]].to_dict("records")
+        for label in order["label"].unique():
+            members[label] = []
+        for record in by_seed:
+            members[record["label"]].append(record)
+        rows = [_row(label, mine, {k: values[label].get(k, empty) for k in keys}) for label, mine in members.items()]
         _mark_best(rows, columns)
         out.append(Comparison(task_key, cell["task_label"].iloc[0], model, num_classes, columns, rows))
     return sorted(out, key=lambda c: (c.task_label, c.model))
 
+
+# per-row values kept beside the columns: the mean per-seed change against dense (the paired view)
+PAIRED = (DELTA_UTILITY, DELTA_GAP)
 
 # the scalar metric keys a comparison may show (per-group keys are matched by "[g=")
 _METRICISH = {

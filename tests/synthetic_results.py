@@ -1,4 +1,4 @@
-"""Synthetic stored results in the shape the store returns (``fairsqueeze.results``
+"""Synthetic stored results in the shape the store returns (``fairsqueeze.reports.results``
 contract): predictions are drawn per run, and every metric is computed from them with
 ``fairsqueeze.metrics.compute_metrics``, so the numbers obey their definitions."""
 from __future__ import annotations
@@ -11,7 +11,8 @@ import pandas as pd
 from fairsqueeze.metrics import compute_metrics
 from fairsqueeze.reports.data import Results
 
-# (method, entry label, params, sweep, flip probability per group, compression ratio)
+# (method, entry label, params, sweep, flip probability per group, compression ratio);
+# flips None: constant predictions; "near_constant": class 0 but for a few random rows
 ENTRIES = [
     ("dense", "dense", {}, {}, (0.25, 0.10), 1.0),
     ("truncated_svd", "svd", {"layer": "fc2", "k": 4}, {"k": 4}, (0.30, 0.12), 2.0),
@@ -46,6 +47,8 @@ def make_results(tasks=(("digits: parity / planted", 2),), models=("mlp",), seed
                     key = _key(task_key, model, method, params, sd)
                     if flips is None:
                         y_pred = np.zeros(rows, dtype=int)
+                    elif flips == "near_constant":  # class 0 but for a few random rows: near chance, not constant
+                        y_pred = np.where(rng.random(rows) < 0.04, rng.integers(0, k, rows), 0)
                     else:
                         flip = rng.random(rows) < np.where(s == 0, flips[0], flips[1])
                         y_pred = np.where(flip, (y + rng.integers(1, k, rows)) % k, y)

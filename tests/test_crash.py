@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from fairsqueeze.cli import main
-from fairsqueeze.results import metric_table, suite_runs
+from fairsqueeze.reports.results import metric_table, suite_runs
 from fairsqueeze.store import Store
 
 SUITE = """\

@@ -9,7 +9,7 @@ from fairsqueeze.cli import main
 from fairsqueeze.methods import METHODS, Method, Outcome
 from fairsqueeze.metrics import compute_metrics
 from fairsqueeze.reference import checkpoint_path
-from fairsqueeze.results import results_tables
+from fairsqueeze.reports.results import results_tables
 from fairsqueeze.runner import Runner, resolve_device
 from fairsqueeze.store import Store
 

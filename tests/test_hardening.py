@@ -50,7 +50,7 @@ def default_slice() -> dict:
 
 
 def test_the_same_suite_twice_gives_identical_stored_metrics(tmp_path, monkeypatch):
-    from fairsqueeze.results import metric_table, suite_runs
+    from fairsqueeze.reports.results import metric_table, suite_runs
     from fairsqueeze.runner import Runner, resolve_device
     from fairsqueeze.store import Store
     from fairsqueeze.suite import parse_suite

@@ -18,7 +18,7 @@ from fairsqueeze.cli import main
 from fairsqueeze.errors import FairsqueezeError
 from fairsqueeze.methods import METHODS, Method, Outcome
 from fairsqueeze.reference import checkpoint_path, dense_reference
-from fairsqueeze.results import results_tables, suite_runs
+from fairsqueeze.reports.results import results_tables, suite_runs
 from fairsqueeze.runner import Runner, plan_suite, resolve_device
 from fairsqueeze.store import Store, StoreError
 from fairsqueeze.suite import parse_suite, resolve_suite_path

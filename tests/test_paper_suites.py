@@ -13,7 +13,7 @@ from PIL import Image
 
 from fairsqueeze.cli import main
 from fairsqueeze.datasets.images import decoded_total
-from fairsqueeze.results import footprint_table, suite_runs
+from fairsqueeze.reports.results import footprint_table, suite_runs
 from fairsqueeze.runner import Runner, resolve_device
 from fairsqueeze.store import Store
 from fairsqueeze.suite import parse_suite, resolve_suite_path

@@ -32,15 +32,45 @@ def header_index(page, table: str, text: str) -> int:
     return page.eval_on_selector_all(f"{table} thead th", f"ths => ths.findIndex(t => t.textContent.trim() === {text!r})")
 
 
-def test_report_in_the_browser(pages):
+# every element outside a horizontally scrolling wrapper ends inside the window
+OVERFLOWING = """() => {
+  const width = document.documentElement.clientWidth;
+  return Array.from(document.querySelectorAll("body *"))
+    .filter(e => !e.closest(".scroll") && e.getClientRects().length && e.getBoundingClientRect().right > width + 1)
+    .map(e => e.tagName + "." + e.className + ": " + (e.textContent || "").slice(0, 40));
+}"""
+
+
+def first_screen(page, selector: str) -> bool:
+    return page.eval_on_selector(selector, "e => { const r = e.getBoundingClientRect();"
+                                           " return r.top >= 0 && r.bottom <= innerHeight && r.right <= innerWidth; }")
+
+
+@pytest.mark.parametrize("width", [1400, 800])
+def test_report_in_the_browser(pages, width):
     report, _, out = pages
-    with chromium_page() as page:
+    with chromium_page(width, 900) as page:
         page.goto(report.as_uri())
-        assert page.locator("table.comparison").count() == 2
-        for kind in ("pareto", "cost", "ablation"):
+        # the first screen answers the question: the overview, with the ratio beside accuracy and gap
+        overview = "table.overview >> nth=0"
+        assert page.locator("table.overview").count() == 2
+        ratio = header_index(page, "table.overview", "ratio")
+        assert ratio > 0 and first_screen(page, f"table.overview thead th:nth-child({ratio + 1})")
+        assert first_screen(page, "table.overview tbody tr:first-child")
+        assert page.locator(overview).locator(".badge").count() >= 1  # the best of a tier is named
+        if width == 1400:
+            assert first_screen(page, "img.pareto")
+        assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+        assert page.evaluate(OVERFLOWING) == []
+        for kind in ("pareto", "delta", "cost", "ablation"):
             images = page.locator(f"img.{kind}")
             assert images.count() >= 2
-            assert images.first.evaluate("img => img.complete && img.naturalWidth > 100")
+            images.first.scroll_into_view_if_needed()  # loaded lazily, when near the screen
+            page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=images.first.element_handle())
+            assert images.first.evaluate("img => img.naturalWidth >= 2 * img.width - 2")  # drawn at 2x
+        page.evaluate("window.scrollTo(0, 0)")
+        page.screenshot(path=str(screenshot_dir(out) / f"report-{width}.png"))
+
         table = "#" + page.locator("table.comparison").first.get_attribute("id")
         col = header_index(page, table, "accuracy")
         page.click(f"{table} thead th >> nth={col}")
@@ -48,34 +78,54 @@ def test_report_in_the_browser(pages):
         assert ascending == sorted(ascending) and len(ascending) == 7
         page.click(f"{table} thead th >> nth={col}")
         assert [float(v) for v in column_values(page, table, col)] == sorted(ascending, reverse=True)
+        assert header_index(page, table, "ratio") == 2  # cost next to the name
 
-        page.fill(f"[data-filter-table='{table[1:]}']", "svd")
-        visible = page.eval_on_selector_all(f"{table} tbody tr:not([hidden])", "rows => rows.map(r => r.textContent)")
-        assert len(visible) == 2 and all("svd" in t for t in visible)
+        page.check("input[data-fold='utility']")  # a column group folds
+        assert not page.locator(f"{table} thead th.c-utility").first.is_visible()
+        page.uncheck("input[data-fold='utility']")
+        assert page.locator(f"{table} thead th.c-utility >> nth=-1").is_visible()
 
         assert not page.locator("body.show-detail-groups").count()
         page.check("input[data-toggle='detail-groups']")
         assert page.locator(f"{table} tbody tr:not([hidden]) td.detail-groups").first.is_visible()
 
-        link = page.locator(f"{table} tbody tr:not([hidden]) td.lbl a").first
+        page.fill(f"[data-filter-table='{table[1:]}']", "svd")
+        visible = page.eval_on_selector_all(f"{table} tbody tr:not([hidden])", "rows => rows.map(r => r.textContent)")
+        assert len(visible) == 2 and all("svd" in t for t in visible)
+        link = page.locator(f"{table} tbody tr:not([hidden]) td.lbl a").first  # a link after a filter change
         target = link.get_attribute("href")
+        assert target.startswith("runs/") and "#run-" in target
         link.click()
-        assert page.evaluate("location.hash") == target
-        assert page.locator(f"{target} details").evaluate("d => d.open")  # unfolded by the link
-        assert page.locator(f"{target} table").first.is_visible()
+        page.wait_for_load_state()
+        anchor = "#" + target.split("#")[1]
+        assert page.url.endswith(target) and page.locator(f"{anchor} details").evaluate("d => d.open")
+        assert page.locator(f"{anchor} table").first.is_visible()
+        assert page.evaluate(OVERFLOWING) == []
+        page.go_back()
         assert page.locator("#failed details").count() == 1 and not page.locator("#failed details").evaluate("d => d.open")
-        page.goto(report.as_uri())
-        page.screenshot(path=str(screenshot_dir(out) / "report.png"))
+        for href in page.eval_on_selector_all("a[href]", "as => as.map(a => a.getAttribute('href'))"):
+            if href.startswith("#"):  # every in-page link has a target
+                assert page.locator(f"[id='{href[1:]}']").count() == 1, href
+            else:
+                assert (report.parent / href.split("#")[0]).exists(), href
         assert page.errors == []
 
 
-def test_leaderboard_in_the_browser(pages):
+@pytest.mark.parametrize("width", [1400, 800])
+def test_leaderboard_in_the_browser(pages, width):
     _, board, out = pages
-    with chromium_page() as page:
+    with chromium_page(width, 900) as page:
         page.goto(board.as_uri())
         rows = "#board-table tbody tr:not([hidden])"
+        assert first_screen(page, f"{rows} >> nth=0")
+        if width == 1400:
+            assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+        assert page.evaluate(OVERFLOWING) == []
         metrics = page.eval_on_selector_all(rows, "rs => rs.map(r => r.dataset.metric)")
         assert metrics and set(metrics) == {"equalized odds"}  # preset filter
+        tiers = page.eval_on_selector_all(rows, "rs => rs.map(r => r.dataset.tier)")
+        assert tiers == sorted(tiers, key=["<1.05", "1.05–1.3", "1.3–1.7", ">1.7"].index)  # numeric order
+        page.screenshot(path=str(screenshot_dir(out) / f"leaderboard-{width}.png"))
         page.select_option("#board .controls select[data-filter-attr='tier']", "1.3–1.7")
         tiers = page.eval_on_selector_all(rows, "rs => rs.map(r => r.dataset.tier)")
         assert set(tiers) == {"1.3–1.7"} and len(tiers) == 3
@@ -88,14 +138,17 @@ def test_leaderboard_in_the_browser(pages):
         assert page.locator("#friedman-table", has_text="2 common (task, model) cell(s): a rank test needs ≥ 5").count() == 1
         assert page.locator("#verdicts-table tbody tr").count() >= 6
         assert page.locator("#twins-table tbody tr").count() >= 2
+        # another unfairness in the ranking: its links lead to rows the per-task table's own filter hides
+        page.select_option("#board .controls select[data-filter-attr='metric']", "equal opportunity")
         page.click(f"{rows} >> nth=0 >> td >> nth={col} >> a")
         cell_anchor = page.evaluate("location.hash")
+        assert page.locator(cell_anchor).is_visible() and page.locator(cell_anchor).get_attribute("data-metric") == "equal opportunity"
         run_link = page.locator(f"{cell_anchor} td a").first
         target = run_link.get_attribute("href")
         run_link.click()
-        assert page.evaluate("location.hash") == target and page.locator(target).is_visible()
-        page.goto(board.as_uri())
-        page.screenshot(path=str(screenshot_dir(out) / "leaderboard.png"), full_page=True)
+        page.wait_for_load_state()
+        anchor = "#" + target.split("#")[1]
+        assert page.url.endswith(target) and page.locator(anchor).is_visible()
         assert page.errors == []
 
 
@@ -123,5 +176,7 @@ def test_tuning_section_in_the_browser(tuned_db, tmp_path):
         link = page.locator("#tuning table.selected tbody tr td.lbl a").first
         target = link.get_attribute("href")
         link.click()
-        assert page.evaluate("location.hash") == target and page.locator(f"{target} details").evaluate("d => d.open")
+        page.wait_for_load_state()
+        anchor = "#" + target.split("#")[1]
+        assert page.url.endswith(target) and page.locator(f"{anchor} details").evaluate("d => d.open")
         assert page.errors == []

@@ -1,8 +1,11 @@
 """Reports and leaderboard from stored results: numbers against independent oracles
 (SciPy, Fairlearn, Optuna's hypervolume, Demšar's table), escaping, exports, terminal."""
+import dataclasses
+import html
 import math
 import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,7 +14,7 @@ from scipy import stats
 
 from synthetic_results import make_results
 from fairsqueeze.leaderboard import ranking, significance
-from fairsqueeze.leaderboard.hypervolume import hypervolume, reference_point
+from fairsqueeze.reports.hypervolume import hypervolume, reference_point
 from fairsqueeze.metrics import compute_metrics
 from fairsqueeze.reports import export
 from fairsqueeze.reports.columns import EODDS
@@ -140,7 +143,10 @@ def test_report_escapes_user_text_and_embeds_everything(results, tmp_path):
     assert "http://" not in page and "https://" not in page  # offline: nothing fetched
     assert len(re.findall(r'<img class="pareto"', page)) == 2
     assert len(re.findall(r'<img class="ablation', page)) == 4  # k and sparsity_rate, per table
-    assert page.count('id="run-') == len(results.runs["run_key"].unique())
+    pages = "".join(p.read_text() for p in (tmp_path / "runs").glob("*.html"))
+    assert pages.count('id="run-') == len(results.runs["run_key"].unique()) and 'id="run-' not in page
+    for href, key in re.findall(r'href="(runs/[0-9a-f]+\.html)#run-([0-9a-f]+)"', page):  # every run link lands
+        assert f'id="run-{key}"' in (tmp_path / href).read_text()
 
 
 def test_ranking_is_by_tier_and_leaves_flagged_runs_out(results):
@@ -272,25 +278,301 @@ def test_cli_writes_both_pages_for_a_real_suite(isolated, capsys):
     out = capsys.readouterr().out
     assert f"report: {isolated / 'rep' / 'index.html'}" in out and f"leaderboard: {isolated / 'lb' / 'index.html'}" in out
     page = (isolated / "rep" / "index.html").read_text()
-    assert page.count('class="ablation') == 1 and "Bias card" in page and "confusion matrix, group 0" in page
+    runs_page = "".join(p.read_text() for p in (isolated / "rep" / "runs").glob("*.html"))
+    assert page.count('class="ablation') == 1 and "Bias card" in page and "confusion matrix, group 0" in runs_page
     board = (isolated / "lb" / "index.html").read_text()
     assert "truncated_svd" in board and "dense" in board
     assert (isolated / "rep" / "tables" / "runs.csv").exists()
     assert main(["report", "nosuch", "--db", db]) == 2
 
 
+def _registry_catalogue() -> pd.DataFrame:
+    """What the store records with each run: the method's family and registry position."""
+    from fairsqueeze.methods import METHODS
+
+    names = list(METHODS.names())
+    return pd.DataFrame({"method": names, "family": [METHODS.get(m).family for m in names],
+                         "method_order": range(len(names))})
+
+
 def test_every_registered_method_has_its_own_colour_that_stands_out_on_white():
     import colorsys
+    import itertools
 
+    from coloraide import Color
     from matplotlib.colors import to_rgb
 
-    from fairsqueeze.methods import METHODS
-    from fairsqueeze.reports.figures import DENSE_COLOUR, palette
+    from fairsqueeze.reports.palette import DENSE_COLOUR, palette
 
-    colours = palette([])
-    methods = [m for m in METHODS.names() if m != "dense"]
+    catalogue = _registry_catalogue()
+    colours = palette(catalogue)
+    methods = [m for m in catalogue["method"] if m != "dense"]
     assert set(methods) <= set(colours) and colours["dense"] == DENSE_COLOUR
-    assert len({colours[m] for m in methods}) == len(methods)  # no two methods alike
+    for a, b in itertools.combinations(methods, 2):  # CIEDE2000: ~10 is a difference anyone sees
+        assert Color(colours[a]).delta_e(Color(colours[b]), method="2000") > 10, (a, b, colours[a], colours[b])
     for m in methods:
-        hue, lightness, saturation = colorsys.rgb_to_hls(*to_rgb(colours[m]))
-        assert lightness < 0.7 and saturation > 0.3, (m, colours[m])  # not pale, not grey
+        _, _, saturation = colorsys.rgb_to_hls(*to_rgb(colours[m]))
+        assert saturation > 0.3, (m, colours[m])  # not grey
+        assert Color(colours[m]).delta_e(Color("white"), method="2000") > 30, (m, colours[m])  # not pale
+    # one family, one hue: a fair method and its twin differ in lightness, not in hue
+    hue = {m: Color(colours[m]).convert("lch")["hue"] for m in methods}
+    assert abs(hue["fairquantize"] - hue["fairquantize_error"]) < 15
+    assert abs(hue["fairalm"] - hue["l2_penalty"]) < 15
+    assert abs(hue["fairprune"] - hue["bifp"]) < 15 and abs(hue["fairprune"] - hue["fairquantize"]) > 30
+
+
+def test_colours_come_from_the_store_alone_and_fall_back_without_families():
+    from fairsqueeze.reports.palette import palette
+
+    full = palette(_registry_catalogue())
+    # a page of a few methods has the colours the full store gives them
+    sub = _registry_catalogue().iloc[[3, 5, 9]]
+    assert all(full[m] == c for m, c in palette(_registry_catalogue()).items() if m in set(sub["method"]))
+    # runs stored without family/order: one family "other", name order, still distinct colours
+    bare = palette(pd.DataFrame({"method": ["zeta", "alpha", "mid"]}))
+    assert len({bare[m] for m in ("zeta", "alpha", "mid")}) == 3 and bare["alpha"] == palette(pd.DataFrame({"method": ["alpha"]}))["alpha"]
+
+
+def test_the_reading_side_imports_nothing_that_runs():
+    import subprocess
+    import sys
+
+    code = ("import sys, fairsqueeze.reports.html, fairsqueeze.leaderboard.site, fairsqueeze.reports.data;"
+            "print(sorted(m for m in sys.modules if m.split('.')[:2] in (['fairsqueeze', 'runner'], "
+            "['fairsqueeze', 'worker'], ['fairsqueeze', 'training'], ['fairsqueeze', 'methods'])))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_a_near_chance_row_is_never_bold_on_a_front_or_best():
+    """An entry that predicts one class but for a few rows (accuracy ≈ the majority rate,
+    gaps ≈ 0) is not constant: the engine does not flag it, the reading side does; without
+    the flag it would be the fairest row and on the front."""
+    from synthetic_results import ENTRIES
+    from fairsqueeze.reports import chance
+    from fairsqueeze.reports.figures import pareto_figure
+    from fairsqueeze.reports.html import best_tradeoff, front_labels
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        made = make_results(entries=[*ENTRIES, ("coin", "coin", {}, {}, "near_constant", 1.2)], seeds=(0, 1), failed=False)
+    rates = made.majority_rates()
+    (task,) = rates
+    pred = made.predictions(made.runs["run_key"].iloc[0], "test")
+    assert rates[task]["overall"] == pytest.approx(np.bincount(pred["y"]).max() / len(pred["y"]))
+    assert rates[task][1] == pytest.approx(np.bincount(pred["y"][pred["s"] == 1]).max() / (pred["s"] == 1).sum())
+
+    comp = comparisons(made.done())[0]
+    coin = next(r for r in comp.rows if r.method == "coin")
+    assert coin.flags.get("near_chance") == 2 and "degenerate" not in coin.flags and not coin.ranked
+    assert not coin.best and coin.label not in front_labels(comp) and best_tradeoff(comp).method != "coin"
+    assert all(not r.flags.get("near_chance") for r in comp.rows if r.method != "coin")
+    fig = pareto_figure(comp, made.colours())
+    filled = [c for c in fig.axes[0].collections if c.get_gid() == "points:coin"]
+    assert filled and all(np.all(c.get_facecolor()[:, 3] == 0) for c in filled)  # hollow
+
+    # switched off (no majority rates known), the coin-flip model is bold and on the front
+    done = made.done()
+    done["flags"] = [[f for f in fl if f != chance.FLAG] for fl in done["flags"]]
+    comp_off = comparisons(done)[0]
+    coin_off = next(r for r in comp_off.rows if r.method == "coin")
+    assert coin_off.ranked and {"deo", "dp_diff"} <= coin_off.best and coin_off.label in front_labels(comp_off)
+
+
+def test_run_details_are_nested_tables_with_readable_numbers(results, tmp_path):
+    from fairsqueeze.reports.html import build_report
+    from fairsqueeze.reports.runs import human_bytes
+
+    assert human_bytes(1536) == "1.5 KiB" and human_bytes(1287360) == "1.23 MiB" and human_bytes(512) == "512 B"
+    runs = results.runs.copy()
+    runs["info"] = [{"passes": {"forward": 3.0, "backward": 2.0}, "layers": [{"name": "fc2", "rank": 4}], "lr": 0.0123456}
+                    ] * len(runs)
+    build_report(dataclasses.replace(results, runs=runs), "s", tmp_path)
+    page = "".join(p.read_text() for p in sorted((tmp_path / "runs").glob("*.html")))
+    run = page[page.index('id="run-'):]
+    run = run[:run.index('<div class="run"', 10)]
+    assert "{'" not in run and "{&#39;" not in run  # no raw Python dicts
+    info = run[run.index("<h5>info</h5>"):]
+    assert '<th class="lbl">passes</th><td class="lbl wrap"><table class="kv nested">' in info
+    assert '<th class="lbl">forward</th><td class="lbl wrap">3</td>' in info
+    assert '<th class="lbl">lr</th><td class="lbl wrap">0.01235</td>' in info
+    fp = results.footprint.iloc[0]
+    assert f'<th class="lbl">serialized_bytes</th><td class="lbl wrap">{human_bytes(fp["serialized_bytes"])}</td>' in run
+    assert "e+0" not in run
+
+
+def test_a_hostile_suite_name_stays_in_one_folder_and_every_export_is_escaped(results, tmp_path, monkeypatch):
+    from synthetic_results import write_store
+    from fairsqueeze.cli import main
+    from fairsqueeze.reports.export import report_folder, slug
+    from fairsqueeze.store import Store
+
+    for bad in ("../../etc", "..", "a/b", "<script>alert(1)</script>", ".hidden", ""):
+        folder = report_folder(bad)
+        assert folder.parent == Path("results/reports") and ".." not in folder.parts and folder.name
+        assert "/" not in slug(bad) and not slug(bad).startswith(".")
+    name = "../<script>alert(1)</script>"
+    runs = results.runs.copy()
+    runs["label"] = runs["label"].where(runs["method"] != "slr_w", "=HYPERLINK(\"x\")<script>|\\input{x}")
+    store = Store(f"sqlite:///{tmp_path}/s.db")
+    write_store(dataclasses.replace(results, runs=runs), store, suite=name)
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", name, "--db", f"sqlite:///{tmp_path}/s.db"]) == 0
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != "s.db"]
+    assert written and all(p.resolve().is_relative_to(tmp_path / "results" / "reports") for p in written)
+    page = next(p for p in written if p.name == "index.html").read_text()
+    assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)" in page
+    md = "".join(p.read_text() for p in written if p.suffix == ".md")
+    assert "<script>" not in md and "&lt;script&gt;" in md and "\\|" in md
+    tex = "".join(p.read_text() for p in written if p.suffix == ".tex")
+    assert "=HYPERLINK" in tex and "\\input{x}" not in tex and "\\textbackslash input\\{x\\}" in tex
+    csv = pd.concat([pd.read_csv(p) for p in written if p.suffix == ".csv" and "label" in pd.read_csv(p, nrows=0)])
+    labels = set(csv["label"].dropna())
+    assert "'=HYPERLINK(\"x\")<script>|\\input{x}" in labels and not any(v.startswith(("=", "+", "@")) for v in labels)
+
+
+def test_leaderboard_tiers_in_numeric_order_singletons_unranked_and_twins_apart_named(results, tmp_path):
+    from fairsqueeze.leaderboard.site import build_leaderboard, in_tier_order, twins_apart
+
+    def score(method, tier, cell, mean=0.5):
+        return {"metric": "equalized odds", "tier": tier, "method": method, "cell": cell, "mean": mean}
+
+    scores = pd.DataFrame([score("fairprune", "1.3–1.7", "a"), score("magnitude_prune", ">1.7", "a"),
+                           score("fairlrf", "<1.05", "a"), score("slr_w", "1.05–1.3", "a"),
+                           score("fairquantize", ">1.7", "b"), score("int8_ptq", ">1.7", "b")])
+    ordered = in_tier_order(scores, ["method"])
+    assert list(ordered["tier"]) == ["<1.05", "1.05–1.3", "1.3–1.7", ">1.7", ">1.7", ">1.7"]
+    apart = twins_apart(scores)
+    pairs = {(a["fair"], a["twin"]) for a in apart}
+    # fairprune/magnitude_prune and fairlrf/slr_w share cell a in different tiers; fairquantize/int8_ptq share a tier
+    assert pairs == {("fairprune", "magnitude_prune"), ("fairlrf", "slr_w")}
+    assert next(a for a in apart if a["fair"] == "fairprune")["twin_tiers"] == ">1.7"
+
+    page = build_leaderboard(results, tmp_path).read_text()
+    board = page[page.index('id="board-table"'):page.index("</table>", page.index('id="board-table"'))]
+    tiers = [html.unescape(t) for t in re.findall(r'data-metric="equalized odds" data-tier="([^"]+)"', board)]
+    assert tiers == sorted(tiers, key=["<1.05", "1.05–1.3", "1.3–1.7", ">1.7"].index)
+    # the dense model and svd(k=4) are alone in their tiers: listed, not ranked
+    assert board.count(">alone</a>") == 4 and ">1.00</a></td><td data-v=\"\"" not in board
+
+
+def test_figures_are_cached_by_what_they_draw(results, tmp_path, monkeypatch):
+    from fairsqueeze.reports import figures
+    from fairsqueeze.reports.html import FIGURES, build_report
+
+    first = build_report(results, "s", tmp_path).read_text()
+    cached = sorted(p.name for p in (tmp_path / FIGURES).glob("*.png"))
+    assert len(cached) == 2 * 3 + 4  # pareto, delta, cost per table, and the four ablations
+
+    def no_drawing(*args, **kwargs):
+        raise AssertionError("redrawn")
+
+    for name in ("pareto_figure", "delta_figure", "cost_figure", "ablation_figure"):
+        monkeypatch.setattr(figures, name, no_drawing)
+    assert build_report(results, "s", tmp_path).read_text() == first  # same data: nothing drawn
+    changed = results.metrics.copy()
+    changed["accuracy"] = changed["accuracy"] * 0.99  # every figure plots accuracy
+    with pytest.raises(AssertionError, match="redrawn"):
+        build_report(dataclasses.replace(results, metrics=changed), "s", tmp_path)
+
+
+def test_figures_read_well_from_their_artists(results):
+    """The figures' own data, not pixels: axes inside the metric's range, one front line
+    per method with two or more unflagged rows, colours a reader tells apart, labels and
+    text large enough at 2x."""
+    import itertools
+
+    from coloraide import Color
+    from matplotlib.colors import to_hex
+    from matplotlib.text import Annotation
+
+    from fairsqueeze.reports import figures
+
+    colours = results.colours()
+    for comp in comparisons(results.done()):
+        fig = figures.pareto_figure(comp, colours)
+        ax = fig.axes[0]
+        low, high = ax.get_ylim()
+        assert 0 <= low < high <= 1  # accuracy
+        low, high = ax.get_xlim()
+        assert 0 <= low < high <= 1  # the headline gap
+        fronts = [ln.get_gid() for ln in ax.get_lines() if (ln.get_gid() or "").startswith("front:")]
+        many = {m for m in {r.method for r in comp.rows}
+                if sum(r.ranked and r.method == m for r in comp.rows) > 1}
+        assert sorted(fronts) == sorted(f"front:{m}" for m in many) and many  # one per method, none twice
+        drawn = {c.get_gid().split(":", 1)[1]: to_hex(c.get_edgecolor()[0]) for c in ax.collections
+                 if (c.get_gid() or "").startswith("points:") and c.get_facecolor()[:, 3].any()}
+        assert set(drawn) >= many
+        for a, b in itertools.combinations(drawn, 2):
+            assert Color(drawn[a]).delta_e(Color(drawn[b]), method="2000") > 10, (a, b)
+        labels = {t.get_text() for t in ax.texts if isinstance(t, Annotation)}
+        assert {"k=4", "k=16", "sparsity_rate=0.2", "sparsity_rate=0.6"} <= labels  # sweep entries labelled
+        legend = {t.get_text() for t in ax.get_legend().get_texts()}
+        assert {r.method for r in comp.rows} <= legend
+        px = figures.SCREEN_DPI / 72  # CSS px per point at the size the page shows the figure
+        for text in [*ax.texts, *ax.get_xticklabels(), *ax.get_yticklabels(), ax.xaxis.label, ax.title,
+                     *ax.get_legend().get_texts()]:
+            assert text.get_fontsize() * px >= 10, text
+        figures.plt.close(fig)
+
+        fig = figures.ablation_figure(comp, "k" if comp.num_classes == 2 else "sparsity_rate", colours)
+        for axis in fig.axes:
+            low, high = axis.get_ylim()
+            assert 0 <= low < high <= 1  # no negative accuracy, no gap below 0
+        figures.plt.close(fig)
+
+        fig = figures.delta_figure(comp, colours)
+        dense = [c for c in fig.axes[0].collections if c.get_gid() == "points:dense"]
+        assert dense and np.allclose(dense[0].get_offsets(), 0)  # the dense model is the origin
+        figures.plt.close(fig)
+
+
+def test_near_chance_by_hand():
+    """adult's women are 89 % one class: a model at 91 % there keeps half of the dense
+    model's gain and is not near chance; one at 89.5 % is; a group the dense model cannot
+    beat is no evidence."""
+    from fairsqueeze.reports.chance import majority_rates, near_chance
+
+    rates = {"t": majority_rates([0] * 89 + [1] * 11 + [0] * 50 + [1] * 50, [0] * 100 + [1] * 100)}
+    assert rates["t"] == {"overall": 0.695, 0: 0.89, 1: 0.5}
+    frame = pd.DataFrame({
+        "task_key": "t", "dense_key": "d", "method": ["dense", "a", "b", "c"],
+        "accuracy": [0.85, 0.84, 0.84, 0.71], "accuracy[g=0]": [0.93, 0.91, 0.895, 0.93], "accuracy[g=1]": [0.77, 0.77, 0.77, 0.5],
+    })
+    assert list(near_chance(frame, rates)) == [False, False, True, True]
+    # a dense model no better than the rate on group 0: that group flags nobody
+    frame.loc[0, "accuracy[g=0]"] = 0.90
+    assert list(near_chance(frame, rates)) == [False, False, False, True]
+
+
+def test_run_pages_are_rewritten_only_when_their_runs_change(results, tmp_path, monkeypatch):
+    from fairsqueeze.reports import run_pages
+
+    links = run_pages.write_run_pages(results, tmp_path, "t")
+    pages = {p.name: p.read_text() for p in (tmp_path / "runs").glob("*.html")}
+    assert len(pages) == 2 and all(f'id="run-{k}"' in "".join(pages.values()) for k in links.href)
+
+    def no_writing(*args, **kwargs):
+        raise AssertionError("rewritten")
+
+    monkeypatch.setattr(run_pages, "run_section", no_writing)
+    assert run_pages.write_run_pages(results, tmp_path, "t").href == links.href  # nothing changed: nothing written
+    runs = results.runs.copy()
+    runs.loc[0, "label"] = "renamed"
+    with pytest.raises(AssertionError, match="rewritten"):
+        run_pages.write_run_pages(dataclasses.replace(results, runs=runs), tmp_path, "t")
+
+
+def test_exports_are_rewritten_only_when_what_they_show_changes(results, tmp_path, monkeypatch):
+    from fairsqueeze.reports import export
+    from fairsqueeze.reports.html import build_report
+
+    build_report(results, "s", tmp_path)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "tables").iterdir()}
+    monkeypatch.setattr(export, "write_frame", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rewritten")))
+    build_report(results, "s", tmp_path)  # nothing changed: nothing written
+    assert {p.name: p.read_bytes() for p in (tmp_path / "tables").iterdir()} == before
+    runs = results.runs.copy()
+    runs.loc[0, "error"] = "new"
+    with pytest.raises(AssertionError, match="rewritten"):  # the run records changed
+        build_report(dataclasses.replace(results, runs=runs), "s", tmp_path)

@@ -106,13 +106,18 @@ def test_a_report_of_two_seeds_shows_per_seed_values_not_intervals(tmp_path):
 
 def test_a_report_cell_clips_its_interval_to_the_metric_range_and_marks_it():
     from fairsqueeze.reports.columns import Column
-    from fairsqueeze.reports.html import environment
+    from fairsqueeze.reports.tables import Row, cells_html
 
-    template = environment().from_string('{% from "_macros.html.j2" import cell %}{{ cell(est, col, False, 2) }}')
+    def cell(est, col):
+        row = Row("m", "m", "other", 0, "m", {}, [(0, "k")], {}, {col.key: est})
+        return str(cells_html(row, [col], 2))
+
     gap = Column("deo", "TPR gap", "fairness", "TPR gap", False)
-    near_zero = template.render(est=estimate([0.0, 0.01, 0.05]), col=gap)  # mean 0.02, half-width 0.066
+    near_zero = cell(estimate([0.0, 0.01, 0.05]), gap)  # mean 0.02, half-width 0.066
     assert f"[{CLIP_MARK}0.000, 0.086]" in near_zero and "±" not in near_zero
-    inside = template.render(est=estimate([0.40, 0.41, 0.42]), col=gap)
+    inside = cell(estimate([0.40, 0.41, 0.42]), gap)
     assert "0.410<small> ± 0.025</small>" in inside
     ratio = Column("compression_ratio", "ratio", "cost", "ratio", True)  # unbounded: never clipped
-    assert CLIP_MARK not in template.render(est=estimate([0.1, 1.0, 3.0]), col=ratio)
+    assert CLIP_MARK not in cell(estimate([0.1, 1.0, 3.0]), ratio)
+    two = cell(estimate([0.40, 0.45]), gap)  # two seeds: the values, no interval
+    assert "0.400 | 0.450" in two and "±" not in two

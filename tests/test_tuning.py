@@ -12,7 +12,7 @@ from fairsqueeze.errors import ConfigError
 from fairsqueeze.store import Store
 from fairsqueeze.suite import parse_suite
 from fairsqueeze.tuning import Policy, best_utility, fairest_above, fairest_within, trial_params, trials_frame, utopia
-from fairsqueeze.tuning_report import selections_frame
+from fairsqueeze.reports.tuning_report import selections_frame
 from fairsqueeze.worker import sqlite_single_worker
 
 
@@ -370,7 +370,7 @@ def test_a_trial_is_scored_on_validation_and_flagged_like_a_run():
 
 
 def test_selected_results_are_per_task_even_when_entries_share_a_label(isolated):
-    from fairsqueeze.tuning_report import selected_results
+    from fairsqueeze.reports.tuning_report import selected_results
 
     data = suite_dict([{"name": "truncated_svd", "params": {"layer": "fc2", "k": 4}, "tune": True}],
                       {"trials": 2, "sampler": "random"}, name="two-tasks")

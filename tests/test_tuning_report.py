@@ -13,6 +13,7 @@ from tuned import POLICIES
 from fairsqueeze.cli import main
 from fairsqueeze.reports import figures
 from fairsqueeze.reports.data import load
+from fairsqueeze.reports.palette import palette
 from fairsqueeze.reports.tuning import _unequal
 from fairsqueeze.store import Store
 from fairsqueeze.tuning import Policy
@@ -21,11 +22,16 @@ POLICY_LABELS = sorted(Policy.parse(p).label for p in POLICIES)
 
 
 @pytest.fixture(scope="module")
-def report(tuned_db, tmp_path_factory):
+def report_folder(tuned_db, tmp_path_factory):
     db, name = tuned_db
     out = tmp_path_factory.mktemp("tuned-report")
     assert main(["report", name, "--db", db, "--out", str(out)]) == 0
-    return (out / "index.html").read_text(encoding="utf-8")
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(report_folder):
+    return (report_folder / "index.html").read_text(encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +70,7 @@ def test_the_unequal_budget_note_needs_unequal_budgets():
 
 def test_the_drawn_fronts_are_optunas_best_trials_and_dominate(tuned_db, results, report):
     db, _ = tuned_db
-    fig = figures.tuning_figure(results.studies, figures.palette(["truncated_svd", "slr_w"]))
+    fig = figures.tuning_figure(results.studies, results.colours())
     lines = {line.get_gid(): line for ax in fig.axes for line in ax.get_lines() if line.get_gid()}
     assert len(lines) == len(results.studies) == 4
     for summary in optuna.get_all_study_summaries(storage=db):  # the oracle: Optuna's own API
@@ -86,7 +92,7 @@ def test_the_drawn_fronts_are_optunas_best_trials_and_dominate(tuned_db, results
 
 
 def test_every_policy_is_named_next_to_its_selected_trial(results):
-    fig = figures.tuning_figure(results.studies, figures.palette(["truncated_svd", "slr_w"]))
+    fig = figures.tuning_figure(results.studies, results.colours())
     for study in results.studies:
         assert sorted(study.selected) == POLICY_LABELS
         ax = next(a for a in fig.axes if a.get_title().startswith(study.attrs["label"] + " ·"))
@@ -98,7 +104,7 @@ def test_every_policy_is_named_next_to_its_selected_trial(results):
                        for text in named), (policy, named)
 
 
-def test_the_selected_table_names_every_policy_with_its_trials_and_links(results, report):
+def test_the_selected_table_names_every_policy_with_its_trials_and_links(results, report, report_folder):
     section = report.split('<section id="tuning">')[1]
     rows = re.findall(r'<tr data-policy="([^"]+)">(.*?)</tr>', section, flags=re.S)
     assert len(rows) == 8 and sorted({p for p, _ in rows}) == POLICY_LABELS
@@ -107,8 +113,10 @@ def test_the_selected_table_names_every_policy_with_its_trials_and_links(results
             label = f"{study.attrs['label']}[{policy}]"
             (cells,) = [c for p, c in rows if p == policy and f">{label}</a>" in c]
             assert f"s{study.attrs['seed']}: #{number}" in cells
-    for key in re.findall(r'href="#run-([0-9a-f]+)"', section.split("</table>")[1]):
-        assert f'id="run-{key}"' in report  # every link reaches a run's detail
+    links = re.findall(r'href="(runs/[0-9a-f]+\.html)#run-([0-9a-f]+)"', section.split("</table>")[1])
+    assert len(links) >= 8
+    for page, key in links:  # every link reaches a run's detail
+        assert f'id="run-{key}"' in (report_folder / page).read_text(encoding="utf-8")
 
 
 def test_the_selected_results_are_seed_means_with_student_t_cis(tuned_db, results, report):
@@ -165,7 +173,7 @@ def test_reading_writes_nothing(tuned_db, tmp_path, capsys):
 
 def test_the_figure_marks_flagged_and_infeasible_trials_and_draws_a_3_objective_front_as_points():
     import pandas as pd
-    from fairsqueeze.tuning_report import TunedStudy
+    from fairsqueeze.reports.tuning_report import TunedStudy
 
     names = ["f1_avg", "eodd", "compression_ratio"]
     trials = pd.DataFrame({"number": [0, 1, 2], "utility": [0.8, 0.7, 0.9], "unfairness": [0.1, 0.0, 0.3],
@@ -176,7 +184,7 @@ def test_the_figure_marks_flagged_and_infeasible_trials_and_draws_a_3_objective_
     attrs = {"label": "svd", "method": "truncated_svd", "seed": 0, "trials": 4, "objectives": names}
     three = TunedStudy("a", attrs, ["maximize", "minimize", "maximize"], trials, front, {"utopia": 0})
     empty = TunedStudy("b", {**attrs, "label": "other"}, three.directions, trials.iloc[:0], front.iloc[:0], {})
-    fig = figures.tuning_figure([three, empty], figures.palette(["truncated_svd"]))
+    fig = figures.tuning_figure([three, empty], palette(pd.DataFrame({"method": ["truncated_svd"]})))
     panel = next(a for a in fig.axes if a.get_title().startswith("svd ·"))
     (line,) = [ln for ln in panel.get_lines() if ln.get_gid() == "front:a"]
     assert line.get_linestyle() == "None" and list(line.get_xdata()) == [0.7, 0.8]  # points, no staircase
@@ -193,7 +201,7 @@ def test_the_figure_marks_flagged_and_infeasible_trials_and_draws_a_3_objective_
 
 
 def test_a_flagged_trial_on_the_front_is_named_as_such():
-    from fairsqueeze.tuning_report import front_table
+    from fairsqueeze.reports.tuning_report import front_table
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     study.set_user_attr("objectives", ["f1_avg", "eodd"])
@@ -208,7 +216,7 @@ def test_a_flagged_trial_on_the_front_is_named_as_such():
 
 def test_front_params_are_the_searched_ones_on_one_short_line():
     from fairsqueeze.tuning import short_params
-    from fairsqueeze.tuning_report import front_table
+    from fairsqueeze.reports.tuning_report import front_table
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     trial = study.ask()

@@ -175,7 +175,8 @@ def test_the_report_and_the_leaderboard_show_the_verdicts_and_an_underfit_refere
     assert row["pairs"] == 2 and row["left_out"] > 0
     assert (tmp_path / "report" / "tables" / "paired_deltas.csv").exists()
     board = build_leaderboard(results, tmp_path / "board").read_text()
-    assert board.index('id="verdicts"') < board.index('id="board"')
+    # a summary of the verdicts above the ranking, linking to the full table below it
+    assert board.index('href="#verdicts">the verdict table') < board.index('id="board"') < board.index('id="verdicts"')
     assert "Left out of the ranking" in board and "(seed 0)" in board
 
 

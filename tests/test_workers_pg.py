@@ -11,7 +11,7 @@ import optuna
 import yaml
 
 from fairsqueeze.store import Store
-from fairsqueeze.tuning_report import selections_frame
+from fairsqueeze.reports.tuning_report import selections_frame
 
 TESTS = Path(__file__).parent
 WORKER = "import sys, sleepy_plugin; from fairsqueeze.cli import main; sys.exit(main(sys.argv[1:]))"

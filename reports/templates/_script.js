@@ -46,16 +46,28 @@
   document.querySelectorAll("input[data-toggle]").forEach(function (box) {
     box.addEventListener("change", function () { document.body.classList.toggle("show-" + box.getAttribute("data-toggle"), box.checked); });
   });
+  document.querySelectorAll("input[data-fold]").forEach(function (box) {
+    box.addEventListener("change", function () { document.body.classList.toggle("fold-" + box.getAttribute("data-fold"), box.checked); });
+  });
   var filtered = {};
   document.querySelectorAll("[data-filter-table]").forEach(function (c) { filtered[c.getAttribute("data-filter-table")] = 1; });
   Object.keys(filtered).forEach(function (id) { applyFilters(document.getElementById(id)); });  // preset choices
-  function openTarget() {  // a link into folded content unfolds it
+  function clearFilters(table) {  // a link to a row hidden by a filter shows it again
+    document.querySelectorAll("[data-filter-table='" + table.id + "']").forEach(function (c) { c.value = ""; });
+    applyFilters(table);
+  }
+  function openTarget() {  // a link into folded or filtered-out content unfolds it
     var id = decodeURIComponent(location.hash.slice(1)), el = id && document.getElementById(id);
     if (!el) return;
+    if (el.tagName === "TR" && el.hidden) clearFilters(el.closest("table"));
     for (var p = el; p; p = p.parentElement) if (p.tagName === "DETAILS") p.open = true;
     el.querySelectorAll(":scope > details").forEach(function (d) { d.open = true; });  // a run's own detail
     el.scrollIntoView();
   }
   window.addEventListener("hashchange", openTarget);
+  document.addEventListener("click", function (e) {  // a link to the current hash fires no hashchange
+    var a = e.target.closest("a[href^='#']");
+    if (a && a.getAttribute("href") === location.hash) { e.preventDefault(); openTarget(); }
+  });
   openTarget();
 })();

@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 import optuna
 import pandas as pd
-from sqlalchemy import inspect, select
+from sqlalchemy import MetaData, Table, inspect, select
 
-from fairsqueeze.reports.stats import estimate
-from .store import Store
-from .tuning import pareto_front, short_params, trials_frame
-from .worker import selections
+from fairsqueeze.store import Store
+from fairsqueeze.studies import pareto_front, short_params, trials_frame
+
+from .stats import estimate
 
 # the tables Optuna's RDB storage needs before it can be opened without writing
 OPTUNA_TABLES = {"studies", "trials", "version_info", "alembic_version"}
@@ -56,13 +56,17 @@ def front_table(study: optuna.Study) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["trial", *names, "flags", "params"])
 
 
-SELECTION_COLUMNS = [c.name for c in selections.columns]
+SELECTIONS = "selections"  # the table the tuning side writes, one row per (study, policy)
+SELECTION_COLUMNS = ["study", "policy", "suite", "label", "trial", "params", "run_key", "trials"]
 
 
 def selections_frame(store: Store, suite: str | None = None) -> pd.DataFrame:
-    """The stored (study, policy) -> trial choices; empty when nothing was ever tuned here."""
-    if not inspect(store.engine).has_table(selections.name):
+    """The stored (study, policy) -> trial choices; empty when nothing was ever tuned here.
+    The table is reflected from the database: the reading side declares no table of the
+    running side and imports none of its modules."""
+    if not inspect(store.engine).has_table(SELECTIONS):
         return pd.DataFrame(columns=SELECTION_COLUMNS)
+    selections = Table(SELECTIONS, MetaData(), autoload_with=store.engine)
     query = select(selections)
     if suite is not None:
         query = query.where(selections.c.suite == suite)

@@ -10,15 +10,17 @@ import re
 
 import numpy as np
 import pandas as pd
+from sqlalchemy import inspect, select, text
 
-from .store import Store
+from fairsqueeze.store import Store
 
 PER_GROUP = ("precision", "recall", "f1")
 HEADLINE = ("eopp0", "eopp1", "eodd", "dp_diff", "fpr_diff", "accuracy")
 _GROUP = re.compile(r"^(\w+)\[g=(-?\d+)\]$")
 
-RUN_COLUMNS = ["run_key", "task", "task_key", "task_label", "method", "params", "status", "error", "flags",
-               "info", "timings", "dense_key", "split_hash", "data_hash"]
+RUN_COLUMNS = ["run_key", "task", "task_key", "task_label", "method", "family", "method_order", "params", "status",
+               "error", "flags", "info", "timings", "dense_key", "split_hash", "data_hash"]
+OTHER_FAMILY = "other"  # the family of a run stored before families were recorded
 
 
 def suite_runs(store: Store, suite: str | None = None) -> pd.DataFrame:
@@ -29,8 +31,6 @@ def suite_runs(store: Store, suite: str | None = None) -> pd.DataFrame:
     info, timings, dense_key, split_hash, data_hash. A member whose run was never started has
     status "pending".
     """
-    from fairsqueeze.methods import METHODS
-
     members = store.members_frame(suite)
     runs = store.runs_frame(keys=members["run_key"].unique()).rename(columns={"key": "run_key",
                                                                             "dense_hash": "dense_key"})
@@ -43,8 +43,23 @@ def suite_runs(store: Store, suite: str | None = None) -> pd.DataFrame:
     for column in ("target", "sensitive", "num_classes"):
         frame[column] = frame["task_key"].map(lambda k, c=column: summaries.get(k, {}).get(c))
     frame["task_label"] = frame["task_label"].fillna(frame["task_key"].map(lambda k: summaries.get(k, {}).get("label")))
-    frame["family"] = frame["method"].map(lambda m: METHODS.get(m).family if isinstance(m, str) and m in METHODS else None)
+    # stored with the run, so a page renders where the plugin is not installed
+    if "family" not in frame:
+        frame["family"] = None
+    frame["family"] = frame["family"].where(frame["family"].notna(), OTHER_FAMILY)
+    if "method_order" not in frame:
+        frame["method_order"] = np.nan
     return frame.sort_values(["suite", "task_label", "model", "entry", "label", "seed"], kind="stable").reset_index(drop=True)
+
+
+def method_catalogue(store: Store) -> pd.DataFrame:
+    """Every method with a stored run: method, family, method_order (the colour order), read
+    from the runs table; a database written before those columns existed gives NaN."""
+    have = {c["name"] for c in inspect(store.engine).get_columns("runs")}
+    extra = [c for c in ("family", "method_order") if c in have]
+    with store.engine.connect() as conn:
+        frame = pd.read_sql(text(f"SELECT DISTINCT {', '.join(['method', *extra])} FROM runs"), conn)
+    return frame.reindex(columns=["method", "family", "method_order"])
 
 
 def metric_table(store: Store, run_keys, split: str = "test") -> pd.DataFrame:
@@ -57,6 +72,32 @@ def footprint_table(store: Store, run_keys) -> pd.DataFrame:
     """Index run key, one column per footprint key (compression_ratio, stored_bytes, latency_s, ...)."""
     fp = store.footprint_frame(keys=list(run_keys))
     return fp.pivot_table(index="run_key", columns="name", values="value", aggfunc="first", dropna=False)
+
+
+def suite_values(store: Store, suite: str | None, split: str | None = None) -> pd.DataFrame:
+    """Index run key, a column per name: the metrics on ``split`` (or, with ``split`` None,
+    the footprint) of the finished runs of ``suite`` (all suites when None). One query that
+    selects the runs itself rather than a list of keys: faster than thousands of bound
+    parameters, and a suite may hold more runs than SQL takes parameters."""
+    from fairsqueeze.store import footprint, members, metrics, runs
+
+    table = metrics if split is not None else footprint
+    query = select(table.c.run_key, table.c.name, table.c.value)
+    if suite is not None:
+        query = query.where(table.c.run_key.in_(select(members.c.run_key).where(members.c.suite == suite)))
+    if split is not None:
+        query = query.where(table.c.split == split)
+    with store.engine.connect() as conn:
+        rows = conn.execute(query).all()
+    # columns from the rows by zip: a frame built from row objects costs ten times more
+    keys, names, values = zip(*rows) if rows else ((), (), ())
+    frame = pd.DataFrame({"run_key": keys, "name": names, "value": pd.array(values, dtype=float)})
+    wide = frame.set_index(["run_key", "name"])["value"].unstack()
+    wide.columns.name = "name"
+    # values are written with a finished run, in one transaction: check the status once here
+    with store.engine.connect() as conn:
+        done = {k for (k,) in conn.execute(select(runs.c.key).where(runs.c.status == "done"))}
+    return wide[wide.index.isin(done)]
 
 
 def _columns(names: list[str]) -> list[str]:
