@@ -131,7 +131,7 @@ class SuiteStatus:
 
 def suite_status(url: str, suite: str) -> SuiteStatus:
     """Pending / running / done / failed runs and trials of ``suite``, from the database alone."""
-    from .tuning_report import studies
+    from fairsqueeze.reports.tuning_report import studies
 
     import optuna
 
