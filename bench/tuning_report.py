@@ -17,7 +17,7 @@ from sqlalchemy import inspect, select
 from fairsqueeze.reports.stats import estimate
 from .store import Store
 from .tuning import pareto_front, short_params, trials_frame
-from .worker import selections
+from .store import selections
 
 # the tables Optuna's RDB storage needs before it can be opened without writing
 OPTUNA_TABLES = {"studies", "trials", "version_info", "alembic_version"}

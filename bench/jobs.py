@@ -1,0 +1,75 @@
+"""``--jobs N``: independent runs computed in N processes of this machine.
+
+The processes compute (each with its own :class:`~fairsqueeze.execute.Computer`: tasks and
+dense references loaded once per process) and send each result back; only the calling
+process writes the store, so SQLite works as well as PostgreSQL. Processes are spawned, not
+forked: a fork of a process whose PyTorch thread pool has started can hang.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from collections import defaultdict
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from .execute import Computed, Computer
+from .suite import RunSpec
+
+_computer: list[Computer] = []  # the one Computer of a job process
+
+
+def default_jobs() -> int:
+    """The number of cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _start(data_root: str, device: str, threads: int, log_level: int) -> None:
+    from .progress import set_quiet
+    from .registry_loader import load_plugins
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=log_level, format="%(levelname)s: %(message)s")
+    set_quiet(True)
+    load_plugins()
+    _computer.append(Computer(torch.device(device), Path(data_root)))
+
+
+def _compute(spec: RunSpec, info: dict | None) -> Computed:
+    return _computer[0].run(spec, info)
+
+
+def interleaved(specs: list[RunSpec]) -> list[RunSpec]:
+    """Runs in turn from each dense reference: processes that start together train different
+    references instead of waiting for the same one."""
+    groups: dict[str, list[RunSpec]] = defaultdict(list)
+    for spec in specs:
+        groups[spec.dense_key].append(spec)
+    queues = list(groups.values())
+    out = []
+    while queues:
+        out += [q.pop(0) for q in queues]
+        queues = [q for q in queues if q]
+    return out
+
+
+def compute_in_processes(specs: list[RunSpec], jobs: int, data_root: Path, device: torch.device,
+                         info: dict[str, dict] | None = None) -> Iterator[tuple[RunSpec, Computed]]:
+    """Yield (spec, computed) for every spec as the ``jobs`` processes finish them. Leaving the
+    loop early (an interrupt) cancels what has not started."""
+    threads = max(1, torch.get_num_threads() // jobs)
+    start = (str(data_root), str(device), threads, logging.getLogger().level)
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_start, initargs=start)
+    try:
+        futures = {pool.submit(_compute, spec, (info or {}).get(spec.key)): spec for spec in interleaved(specs)}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield futures[future], future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
