@@ -42,16 +42,18 @@ def state_digest(model: torch.nn.Module) -> str:
 
 def check_conformance(tmp, name: str, params: dict, monkeypatch) -> None:
     """Run ``name`` twice into two databases; assert the contract (AssertionError otherwise)."""
-    seen = []
-    original = Runner.run_one
+    import fairsqueeze.execute as execute
 
-    def watched(self, spec, task, label, reference, *rest):
+    seen = []
+    original = execute.execute_run
+
+    def watched(spec, task, reference, *rest):
         before = state_digest(reference.model)
-        result = original(self, spec, task, label, reference, *rest)
+        result = original(spec, task, reference, *rest)
         seen.append((before, state_digest(reference.model)))
         return result
 
-    monkeypatch.setattr(Runner, "run_one", watched)
+    monkeypatch.setattr(execute, "execute_run", watched)
     reports, stores = [], []
     for db in ("a", "b"):
         suite = tiny_suite([{"name": name, "params": params}], epochs=1)
