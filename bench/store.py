@@ -297,7 +297,8 @@ def _connect_with_retry(engine: Engine, attempts: int = 60) -> None:
             try:
                 return dialect.loaded_dbapi.connect(*cargs, **cparams)
             except dialect.loaded_dbapi.OperationalError as exc:
-                if "too many clients" not in str(exc) or attempt == attempts - 1:
+                if not any(m in str(exc) for m in ("too many clients", "connection slots are reserved")) \
+                        or attempt == attempts - 1:
                     raise
                 time.sleep(min(0.05 * 2 ** attempt, 1.0) * (0.5 + random.random()))
 
@@ -359,14 +360,23 @@ class Store:
         if self.engine.dialect.name != "postgresql":
             yield
             return
-        with self.engine.connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": DB_LOCK_KEY})
-            conn.commit()
-            try:
-                yield
-            finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": DB_LOCK_KEY})
+        # waiters poll on short connections instead of queueing on the lock with one open each:
+        # many workers starting together must not fill the server's connection slots
+        delay = 0.02
+        while True:
+            conn = self.engine.connect()
+            if conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": DB_LOCK_KEY}).scalar():
                 conn.commit()
+                break
+            conn.close()
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.5)
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": DB_LOCK_KEY})
+            conn.commit()
+            conn.close()
 
     def _check_schema(self) -> None:
         """Refuse a database written by another schema version: never mix two key definitions."""
@@ -624,8 +634,8 @@ class Store:
         rows = select(literal(study), literal(slot), literal("running"), literal(1)).where(count < budget)
         try:
             with self.engine.begin() as conn:
-                done = conn.execute(insert(trial_slots).from_select(["study", "slot", "state", "attempts"], rows))
-                return done.rowcount == 1
+                started = insert(trial_slots).from_select(["study", "slot", "state", "attempts"], rows)
+                return conn.execute(started.returning(trial_slots.c.slot)).first() is not None
         except IntegrityError:
             return False
 

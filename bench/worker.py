@@ -109,7 +109,8 @@ class Worker:
         self.name = name or f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.started = time.time()
         self.heartbeat_s = heartbeat_s
-        self.storage = self.store.optuna_storage()
+        with self.store.lock():  # workers started together create Optuna's tables one at a time
+            self.storage = self.store.optuna_storage()
         self.poll_s = poll_s
         self._finished_studies: set[str] = set()
         self._studies: dict[str, optuna.Study] = {}

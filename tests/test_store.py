@@ -100,3 +100,19 @@ def test_the_file_is_a_sqlite_database_after_the_guard_created_it(tmp_path):
     with sqlite_single_writer(f"sqlite:///{tmp_path}/new.db"):
         Store(f"sqlite:///{tmp_path}/new.db")
     assert sqlite3.connect(tmp_path / "new.db").execute("select value from meta").fetchone() is not None
+
+
+def test_a_lease_is_exclusive_until_it_expires_and_then_taken_over(postgres_url):
+    import time
+
+    store = Store(postgres_url)
+    store.ensure_work({"run-1": "run"})
+    assert store.claim("run-1", "a", lease_s=0.5)
+    assert not store.claim("run-1", "b", lease_s=5)  # a's lease is live
+    time.sleep(0.7)  # a stopped renewing (it died)
+    assert store.claim("run-1", "b", lease_s=5)  # taken over
+    assert not store.renew("run-1", "a", lease_s=5)  # a learns it lost the lease
+    store.release("run-1", "b", failed=True)
+    assert not store.claim("run-1", "c", lease_s=5, failed_before=time.time() - 60)  # failed since c started
+    assert store.claim("run-1", "c", lease_s=5, failed_before=time.time() + 1)
+    assert store.work_frame().set_index("key").loc["run-1", "holder"] == "c"
