@@ -105,7 +105,7 @@ def cmd_run(args) -> int:
     with sqlite_single_writer(args.db):
         runner = Runner(Store(args.db), data_root(args.data_root), device, args.skip_missing_data)
         report = runner.run(plan, jobs=args.jobs)
-        work = Worker(runner).run(plan) if plan.studies else None
+        work = Worker(runner).run(plan, jobs=args.jobs) if plan.studies else None
     failed = report.failed + (work.failed if work else [])
     if not args.quiet:
         print(f"suite {suite.name}: {report.done} run(s) done, {report.skipped} already done, {len(report.failed)} failed")

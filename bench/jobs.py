@@ -1,4 +1,5 @@
-"""``--jobs N``: independent runs computed in N processes of this machine.
+"""``--jobs N``: independent runs, and the trials of different studies, computed in N
+processes of this machine.
 
 The processes compute (each with its own :class:`~fairsqueeze.execute.Computer`: tasks and
 dense references loaded once per process) and send each result back; only the calling
@@ -7,9 +8,11 @@ forked: a fork of a process whose PyTorch thread pool has started can hang.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
+import traceback
 from collections import defaultdict
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -24,7 +27,9 @@ _computer: list[Computer] = []  # the one Computer of a job process
 
 
 def default_jobs() -> int:
-    """The number of cores this process may use."""
+    """``$FAIRSQUEEZE_JOBS`` when set, else the number of cores this process may use."""
+    if os.environ.get("FAIRSQUEEZE_JOBS", "").strip().isdigit() and int(os.environ["FAIRSQUEEZE_JOBS"]) > 0:
+        return int(os.environ["FAIRSQUEEZE_JOBS"])
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
@@ -41,6 +46,37 @@ def _start(data_root: str, device: str, threads: int, log_level: int) -> None:
 
 def _compute(spec: RunSpec, info: dict | None) -> Computed:
     return _computer[0].run(spec, info)
+
+
+def trial_in_process(spec: RunSpec, params: dict, seed: int):
+    """One trial of a study computed in a job process: (result, None, dense row) or (None,
+    (line, traceback), dense row); the calling process tells the study."""
+    from .execute import execute_trial
+
+    computer = _computer[0]
+    try:
+        reference, dense_row = computer.reference(spec)
+    except Exception as exc:
+        return None, (f"dense reference failed: {type(exc).__name__}: {exc}", traceback.format_exc()), None
+    try:
+        result = execute_trial(spec.method.name, params, seed, computer.task(spec), reference, computer.device,
+                               spec.method.tune)
+    except Exception as exc:
+        return None, (f"{type(exc).__name__}: {exc}", traceback.format_exc()), dense_row
+    return result, None, dense_row
+
+
+@contextlib.contextmanager
+def process_pool(jobs: int, data_root: Path, device: torch.device) -> Iterator[ProcessPoolExecutor]:
+    """``jobs`` spawned processes, each with its own Computer; work still queued is cancelled
+    when the block ends early (an interrupt)."""
+    threads = max(1, torch.get_num_threads() // jobs)
+    start = (str(data_root), str(device), threads, logging.getLogger().level)
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_start, initargs=start)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def interleaved(specs: list[RunSpec]) -> list[RunSpec]:
@@ -61,15 +97,10 @@ def compute_in_processes(specs: list[RunSpec], jobs: int, data_root: Path, devic
                          info: dict[str, dict] | None = None) -> Iterator[tuple[RunSpec, Computed]]:
     """Yield (spec, computed) for every spec as the ``jobs`` processes finish them. Leaving the
     loop early (an interrupt) cancels what has not started."""
-    threads = max(1, torch.get_num_threads() // jobs)
-    start = (str(data_root), str(device), threads, logging.getLogger().level)
-    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_start, initargs=start)
-    try:
+    with process_pool(jobs, data_root, device) as pool:
         futures = {pool.submit(_compute, spec, (info or {}).get(spec.key)): spec for spec in interleaved(specs)}
         pending = set(futures)
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 yield futures[future], future.result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)

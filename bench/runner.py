@@ -76,21 +76,25 @@ class Runner:
             pending = list({r.key: r for r in plan.runs if r.key not in done}.values())  # a computation runs once
             report.skipped = len(plan.runs) - len(pending)
             if pending:
-                self._execute(plan, interleaved(pending), report, jobs)
+                self.compute(plan, interleaved(pending), jobs, report)
             return report
         finally:
             report.seconds["total"] = time.perf_counter() - started
 
-    def _execute(self, plan: Plan, pending: list[RunSpec], report: RunReport, jobs: int) -> None:
+    def compute(self, plan: Plan, pending: list[RunSpec], jobs: int, report: RunReport,
+                info: dict[str, dict] | None = None) -> None:
+        """Start, compute (in ``jobs`` processes) and write ``pending``; ``info`` (by run key) is
+        stored with a result (e.g. what selected it)."""
         self.computer.tasks.update(plan.tasks)
         for key, task in plan.tasks.items():
             self.store.put_task(key, task.name, {**task.summary(), "label": plan.labels[key]})
         for spec in pending:
             self.start(spec, plan)
+        info = info or {}
         if jobs > 1:
-            computed = compute_in_processes(pending, jobs, self.data_root, self.device)
+            computed = compute_in_processes(pending, jobs, self.data_root, self.device, info)
         else:
-            computed = ((spec, self.computer.run(spec)) for spec in pending)
+            computed = ((spec, self.computer.run(spec, info.get(spec.key))) for spec in pending)
         with progress_bar(total=len(pending), desc=f"suite {plan.suite.name}", unit="run") as bar:
             try:
                 for spec, outcome in computed:

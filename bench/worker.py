@@ -24,6 +24,7 @@ statement), so no interleaving of workers can overrun a budget.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ import time
 import traceback
 import uuid
 import warnings
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import asdict, dataclass, field
 
 import optuna
@@ -41,11 +43,17 @@ from .hashing import config_hash
 from .plan import Plan
 from .plugins import create_method
 from .progress import progress_bar
+from .runner import RunReport
 from .store import selections  # noqa: F401  (the table lives in the store; readers once imported it from here)
 from .suite import MethodEntry, RunSpec, Suite
 from .tuning import derived_seed, record, trial_seed, trials_frame
 
 log = logging.getLogger("fairsqueeze")
+
+
+def trial_error(exc: BaseException) -> tuple[str, str]:
+    """(one line, traceback) of a trial's failure."""
+    return f"{type(exc).__name__}: {exc}", traceback.format_exc()
 
 MAX_TRIAL_ATTEMPTS = 3  # attempts of one trial slot (a raised or abandoned attempt is retried)
 HEARTBEAT_S = 10  # lease renewal interval; a lease lasts LEASE_BEATS intervals
@@ -121,13 +129,16 @@ class Worker:
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are logged in one line below
 
     # -- the loop ---------------------------------------------------------------------------
-    def run(self, plan: Plan) -> WorkReport:
+    def run(self, plan: Plan, jobs: int = 1) -> WorkReport:
+        """Everything pending; with ``jobs`` > 1, the studies' trials are computed in that many
+        processes first (see :meth:`_studies_in_processes`), then the rest as usual."""
         report = WorkReport(missing_tasks=list(plan.missing_tasks))
         suite = plan.suite
         self.plan = plan
         for key, task in plan.tasks.items():  # engine bookkeeping, outside any trial
             self.store.put_task(key, task.name, {**task.summary(), "label": plan.labels[key]})
         studies = {study_name(suite, s): s for s in plan.studies}
+        self._specs = studies
         self.store.ensure_work({r.key: "run" for r in plan.runs} | {name: "study" for name in studies})
         for name, spec in studies.items():
             self._create_study(name, suite, spec)
@@ -135,6 +146,11 @@ class Worker:
         self._record_membership(selected)
         with progress_bar(total=0, desc=f"suite {suite.name}", unit="item") as self._bar:
             self._count_pending(plan.runs + list(selected.values()), studies)
+            if jobs > 1 and studies:
+                self._studies_in_processes(jobs, report)
+                selected = self._selected_runs(studies)
+                self._record_membership(selected)
+                self._selected_in_processes(selected, jobs, report)
             while True:
                 progressed, busy = self._round(plan, studies, selected, report)
                 if progressed:
@@ -274,41 +290,47 @@ class Worker:
             return True
 
     def _run_study(self, name: str, spec: RunSpec, report: WorkReport) -> None:
-        """Trials until the study has its budget of complete ones. A running slot found here
-        belongs to a worker whose lease expired: it is failed and retried like a raised one."""
-        study, tune = self._studies[name], spec.method.tune
+        """Trials, one after another in this process, until the study has its budget of
+        complete ones."""
         computer = self.runner.computer
         computer.tasks.update(self.plan.tasks)
         reference, dense_row = computer.reference(spec)  # outside the sealed trial: it predicts on test too
         if dense_row is not None:
             self.store.put_dense(spec.dense_key, dense_row)
-        while True:
-            slots = self.store.slots(name)
-            for row in slots[slots["state"] == "running"].itertuples():
-                self._fail_stale(study, name, row)
-            slots = self.store.slots(name)
-            if (slots["state"] == "complete").sum() >= tune.trials:
-                return
-            failed = slots[slots["state"] == "failed"]
-            retry = None
-            for row in failed.itertuples():
-                if self.store.retry_slot(name, int(row.slot), MAX_TRIAL_ATTEMPTS):
-                    retry = row
-                    break
-                self.store.set_slot(name, int(row.slot), "abandoned")
-                log.warning("%s: trial slot %d failed %d times; abandoned", name, row.slot, row.attempts)
-            if retry is not None:
-                params = study.trials[int(retry.trial)].params if retry.trial is not None else {}
-                self._trial(name, spec, reference, int(retry.slot), params, report)
-                continue
-            slots = self.store.slots(name)
-            if (slots["state"] == "abandoned").sum() >= tune.trials:  # a method that keeps failing ends
-                log.error("%s: %d trial slots abandoned; the study stops short of its budget", name, tune.trials)
-                return
-            slot = len(slots)
-            if not self.store.start_slot(name, slot, tune.trials):
-                return  # the budget is reached (or another worker took the slot)
-            self._trial(name, spec, reference, slot, None, report)
+        while (started := self._begin_trial(name, spec, report)) is not None:
+            trial, slot, params, seed = started
+            try:
+                result = execute_trial(spec.method.name, params, seed, self.plan.tasks[spec.task.key], reference,
+                                       self.runner.device, spec.method.tune)
+            except Exception as exc:
+                self._end_trial(name, trial, slot, report, error=trial_error(exc))
+            else:
+                self._end_trial(name, trial, slot, report, result=result, params=params, seed=seed)
+
+    def _next_slot(self, name: str, spec: RunSpec) -> tuple[int, dict | None] | None:
+        """The next trial slot to attempt: (slot, params of the attempt it retries or None), or
+        None when the study has its budget. A running slot found here belongs to a worker whose
+        lease expired: it is failed and retried like a raised one."""
+        study, tune = self._studies[name], spec.method.tune
+        slots = self.store.slots(name)
+        for row in slots[slots["state"] == "running"].itertuples():
+            self._fail_stale(study, name, row)
+        slots = self.store.slots(name)
+        if (slots["state"] == "complete").sum() >= tune.trials:
+            return None
+        for row in slots[slots["state"] == "failed"].itertuples():
+            if self.store.retry_slot(name, int(row.slot), MAX_TRIAL_ATTEMPTS):
+                return int(row.slot), (study.trials[int(row.trial)].params if row.trial is not None else {})
+            self.store.set_slot(name, int(row.slot), "abandoned")
+            log.warning("%s: trial slot %d failed %d times; abandoned", name, row.slot, row.attempts)
+        slots = self.store.slots(name)
+        if (slots["state"] == "abandoned").sum() >= tune.trials:  # a method that keeps failing ends
+            log.error("%s: %d trial slots abandoned; the study stops short of its budget", name, tune.trials)
+            return None
+        slot = len(slots)
+        if not self.store.start_slot(name, slot, tune.trials):
+            return None  # the budget is reached (or another worker took the slot)
+        return slot, None
 
     def _fail_stale(self, study: optuna.Study, name: str, row) -> None:
         if row.trial is not None:
@@ -318,26 +340,42 @@ class Worker:
         log.warning("%s: trial slot %d was left running by a worker that stopped; retrying it", name, row.slot)
         self.store.set_slot(name, int(row.slot), "failed")
 
-    def _trial(self, name: str, spec: RunSpec, reference, slot: int, fixed: dict | None, report: WorkReport) -> None:
-        """One attempt of a trial slot: the sampler and the method seeded from the slot; a
-        retry (``fixed``) repeats the params of the attempt it replaces."""
-        study, sampler = self._studies[name], spec.method.tune.sampler
-        study.sampler = sampler.build(seed=derived_seed(sampler.seed, name, slot))
-        if fixed is not None:
-            study.enqueue_trial(fixed, user_attrs={"slot": slot}, skip_if_exists=False)
-        trial = study.ask()
-        self.store.set_slot(name, slot, "running", trial.number)
-        try:
-            if fixed is None:
-                trial.set_user_attr("slot", slot)
-            params = asdict(create_method(spec.method.name, spec.method.params).space(trial))
-            seed = trial_seed(name, slot)
-            result = execute_trial(spec.method.name, params, seed, self.plan.tasks[spec.task.key], reference,
-                                   self.runner.device, spec.method.tune)
-            record(trial, result, create_method(spec.method.name, params).param_dict(), seed)
-        except Exception as exc:  # the trial fails and is retried in its slot; one line here, the traceback on it
-            trial.set_user_attr("error", traceback.format_exc())
-            log.warning("%s: trial %d (slot %d) failed: %s: %s", name, trial.number, slot, type(exc).__name__, exc)
+    def _begin_trial(self, name: str, spec: RunSpec, report: WorkReport):
+        """Ask the study for the next attempt: (trial, slot, params, method seed), or None when
+        the study is done. The sampler and the method are seeded from the slot; a retry repeats
+        the params of the attempt it replaces."""
+        while (chosen := self._next_slot(name, spec)) is not None:
+            slot, fixed = chosen
+            study, sampler = self._studies[name], spec.method.tune.sampler
+            study.sampler = sampler.build(seed=derived_seed(sampler.seed, name, slot))
+            if fixed is not None:
+                study.enqueue_trial(fixed, user_attrs={"slot": slot}, skip_if_exists=False)
+            trial = study.ask()
+            self.store.set_slot(name, slot, "running", trial.number)
+            try:
+                if fixed is None:
+                    trial.set_user_attr("slot", slot)
+                params = asdict(create_method(spec.method.name, spec.method.params).space(trial))
+            except Exception as exc:
+                self._end_trial(name, trial, slot, report, error=trial_error(exc))
+                continue
+            return trial, slot, params, trial_seed(name, slot)
+        return None
+
+    def _end_trial(self, name: str, trial, slot: int, report: WorkReport, result=None, params=None, seed=None,
+                   error: tuple[str, str] | None = None) -> None:
+        """Tell the study how an attempt ended: its values, or a failure (one logged line; the
+        traceback kept on the trial) that is retried in its slot."""
+        study = self._studies[name]
+        if error is None:
+            try:
+                record(trial, result, create_method(self._specs[name].method.name, params).param_dict(), seed)
+            except Exception as exc:
+                error = trial_error(exc)
+        if error is not None:
+            line, trace = error
+            trial.set_user_attr("error", trace)
+            log.warning("%s: trial %d (slot %d) failed: %s", name, trial.number, slot, line)
             study.tell(trial, state=FAIL)
             self.store.set_slot(name, slot, "failed")
             report.failed_trials += 1
@@ -346,6 +384,57 @@ class Worker:
         self.store.set_slot(name, slot, "complete")
         report.trials += 1
         self._bar.update(1)
+
+    def _studies_in_processes(self, jobs: int, report: WorkReport) -> None:
+        """Every study this worker can lease, with ``jobs`` processes computing trials: the
+        trials of one study still run one after another (its next trial is asked once its
+        previous one is told), different studies' trials at the same time. This process asks,
+        tells and writes; the processes only compute."""
+        from .jobs import process_pool, trial_in_process
+
+        plan, names = self.plan, self._specs
+        with contextlib.ExitStack() as held, process_pool(jobs, self.runner.data_root, self.runner.device) as pool:
+            running = {}
+
+            def launch(name: str) -> None:
+                spec = names[name]
+                started = self._begin_trial(name, spec, report)
+                if started is None:
+                    self._select(plan.suite, name, spec, self._studies[name])
+                    self._finished_studies.add(name)
+                    return
+                trial, slot, params, seed = started
+                future = pool.submit(trial_in_process, spec, params, seed)
+                running[future] = (name, trial, slot, params, seed)
+
+            for name in names:
+                if name in self._finished_studies:
+                    continue
+                lease = self._claim(name)
+                if lease is not None:
+                    held.enter_context(lease)
+                    launch(name)
+            while running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    name, trial, slot, params, seed = running.pop(future)
+                    result, error, dense_row = future.result()
+                    if dense_row is not None:
+                        self.store.put_dense(names[name].dense_key, dense_row)
+                    self._end_trial(name, trial, slot, report, result=result, params=params, seed=seed, error=error)
+                    launch(name)
+
+    def _selected_in_processes(self, selected: dict, jobs: int, report: WorkReport) -> None:
+        """The selected runs not yet done, computed in ``jobs`` processes and written here."""
+        specs = {s.key: s for s in selected.values()}
+        pending = [s for key, s in specs.items() if key not in self.store.keys_with_status(list(specs), "done")]
+        if not pending:
+            return
+        done = RunReport()
+        self.runner.compute(self.plan, pending, jobs, done, info=self._info)
+        report.runs += done.done
+        report.failed += done.failed
+        self._bar.update(len(pending))
 
     def _select(self, suite: Suite, name: str, spec: RunSpec, study: optuna.Study) -> None:
         """Apply every policy of the entry to the complete trials and store the choices."""

@@ -108,3 +108,30 @@ def test_a_study_killed_mid_trial_resumes_to_the_uninterrupted_trials(isolated, 
     assert resumed.returncode == 0, resumed.stderr
     assert failed_trials(db) == 1  # the attempt that died
     assert complete_trials(db) == complete_trials(uninterrupted)
+
+
+def test_studies_in_two_processes_give_the_trials_and_selections_of_one(isolated, uninterrupted):
+    """--jobs 2 computes different studies' trials at once (two seeds: two studies), this
+    process asks and tells: the trials, selections and selected runs' metrics are --jobs 1's."""
+    suite = {**SUITE, "seeds": [0, 1]}
+    path = isolated / "two.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    dbs = {}
+    for jobs in (1, 2):
+        dbs[jobs] = f"sqlite:///{isolated}/jobs{jobs}.db"
+        assert main(["run", str(path), "--db", dbs[jobs], "--quiet", "--jobs", str(jobs)]) == 0
+    studies = {}
+    for jobs, db in dbs.items():
+        found = {}
+        for summary in optuna.get_all_study_summaries(storage=db):
+            study = optuna.load_study(study_name=summary.study_name, storage=db)
+            found[summary.study_name] = sorted((t.user_attrs["slot"], t.params, tuple(t.values)) for t in study.trials)
+        studies[jobs] = found
+    assert studies[1] == studies[2] and len(studies[1]) == 2
+    columns = ["study", "policy", "params", "method_seed", "run_key"]
+    chosen = [selections_frame(Store(db))[columns].sort_values(["study", "policy"]).reset_index(drop=True)
+              for db in dbs.values()]
+    assert chosen[0].equals(chosen[1])
+    metrics = [Store(db).metrics_frame().set_index(["run_key", "split", "name"])["value"].sort_index()
+               for db in dbs.values()]
+    assert metrics[0].equals(metrics[1])
