@@ -91,6 +91,11 @@ def _planned(args):
     load_plugins()
     suite = load_suite(args.suite)
     device = resolve_device(args.device)
+    import torch
+
+    from .jobs import compute_threads
+
+    torch.set_num_threads(compute_threads(device))  # as in every --jobs process: results do not depend on N
     return suite, plan_suite(suite, data_root(args.data_root), args.skip_missing_data), device
 
 

@@ -33,6 +33,13 @@ def default_jobs() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def compute_threads(device: torch.device) -> int:
+    """PyTorch's intra-op threads of a process that computes runs. One on a CPU: a reduction
+    split over another number of threads adds in another order, and the stored metrics must not
+    depend on --jobs; the cores are used by processes instead. On a GPU, PyTorch's default."""
+    return 1 if device.type == "cpu" else torch.get_num_threads()
+
+
 def _start(data_root: str, device: str, threads: int, log_level: int) -> None:
     from .progress import set_quiet
     from .registry_loader import load_plugins
@@ -70,8 +77,7 @@ def trial_in_process(spec: RunSpec, params: dict, seed: int):
 def process_pool(jobs: int, data_root: Path, device: torch.device) -> Iterator[ProcessPoolExecutor]:
     """``jobs`` spawned processes, each with its own Computer; work still queued is cancelled
     when the block ends early (an interrupt)."""
-    threads = max(1, torch.get_num_threads() // jobs)
-    start = (str(data_root), str(device), threads, logging.getLogger().level)
+    start = (str(data_root), str(device), compute_threads(device), logging.getLogger().level)
     pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_start, initargs=start)
     try:
         yield pool

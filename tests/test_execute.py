@@ -125,3 +125,16 @@ def test_the_computer_reuses_its_dense_reference_and_reports_it_once(dense):
     second = computer.run(spec)
     assert first.dense_row is not None and second.dense_row is None
     assert first.result.metrics == second.result.metrics
+
+
+def test_split_metrics_is_what_a_trial_is_scored_on(dense):
+    """The helper a method uses to pick among its checkpoints on validation gives the metrics
+    the engine scores a trial with (same predictions, same definitions)."""
+    from fairsqueeze.evaluate import split_metrics
+    from fairsqueeze.execute import score_on_validation
+
+    _, task, _, reference = dense
+    tune = parse_tuning({"trials": 1}, True)
+    scored = score_on_validation(reference.model, (), task.view(), reference.footprint, CPU, tune,
+                                 reference.val_predictions())
+    assert equal_metrics(split_metrics(reference.model, task.val, task.prepare, CPU, task.num_classes), scored.metrics)
