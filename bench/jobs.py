@@ -1,10 +1,11 @@
 """``--jobs N``: independent runs, and the trials of different studies, computed in N
 processes of this machine.
 
-The processes compute (each with its own :class:`~fairsqueeze.execute.Computer`: tasks and
-dense references loaded once per process) and send each result back; only the calling
-process writes the store, so SQLite works as well as PostgreSQL. Processes are spawned, not
-forked: a fork of a process whose PyTorch thread pool has started can hang.
+The processes compute (each with its own :class:`~fairsqueeze.execute.Computer`, given the
+tasks this process planned, keeping each dense reference it loads) and send each result back;
+only the calling process writes the store, so SQLite works as well as PostgreSQL. On a CPU
+the processes are forked: they start at once, with the planned tasks and every registered
+plugin already in memory. With CUDA they are spawned (a CUDA context does not survive a fork).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import torch
 
 from .execute import Computed, Computer
 from .suite import RunSpec
+from .tasks import TaskData
 
 _computer: list[Computer] = []  # the one Computer of a job process
 
@@ -40,7 +42,7 @@ def compute_threads(device: torch.device) -> int:
     return 1 if device.type == "cpu" else torch.get_num_threads()
 
 
-def _start(data_root: str, device: str, threads: int, log_level: int) -> None:
+def _start(data_root: str, device: str, threads: int, log_level: int, tasks: dict) -> None:
     from .progress import set_quiet
     from .registry_loader import load_plugins
 
@@ -48,7 +50,8 @@ def _start(data_root: str, device: str, threads: int, log_level: int) -> None:
     logging.basicConfig(level=log_level, format="%(levelname)s: %(message)s")
     set_quiet(True)
     load_plugins()
-    _computer.append(Computer(torch.device(device), Path(data_root)))
+    _computer.clear()  # a forked process inherits the caller's (empty) list
+    _computer.append(Computer(torch.device(device), Path(data_root), tasks))
 
 
 def _compute(spec: RunSpec, info: dict | None) -> Computed:
@@ -74,11 +77,13 @@ def trial_in_process(spec: RunSpec, params: dict, seed: int):
 
 
 @contextlib.contextmanager
-def process_pool(jobs: int, data_root: Path, device: torch.device) -> Iterator[ProcessPoolExecutor]:
-    """``jobs`` spawned processes, each with its own Computer; work still queued is cancelled
+def process_pool(jobs: int, data_root: Path, device: torch.device,
+                 tasks: dict[str, TaskData] | None = None) -> Iterator[ProcessPoolExecutor]:
+    """``jobs`` processes, each with its own Computer; work still queued is cancelled
     when the block ends early (an interrupt)."""
-    start = (str(data_root), str(device), compute_threads(device), logging.getLogger().level)
-    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_start, initargs=start)
+    start = (str(data_root), str(device), compute_threads(device), logging.getLogger().level, dict(tasks or {}))
+    context = multiprocessing.get_context("fork" if device.type == "cpu" else "spawn")
+    pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_start, initargs=start)
     try:
         yield pool
     finally:
@@ -100,10 +105,11 @@ def interleaved(specs: list[RunSpec]) -> list[RunSpec]:
 
 
 def compute_in_processes(specs: list[RunSpec], jobs: int, data_root: Path, device: torch.device,
-                         info: dict[str, dict] | None = None) -> Iterator[tuple[RunSpec, Computed]]:
+                         info: dict[str, dict] | None = None,
+                         tasks: dict[str, TaskData] | None = None) -> Iterator[tuple[RunSpec, Computed]]:
     """Yield (spec, computed) for every spec as the ``jobs`` processes finish them. Leaving the
     loop early (an interrupt) cancels what has not started."""
-    with process_pool(jobs, data_root, device) as pool:
+    with process_pool(jobs, data_root, device, tasks) as pool:
         futures = {pool.submit(_compute, spec, (info or {}).get(spec.key)): spec for spec in interleaved(specs)}
         pending = set(futures)
         while pending:

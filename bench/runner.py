@@ -92,7 +92,7 @@ class Runner:
             self.start(spec, plan)
         info = info or {}
         if jobs > 1:
-            computed = compute_in_processes(pending, jobs, self.data_root, self.device, info)
+            computed = compute_in_processes(pending, jobs, self.data_root, self.device, info, plan.tasks)
         else:
             computed = ((spec, self.computer.run(spec, info.get(spec.key))) for spec in pending)
         with progress_bar(total=len(pending), desc=f"suite {plan.suite.name}", unit="run") as bar:

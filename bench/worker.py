@@ -393,7 +393,8 @@ class Worker:
         from .jobs import process_pool, trial_in_process
 
         plan, names = self.plan, self._specs
-        with contextlib.ExitStack() as held, process_pool(jobs, self.runner.data_root, self.runner.device) as pool:
+        with contextlib.ExitStack() as held, process_pool(jobs, self.runner.data_root, self.runner.device,
+                                                                  plan.tasks) as pool:
             running = {}
 
             def launch(name: str) -> None:
