@@ -87,6 +87,9 @@ def test_a_failed_trial_is_retried_in_its_slot_and_does_not_use_the_budget(isola
     assert main(["run", write(isolated), "--db", db, "--quiet", "--jobs", "1"]) == 0
     assert failed_trials(db) == 1
     assert complete_trials(db) == complete_trials(uninterrupted)
+    from fairsqueeze.tuning_report import format_fronts
+
+    assert "4/4 trials complete (1 failed attempt(s), retried)" in format_fronts(Store(db))
     slots = Store(db).slots(optuna.get_all_study_summaries(storage=db)[0].study_name)
     assert list(slots["state"]) == ["complete"] * 4 and list(slots["attempts"]) == [1, 2, 1, 1]
     # the selections, and so the selected runs, are those of the uninterrupted study
