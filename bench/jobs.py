@@ -13,6 +13,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import signal
 import traceback
 from collections import defaultdict
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -46,6 +47,7 @@ def _start(data_root: str, device: str, threads: int, log_level: int, tasks: dic
     from .progress import set_quiet
     from .registry_loader import load_plugins
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # an interrupt is the calling process's to handle
     torch.set_num_threads(threads)
     logging.basicConfig(level=log_level, format="%(levelname)s: %(message)s")
     set_quiet(True)
@@ -86,8 +88,12 @@ def process_pool(jobs: int, data_root: Path, device: torch.device,
     pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_start, initargs=start)
     try:
         yield pool
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    except BaseException:  # an interrupt or an error here: stop the computations, do not wait for them
+        for process in list((pool._processes or {}).values()):
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def interleaved(specs: list[RunSpec]) -> list[RunSpec]:
