@@ -150,6 +150,7 @@ class Worker:
                 self._studies_in_processes(jobs, report)
                 selected = self._selected_runs(studies)
                 self._record_membership(selected)
+                self._count_pending(list(selected.values()), {})
                 self._selected_in_processes(selected, jobs, report)
             while True:
                 progressed, busy = self._round(plan, studies, selected, report)
