@@ -104,7 +104,7 @@ def thread_peek(monkeypatch):
     return "thread_peek"
 
 
-def test_the_seal_holds_in_threads_a_method_starts(dense, thread_peek):
+def test_the_seal_holds_in_threads_a_method_starts(dense, thread_peek, isolated):
     """The seal is per process: a method that reads the test split from a new thread fails, in
     a run and in a trial, although the thread caught the error."""
     _, task, spec, reference = dense
@@ -118,7 +118,7 @@ def test_the_seal_holds_in_threads_a_method_starts(dense, thread_peek):
     assert computed.result is None and "tried to read the test split" in computed.error
 
 
-def test_the_computer_reuses_its_dense_reference_and_reports_it_once(dense):
+def test_the_computer_reuses_its_dense_reference_and_reports_it_once(dense, isolated):
     plan, task, spec, _ = dense
     computer = Computer(CPU, tasks=dict(plan.tasks))
     first = computer.run(spec)
