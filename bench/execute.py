@@ -14,7 +14,7 @@ import copy
 import logging
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -242,6 +242,7 @@ class Computed:
     error: str | None = None
     dense_row: dict | None = None
     dense_seconds: float = 0.0  # spent preparing the dense reference in this call
+    started_at: float = field(default_factory=time.time)  # when the computation began (epoch seconds)
 
 
 class Computer:

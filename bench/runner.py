@@ -1,7 +1,7 @@
 """Executes a planned suite's fixed runs and writes what they computed.
 
-For every pending run the runner records its start, has it computed (in this process, or in
-``jobs`` processes through :mod:`fairsqueeze.jobs`), and writes the result or the error.
+Every pending run is computed (in this process, or in ``jobs`` processes through
+:mod:`fairsqueeze.jobs`) and then written whole: its row, and its result or its error.
 Computing is :mod:`fairsqueeze.execute`'s job; the runner only orders and stores. Finished
 runs are skipped; failed or interrupted ones are retried.
 """
@@ -83,49 +83,40 @@ class Runner:
 
     def compute(self, plan: Plan, pending: list[RunSpec], jobs: int, report: RunReport,
                 info: dict[str, dict] | None = None) -> None:
-        """Start, compute (in ``jobs`` processes) and write ``pending``; ``info`` (by run key) is
-        stored with a result (e.g. what selected it)."""
+        """Compute ``pending`` (in ``jobs`` processes) and write each as it arrives; ``info`` (by
+        run key) is stored with a result (e.g. what selected it). A run is written whole when
+        it is done, so an interrupt leaves nothing half-written and a rerun computes the rest."""
         self.computer.tasks.update(plan.tasks)
         for key, task in plan.tasks.items():
             self.store.put_task(key, task.name, {**task.summary(), "label": plan.labels[key]})
-        for spec in pending:
-            self.start(spec, plan)
         info = info or {}
         if jobs > 1:
             computed = compute_in_processes(pending, jobs, self.data_root, self.device, info, plan.tasks)
         else:
             computed = ((spec, self.computer.run(spec, info.get(spec.key))) for spec in pending)
         with progress_bar(total=len(pending), desc=f"suite {plan.suite.name}", unit="run") as bar:
-            try:
-                for spec, outcome in computed:
-                    bar.set_postfix_str(f"{spec.task.name}/{spec.model.name}/{spec.method.label}/s{spec.seed}")
-                    self.write(spec, outcome, plan.labels[spec.task.key], report)
-                    bar.update(1)
-            except KeyboardInterrupt:
-                unfinished = [s.key for s in pending if s.key not in self.store.keys_with_status([s.key], "done")]
-                for key in unfinished:
-                    self.store.fail_run(key, "interrupted")
-                raise
-
-    def start(self, spec: RunSpec, plan: Plan) -> None:
-        """Record that ``spec`` runs (replacing an earlier failed or interrupted attempt)."""
-        self.store.start_run(spec.key, run_row(spec, plan.tasks[spec.task.key], plan.labels[spec.task.key],
-                                               self.device))
+            for spec, outcome in computed:
+                bar.set_postfix_str(f"{spec.task.name}/{spec.model.name}/{spec.method.label}/s{spec.seed}")
+                self.write(spec, outcome, plan, report)
+                bar.update(1)
 
     def run_one(self, spec: RunSpec, plan: Plan, info: dict | None = None) -> Computed:
-        """Start, compute in this process and write one run (what a worker does per run)."""
+        """Compute one run in this process and write it (what a worker does per run)."""
         self.computer.tasks.update(plan.tasks)
-        self.start(spec, plan)
         computed = self.computer.run(spec, info)
-        self.write(spec, computed, plan.labels[spec.task.key])
+        self.write(spec, computed, plan)
         return computed
 
-    def write(self, spec: RunSpec, computed: Computed, label: str, report: RunReport | None = None) -> None:
-        """Store what a run computed: its dense reference's row once, then its result or error."""
+    def write(self, spec: RunSpec, computed: Computed, plan: Plan, report: RunReport | None = None) -> None:
+        """Store what a run computed: its dense reference's row once, then the run (replacing an
+        earlier failed attempt) with its result or error."""
+        label = plan.labels[spec.task.key]
         if computed.dense_row is not None:
             self.store.put_dense(spec.dense_key, computed.dense_row)
         if report is not None:
             report.seconds["dense"] += computed.dense_seconds
+        row = run_row(spec, plan.tasks[spec.task.key], label, self.device)
+        self.store.start_run(spec.key, {**row, "started_at": computed.started_at})
         if computed.result is None:
             log.error("run %s (%s/%s/%s) failed: %s", spec.key, spec.task.name, spec.model.name, spec.method.label,
                       computed.error.splitlines()[0])

@@ -442,8 +442,9 @@ class Store:
 
     # -- runs -------------------------------------------------------------------------
     def start_run(self, key: str, row: dict[str, Any]) -> None:
-        """Mark ``key`` as running, replacing any earlier failed or interrupted attempt."""
-        values = {**row, "key": key, "status": "running", "error": None, "flags": None, "started_at": time.time()}
+        """Mark ``key`` as running, replacing any earlier failed or interrupted attempt
+        (``row["started_at"]``, when given, is when its computation began)."""
+        values = {"started_at": time.time(), **row, "key": key, "status": "running", "error": None, "flags": None}
         values["params"] = json.dumps(values["params"], sort_keys=True)
         values["config"] = json.dumps(values["config"], sort_keys=True, default=str)
         with self.engine.begin() as conn:
