@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--skip-missing-data", action="store_true", help="skip tasks whose files are absent instead of failing"
     )
+    run.add_argument("--jobs", type=_jobs, default=None,
+                     help="processes computing runs at once (default: the number of cores); this one writes")
     _add_redefine(run)
     _add_store(run)
 
@@ -54,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
     worker.add_argument("--quiet", action="store_true", help="no summary at the end")
     worker.add_argument("--skip-missing-data", action="store_true", help="skip tasks whose files are absent")
-    worker.add_argument("--heartbeat", type=int, default=None, help="Optuna heartbeat interval of a trial, seconds")
+    worker.add_argument("--heartbeat", type=float, default=None,
+                        help="lease renewal interval, seconds (a lease lasts three); an expired lease is taken over")
     _add_redefine(worker)
     _add_store(worker)
 
@@ -113,39 +116,70 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_run(args) -> int:
+def _jobs(text: str) -> int:
+    try:
+        jobs = int(text)
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of processes, got {text!r}")
+    return jobs
+
+
+def _planned(args):
+    """The suite, its plan and the device: everything checked before a database is opened."""
+    from .plan import plan_suite
     from .progress import set_quiet
     from .registry_loader import load_plugins
-    from .runner import Runner, plan_suite, resolve_device
-    from .store import Store
+    from .runner import resolve_device
     from .suite import load_suite
     from .tasks import data_root
-    from .worker import sqlite_single_worker
 
     set_quiet(args.quiet)
     load_plugins()
     suite = load_suite(args.suite)
     device = resolve_device(args.device)
     _check_gpu_request(suite, args.device)
-    if suite.studies():  # tuned entries: one worker in this process
-        return cmd_worker(args)
-    # everything (suite, data, tasks, method parameters) is checked before the store is opened
-    plan = plan_suite(suite, data_root(args.data_root), args.skip_missing_data)
-    with sqlite_single_worker(args.db):
+    import torch
+
+    from .jobs import compute_threads
+
+    torch.set_num_threads(compute_threads(device))  # as in every --jobs process: results do not depend on N
+    return suite, plan_suite(suite, data_root(args.data_root), args.skip_missing_data), device
+
+
+def cmd_run(args) -> int:
+    """Fixed runs in ``--jobs`` processes, then the tuned entries' studies and selected runs."""
+    from .runner import Runner
+    from .store import Store, sqlite_single_writer
+    from .tasks import data_root
+    from .worker import Worker
+
+    suite, plan, device = _planned(args)
+    with sqlite_single_writer(args.db):
         store = Store(args.db)
         _check_definition(store, suite, args)
         runner = Runner(store, data_root(args.data_root), device, args.skip_missing_data)
-        report = runner.run(plan)
+        report = runner.run(plan, jobs=args.jobs)
+        work = Worker(runner).run(plan, jobs=args.jobs) if plan.studies else None
+    failed = report.failed + (work.failed if work else [])
     if not args.quiet:
         print(f"suite {suite.name}: {report.done} run(s) done, {report.skipped} already done, {len(report.failed)} failed")
+        if work:
+            print(f"tuning: {work.trials} trial(s) and {work.runs} selected run(s) done, {work.failed_trials} trial(s)"
+                  f" failed (retried in their slots), {len(work.failed)} run(s) failed")
         if report.missing_tasks:
             print(f"skipped for missing data: {', '.join(report.missing_tasks)}")
         if report.flagged:
             print(f"{len(report.flagged)} run(s) flagged (degenerate: constant predictions; no_effect: same"
                   " predictions as the dense model); see the flags column")
         _print_tables(runner.store, suite.name, "test")
-    if report.failed:
-        _print_failures(runner.store, suite.name, report.failed)
+        if work:
+            from fairsqueeze.reports.tuning_report import format_fronts
+
+            print(format_fronts(runner.store, suite.name))
+    if failed:
+        _print_failures(runner.store, suite.name, failed)
         return 1
     return 0
 
@@ -216,37 +250,23 @@ def cmd_list(args) -> int:
 
 def cmd_worker(args) -> int:
     """Execute a suite's pending work through the database; several may run at once on PostgreSQL."""
-    from .progress import set_quiet
-    from .registry_loader import load_plugins
-    from .runner import Runner, plan_suite, resolve_device
-    from .store import Store
-    from .suite import load_suite
+    from .runner import Runner
+    from .store import Store, sqlite_single_writer
     from .tasks import data_root
-    from .worker import HEARTBEAT_S, Worker, db_lock, sqlite_single_worker
+    from .worker import HEARTBEAT_S, Worker
 
-    set_quiet(args.quiet)
-    load_plugins()
-    suite = load_suite(args.suite)
-    device = resolve_device(args.device)
-    _check_gpu_request(suite, args.device)
-    # everything (suite, data, tasks, method parameters) is checked before the store is opened
-    plan = plan_suite(suite, data_root(args.data_root), args.skip_missing_data)
-    with sqlite_single_worker(args.db):
-        with db_lock(args.db):  # workers started together create the tables one at a time
-            store = Store(args.db)
+    suite, plan, device = _planned(args)
+    with sqlite_single_writer(args.db):
+        store = Store(args.db)
+        with store.lock():  # workers started together: one definition check at a time
             _check_definition(store, suite, args)
         runner = Runner(store, data_root(args.data_root), device, args.skip_missing_data)
-        worker = Worker(runner, heartbeat_interval=getattr(args, "heartbeat", None) or HEARTBEAT_S)
-        report = worker.run(plan)
+        report = Worker(runner, heartbeat_s=args.heartbeat or HEARTBEAT_S).run(plan)
     if not args.quiet:
-        print(f"suite {suite.name}: this worker did {report.runs} run(s) and {report.trials} trial(s); {len(report.failed)} failed")
+        print(f"suite {suite.name}: this worker did {report.runs} run(s) and {report.trials} trial(s);"
+              f" {len(report.failed)} run(s) and {report.failed_trials} trial(s) failed")
         if report.missing_tasks:
             print(f"skipped for missing data: {', '.join(sorted(set(report.missing_tasks)))}")
-        if args.command == "run":
-            _print_tables(runner.store, suite.name, "test")
-            from fairsqueeze.reports.tuning_report import format_fronts
-
-            print(format_fronts(runner.store, suite.name))
     if report.failed:
         print(f"fairsqueeze: {len(report.failed)} run(s) failed; errors are in the store (runs.error)", file=sys.stderr)
         return 1
@@ -391,6 +411,10 @@ def cmd_launch(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "jobs", 0) is None:
+        from .jobs import default_jobs
+
+        args.jobs = default_jobs()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     handlers = {"run": cmd_run, "worker": cmd_worker, "fronts": cmd_fronts, "list": cmd_list, "show": cmd_show,
                 "report": cmd_report, "leaderboard": cmd_leaderboard, "check-plugin": cmd_check_plugin,
@@ -399,6 +423,13 @@ def main(argv: list[str] | None = None) -> int:
         return handlers[args.command](args)
     except FairsqueezeError as exc:
         print(f"fairsqueeze: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a database failing mid-way is one line too; anything else is a bug
+        from .store import database_error, is_database_error
+
+        if not is_database_error(exc):
+            raise
+        print(f"fairsqueeze: error: {database_error(getattr(args, 'db', ''), exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fairsqueeze: interrupted; finished runs are saved, rerun to resume", file=sys.stderr)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .errors import FairsqueezeError
+from .metrics import compute_metrics
 from .tasks import Split
 
 
@@ -31,3 +32,9 @@ def predict(model: nn.Module, split: Split, prepare, device: torch.device, batch
                                   f" (rows {start}..{start + len(x) - 1} of the split)")
         out.append(logits.argmax(dim=1).cpu())
     return torch.cat(out).numpy().astype(np.int64) if out else np.zeros(0, dtype=np.int64)
+
+
+def split_metrics(model: nn.Module, split: Split, prepare, device: torch.device, num_classes: int) -> dict[str, float]:
+    """Every metric of ``model`` on ``split``, computed from its predictions: what a trial is
+    scored on, and what a method that picks among its own checkpoints on validation must use."""
+    return compute_metrics(split.y, predict(model, split, prepare, device), split.s, num_classes=num_classes)

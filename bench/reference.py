@@ -1,10 +1,13 @@
 """The dense reference: trained once per (task, model, training config, seed), cached by hash."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -57,13 +60,31 @@ def _load_checkpoint(path: Path, model: nn.Module, task: TaskData) -> dict | Non
     return saved
 
 
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Serialise processes of one machine (e.g. two workers training the same dense reference)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def dense_reference(spec: RunSpec, task: TaskData, device: torch.device) -> tuple[nn.Module, dict]:
     """Load the cached dense model for ``spec`` or train and cache it. Returns (model, info).
 
     The checkpoint records the split hash and data fingerprint it was trained on; a mismatch
-    (or an unreadable file) retrains instead of loading.
+    (or an unreadable file) retrains instead of loading. Processes of one machine that need
+    the same reference wait for the one that trains it (a lock file in the cache).
     """
     path = checkpoint_path(spec.dense_key)
+    with file_lock(path.with_suffix(".lock")):
+        return _load_or_train(spec, task, device, path)
+
+
+def _load_or_train(spec: RunSpec, task: TaskData, device: torch.device, path: Path) -> tuple[nn.Module, dict]:
     model = build_untrained(spec, task)
     if path.exists() and (saved := _load_checkpoint(path, model, task)) is not None:
         return model.to(device).eval(), _info(True, saved["history"], saved.get("training"), task)

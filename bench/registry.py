@@ -65,6 +65,12 @@ class Registry(Generic[T]):
         self._load_entry_points()
         return sorted(self._items)
 
+    def position(self, name: str) -> int:
+        """Registration order of ``name`` (built-ins first, in their modules' order): a stable
+        order for colours and listings."""
+        self._load_entry_points()
+        return list(self._items).index(name)
+
     def __contains__(self, name: str) -> bool:
         self._load_entry_points()
         return name in self._items

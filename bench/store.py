@@ -16,17 +16,29 @@ Tables:
 - ``predictions``: (run, split) -> per-example arrays (row id, y, y_pred, s) as a compressed blob.
 - ``tasks``: (task key) -> the task's summary (sizes, group counts, split hash).
 - ``dense``: (dense key) -> the dense reference's training history and bias card.
+- ``work_items``: (run key or study name) -> its lease (holder, expiry) and last failure:
+  how workers share a suite (see :meth:`Store.claim`).
+- ``trial_slots``: (study, slot) -> state and attempts of each trial position of a study;
+  starting a trial inserts its slot only while the study lacks complete trials, in one
+  statement, so no interleaving of workers can overrun a budget.
+- ``selections``: (study, policy) -> the trial a selection policy chose.
+Optuna's own tables live in the same database (:meth:`Store.optuna_storage`).
 A finished run is written in one transaction, so a crash never leaves half a result.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import json
 import math
+import os
+import random
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -43,19 +55,25 @@ from sqlalchemy import (
     Text,
     create_engine,
     delete,
+    event,
+    func,
+    literal,
     insert,
+    or_,
     select,
     text,
     update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
 
 from .errors import FairsqueezeError
 from .hashing import config_hash
 
 DEFAULT_URL = "sqlite:///results/fairsqueeze.db"
-SCHEMA_VERSION = "2"
+DB_LOCK_KEY = 0x66737164  # PostgreSQL advisory-lock id of Store.lock
+SCHEMA_VERSION = "3"
 
 meta = MetaData()
 
@@ -81,6 +99,8 @@ runs = Table(
     Column("split_hash", String(64), nullable=False),
     Column("data_hash", String(64), nullable=False),
     Column("dense_hash", String(64), nullable=False),
+    Column("family", String(64)),  # the method's family, so pages need no plugin
+    Column("method_order", Integer),  # the method's registry position (colour order)
     Column("status", String(16), nullable=False),
     Column("flags", Text),
     Column("error", Text),
@@ -160,6 +180,40 @@ dense = Table(
     Column("bias_card", Text),
 )
 
+work_items = Table(
+    "work_items",
+    meta,
+    Column("key", String(512), primary_key=True),  # a run key or a study name
+    Column("kind", String(8), nullable=False),  # run | study
+    Column("holder", String(128)),  # the worker holding the lease, None when free
+    Column("expires_at", Float),  # the lease ends then unless its holder renews it
+    Column("failed_at", Float),  # the last attempt raised at this time
+)
+
+trial_slots = Table(
+    "trial_slots",
+    meta,
+    Column("study", String(512), primary_key=True),
+    Column("slot", Integer, primary_key=True),  # the trial's position: its seeds derive from it
+    Column("state", String(16), nullable=False),  # running | complete | failed | abandoned
+    Column("attempts", Integer, nullable=False),
+    Column("trial", Integer),  # the Optuna trial number of the latest attempt
+)
+
+selections = Table(
+    "selections",
+    meta,
+    Column("study", String(512), primary_key=True),
+    Column("policy", String(128), primary_key=True),
+    Column("suite", String(128), nullable=False),
+    Column("label", String(512), nullable=False),  # the selected run's label in the suite
+    Column("trial", Integer),  # None: no trial qualified
+    Column("params", Text),
+    Column("run_key", String(64)),
+    Column("method_seed", Integer),  # the selected trial's method seed
+    Column("trials", Integer, nullable=False),  # the study's budget
+)
+
 
 def _num(value: float) -> float | None:
     value = float(value)
@@ -221,17 +275,63 @@ _ABSENT = object()
 _DERIVED = {"label", "entry_label"}  # follow from params: name the param that changed instead
 
 
-def _add_definition_hash(engine: Engine) -> None:
-    """A database written before suites had a definition hash gets the (empty) column."""
-    if "definition_hash" not in {c["name"] for c in inspect(engine).get_columns(suites.name)}:
-        with engine.begin() as conn:
-            conn.execute(text("ALTER TABLE suites ADD COLUMN definition_hash VARCHAR(64)"))
-
-
 def _sqlite_path(url: str) -> Path | None:
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        return Path(url.removeprefix("sqlite:///"))
-    return None
+    """The file of a SQLite URL (query options such as ``?mode=ro`` left out)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    database = url.removeprefix("sqlite:///").split("?", 1)[0]
+    if database in ("", ":memory:"):
+        return None
+    return Path(database.removeprefix("file:"))
+
+
+def masked(url: str) -> str:
+    """The URL with its password replaced by ``***`` (never echo a secret)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy parses: show it without anything after a colon before '@'
+        return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+
+
+def database_error(url: str, exc: BaseException, doing: str = "use") -> StoreError:
+    """A database error as one line naming the database (password masked) and the reason."""
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    reason = reason[0] if reason else type(exc).__name__
+    try:
+        secret = make_url(url).password
+    except Exception:
+        secret = None
+    if secret:
+        reason = reason.replace(str(secret), "***")
+    if "readonly database" in reason or "read-only" in reason:
+        return StoreError(f"--db {masked(url)}: the database cannot be written (it is read-only): {reason}")
+    return StoreError(f"--db {masked(url)}: cannot {doing} the database: {reason}")
+
+
+def is_database_error(exc: BaseException) -> bool:
+    """An error of the database or its driver (including Optuna's storage wrapping one)."""
+    import sqlite3
+
+    if isinstance(exc, (SQLAlchemyError, sqlite3.Error)):
+        return True
+    kind = type(exc)
+    return kind.__module__.startswith(("psycopg", "optuna.exceptions")) and kind.__name__ != "DuplicatedStudyError"
+
+
+def _connect_with_retry(engine: Engine, attempts: int = 60) -> None:
+    """A PostgreSQL server at its connection limit refuses a connection: wait and retry (workers
+    connect only for short transactions, so a slot frees up soon)."""
+
+    @event.listens_for(engine, "do_connect")
+    def connect(dialect, _record, cargs, cparams):
+        for attempt in range(attempts):
+            try:
+                return dialect.loaded_dbapi.connect(*cargs, **cparams)
+            except dialect.loaded_dbapi.OperationalError as exc:
+                if not any(m in str(exc) for m in ("too many clients", "connection slots are reserved")) \
+                        or attempt == attempts - 1:
+                    raise
+                time.sleep(min(0.05 * 2 ** attempt, 1.0) * (0.5 + random.random()))
 
 
 class Store:
@@ -241,30 +341,73 @@ class Store:
     def __init__(self, url: str = DEFAULT_URL, read_only: bool = False):
         self.url = url
         path = _sqlite_path(url)
+        shown = masked(url)
         try:
             if path is not None:
                 if path.is_dir():
-                    raise StoreError(f"--db {url}: {path} is a directory, not a database file")
+                    raise StoreError(f"--db {shown}: {path} is a directory, not a database file")
                 if read_only and not path.is_file():
-                    raise StoreError(f"--db {url}: there is no database at {path}")
+                    raise StoreError(f"--db {shown}: there is no database at {path}")
                 if not read_only:
                     path.parent.mkdir(parents=True, exist_ok=True)
-            self.engine: Engine = create_engine(url)
+            self.engine: Engine = create_engine(url, **self.engine_kwargs)
+            if self.engine.dialect.name == "postgresql":
+                _connect_with_retry(self.engine)
             self._check_schema()
             if read_only:
                 if not inspect(self.engine).has_table(schema.name):
-                    raise StoreError(f"--db {url}: the database holds no fairsqueeze results")
+                    raise StoreError(f"--db {shown}: the database holds no fairsqueeze results")
                 return
-            meta.create_all(self.engine)
-            _add_definition_hash(self.engine)
-            with self.engine.begin() as conn:
-                if conn.execute(select(schema.c.value).where(schema.c.key == "schema_version")).scalar() is None:
-                    conn.execute(insert(schema).values(key="schema_version", value=SCHEMA_VERSION))
+            with self.lock():  # workers started together create the tables one at a time
+                meta.create_all(self.engine)
+                with self.engine.begin() as conn:
+                    if conn.execute(select(schema.c.value).where(schema.c.key == "schema_version")).scalar() is None:
+                        conn.execute(insert(schema).values(key="schema_version", value=SCHEMA_VERSION))
+                    # a write probe: a read-only database is refused now, not after a computation
+                    conn.execute(update(schema).where(schema.c.key == "schema_version").values(value=SCHEMA_VERSION))
         except OSError as exc:
-            raise StoreError(f"--db {url}: cannot create the database: {exc.strerror or exc}") from None
+            raise StoreError(f"--db {shown}: cannot create the database: {exc.strerror or exc}") from None
         except SQLAlchemyError as exc:
-            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-            raise StoreError(f"--db {url}: cannot open the database: {reason}") from None
+            raise database_error(url, exc, "open") from None
+
+    @property
+    def engine_kwargs(self) -> dict[str, Any]:
+        """How every engine on this database is made (the store's and Optuna's). On a server, a
+        connection lives only as long as one transaction (no pool), so a worker that computes
+        holds none and many workers share a server's connection limit."""
+        return {} if self.url.startswith("sqlite") else {"poolclass": NullPool}
+
+    def optuna_storage(self):
+        """Optuna's RDB storage on this database, its engine made like the store's."""
+        import optuna
+
+        return optuna.storages.RDBStorage(self.url, engine_kwargs=self.engine_kwargs)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """One process at a time in the block on PostgreSQL (a session advisory lock): workers
+        that start together create tables and replace a suite's membership in turn. Elsewhere
+        a no-op (SQLite has one writing process, see :func:`sqlite_single_writer`)."""
+        if self.engine.dialect.name != "postgresql":
+            yield
+            return
+        # waiters poll on short connections instead of queueing on the lock with one open each:
+        # many workers starting together must not fill the server's connection slots
+        delay = 0.02
+        while True:
+            conn = self.engine.connect()
+            if conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": DB_LOCK_KEY}).scalar():
+                conn.commit()
+                break
+            conn.close()
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.5)
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": DB_LOCK_KEY})
+            conn.commit()
+            conn.close()
 
     def _check_schema(self) -> None:
         """Refuse a database written by another schema version: never mix two key definitions."""
@@ -279,8 +422,8 @@ class Store:
             where = _sqlite_path(self.url) or self.url
             raise StoreError(
                 f"results database {where} uses schema {version or 1}, this fairsqueeze writes schema "
-                f"{SCHEMA_VERSION} (run keys now include the data fingerprint and suites point at runs "
-                f"through a membership table): move it aside (e.g. mv {where} {where}.v{version or 1}) "
+                f"{SCHEMA_VERSION} (runs now record their method's family and a selected run its trial's "
+                f"seed; work items are leases): move it aside (e.g. mv {where} {where}.v{version or 1}) "
                 "or pass another --db; its runs will be recomputed"
             )
 
@@ -371,8 +514,9 @@ class Store:
 
     # -- runs -------------------------------------------------------------------------
     def start_run(self, key: str, row: dict[str, Any]) -> None:
-        """Mark ``key`` as running, replacing any earlier failed or interrupted attempt."""
-        values = {**row, "key": key, "status": "running", "error": None, "flags": None, "started_at": time.time()}
+        """Mark ``key`` as running, replacing any earlier failed or interrupted attempt
+        (``row["started_at"]``, when given, is when its computation began)."""
+        values = {"started_at": time.time(), **row, "key": key, "status": "running", "error": None, "flags": None}
         values["params"] = json.dumps(values["params"], sort_keys=True)
         values["config"] = json.dumps(values["config"], sort_keys=True, default=str)
         with self.engine.begin() as conn:
@@ -435,7 +579,7 @@ class Store:
         values = {**row, "key": key}
         for field in ("history", "bias_card"):
             values[field] = json.dumps(values.get(field), default=str)
-        with self.engine.begin() as conn:
+        with contextlib.suppress(IntegrityError), self.engine.begin() as conn:  # another worker wrote it first
             conn.execute(delete(dense).where(dense.c.key == key))
             conn.execute(insert(dense).values(**values))
 
@@ -502,3 +646,136 @@ class Store:
         with self.engine.connect() as conn:
             found = conn.execute(select(runs.c.key).where(runs.c.key.in_(keys), runs.c.status == status))
             return {r[0] for r in found}
+
+    # -- work: leases ---------------------------------------------------------------------
+    # A claim is a lease: (holder, expiry) on the item's row, taken or renewed in one short
+    # UPDATE that succeeds only when the row is free, expired or already the holder's. Nobody
+    # keeps a transaction or a connection open while computing; a dead worker's lease expires
+    # and the next worker takes the item over.
+
+    def ensure_work(self, items: dict[str, str]) -> None:
+        """Insert the missing (key -> kind) rows; a concurrent insert of the same key is harmless."""
+        for _ in range(3):
+            with self.engine.connect() as conn:
+                have = {r[0] for r in conn.execute(select(work_items.c.key).where(work_items.c.key.in_(list(items))))}
+            missing = [{"key": k, "kind": v} for k, v in items.items() if k not in have]
+            if not missing:
+                return
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(insert(work_items), missing)
+                return
+            except IntegrityError:  # another worker inserted some of them first: read again
+                continue
+
+    def claim(self, key: str, holder: str, lease_s: float, failed_before: float | None = None) -> bool:
+        """Take the lease on ``key`` for ``lease_s`` seconds; False when another holder's lease is
+        live, or when the item failed at or after ``failed_before`` (a failure is retried by a
+        later worker session, not in a loop by the same one)."""
+        now = time.time()
+        query = update(work_items).where(work_items.c.key == key)
+        if self.engine.dialect.name != "sqlite":  # SQLite has one writing process: any other holder is gone
+            query = query.where(or_(work_items.c.holder.is_(None), work_items.c.expires_at < now,
+                                    work_items.c.holder == holder))
+        if failed_before is not None:
+            query = query.where(or_(work_items.c.failed_at.is_(None), work_items.c.failed_at < failed_before))
+        with self.engine.begin() as conn:
+            return conn.execute(query.values(holder=holder, expires_at=now + lease_s)).rowcount == 1
+
+    def renew(self, key: str, holder: str, lease_s: float) -> bool:
+        """Extend a held lease; False when it was lost (expired and taken over)."""
+        with self.engine.begin() as conn:
+            found = conn.execute(update(work_items).where(work_items.c.key == key, work_items.c.holder == holder)
+                                 .values(expires_at=time.time() + lease_s))
+            return found.rowcount == 1
+
+    def release(self, key: str, holder: str, failed: bool = False) -> None:
+        values = {"holder": None, "expires_at": None}
+        if failed:
+            values["failed_at"] = time.time()
+        with self.engine.begin() as conn:
+            conn.execute(update(work_items).where(work_items.c.key == key, work_items.c.holder == holder).values(**values))
+
+    def failed_since(self, key: str, since: float) -> bool:
+        with self.engine.connect() as conn:
+            failed_at = conn.execute(select(work_items.c.failed_at).where(work_items.c.key == key)).scalar()
+        return failed_at is not None and failed_at >= since
+
+    def work_frame(self) -> pd.DataFrame:
+        with self.engine.connect() as conn:
+            return pd.read_sql(select(work_items), conn)
+
+    # -- trial slots ------------------------------------------------------------------------
+    def slots(self, study: str) -> pd.DataFrame:
+        with self.engine.connect() as conn:
+            return pd.read_sql(select(trial_slots).where(trial_slots.c.study == study).order_by(trial_slots.c.slot), conn)
+
+    def start_slot(self, study: str, slot: int, budget: int) -> bool:
+        """Start a new trial position, in one statement: only while the study has fewer than
+        ``budget`` complete or running slots, and only once (primary key). False otherwise."""
+        live = select(trial_slots.c.slot).where(trial_slots.c.study == study,
+                                                trial_slots.c.state.in_(("complete", "running"))).subquery()
+        count = select(func.count()).select_from(live).scalar_subquery()
+        rows = select(literal(study), literal(slot), literal("running"), literal(1)).where(count < budget)
+        try:
+            with self.engine.begin() as conn:
+                started = insert(trial_slots).from_select(["study", "slot", "state", "attempts"], rows)
+                return conn.execute(started.returning(trial_slots.c.slot)).first() is not None
+        except IntegrityError:
+            return False
+
+    def retry_slot(self, study: str, slot: int, max_attempts: int) -> bool:
+        """Start another attempt of a failed slot; False once it had ``max_attempts``."""
+        with self.engine.begin() as conn:
+            found = conn.execute(update(trial_slots).where(
+                trial_slots.c.study == study, trial_slots.c.slot == slot, trial_slots.c.state == "failed",
+                trial_slots.c.attempts < max_attempts).values(state="running", attempts=trial_slots.c.attempts + 1))
+            return found.rowcount == 1
+
+    def set_slot(self, study: str, slot: int, state: str, trial: int | None = None) -> None:
+        values = {"state": state} | ({"trial": trial} if trial is not None else {})
+        with self.engine.begin() as conn:
+            conn.execute(update(trial_slots).where(trial_slots.c.study == study, trial_slots.c.slot == slot)
+                         .values(**values))
+
+    # -- selections -------------------------------------------------------------------------
+    def put_selections(self, rows: list[dict[str, Any]]) -> None:
+        with contextlib.suppress(IntegrityError), self.engine.begin() as conn:
+            conn.execute(insert(selections), rows)
+
+    def selection_rows(self, studies: Iterable[str] | None = None) -> list:
+        query = select(selections)
+        if studies is not None:
+            query = query.where(selections.c.study.in_(list(studies)))
+        with self.engine.connect() as conn:
+            return conn.execute(query).all()
+
+
+@contextlib.contextmanager
+def sqlite_single_writer(url: str) -> Iterator[None]:
+    """Refuse a second writing process on one SQLite database, whatever path names it.
+
+    The lock is an exclusive ``flock`` on the database file itself, so it follows the file
+    through symlinks and hard links, leaves no lock file behind, and does not interfere with
+    SQLite's own (``fcntl``) locks. Other databases: a no-op."""
+    path = _sqlite_path(url)
+    if path is None or path.is_dir():
+        yield
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # an empty file is an empty SQLite database
+    except OSError:  # an unusable or read-only path: opening the store says why in one line
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreError(
+                f"another fairsqueeze process is already working on {path.resolve()}: SQLite allows one writer"
+                " at a time; for several workers use a PostgreSQL URL (--db postgresql://user@host/dbname)"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

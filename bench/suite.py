@@ -32,6 +32,7 @@ import yaml
 from . import __version__
 from .errors import ConfigError, FairsqueezeError
 from .hashing import config_hash
+from .plugins import create_method, method_class
 from .training import TrainConfig
 from .tuning import TuneSpec, parse_tuning
 
@@ -81,6 +82,7 @@ class MethodEntry:
     entry_label: str = ""  # the entry's label without sweep values
     sweep: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     tune: TuneSpec | None = field(default=None, compare=False)  # tuned on validation instead of fixed params
+    seed: int | None = None  # the method's seed when it is not the run's (a selected trial's seed)
 
 
 @dataclass(frozen=True)
@@ -113,16 +115,18 @@ class RunSpec:
         )
 
     @property
+    def method_seed(self) -> int:
+        """The seed the method runs with: the run's, or the seed of the trial it reproduces."""
+        return self.seed if self.method.seed is None else self.method.seed
+
+    @property
     def key(self) -> str:
         """Hash of everything that determines this run's result (never its suite or label)."""
-        return config_hash(
-            {
-                "dense": self.dense_key,
-                "method": self.method.name,
-                "params": self.method.params,
-                "version": __version__,
-            }
-        )
+        ident = {"dense": self.dense_key, "method": self.method.name, "params": self.method.params,
+                 "version": __version__}
+        if self.method.seed is not None:
+            ident["method_seed"] = self.method.seed
+        return config_hash(ident)
 
 
 def _label(name: str, options: dict[str, Any]) -> str:
@@ -385,11 +389,9 @@ def _check_budgets(methods: list[MethodEntry], tuning: dict, where) -> None:
 
 
 def _method_entries(raw, where, path, tuning: dict | None = None) -> list[MethodEntry]:
-    from fairsqueeze.methods import METHODS
-
     entry = _entry(raw, where, path, METHOD_KEYS)
     try:
-        cls = METHODS.get(entry["name"])
+        method_class(entry["name"])
     except FairsqueezeError as exc:
         raise where(path + ("name",), str(exc)) from None
     params = _options(entry.get("params"), where, path + ("params",))
@@ -410,7 +412,7 @@ def _method_entries(raw, where, path, tuning: dict | None = None) -> list[Method
     for combo in combos:
         merged = {**params, **combo}
         try:
-            method = cls.from_config(merged, where="params")
+            method = create_method(entry["name"], merged, where="params")
         except ConfigError as exc:
             raise where(path + ("params",), str(exc).removeprefix("params: ")) from None
         resolved = method.param_dict()

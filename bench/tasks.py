@@ -7,9 +7,9 @@ memory-mapped array) that :meth:`TaskData.prepare` turns into float batches.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import inspect
 import os
+import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -57,23 +57,34 @@ class TestSplitSealed(RuntimeError):
     """The test split was read while it is sealed (inside a method or a tuning trial)."""
 
 
-_test_sealed: contextvars.ContextVar[bool] = contextvars.ContextVar("fairsqueeze_test_sealed", default=False)
+# The seal is process-wide, not per thread or context: a thread a method starts must not read
+# the split either. A depth count lets seals nest; the lock keeps it exact across threads.
+_seal_lock = threading.Lock()
+_seal_depth = [0]
 _violations = [0]
 
 
 @contextlib.contextmanager
 def sealed_test_split():
-    """While active, reading ``TaskData.test`` of any task raises :class:`TestSplitSealed`.
+    """While active, reading ``TaskData.test`` of any task raises :class:`TestSplitSealed`,
+    in every thread of this process.
 
     The engine wraps every method (and every tuning trial) in it, so a method cannot reach
-    the test split even by rebuilding its task; :func:`test_split_violations` counts
-    attempts, so an attempt that the method caught is still detected.
+    the test split even by rebuilding its task or from a thread it starts;
+    :func:`test_split_violations` counts attempts, so an attempt that the method caught is
+    still detected.
     """
-    token = _test_sealed.set(True)
+    with _seal_lock:
+        _seal_depth[0] += 1
     try:
         yield
     finally:
-        _test_sealed.reset(token)
+        with _seal_lock:
+            _seal_depth[0] -= 1
+
+
+def test_split_is_sealed() -> bool:
+    return _seal_depth[0] > 0
 
 
 def test_split_violations() -> int:
@@ -142,8 +153,9 @@ class TaskData:
 
 
 def _get_test(task: TaskData) -> Split:
-    if _test_sealed.get():
-        _violations[0] += 1
+    if test_split_is_sealed():
+        with _seal_lock:
+            _violations[0] += 1
         raise TestSplitSealed(f"task {task.name!r}: the test split is sealed here (methods and tuning see train and val only)")
     return task.__dict__["_test"]
 

@@ -312,40 +312,10 @@ def trial_seed(study_name: str, origin: int) -> int:
     return derived_seed(study_name, origin)
 
 
-# -- evaluating one trial on validation ------------------------------------------------------------
+# -- recording a trial ------------------------------------------------------------------------
 
 
-@dataclass
-class TrialResult:
-    values: list[float]
-    metrics: dict[str, float]
-    compression_ratio: float
-    flags: list[str]  # the engine's outcome flags on validation: degenerate, no_effect
-    accuracy_slack: float | None  # constraint value (<= 0 is feasible)
-    seconds: dict[str, float]
-
-
-def score_on_validation(model, sparse_storage, task_view, dense_fp, device, spec: TuneSpec, dense_val) -> TrialResult:
-    """Objective values, metrics, footprint and flags of a compressed model on validation
-    (``dense_val``: the dense model's validation predictions); never reads the test split.
-    ``seconds`` is left for the caller to fill in."""
-    from .evaluate import predict
-    from .footprint import compression_ratio, footprint
-    from .metrics import compute_metrics
-    from .runner import outcome_flags
-
-    val = task_view.val
-    y_pred = predict(model, val, task_view.prepare, device)
-    metrics = compute_metrics(val.y, y_pred, val.s, num_classes=task_view.num_classes)
-    ratio = compression_ratio(dense_fp, footprint(model, sparse_storage))
-    slack = None
-    if spec.accuracy_within is not None:
-        slack = (1 - spec.accuracy_within) * float(np.mean(dense_val.y == dense_val.y_pred)) - metrics["accuracy"]
-    flags, _ = outcome_flags({"val": {"y_pred": y_pred, "s": val.s}}, {"val": dense_val.y_pred}, is_reference=False)
-    return TrialResult(spec.objectives.values(metrics, ratio), metrics, ratio, flags, slack, {})
-
-
-def record(trial: optuna.trial.Trial, result: TrialResult, params: dict[str, Any], seed: int) -> None:
+def record(trial: optuna.trial.Trial, result, params: dict[str, Any], seed: int) -> None:
     """Store what selection and reports need on the trial itself (visible in the dashboard): the
     constraint and one ``result`` record holding the resolved params, seed, flags, compression
     ratio, timings and validation metrics. Each attribute write is a database round trip, so

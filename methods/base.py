@@ -95,14 +95,11 @@ class MethodContext:
             yield x, torch.as_tensor(split.y[rows], device=self.device), torch.as_tensor(split.s[rows])
 
     def validation_metrics(self, model: nn.Module) -> dict[str, float]:
-        """Every metric of ``model`` on the validation split, computed as the engine computes
-        outcomes: its one prediction loop, then :func:`fairsqueeze.metrics.compute_metrics`."""
-        from fairsqueeze.evaluate import predict
-        from fairsqueeze.metrics import compute_metrics
+        """Every metric of ``model`` on the validation split, computed as the engine scores a
+        trial (:func:`fairsqueeze.evaluate.split_metrics`: its one prediction loop, then the metrics)."""
+        from fairsqueeze.evaluate import split_metrics
 
-        val = self.task.val
-        y_pred = predict(model, val, self.task.prepare, self.device)
-        return compute_metrics(val.y, y_pred, val.s, num_classes=self.task.num_classes)
+        return split_metrics(model, self.task.val, self.task.prepare, self.device, self.task.num_classes)
 
     def labelled_batches(self, split: Split, batch_size: int = 256) -> "LabelledBatches":
         """A split's ``(x, y)`` batches with eval transforms, iterable once per pass (what

@@ -85,6 +85,7 @@ class TunedStudy:
     trials: pd.DataFrame
     front: pd.DataFrame  # front_table: Optuna's best_trials (feasible ones when constrained)
     selected: dict[str, int | None]  # policy label -> chosen trial (None: no trial qualified)
+    failed: int = 0  # failed attempts (each retried in its slot; none counts against the budget)
 
     @property
     def objectives(self) -> list[str]:
@@ -112,6 +113,7 @@ def tuned_studies(store: Store, suite: str | None = None) -> list[TunedStudy]:
             trials=trials_frame(study),
             front=front_table(study),
             selected={p: (int(t) if pd.notna(t) else None) for p, t in zip(mine["policy"], mine["trial"])},
+            failed=len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))),
         ))
     return out
 
@@ -163,7 +165,9 @@ def format_fronts(store: Store, suite: str | None = None) -> str:
         sampler = attrs.get("sampler", {})
         lines.append(
             f"\n== {study.name} ==\nsampler {sampler.get('name')} (seed {sampler.get('seed')}),"
-            f" {len(study.trials)}/{study.budget} trials complete, objectives on validation:"
+            f" {len(study.trials)}/{study.budget} trials complete"
+            + (f" ({study.failed} failed attempt(s), retried)" if study.failed else "")
+            + ", objectives on validation:"
             f" max {objectives[0]}, min {objectives[1]}"
             + (", max compression_ratio" if len(objectives) > 2 else "")
             + (f", constraint: accuracy within {attrs['accuracy_within']:g} of dense" if attrs.get("accuracy_within") is not None else "")

@@ -5,6 +5,9 @@ import pytest
 import torch
 
 torch.set_num_threads(1)  # tests run beside each other on small machines; keep them predictable
+# `run` computes in this process unless a test asks for --jobs: the tests share the machine's
+# cores
+os.environ.setdefault("FAIRSQUEEZE_JOBS", "1")
 
 SHARED_DATA = Path(os.environ.get("FAIRSQUEEZE_DATA", "data"))
 

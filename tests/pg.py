@@ -50,8 +50,9 @@ def _as_server_user(args: list[str]) -> list[str]:
 class PostgresServer:
     """Start with :meth:`start`, stop with :meth:`stop`; :meth:`new_database` gives a fresh URL."""
 
-    def __init__(self, binaries: Path):
+    def __init__(self, binaries: Path, max_connections: int = 100):
         self.bin = binaries
+        self.max_connections = max_connections
         self.root = Path(tempfile.mkdtemp(prefix="fairsqueeze-pg-"))
         self.data = self.root / "data"
         self.port = _free_port()
@@ -67,7 +68,7 @@ class PostgresServer:
             user = pwd.getpwnam(SERVER_USER)
             os.chown(self.root, user.pw_uid, user.pw_gid)
         self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", DB_USER, "--auth=trust", "-E", "UTF8")
-        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c max_connections=100"
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c max_connections={self.max_connections}"
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.root / "log"), "-w", "start")
         return self
 

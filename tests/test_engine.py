@@ -164,12 +164,12 @@ def test_device_choice():
 
 
 def test_a_failing_dense_reference_fails_its_runs_only(isolated, monkeypatch):
-    import fairsqueeze.runner as runner_module
+    import fairsqueeze.execute as execute_module
 
     def broken(spec, task, device):
         raise MemoryError("out of memory")
 
-    monkeypatch.setattr(runner_module, "dense_reference", broken)
+    monkeypatch.setattr(execute_module, "dense_reference", broken)
     runner = runner_for(isolated)
     report = runner.run(tiny_suite(["dense", {"name": "truncated_svd", "params": {"layer": "fc2", "k": 2}}]))
     assert len(report.failed) == 2 and report.done == 0

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 import yaml
 
 from fairsqueeze.store import Store
@@ -123,7 +124,7 @@ def test_two_workers_at_once_lose_nothing_and_do_nothing_twice(postgres_server, 
     assert got == expected  # and the results are those of one worker alone
 
 
-def test_a_killed_worker_s_trial_is_retried_by_the_other_after_its_heartbeat(
+def test_a_killed_worker_s_trial_is_retried_by_the_other_after_its_lease_expires(
     postgres_server, tmp_path, monkeypatch, capsys
 ):
     import sleepy_plugin  # noqa: F401  (registers sleepy_svd here too, after collection)
@@ -141,11 +142,12 @@ def test_a_killed_worker_s_trial_is_retried_by_the_other_after_its_heartbeat(
     (name,) = expected["studies"]
     study = optuna.load_study(study_name=name, storage=shared)
     states = [t.state for t in study.trials]
-    # the killed trial failed on its stale heartbeat and came back, same params, as a new trial
+    # the killed trial was failed once its lease expired and retried in its slot, same params
     assert states[0] == optuna.trial.TrialState.FAIL
     assert states.count(optuna.trial.TrialState.COMPLETE) == 3 and len(states) == 4
     retry = study.trials[1]
-    assert retry.system_attrs["failed_trial"] == 0 and retry.params == study.trials[0].params
+    assert retry.user_attrs["slot"] == study.trials[0].user_attrs["slot"] == 0
+    assert retry.params == study.trials[0].params
     assert trials == 3
     assert outcome(shared) == expected  # the final results equal a single-worker run
 
@@ -160,8 +162,39 @@ def test_a_killed_worker_s_fixed_run_is_taken_over_by_the_other(postgres_server,
     expected = outcome(single)
 
     shared = postgres_server.new_database()
-    kill_in_first_apply(suite, shared, cache, tmp_path / "started")  # while it holds the run's row lock
+    kill_in_first_apply(suite, shared, cache, tmp_path / "started")  # while it holds the run's lease
 
     runs, trials = finish(start_worker(suite, shared, cache))
     assert (runs, trials) == (1, 0)  # the dense run was finished by the victim, the killed one is redone
     assert outcome(shared) == expected
+
+
+def test_twelve_workers_share_a_server_with_ten_connections(tmp_path, monkeypatch, capsys):
+    """A claim is a lease taken in a short transaction and no worker holds a connection while it
+    computes: twelve workers finish a suite on a server that allows ten connections, with
+    every run and trial done once."""
+    from pg import PostgresServer, server_binaries
+
+    binaries = server_binaries()
+    if binaries is None:
+        pytest.skip("PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin")
+    suite = write_suite(tmp_path, [
+        "dense",
+        {"name": "truncated_svd", "params": {"layer": "fc2"}, "sweep": {"k": [2, 4, 6, 8]}},
+        {"name": "truncated_svd", "label": "svd-tuned", "params": {"layer": "fc2", "k": 8}, "tune": True},
+    ], seeds=(0, 1), trials=2, name="pgmany")
+    cache = tmp_path / "cache"
+    server = PostgresServer(binaries, max_connections=10).start()
+    try:
+        url = server.new_database()
+        workers = [start_worker(suite, url, cache) for _ in range(12)]
+        done = [finish(w, timeout=600) for w in workers]
+        got = outcome(url)
+        runs = Store(url).runs_frame()
+    finally:
+        server.stop()
+    assert got["status"] == {"done"}
+    assert sum(r for r, _ in done) == len(runs)  # each run by exactly one worker
+    assert sum(t for _, t in done) == 2 * 2  # each trial once
+    for trials in got["studies"].values():
+        assert len(trials) == 2

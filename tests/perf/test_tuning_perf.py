@@ -66,10 +66,11 @@ def warm_cache(path: Path, url: str) -> None:
     """Train the dense references once, so both timed sides start from the same warm cache."""
     from fairsqueeze.suite import load_suite
 
+    from fairsqueeze.execute import prepare_reference
+
     plan = plan_suite(load_suite(str(path)), data_root())
-    runner = Runner(Store(url), data_root(), resolve_device("cpu"))
     for spec in plan.studies:
-        runner.prepare_reference(spec, plan.tasks[spec.task.key])
+        prepare_reference(spec, plan.tasks[spec.task.key], resolve_device("cpu"))
 
 
 def run_workers(path: Path, url: str, n: int) -> None:
@@ -127,14 +128,14 @@ def test_two_workers_on_postgresql_vs_one(benchmark, postgres_server, perf_env):
 
 
 def optuna_alone(plan, url: str) -> dict[str, float]:
-    """The reference: Optuna's own cost for the same studies. Same storage settings (heartbeats,
-    retry callback), samplers, search spaces and trial records (the constraint and the result
-    attribute), but the objective does no work. Returns seconds per method label."""
+    """The reference: Optuna's own cost for the same studies. Same storage (the store's), samplers,
+    search spaces and trial records (the constraint and the result attribute), but the objective
+    does no work. Returns seconds per method label."""
+    from fairsqueeze.execute import TrialResult
     from fairsqueeze.methods import METHODS
-    from fairsqueeze.tuning import TrialResult, record
-    from fairsqueeze.worker import optuna_storage
+    from fairsqueeze.tuning import record
 
-    storage = optuna_storage(url)
+    storage = Store(url).optuna_storage()
     seconds: dict[str, float] = {}
     for i, spec in enumerate(plan.studies):
         tune = spec.method.tune
@@ -168,10 +169,10 @@ def cpu_tuning_suite_on_adult(tmp_path: Path) -> Path:
 
 
 @pytest.mark.xfail(strict=False, reason="target < 5 % not met: the CPU tuning suite's trials take 10 ms to 1 s of"
-                   " work, and Optuna's own ask, suggest, tell and heartbeat on PostgreSQL cost 50-70 ms a trial"
+                   " work, and Optuna's own ask, suggest and tell on PostgreSQL cost 50-70 ms a trial"
                    " (the reference measured side by side); the target holds for trials of about 1.5 s or more")
 def test_per_trial_overhead_outside_method_and_evaluation(benchmark, postgres_server, perf_env):
-    """The overhead of every study visit (claim, Optuna's ask, suggest, tell and heartbeats,
+    """The overhead of every study visit (lease, Optuna's ask, suggest and tell, slot bookkeeping,
     sampling, storing the trial, selection) beyond the trials' own method + evaluation time,
     as a share of that time, over the CPU tuning suite; recorded per method family too, with
     Optuna's own cost for the same studies (no-op objective) measured side by side."""
@@ -184,9 +185,9 @@ def test_per_trial_overhead_outside_method_and_evaluation(benchmark, postgres_se
     url = postgres_server.new_database()
     plan = plan_suite(load_suite(str(path)), data_root())
     worker = Worker(Runner(Store(url), data_root(), resolve_device("cpu")))
-    worker.plan = plan
+    worker.runner.computer.tasks.update(plan.tasks)
     for spec in plan.studies:  # dense references loaded (and trained) before the clock starts
-        worker._reference(spec)
+        worker.runner.computer.reference(spec)
 
     visits: dict[str, float] = {}
     original = Worker._do_study

@@ -1,0 +1,124 @@
+"""``--jobs N``: independent runs, and the trials of different studies, computed in N
+processes of this machine.
+
+The processes compute (each with its own :class:`~fairsqueeze.execute.Computer`, given the
+tasks this process planned, keeping each dense reference it loads) and send each result back;
+only the calling process writes the store, so SQLite works as well as PostgreSQL. On a CPU
+the processes are forked: they start at once, with the planned tasks and every registered
+plugin already in memory. With CUDA they are spawned (a CUDA context does not survive a fork).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import traceback
+from collections import defaultdict
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from .execute import Computed, Computer
+from .suite import RunSpec
+from .tasks import TaskData
+
+_computer: list[Computer] = []  # the one Computer of a job process
+
+
+def default_jobs() -> int:
+    """``$FAIRSQUEEZE_JOBS`` when set, else the number of cores this process may use."""
+    if os.environ.get("FAIRSQUEEZE_JOBS", "").strip().isdigit() and int(os.environ["FAIRSQUEEZE_JOBS"]) > 0:
+        return int(os.environ["FAIRSQUEEZE_JOBS"])
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def compute_threads(device: torch.device) -> int:
+    """PyTorch's intra-op threads of a process that computes runs. One on a CPU: a reduction
+    split over another number of threads adds in another order, and the stored metrics must not
+    depend on --jobs; the cores are used by processes instead. On a GPU, PyTorch's default."""
+    return 1 if device.type == "cpu" else torch.get_num_threads()
+
+
+def _start(data_root: str, device: str, threads: int, log_level: int, tasks: dict) -> None:
+    from .progress import set_quiet
+    from .registry_loader import load_plugins
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # an interrupt is the calling process's to handle
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=log_level, format="%(levelname)s: %(message)s")
+    set_quiet(True)
+    load_plugins()
+    _computer.clear()  # a forked process inherits the caller's (empty) list
+    _computer.append(Computer(torch.device(device), Path(data_root), tasks))
+
+
+def _compute(spec: RunSpec, info: dict | None) -> Computed:
+    return _computer[0].run(spec, info)
+
+
+def trial_in_process(spec: RunSpec, params: dict, seed: int):
+    """One trial of a study computed in a job process: (result, None, dense row) or (None,
+    (line, traceback), dense row); the calling process tells the study."""
+    from .execute import execute_trial
+
+    computer = _computer[0]
+    try:
+        reference, dense_row = computer.reference(spec)
+    except Exception as exc:
+        return None, (f"dense reference failed: {type(exc).__name__}: {exc}", traceback.format_exc()), None
+    try:
+        result = execute_trial(spec.method.name, params, seed, computer.task(spec), reference, computer.device,
+                               spec.method.tune)
+    except Exception as exc:
+        return None, (f"{type(exc).__name__}: {exc}", traceback.format_exc()), dense_row
+    return result, None, dense_row
+
+
+@contextlib.contextmanager
+def process_pool(jobs: int, data_root: Path, device: torch.device,
+                 tasks: dict[str, TaskData] | None = None) -> Iterator[ProcessPoolExecutor]:
+    """``jobs`` processes, each with its own Computer; work still queued is cancelled
+    when the block ends early (an interrupt)."""
+    start = (str(data_root), str(device), compute_threads(device), logging.getLogger().level, dict(tasks or {}))
+    context = multiprocessing.get_context("fork" if device.type == "cpu" else "spawn")
+    pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_start, initargs=start)
+    try:
+        yield pool
+    except BaseException:  # an interrupt or an error here: stop the computations, do not wait for them
+        for process in list((pool._processes or {}).values()):
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def interleaved(specs: list[RunSpec]) -> list[RunSpec]:
+    """Runs in turn from each dense reference: processes that start together train different
+    references instead of waiting for the same one."""
+    groups: dict[str, list[RunSpec]] = defaultdict(list)
+    for spec in specs:
+        groups[spec.dense_key].append(spec)
+    queues = list(groups.values())
+    out = []
+    while queues:
+        out += [q.pop(0) for q in queues]
+        queues = [q for q in queues if q]
+    return out
+
+
+def compute_in_processes(specs: list[RunSpec], jobs: int, data_root: Path, device: torch.device,
+                         info: dict[str, dict] | None = None,
+                         tasks: dict[str, TaskData] | None = None) -> Iterator[tuple[RunSpec, Computed]]:
+    """Yield (spec, computed) for every spec as the ``jobs`` processes finish them. Leaving the
+    loop early (an interrupt) cancels what has not started."""
+    with process_pool(jobs, data_root, device, tasks) as pool:
+        futures = {pool.submit(_compute, spec, (info or {}).get(spec.key)): spec for spec in interleaved(specs)}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield futures[future], future.result()

@@ -1,0 +1,93 @@
+"""Planning: a suite bound to its data, checked before anything is written.
+
+Planning loads every task the suite needs, refuses tasks that cannot give meaningful
+results, binds each run to the data its task loaded (so keys change when files change),
+and checks every method against an untrained model.
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError, DatasetMissing
+from .plugins import create_method
+from .reference import build_untrained
+from .suite import RunSpec, Suite
+from .tasks import TaskData, build_task, check_task
+
+log = logging.getLogger("fairsqueeze")
+
+
+def task_label(entry_name: str, options: dict, task: TaskData) -> str:
+    """A table title naming the task's identity: dataset, target / sensitive, other options."""
+    rest = {k: v for k, v in sorted(options.items()) if k not in ("target", "sensitive")}
+    extra = f" ({', '.join(f'{k}={v}' for k, v in rest.items())})" if rest else ""
+    return f"{entry_name}: {task.target} / {task.sensitive}{extra}"
+
+
+@dataclass
+class Plan:
+    """A suite bound to its data: the runs with their keys and the tasks they need."""
+
+    suite: Suite
+    runs: list[RunSpec]
+    tasks: dict[str, TaskData]  # task entry key -> loaded task
+    labels: dict[str, str]  # task entry key -> table title
+    missing_tasks: list[str] = field(default_factory=list)
+    studies: list[RunSpec] = field(default_factory=list)  # tuned entries: one study each (see worker.py)
+
+    def member_rows(self, runs: list[RunSpec]) -> list[dict]:
+        """Membership rows (suite entry -> run key) of ``runs``."""
+        return [{"task_key": r.task.key, "model": r.model.label, "label": r.method.label, "seed": r.seed,
+                 "run_key": r.key, "entry": r.method.entry, "entry_label": r.method.entry_label,
+                 "sweep": r.method.sweep} for r in runs]
+
+    @property
+    def skipped_tasks(self) -> set[str]:
+        """Task keys of the suite that this plan could not load (their membership is kept)."""
+        return {t.key for t in self.suite.tasks if t.key not in self.tasks}
+
+
+def plan_suite(suite: Suite, data_root: Path, skip_missing_data: bool = False) -> Plan:
+    """Load and check everything the suite needs; raises FairsqueezeError before any write."""
+    tasks, labels, missing = {}, {}, []
+    for entry in {t.key: t for t in suite.tasks}.values():
+        try:
+            task = build_task(entry.name, data_root, **entry.options)
+        except DatasetMissing as exc:
+            if not skip_missing_data:
+                raise
+            log.warning("skipping %s", exc)
+            missing.append(entry.name)
+            continue
+        check_task(task, entry.label)
+        tasks[entry.key] = task
+        labels[entry.key] = task_label(entry.name, entry.options, task)
+    runs = [spec.bind(tasks[spec.task.key].fingerprint) for spec in suite.runs() if spec.task.key in tasks]
+    studies = [spec.bind(tasks[spec.task.key].fingerprint) for spec in suite.studies() if spec.task.key in tasks]
+    by_model: dict[tuple[str, str], list[RunSpec]] = defaultdict(list)
+    for spec in runs + studies:
+        by_model[(spec.task.key, spec.model.label)].append(spec)
+    for specs in by_model.values():  # parameters that do not fit the model (e.g. k above a layer's rank)
+        model = build_untrained(specs[0], tasks[specs[0].task.key])
+        for method in {s.method.label: s.method for s in specs}.values():
+            try:
+                create_method(method.name, method.params).check_model(model)
+            except ConfigError as exc:
+                raise ConfigError(f"{suite.source}: method {method.label!r} on {specs[0].model.label}: {exc}") from None
+    return Plan(suite, runs, tasks, labels, missing, studies)
+
+
+def suite_definition(suite: Suite) -> dict:
+    """What the suite asked for, as stored beside its results."""
+    return {
+        "seeds": list(suite.seeds),
+        "tasks": [{"name": t.name, "options": t.options} for t in suite.tasks],
+        "models": [{"name": m.name, "options": m.options, "train": asdict(m.train), "tasks": m.tasks}
+                   for m in suite.models],
+        "methods": [{"name": m.name, "label": m.label, "params": m.params, "entry": m.entry,
+                     "entry_label": m.entry_label, "sweep": m.sweep, "tune": m.tune and asdict(m.tune)}
+                    for m in suite.methods],
+    }

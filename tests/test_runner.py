@@ -1,0 +1,60 @@
+"""bench/runner.py and bench/jobs.py: fixed runs computed in several processes, written by one."""
+import pandas as pd
+import pytest
+
+from tiny import tiny_suite
+from fairsqueeze.jobs import interleaved
+from fairsqueeze.plan import plan_suite
+from fairsqueeze.runner import Runner, resolve_device
+from fairsqueeze.store import Store
+from fairsqueeze.tasks import data_root
+
+METHODS = [
+    "dense",
+    {"name": "truncated_svd", "label": "svd", "params": {"layer": "fc2"}, "sweep": {"k": [2, 4]}},
+    {"name": "fairprune", "params": {"ratio": 0.4, "scoring_size": 16}},
+    {"name": "fairquantize", "params": {"target": 0.1, "epochs": 1, "batch_size": 16, "scoring_size": 32,
+                                        "curvature_batch_size": 32}},
+]
+
+
+def stored(store: Store) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every stored metric and the predictions' labels, by run key."""
+    metrics = store.metrics_frame().set_index(["run_key", "split", "name"])["value"].sort_index()
+    runs = store.runs_frame()
+    preds = {(k, s): tuple(store.predictions(k, s)["y_pred"]) for k in runs["key"] for s in ("val", "test")}
+    return metrics, pd.Series(preds).sort_index()
+
+
+def test_two_jobs_store_what_one_job_stores(isolated, monkeypatch):
+    """Two spawned processes compute, this one writes: the metrics and predictions are those of
+    --jobs 1, and every run is stored once."""
+    suite = tiny_suite(METHODS, seeds=(0, 1), epochs=1)
+    plan = plan_suite(suite, data_root())
+    results = {}
+    for jobs in (1, 2):
+        monkeypatch.setenv("FAIRSQUEEZE_CACHE", str(isolated / f"cache{jobs}"))  # each trains its references
+        store = Store(f"sqlite:///{isolated}/j{jobs}.db")
+        report = Runner(store, data_root(), resolve_device("cpu")).run(plan, jobs=jobs)
+        assert report.failed == [] and report.done == len(plan.runs)
+        runs = store.runs_frame()
+        assert runs["key"].is_unique and set(runs["status"]) == {"done"}
+        assert len(store.dense_frame()) == 2  # one row per dense reference, written by this process
+        results[jobs] = stored(store)
+    pd.testing.assert_series_equal(results[1][0], results[2][0])
+    pd.testing.assert_series_equal(results[1][1], results[2][1])
+
+
+def test_runs_alternate_between_dense_references():
+    plan = plan_suite(tiny_suite(["dense", {"name": "truncated_svd", "params": {"layer": "fc2", "k": 2}}],
+                                 seeds=(0, 1, 2)), data_root())
+    order = [spec.seed for spec in interleaved(plan.runs)]
+    assert order == [0, 1, 2, 0, 1, 2]
+
+
+def test_a_bad_jobs_value_is_one_line(capsys):
+    from fairsqueeze.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "default", "--jobs", "0"])
+    assert exit_.value.code == 2 and "positive number of processes" in capsys.readouterr().err
