@@ -5,6 +5,7 @@ import argparse
 import logging
 import sys
 
+from .commands import check_gpu_request, print_tables, cmd_run, cmd_worker
 from .errors import FairsqueezeError
 
 log = logging.getLogger("fairsqueeze")
@@ -20,15 +21,6 @@ def _add_redefine(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redefine", action="store_true",
                    help="the suite file changed since its name was last run: record the new definition and keep"
                         " the old one's runs as suite NAME@vN (without it, a changed suite is refused)")
-
-
-def _check_definition(store, suite, args) -> None:
-    """A suite name stands for one definition: refuse another one unless --redefine says so."""
-    from .runner import suite_definition
-
-    previous = store.check_definition(suite.name, suite_definition(suite), args.redefine)
-    if previous and not args.quiet:
-        print(f"suite {suite.name}: new definition recorded; the runs of the previous one are suite {previous}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,100 +118,6 @@ def _jobs(text: str) -> int:
     return jobs
 
 
-def _planned(args):
-    """The suite, its plan and the device: everything checked before a database is opened."""
-    from .plan import plan_suite
-    from .progress import set_quiet
-    from .registry_loader import load_plugins
-    from .runner import resolve_device
-    from .suite import load_suite
-    from .tasks import data_root
-
-    set_quiet(args.quiet)
-    load_plugins()
-    suite = load_suite(args.suite)
-    device = resolve_device(args.device)
-    _check_gpu_request(suite, args.device)
-    import torch
-
-    from .jobs import compute_threads
-
-    torch.set_num_threads(compute_threads(device))  # as in every --jobs process: results do not depend on N
-    return suite, plan_suite(suite, data_root(args.data_root), args.skip_missing_data), device
-
-
-def cmd_run(args) -> int:
-    """Fixed runs in ``--jobs`` processes, then the tuned entries' studies and selected runs."""
-    from .runner import Runner
-    from .store import Store, sqlite_single_writer
-    from .tasks import data_root
-    from .worker import Worker
-
-    suite, plan, device = _planned(args)
-    with sqlite_single_writer(args.db):
-        store = Store(args.db)
-        _check_definition(store, suite, args)
-        runner = Runner(store, data_root(args.data_root), device, args.skip_missing_data)
-        report = runner.run(plan, jobs=args.jobs)
-        work = Worker(runner).run(plan, jobs=args.jobs) if plan.studies else None
-    failed = report.failed + (work.failed if work else [])
-    if not args.quiet:
-        print(f"suite {suite.name}: {report.done} run(s) done, {report.skipped} already done, {len(report.failed)} failed")
-        if work:
-            print(f"tuning: {work.trials} trial(s) and {work.runs} selected run(s) done, {work.failed_trials} trial(s)"
-                  f" failed (retried in their slots), {len(work.failed)} run(s) failed")
-        if report.missing_tasks:
-            print(f"skipped for missing data: {', '.join(report.missing_tasks)}")
-        if report.flagged:
-            print(f"{len(report.flagged)} run(s) flagged (degenerate: constant predictions; no_effect: same"
-                  " predictions as the dense model); see the flags column")
-        _print_tables(runner.store, suite.name, "test")
-        if work:
-            from fairsqueeze.reports.tuning_report import format_fronts
-
-            print(format_fronts(runner.store, suite.name))
-    if failed:
-        _print_failures(runner.store, suite.name, failed)
-        return 1
-    return 0
-
-
-def _print_failures(store, suite: str, keys: list[str]) -> None:
-    from fairsqueeze.reports.results import suite_runs
-
-    members = suite_runs(store, suite)
-    failed = members[members["run_key"].isin(keys)].drop_duplicates("run_key")
-    print(f"fairsqueeze: {len(keys)} run(s) failed (full tracebacks are stored with the runs):", file=sys.stderr)
-    for _, row in failed.iterrows():
-        first = (row["error"] or "").splitlines()[0] if isinstance(row["error"], str) else ""
-        print(f"  {row['label']} on {row['task_label']}, {row['model']}, seed {row['seed']}: {first}", file=sys.stderr)
-
-
-def _print_tables(store, suite: str | None, split: str) -> None:
-    from fairsqueeze.reports.data import load
-    from fairsqueeze.reports.tables import comparisons
-    from fairsqueeze.reports.terminal import NOTE, headline_block
-
-    from .biascard import format_bias_card
-
-    for name in [suite] if suite else store.suite_names():
-        results = load(store, name, split)
-        tables = comparisons(results.done())
-        if not tables:
-            print(f"suite {name}: no finished runs")
-            continue
-        dense = results.dense.set_index("key")
-        members = results.runs[results.runs["method"] == "dense"]
-        for comp in tables:
-            print("\n" + headline_block(comp, split, name))
-            shown = members[(members["task_key"] == comp.task_key) & (members["model"] == comp.model)]
-            for _, row in shown.sort_values("seed").head(1).iterrows():
-                if row["dense_key"] in dense.index:
-                    print(f"\n-- bias card: {comp.task_label}, dense {row['model']} (seed {row['seed']}) --")
-                    print(format_bias_card(dense.loc[row["dense_key"], "bias_card"]))
-        print("\n" + NOTE)
-
-
 def cmd_list(args) -> int:
     from .registry_loader import load_plugins
 
@@ -248,31 +146,6 @@ def cmd_list(args) -> int:
     return 0
 
 
-def cmd_worker(args) -> int:
-    """Execute a suite's pending work through the database; several may run at once on PostgreSQL."""
-    from .runner import Runner
-    from .store import Store, sqlite_single_writer
-    from .tasks import data_root
-    from .worker import HEARTBEAT_S, Worker
-
-    suite, plan, device = _planned(args)
-    with sqlite_single_writer(args.db):
-        store = Store(args.db)
-        with store.lock():  # workers started together: one definition check at a time
-            _check_definition(store, suite, args)
-        runner = Runner(store, data_root(args.data_root), device, args.skip_missing_data)
-        report = Worker(runner, heartbeat_s=args.heartbeat or HEARTBEAT_S).run(plan)
-    if not args.quiet:
-        print(f"suite {suite.name}: this worker did {report.runs} run(s) and {report.trials} trial(s);"
-              f" {len(report.failed)} run(s) and {report.failed_trials} trial(s) failed")
-        if report.missing_tasks:
-            print(f"skipped for missing data: {', '.join(sorted(set(report.missing_tasks)))}")
-    if report.failed:
-        print(f"fairsqueeze: {len(report.failed)} run(s) failed; errors are in the store (runs.error)", file=sys.stderr)
-        return 1
-    return 0
-
-
 def cmd_fronts(args) -> int:
     from .store import Store
     from fairsqueeze.reports.tuning_report import format_fronts
@@ -284,7 +157,7 @@ def cmd_fronts(args) -> int:
 def cmd_show(args) -> int:
     from .store import Store
 
-    _print_tables(Store(args.db, read_only=True), args.suite, args.split)
+    print_tables(Store(args.db, read_only=True), args.suite, args.split)
     return 0
 
 
@@ -361,25 +234,6 @@ def cmd_data(args) -> int:
     return 1 if corrupt or (args.names and any(s.state != "present" for s in statuses)) else 0
 
 
-def _check_gpu_request(suite, device: str, gpus: int | None = None) -> None:
-    """A suite that declares ``needs_gpu`` refuses to start without one unless ``--device cpu``
-    says so: on this machine (run, worker) or in the jobs' request (launch, ``gpus``)."""
-    if not suite.needs_gpu or device == "cpu":
-        return
-    if gpus is None:
-        import torch
-
-        if torch.cuda.is_available():
-            return
-        why, fix = "CUDA is not available on this machine", ""
-    elif gpus > 0:
-        return
-    else:
-        why, fix = "the jobs ask for none (--gpus 0)", "ask for --gpus 1, or "
-    raise FairsqueezeError(f"suite {suite.name} needs a GPU and {why}; {fix}pass --device cpu to run it on the CPU"
-                           " anyway")
-
-
 def cmd_launch(args) -> int:
     from pathlib import Path
 
@@ -398,7 +252,7 @@ def cmd_launch(args) -> int:
     if args.db.startswith("sqlite") and args.workers > 1:
         raise FairsqueezeError(f"--db {args.db}: SQLite allows one writer; several workers need PostgreSQL"
                                " (--db postgresql+psycopg://user@host/db, reachable from the nodes)")
-    _check_gpu_request(suite, args.device, gpus=args.gpus)
+    check_gpu_request(suite, args.device, gpus=args.gpus)
     path = resolve_suite_path(args.suite)
     data = str(Path(args.data_root).resolve()) if args.data_root else None
     job = WorkerJob(str(path.resolve()), args.db, args.device, data, args.requeue, suite.name)

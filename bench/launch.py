@@ -51,9 +51,14 @@ class WorkerJob(submitit.helpers.Checkpointable):
         return args + (["--data-root", self.data_root] if self.data_root else [])
 
     def __call__(self, index: int = 0) -> int:
-        from .cli import main
+        import argparse
 
-        code = main(self.argv())
+        from .commands import cmd_worker
+
+        args = argparse.Namespace(command="worker", suite=self.suite, db=self.db, device=self.device,
+                                  data_root=self.data_root, quiet=False, skip_missing_data=False,
+                                  heartbeat=None, redefine=False)
+        code = cmd_worker(args)
         if code != 0:  # the scheduler then shows the job as failed; the reason is in its log
             raise RuntimeError(f"fairsqueeze {' '.join(self.argv())} exited with status {code}")
         return code
