@@ -126,7 +126,7 @@ class SuiteStatus:
                f"  runs    {row(self.runs)}",
                f"  trials  {row(self.trials)}  ({self.studies} studies; selected runs join the runs as policies choose)"]
         if self.runs["running"] or self.trials["running"]:
-            out.append("  running: held by a live worker, or left by a stopped one until another worker takes it over")
+            out.append("  running: a worker holds its lease now (renewed while it computes; a dead worker's lease expires and is taken over)")
         out += [f"  running: {line}" for line in self.running[:SHOWN]]
         out += [f"  failed: {line}" for line in self.failures[:SHOWN]]
         if max(len(self.running), len(self.failures)) > SHOWN:
@@ -154,14 +154,18 @@ def suite_status(url: str, suite: str) -> SuiteStatus:
     status.started = not members.empty
     rows = store.runs_frame(keys=members["run_key"]).set_index("key")
     now = time.time()
+    work = store.work_frame().set_index("key")
+    live = work[work["holder"].notna() & (work["expires_at"] > now)]  # a lease held now: being computed
     for _, member in members.iterrows():
-        state = rows["status"].get(member["run_key"], "pending")
+        key = member["run_key"]
+        state = "running" if key in live.index else rows["status"].get(key, "pending")
+        state = "pending" if state == "running" and key not in live.index else state  # a dead worker's row
         status.runs[state] += 1
         if state == "running":
-            since = rows.loc[member["run_key"], "started_at"]
+            since = live.loc[key, "claimed_at"]
             status.running.append(f"{member['label']}, {member['model']}, seed {member['seed']}, for {now - since:.0f} s")
         if state == "failed":
-            error = rows.loc[member["run_key"], "error"] or ""
+            error = rows.loc[key, "error"] or ""
             status.failures.append(f"{member['label']}, {member['model']}, seed {member['seed']}: "
                                    f"{error.strip().splitlines()[-1] if error.strip() else 'no error stored'}")
     summaries = studies(store, suite)

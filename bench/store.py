@@ -187,6 +187,7 @@ work_items = Table(
     Column("kind", String(8), nullable=False),  # run | study
     Column("holder", String(128)),  # the worker holding the lease, None when free
     Column("expires_at", Float),  # the lease ends then unless its holder renews it
+    Column("claimed_at", Float),  # when the holder took it (how long it has been running)
     Column("failed_at", Float),  # the last attempt raised at this time
 )
 
@@ -680,7 +681,7 @@ class Store:
         if failed_before is not None:
             query = query.where(or_(work_items.c.failed_at.is_(None), work_items.c.failed_at < failed_before))
         with self.engine.begin() as conn:
-            return conn.execute(query.values(holder=holder, expires_at=now + lease_s)).rowcount == 1
+            return conn.execute(query.values(holder=holder, expires_at=now + lease_s, claimed_at=now)).rowcount == 1
 
     def renew(self, key: str, holder: str, lease_s: float) -> bool:
         """Extend a held lease; False when it was lost (expired and taken over)."""
@@ -690,7 +691,7 @@ class Store:
             return found.rowcount == 1
 
     def release(self, key: str, holder: str, failed: bool = False) -> None:
-        values = {"holder": None, "expires_at": None}
+        values = {"holder": None, "expires_at": None, "claimed_at": None}
         if failed:
             values["failed_at"] = time.time()
         with self.engine.begin() as conn:

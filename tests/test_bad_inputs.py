@@ -101,8 +101,6 @@ def row(id: str, suite_text: str, expect: str, *extra: str, files: dict | None =
     return Row(id, argv, expect, {**written, **(files or {})}, **kw)
 
 
-LOCK_FILE = "*.worker-lock"  # issue 21 item 12: the single-writer lock leaves this file beside the database
-
 
 def first_version(tmp: Path) -> None:
     """The database holds suite 'study' as run from its first definition."""
@@ -111,10 +109,11 @@ def first_version(tmp: Path) -> None:
 
 
 def another_worker(tmp: Path) -> object:
-    """Another process holds the SQLite database (its lock, taken here and held during the row)."""
+    """Another process holds the SQLite database (the writer's lock on the file, taken here and
+    held during the row)."""
     import fcntl
 
-    handle = open(tmp / "x.db.worker-lock", "w")
+    handle = open(tmp / "x.db", "a")
     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     return handle
 
@@ -245,15 +244,15 @@ ROWS = [
 
     # -- the database, the device ---------------------------------------------------------------
     Row("a database path that is a folder", run(suite())[0][:2] + ["--db", "sqlite:///{tmp}/adir", "--quiet"],
-        "adir is a directory", {"s.yaml": suite(), "adir/": ""}, leaves=LOCK_FILE),
+        "adir is a directory", {"s.yaml": suite(), "adir/": ""}),
     Row("a database below a file", run(suite())[0][:2] + ["--db", "sqlite:///{tmp}/file/sub/x.db", "--quiet"],
         "cannot create the database", {"s.yaml": suite(), "file": ""}),
     row("a suite changed since its name was run", suite(head="name: study\nseeds: [0, 1]\ntrain: {epochs: 1}\n"),
         "suite 'study' was run on this database with another definition (seeds has 2 entries here, 1 stored)",
         before=first_version),
     Row("a second process on one SQLite database", ["worker", "{tmp}/s.yaml", "--db", "sqlite:///{tmp}/x.db", "--quiet"],
-        "SQLite allows one worker at a time", {"s.yaml": suite()}, before=another_worker),
-    row("a database of an older schema", suite(), "uses schema 1", before=old_schema, leaves=LOCK_FILE),
+        "SQLite allows one writer at a time", {"s.yaml": suite()}, before=another_worker),
+    row("a database of an older schema", suite(), "uses schema 1", before=old_schema),
     Row("an unreachable PostgreSQL server", ["show", "--db", "postgresql://fairsqueeze@127.0.0.1:9/results"],
         '"127.0.0.1", port 9 failed'),
     Row("show on a database that is not there", ["show", "--db", "sqlite:///{tmp}/none.db"], "there is no database"),
@@ -263,8 +262,15 @@ ROWS = [
         "there is no database"),
     row("an unknown device", suite(), "expected auto, cpu or cuda", "--device", "tpu"),
 
-    # -- issue 21 items owned elsewhere get their rows here with their fixes: database errors with
-    # the password masked (1), a read-only database (9), epochs: 0 (10).
+    # database errors name the server with the password masked, for every command
+    Row("a PostgreSQL password is never echoed (show)", ["show", "--db", "postgresql://fz:SECRET@127.0.0.1:9/results"],
+        "postgresql://fz:***@127.0.0.1:9/results: cannot open the database"),
+    row("a PostgreSQL password is never echoed (run)", suite(), "postgresql+psycopg://fz:***@127.0.0.1:9/",
+        "--db", "postgresql+psycopg://fz:SECRET@127.0.0.1:9/results"),
+    Row("a read-only database", ["run", "{tmp}/v1.yaml", "--db", "sqlite:///file:{tmp}/x.db?mode=ro&uri=true", "--quiet"],
+        "the database cannot be written", before=first_version),
+    row("a dense reference trained for no epoch", suite(head="seeds: [0]\ntrain: {epochs: 0}\n"),
+        "epochs must be >= 1 for a dense reference"),
 ]
 
 
@@ -314,6 +320,7 @@ def test_a_bad_input_is_one_line_and_changes_nothing(case: Row, isolated, monkey
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and not shown, (err, shown)
     assert case.expect in err, err
+    assert "SECRET" not in err  # a password in a URL is never echoed
     after = {k: v for k, v in tree(isolated).items() if not (case.leaves and fnmatch.fnmatch(k, case.leaves))}
     assert {k: v for k, v in after.items() if before.get(k) != v} == {}  # nothing created or changed
     assert after == before  # nothing removed

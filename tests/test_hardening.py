@@ -160,22 +160,3 @@ def test_the_first_definition_is_recorded_before_any_run_so_a_second_worker_is_r
         store.check_definition("tuned", suite_definition(parse_suite(budget)))
 
 
-def test_a_database_from_before_the_definition_hash_gets_the_column_and_then_compares(tmp_path):
-    import sqlite3
-
-    import yaml
-
-    from fairsqueeze.runner import suite_definition
-    from fairsqueeze.store import Store, StoreError
-    from fairsqueeze.suite import parse_suite
-
-    first, second = (suite_definition(parse_suite(yaml.safe_load(t))) for t in (SUITE_V1, SUITE_V2))
-    path = tmp_path / "old.db"
-    Store(f"sqlite:///{path}").put_suite("study", "", "s.yaml", first)
-    with sqlite3.connect(path) as conn:  # as an older fairsqueeze wrote it
-        conn.execute("ALTER TABLE suites DROP COLUMN definition_hash")
-    store = Store(f"sqlite:///{path}")
-    # an older fairsqueeze stored the definition in another shape: the one run now is taken
-    assert store.check_definition("study", second) is None
-    with pytest.raises(StoreError, match=r"params\.k is 4 here, 8 stored"):
-        store.check_definition("study", first)
