@@ -208,10 +208,10 @@ def _points(ax, comp: Comparison, colours: dict[str, str], x: str, y: str, front
     return xs, ys
 
 
-def _axes(width: float = 6.8, height: float = 4.4):
+def _axes(width: float = 7.4, height: float = 4.4):
     """One plot with room on the right for the legend of methods."""
     fig, ax = plt.subplots(figsize=(width, height))
-    fig.subplots_adjust(left=0.11, right=0.74, bottom=0.13, top=0.91)
+    fig.subplots_adjust(left=0.11, right=0.68, bottom=0.13, top=0.91)
     return fig, ax
 
 
