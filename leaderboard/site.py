@@ -27,25 +27,6 @@ def in_tier_order(frame: pd.DataFrame, then: list[str] | None = None) -> pd.Data
     return order.sort_values(["metric", "_tier", *then], kind="stable").drop(columns="_tier").reset_index(drop=True)
 
 
-def twins_apart(scores: pd.DataFrame) -> list[dict]:
-    """(metric, fair method, twin) pairs that share a (task, model) cell but never a tier in it,
-    so no paired test compares them; the twin table names them instead of dropping them."""
-    if scores.empty:
-        return []
-    out = []
-    for metric, by_metric in scores.groupby("metric", sort=True):
-        for fair, twins in significance.TWINS.items():
-            for twin in twins:
-                mine, theirs = (by_metric[by_metric["method"] == m] for m in (fair, twin))
-                common = set(mine["cell"]) & set(theirs["cell"])
-                if not common or set(zip(mine["cell"], mine["tier"])) & set(zip(theirs["cell"], theirs["tier"])):
-                    continue
-                tiers = lambda f: ", ".join(sorted(set(f.loc[f["cell"].isin(common), "tier"]), key=tier_rank))  # noqa: E731
-                out.append({"metric": metric, "fair": fair, "twin": twin, "cells": len(common),
-                            "fair_tiers": tiers(mine), "twin_tiers": tiers(theirs)})
-    return out
-
-
 def build_leaderboard(results: Results, out: Path) -> Path:
     """Write ``out/index.html`` and ``out/tables/*``; return the page path."""
     out = Path(out)
@@ -84,7 +65,6 @@ def build_leaderboard(results: Results, out: Path) -> Path:
         cells=cells,
         tests=[(t, significance.cd_diagram(t)) for t in tests],
         twins=twins,
-        apart=twins_apart(scores),
         tiers=[t for t, _, _ in ranking.TIERS],
         metrics=list(ranking.GAPS),
         gap_keys=ranking.GAPS,

@@ -432,8 +432,9 @@ def test_a_hostile_suite_name_stays_in_one_folder_and_every_export_is_escaped(re
     assert "'=HYPERLINK(\"x\")<script>|\\input{x}" in labels and not any(v.startswith(("=", "+", "@")) for v in labels)
 
 
-def test_leaderboard_tiers_in_numeric_order_singletons_unranked_and_twins_apart_named(results, tmp_path):
-    from fairsqueeze.leaderboard.site import build_leaderboard, in_tier_order, twins_apart
+def test_leaderboard_tiers_in_numeric_order_and_singletons_unranked(results, tmp_path):
+    """(A twin pair met only across tiers is compared with a note: the significance test above.)"""
+    from fairsqueeze.leaderboard.site import build_leaderboard, in_tier_order
 
     def score(method, tier, cell, mean=0.5):
         return {"metric": "equalized odds", "tier": tier, "method": method, "cell": cell, "mean": mean}
@@ -443,11 +444,6 @@ def test_leaderboard_tiers_in_numeric_order_singletons_unranked_and_twins_apart_
                            score("fairquantize", ">1.7", "b"), score("int8_ptq", ">1.7", "b")])
     ordered = in_tier_order(scores, ["method"])
     assert list(ordered["tier"]) == ["<1.05", "1.05–1.3", "1.3–1.7", ">1.7", ">1.7", ">1.7"]
-    apart = twins_apart(scores)
-    pairs = {(a["fair"], a["twin"]) for a in apart}
-    # fairprune/magnitude_prune and fairlrf/slr_w share cell a in different tiers; fairquantize/int8_ptq share a tier
-    assert pairs == {("fairprune", "magnitude_prune"), ("fairlrf", "slr_w")}
-    assert next(a for a in apart if a["fair"] == "fairprune")["twin_tiers"] == ">1.7"
 
     page = build_leaderboard(results, tmp_path).read_text()
     board = page[page.index('id="board-table"'):page.index("</table>", page.index('id="board-table"'))]
