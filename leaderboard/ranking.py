@@ -17,7 +17,7 @@ from scipy.stats import rankdata
 from fairsqueeze.reports.columns import EODDS, UTILITY, add_derived, is_binary
 from fairsqueeze.reports.stats import estimate
 from fairsqueeze.reports.tables import UNRANKED_FLAGS
-from fairsqueeze.reports.tiers import TIERS, tier_of  # noqa: F401  (the tiers are shared with the report)
+from fairsqueeze.reports.tiers import TIERS, tier_of, tier_rank  # noqa: F401  (the tiers are shared with the report)
 
 from fairsqueeze.reports.hypervolume import hypervolume
 
@@ -27,11 +27,6 @@ GAPS = {
     "equal opportunity": ("deo", "eopp1"),
 }
 EXCLUDED_FLAGS = UNRANKED_FLAGS
-
-
-def tier_order(label: str) -> int:
-    """Position of a tier in ``TIERS`` (tiers sort by their ratios, not their labels)."""
-    return [t for t, _, _ in TIERS].index(label)
 
 
 def underfit_cells(frame: pd.DataFrame, underfit: set[str]) -> pd.DataFrame:
@@ -153,7 +148,7 @@ def leaderboard_table(frame: pd.DataFrame) -> pd.DataFrame:
                      "cells": g["cell"].nunique(), "methods_met": met, "ranked": met > 0,
                      "note": "" if met else "alone in its tier: listed, not ranked"})
     table = pd.DataFrame(rows)
-    table["tier_order"] = table["tier"].map(tier_order)
+    table["tier_order"] = table["tier"].map(tier_rank)
     table = table.sort_values(["metric", "tier_order", "ranked", "mean_rank", "method"],
                               ascending=[True, True, False, True, True])
     return table.drop(columns="tier_order").reset_index(drop=True)

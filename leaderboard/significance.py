@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
+from fairsqueeze.reports.tiers import tier_rank  # noqa: E402
 from fairsqueeze.reports.verdicts import load_claims, twin_map  # noqa: E402
 
 ALPHA = 0.05
@@ -131,9 +132,8 @@ def twin_tests(frame: pd.DataFrame) -> list[TwinTest]:
     tests = []
     if per_seed.empty:
         return tests
-    from .ranking import tier_order
 
-    per_seed["order"] = per_seed["tier"].map(tier_order)
+    per_seed["order"] = per_seed["tier"].map(tier_rank)
     for (metric, _, tier), sub in per_seed.groupby(["metric", "order", "tier"], sort=True):
         wide = sub.pivot_table(index=["cell", "seed"], columns="method", values="hv")
         for fair, twins in TWINS.items():
@@ -150,7 +150,7 @@ def twin_tests(frame: pd.DataFrame) -> list[TwinTest]:
                 both = pd.concat(sides, axis=1, keys=[fair, twin]).dropna()
                 if both.empty:
                     continue
-                tiers = [" / ".join(sorted(sub.loc[sub["method"] == m, "tier"].unique(), key=tier_order)) for m in (fair, twin)]
+                tiers = [" / ".join(sorted(sub.loc[sub["method"] == m, "tier"].unique(), key=tier_rank)) for m in (fair, twin)]
                 test = _wilcoxon(metric, f"{tiers[0]} vs {tiers[1]}", fair, twin, both[fair], both[twin])
                 test.note = (f"across tiers ({fair} {tiers[0]}, {twin} {tiers[1]}): not like for like"
                              + (f"; {test.note}" if test.note else ""))
