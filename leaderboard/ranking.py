@@ -72,26 +72,34 @@ def cell_scores(runs: pd.DataFrame) -> list[CellScore]:
     """Hypervolume of each method's runs per seed (the front of its configurations in that
     tier), then the mean ± CI over seeds."""
     scores = []
+    if runs.empty:
+        return scores
+    cells = runs.groupby(["tier", "task_key", "model", "method"], sort=True).indices
+    utility, seeds = runs[UTILITY].to_numpy(float), runs["seed"].to_numpy()
+    keys, num_classes, labels = runs["run_key"].to_numpy(), runs["num_classes"].to_numpy(), runs["task_label"].to_numpy()
     for family, (binary_key, multi_key) in GAPS.items():
-        for (tier, task_key, model, method), cell in runs.groupby(["tier", "task_key", "model", "method"], sort=True):
-            k = int(cell["num_classes"].iloc[0])
-            gap = binary_key if is_binary(k) else multi_key
-            if gap not in cell or cell[gap].isna().all():
+        for (tier, task_key, model, method) in sorted(cells):
+            idx = cells[tier, task_key, model, method]
+            k = int(num_classes[idx[0]])
+            gap_key = binary_key if is_binary(k) else multi_key
+            if gap_key not in runs:
+                continue
+            gap = runs[gap_key].to_numpy(float)
+            if np.isnan(gap[idx]).all():
                 continue
             per_seed, front = {}, []
-            for seed, runs_of_seed in cell.groupby("seed"):
-                per_seed[int(seed)] = hypervolume(runs_of_seed[UTILITY], runs_of_seed[gap], k)
-                front += _front_keys(runs_of_seed, gap)
+            for seed in np.unique(seeds[idx]):
+                mine = idx[seeds[idx] == seed]
+                per_seed[int(seed)] = hypervolume(utility[mine], gap[mine], k)
+                front += _front_keys(utility[mine], gap[mine], keys[mine])
             est = estimate(list(per_seed.values()))
-            scores.append(CellScore(family, tier, task_key, cell["task_label"].iloc[0], model, method,
+            scores.append(CellScore(family, tier, task_key, labels[idx[0]], model, method,
                                     est.mean, est.half_width, est.n, per_seed, front))
     return scores
 
 
-def _front_keys(runs: pd.DataFrame, gap: str) -> list[str]:
+def _front_keys(u: np.ndarray, g: np.ndarray, keys: np.ndarray) -> list[str]:
     """Run keys on the (utility ↑, gap ↓) front, fairest first."""
-    u, g = runs[UTILITY].to_numpy(float), runs[gap].to_numpy(float)
-    keys = runs["run_key"].to_numpy()
     ok = np.isfinite(u) & np.isfinite(g)
     front, best = [], -np.inf
     for i in np.flatnonzero(ok)[np.lexsort((-u[ok], g[ok]))]:

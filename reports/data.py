@@ -41,6 +41,18 @@ class Results:
     methods: pd.DataFrame = field(default_factory=pd.DataFrame)
     # task key -> majority-class rates on ``split`` (``chance.majority_rates``); filled on first use
     majority: dict[str, dict] = field(default_factory=dict)
+    # tables derived from these results (``derived``), shared by the pages built from them
+    _derived: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def derived(self, name: str, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per ``name`` while ``runs``, ``metrics`` and ``footprint`` are the
+        frames it was computed from (a frame is returned as a shallow copy, so a caller that
+        adds columns changes nothing for the next)."""
+        key = (name, id(self.runs), id(self.metrics), id(self.footprint))
+        if key not in self._derived:
+            self._derived[key] = compute()
+        value = self._derived[key]
+        return value.copy(deep=False) if isinstance(value, pd.DataFrame) else value
 
     def colours(self) -> dict[str, str]:
         return palette(self.methods if not self.methods.empty else self.runs)
@@ -48,6 +60,9 @@ class Results:
     def done(self) -> pd.DataFrame:
         """Finished runs, one row per membership, with their metrics and footprint joined
         (metric columns keep their registry keys)."""
+        return self.derived("done", self._done)
+
+    def _done(self) -> pd.DataFrame:
         done = self.runs[self.runs["status"] == "done"]
         fp = self.footprint.rename(columns={c: FOOTPRINT_PREFIX + c for c in self.footprint.columns if c in done})
         frame = done.join(self.metrics, on="run_key").join(fp, on="run_key")

@@ -91,13 +91,14 @@ def metric_bounds(key: str, num_classes: int = 2) -> tuple[float, float] | None:
 
 def estimate(values) -> Estimate:
     """Mean ± t_{0.975, n-1} · sd / √n over the finite values (NaN stays out of n)."""
-    x = np.asarray(values, dtype=float)
-    x = x[np.isfinite(x)]
+    # plain Python: a handful of seeds, asked tens of thousands of times by a large report
+    x = [float(v) for v in values if math.isfinite(v)]
     n = len(x)
     if n == 0:
         return Estimate(math.nan, math.nan, 0)
-    half = _t(n - 1) * x.std(ddof=1) / math.sqrt(n) if n >= MIN_INTERVAL_N else math.nan
-    return Estimate(float(x.mean()), float(half), n, tuple(float(v) for v in x))
+    mean = sum(x) / n
+    half = _t(n - 1) * math.sqrt(sum((v - mean) ** 2 for v in x) / (n - 1) / n) if n >= MIN_INTERVAL_N else math.nan
+    return Estimate(mean, half, n, tuple(x))
 
 
 @lru_cache(maxsize=None)
@@ -106,20 +107,11 @@ def _t(dof: int) -> float:
 
 
 def estimates(frame, by: str, columns: list[str]) -> dict[str, dict[str, Estimate]]:
-    """:func:`estimate` of every column for each value of ``by``, in one grouped pass:
-    ``{group: {column: Estimate}}``."""
-    grouped = frame.groupby(by, sort=False)[columns]
-    mean, std, count = grouped.mean(), grouped.std(ddof=1), grouped.count()
-    small = grouped.agg(lambda v: tuple(float(x) for x in v if np.isfinite(x)))  # per-seed values
+    """:func:`estimate` of every column for each value of ``by``: ``{group: {column: Estimate}}``."""
+    values = {col: frame[col].to_numpy(float) for col in columns}
     out = {}
-    for label in mean.index:
-        m, sd, n = mean.loc[label].to_numpy(float), std.loc[label].to_numpy(float), count.loc[label].to_numpy(int)
-        out[label] = {
-            col: Estimate(math.nan if n[i] == 0 else float(m[i]),
-                          _t(int(n[i]) - 1) * float(sd[i]) / math.sqrt(n[i]) if n[i] >= MIN_INTERVAL_N else math.nan,
-                          int(n[i]), small.loc[label, col])
-            for i, col in enumerate(columns)
-        }
+    for label, idx in frame.groupby(by, sort=False).indices.items():
+        out[label] = {col: estimate(values[col][idx]) for col in columns}
     return out
 
 
@@ -132,25 +124,28 @@ def paired_deltas(frame: pd.DataFrame, metrics: list[str], cell: tuple[str, ...]
     method − reference over the seeds both have), its paired 95 % ``half_width`` (NaN below
     ``MIN_INTERVAL_N`` pairs), ``low``/``high``, ``n`` and ``per_seed`` ({seed: Δ})."""
     keys = list(cell)
-    dense = frame[frame["method"] == reference].drop_duplicates(keys + ["seed"]).set_index(keys + ["seed"])
+    columns = keys + [label, "method", "metric", "delta", "half_width", "low", "high", "n", "per_seed", "estimate"]
+    metrics = [m for m in metrics if m in frame]
+    is_ref = frame["method"] == reference
+    dense = frame.loc[is_ref, keys + ["seed"] + metrics].drop_duplicates(keys + ["seed"])
+    runs = frame.loc[~is_ref, keys + [label, "method", "seed"] + metrics].drop_duplicates(keys + [label, "seed"])
+    if runs.empty or not metrics:
+        return pd.DataFrame(columns=columns)
+    # one merge pairs every run with its seed's reference; a seed without one gets NaN
+    paired = runs.merge(dense, on=keys + ["seed"], how="left", suffixes=("", "\0ref"))
+    diffs = pd.DataFrame({m: paired[m].to_numpy(float) - paired[m + "\0ref"].to_numpy(float) for m in metrics})
+    seeds = paired["seed"].to_numpy()
     rows = []
-    for group, runs in frame[frame["method"] != reference].groupby(keys + [label], sort=True):
-        cell_key = tuple(group[:-1])
-        runs = runs.drop_duplicates("seed").set_index("seed")
+    for group, idx in paired.groupby(keys + [label], sort=True).indices.items():
+        head = {**dict(zip(keys, group[:-1])), label: group[-1], "method": paired["method"].iat[idx[0]]}
         for metric in metrics:
-            if metric not in runs or metric not in dense:
-                continue
-            per_seed = {}
-            for seed, value in runs[metric].items():
-                ref = dense[metric].get(cell_key + (seed,))
-                if ref is not None and np.isfinite(value) and np.isfinite(ref):
-                    per_seed[int(seed)] = float(value - ref)
-            est = estimate(list(per_seed.values()))
-            rows.append({**dict(zip(keys, cell_key)), label: group[-1], "method": runs["method"].iloc[0],
-                         "metric": metric, "delta": est.mean, "half_width": est.half_width,
+            d = diffs[metric].to_numpy()[idx]
+            finite = np.isfinite(d)
+            per_seed = {int(s): float(v) for s, v in zip(seeds[idx][finite], d[finite])}
+            est = estimate(d[finite])
+            rows.append({**head, "metric": metric, "delta": est.mean, "half_width": est.half_width,
                          "low": est.mean - est.half_width, "high": est.mean + est.half_width,
                          "n": est.n, "per_seed": per_seed, "estimate": est})
-    columns = keys + [label, "method", "metric", "delta", "half_width", "low", "high", "n", "per_seed", "estimate"]
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -22,6 +22,7 @@ whose dense reference is underfit are left out of the pairs; the row counts them
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,63 +103,86 @@ def underfit_dense_keys(dense: pd.DataFrame) -> set[str]:
     return set(dense.loc[dense["bias_card"].map(is_underfit), "key"])
 
 
+PAIR_COLUMNS = ["cell", "config", "seed", "metric", "fair", "twin", "fair_accuracy", "twin_accuracy", "idle"]
+
+
 def claim_pairs(frame: pd.DataFrame, claim: Claim) -> pd.DataFrame:
     """One row per pair: the cell (task label · model), the fair run's label, seed, the fair
     and twin values of the claim's metric and of accuracy (a twin interpolated at the fair
     run's compression ratio for ``match: compression``)."""
-    rows = []
     if frame.empty:
-        frame = pd.DataFrame(columns=["task_key", "model", "seed"])
-    for (task_key, model, seed), runs in frame.groupby(["task_key", "model", "seed"], sort=True):
-        metric = claim.metric_for(int(runs["num_classes"].iloc[0]))
-        fair = runs[[claim.fair.selects(m, p) for m, p in zip(runs["method"], runs["params"])]]
-        twins = runs[[claim.twin.selects(m, p) for m, p in zip(runs["method"], runs["params"])]]
-        if fair.empty or twins.empty or metric not in runs:
+        return pd.DataFrame(columns=PAIR_COLUMNS)
+    cell = ["task_key", "model", "seed"]
+    fair = frame[_selected(frame, claim.fair)].sort_values(cell, kind="stable")
+    twins = {key: _Twins(runs) for key, runs in frame[_selected(frame, claim.twin)].groupby(cell, sort=False)}
+    rows = []
+    for f in fair.to_dict("records"):
+        metric = claim.metric_for(int(f["num_classes"]))
+        group = twins.get((f["task_key"], f["model"], f["seed"]))
+        if group is None or metric not in frame:
             continue
-        for _, f in fair.iterrows():
-            twin = _matched_twin(f, twins, claim, metric)
-            if twin is None or not np.isfinite([f[metric], twin[metric]]).all():
-                continue
-            # both sides left the dense model's predictions as they were: the pair measures nothing
-            idle = "no_effect" in (f["flags"] or ()) and twin["no_effect"]
-            rows.append({"cell": f"{f['task_label']} · {model}", "config": f["label"], "seed": int(seed),
-                         "metric": metric, "fair": float(f[metric]), "twin": float(twin[metric]),
-                         "fair_accuracy": float(f["accuracy"]), "twin_accuracy": float(twin["accuracy"]),
-                         "idle": bool(idle)})
-    return pd.DataFrame(rows, columns=["cell", "config", "seed", "metric", "fair", "twin", "fair_accuracy",
-                                       "twin_accuracy", "idle"])
+        twin = group.values_for(f, claim, [metric, "accuracy"])
+        if twin is None or not np.isfinite([f[metric], twin[metric]]).all():
+            continue
+        # both sides left the dense model's predictions as they were: the pair measures nothing
+        idle = "no_effect" in (f["flags"] or ()) and twin["no_effect"] == 1.0
+        rows.append({"cell": f"{f['task_label']} · {f['model']}", "config": f["label"], "seed": int(f["seed"]),
+                     "metric": metric, "fair": float(f[metric]), "twin": float(twin[metric]),
+                     "fair_accuracy": float(f["accuracy"]), "twin_accuracy": float(twin["accuracy"]),
+                     "idle": bool(idle)})
+    return pd.DataFrame(rows, columns=PAIR_COLUMNS)
 
 
-def _matched_twin(fair: pd.Series, twins: pd.DataFrame, claim: Claim, metric: str) -> dict | None:
-    """The twin's metric and accuracy for ``fair``, and ``no_effect``: whether every twin run
-    used was flagged no_effect."""
-    twins = twins.assign(no_effect=twins["flags"].map(lambda f: float("no_effect" in (f or ()))))
-    found = _twin_values(fair, twins, claim, [metric, "accuracy", "no_effect"])
-    return None if found is None else {**found, "no_effect": found["no_effect"] == 1.0}
+def _selected(frame: pd.DataFrame, side: Side) -> np.ndarray:
+    chosen = (frame["method"] == side.method).to_numpy(copy=True)
+    rows = np.flatnonzero(chosen)
+    chosen[rows] = [side.selects(side.method, p) for p in frame["params"].to_numpy()[rows]]
+    return chosen
 
 
-def _twin_values(fair: pd.Series, twins: pd.DataFrame, claim: Claim, columns: list[str]) -> dict | None:
-    if claim.match == "compression":
-        return _at_ratio(float(fair["compression_ratio"]), twins, columns)
-    same = twins[[all(p.get(k) == fair["params"].get(k) for k in claim.match) for p in twins["params"]]]
-    if same.empty:
-        return None
-    return same[columns].mean().to_dict()  # several equal twins (other labels): their mean
+class _Twins:
+    """The twin runs of one (task, model, seed), as arrays: what :func:`claim_pairs` asks of
+    them once per fair run."""
 
+    def __init__(self, runs: pd.DataFrame):
+        self.runs = runs
+        self.params = list(runs["params"])
+        self.ratio = runs["compression_ratio"].to_numpy(float) if "compression_ratio" in runs else None
+        self.columns = {"no_effect": runs["flags"].map(lambda f: float("no_effect" in (f or ()))).to_numpy(float)}
 
-def _at_ratio(ratio: float, twins: pd.DataFrame, columns: list[str]) -> dict | None:
-    """The twin's values at ``ratio``: an equal ratio, else linear between the nearest ratios
-    below and above; None when no twin configuration brackets it."""
-    r = twins["compression_ratio"].to_numpy(float)
-    equal = np.abs(r - ratio) <= RATIO_TOLERANCE * ratio
-    if equal.any():
-        return twins.loc[equal, columns].mean().to_dict()
-    below, above = np.flatnonzero(r < ratio), np.flatnonzero(r > ratio)
-    if not len(below) or not len(above):
-        return None
-    lo, hi = below[np.argmax(r[below])], above[np.argmin(r[above])]
-    w = (ratio - r[lo]) / (r[hi] - r[lo])
-    return {c: float((1 - w) * twins[c].iloc[lo] + w * twins[c].iloc[hi]) for c in columns}
+    def column(self, name: str) -> np.ndarray:
+        if name not in self.columns:
+            self.columns[name] = self.runs[name].to_numpy(float)
+        return self.columns[name]
+
+    def values_for(self, fair: dict, claim: Claim, columns: list[str]) -> dict | None:
+        """The twin's ``columns`` (and ``no_effect``: 1.0 when every twin run used was
+        flagged no_effect) for the fair run: its ratio's twin for ``match: compression``,
+        else the twins with the same ``claim.match`` parameters (several: their mean)."""
+        columns = columns + ["no_effect"]
+        if claim.match == "compression":
+            return self._at_ratio(float(fair["compression_ratio"]), columns)
+        same = np.array([all(p.get(k) == fair["params"].get(k) for k in claim.match) for p in self.params])
+        return self._mean(same, columns) if same.any() else None
+
+    def _mean(self, rows: np.ndarray, columns: list[str]) -> dict:
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column's mean is NaN, as it should be
+            return {c: float(np.nanmean(self.column(c)[rows])) for c in columns}
+
+    def _at_ratio(self, ratio: float, columns: list[str]) -> dict | None:
+        """An equal ratio, else linear between the nearest ratios below and above; None when
+        no twin configuration brackets it."""
+        r = self.ratio
+        equal = np.abs(r - ratio) <= RATIO_TOLERANCE * ratio
+        if equal.any():
+            return self._mean(equal, columns)
+        below, above = np.flatnonzero(r < ratio), np.flatnonzero(r > ratio)
+        if not len(below) or not len(above):
+            return None
+        lo, hi = below[np.argmax(r[below])], above[np.argmin(r[above])]
+        w = (ratio - r[lo]) / (r[hi] - r[lo])
+        return {c: float((1 - w) * self.column(c)[lo] + w * self.column(c)[hi]) for c in columns}
 
 
 def usable(frame: pd.DataFrame, dense: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -242,10 +266,13 @@ def _verdict(claim: Claim, row: dict[str, Any], alpha: float) -> str:
 def verdict_table(results) -> pd.DataFrame:
     """The verdict table of ``results`` (``reports.data.Results``); a run shared by several
     suites or labels counts once."""
-    done = results.done()
-    if not done.empty:
-        done = done.drop_duplicates("run_key")
-    return verdicts(done, dense=results.dense)
+    def compute() -> pd.DataFrame:
+        done = results.done()
+        if not done.empty:
+            done = done.drop_duplicates("run_key")
+        return verdicts(done, dense=results.dense)
+
+    return results.derived("verdicts", compute)
 
 
 def dense_delta_table(results, metrics: tuple[str, ...] = ("accuracy", "accuracy_diff", "eodd", "eopp1", "deo",
@@ -268,13 +295,19 @@ def delta_sections(deltas: pd.DataFrame) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     if deltas.empty:
         return out
-    for (task_key, model), cell in deltas.groupby(["task_key", "model"], sort=False):
-        metrics = [m for m in cell["metric"].unique() if cell.loc[cell["metric"] == m, "n"].max() > 0]
+    records = deltas[["task_key", "model", "label", "method", "metric", "n", "estimate"]].to_dict("records")
+    cells: dict[tuple, dict[str, list[dict]]] = {}
+    for r in records:
+        cells.setdefault((r["task_key"], r["model"]), {}).setdefault(r["label"], []).append(r)
+    for (task_key, model), labels in cells.items():
+        measured = {r["metric"] for rows in labels.values() for r in rows if r["n"] > 0}
+        metrics = [m for m in dict.fromkeys(r["metric"] for rows in labels.values() for r in rows) if m in measured]
         rows = []
-        for label, sub in cell.groupby("label", sort=True):
-            by_metric = sub.set_index("metric")
-            rows.append({"label": label, "method": sub["method"].iloc[0], "n": int(sub["n"].max()),
-                         "values": {m: _signed(by_metric.loc[m, "estimate"]) for m in metrics if m in by_metric.index}})
+        for label in sorted(labels):
+            mine = labels[label]
+            by_metric = {r["metric"]: r["estimate"] for r in mine}
+            rows.append({"label": label, "method": mine[0]["method"], "n": int(max(r["n"] for r in mine)),
+                         "values": {m: _signed(by_metric[m]) for m in metrics if m in by_metric}})
         out[f"{task_key}|{model}"] = {"metrics": metrics, "rows": rows}
     return out
 
