@@ -162,9 +162,10 @@ def _points(ax, comp: Comparison, colours: dict[str, str], x: str, y: str, front
     flagged rows hollow and grey-edged; the seed spread (95 % CI) as thin faint bars behind
     the points; each method's front of unflagged rows as one step line; the dense model a
     black star. Points are labelled by their sweep values: all of them in a small figure,
-    those on a front in a crowded one. Returns the points' coordinates, for the limits. One artist per (method, entry, flagged): a figure of a thousand
-    rows draws as fast as one of ten."""
-    xs, ys = [], []
+    those on a front in a crowded one. Returns the points' coordinates, for the limits, and
+    their labels, placed by :func:`place_labels` once the limits are set. One artist per
+    (method, entry, flagged): a figure of a thousand rows draws as fast as one of ten."""
+    xs, ys, names = [], [], []
     crowded = len(comp.rows) > LABEL_ALL
     for method, rows in _by_method(comp).items():
         colour = colours.get(method, FLAGGED)
@@ -201,11 +202,70 @@ def _points(ax, comp: Comparison, colours: dict[str, str], x: str, y: str, front
         if labels and not dense:
             for i in np.flatnonzero(ok & (on_front | (not crowded))):
                 if text := _short(rows[i]):
-                    ax.annotate(text + ("" if rows[i].ranked else " (flagged)"), (px[i], py[i]), xytext=(4, 3),
-                                textcoords="offset points", fontsize=MIN_FONT,
-                                color=colour if rows[i].ranked else FLAGGED, zorder=4)
+                    names.append(PointLabel(float(px[i]), float(py[i]), text + ("" if rows[i].ranked else " (flagged)"),
+                                            colour if rows[i].ranked else FLAGGED, not on_front[i]))
         ax.scatter([], [], marker="*" if dense else "o", s=80 if dense else 40, color=colour, label=method)
-    return xs, ys
+    return xs, ys, names
+
+
+@dataclass(frozen=True)
+class PointLabel:
+    x: float
+    y: float
+    text: str
+    colour: str
+    priority: int  # 0 first: the points on a front are named before the others
+
+
+# where a label may stand around its point: (dx, dy) in points, horizontal and vertical alignment
+LABEL_SPOTS = [(4, 3, "left", "bottom"), (-4, 3, "right", "bottom"), (4, -3, "left", "top"),
+               (-4, -3, "right", "top"), (7, 0, "left", "center"), (-7, 0, "right", "center"),
+               (0, 6, "center", "bottom"), (0, -6, "center", "top")]
+POINT_RADIUS = 4.0  # pixels (at the figure's own dpi) kept free around every marker
+
+
+def place_labels(ax, names: list[PointLabel], xs, ys) -> int:
+    """Name the points without overlap: each label takes the first spot around its point
+    that stays inside the axes and covers no label placed before it and no other marker
+    (front points first). A label with no free spot is left out; the point keeps its colour
+    and marker, and the table names it. Returns how many were left out. Call it once the
+    limits are set: the spots are measured in pixels, on the laid-out text."""
+    if not names:
+        return 0
+    renderer = ax.figure.canvas.get_renderer()
+    box = ax.bbox
+    markers = ax.transData.transform(np.c_[xs, ys]) if len(xs) else np.empty((0, 2))
+    taken: list[tuple[float, float, float, float]] = []
+    left_out = 0
+    for name in sorted(names, key=lambda n: n.priority):
+        x0, y0 = ax.transData.transform((name.x, name.y))
+        others = markers[np.hypot(markers[:, 0] - x0, markers[:, 1] - y0) > 1e-6]
+        label = ax.annotate(name.text, (name.x, name.y), xytext=(0, 0), textcoords="offset points", fontsize=MIN_FONT,
+                            color=name.colour, zorder=4)
+        for dx, dy, ha, va in LABEL_SPOTS:
+            label.xyann = (dx, dy)
+            label.set_horizontalalignment(ha)
+            label.set_verticalalignment(va)
+            e = label.get_window_extent(renderer)
+            rect = (e.x0 - 1, e.y0 - 1, e.x1 + 1, e.y1 + 1)
+            inside = e.x0 >= box.x0 and e.x1 <= box.x1 and e.y0 >= box.y0 and e.y1 <= box.y1
+            if inside and not any(_overlap(rect, t) for t in taken) and not _covers(rect, others):
+                taken.append(rect)
+                break
+        else:
+            label.remove()
+            left_out += 1
+    return left_out
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _covers(rect, points: np.ndarray) -> bool:
+    r = POINT_RADIUS
+    return bool(((points[:, 0] > rect[0] - r) & (points[:, 0] < rect[2] + r)
+                 & (points[:, 1] > rect[1] - r) & (points[:, 1] < rect[3] + r)).any())
 
 
 def _axes(width: float = 7.4, height: float = 4.4):
@@ -215,9 +275,12 @@ def _axes(width: float = 7.4, height: float = 4.4):
     return fig, ax
 
 
-def _finish(ax, title: str, xlabel: str, ylabel: str, xs, ys, xbounds, ybounds) -> None:
+def _finish(ax, title: str, xlabel: str, ylabel: str, xs, ys, xbounds, ybounds, names=()) -> None:
     ax.set_xlim(*feasible_limits(xs, xbounds))
     ax.set_ylim(*feasible_limits(ys, ybounds))
+    if left_out := place_labels(ax, list(names), xs, ys):
+        ax.figure.text(0.695, 0.03, f"{left_out} point label(s) left out\nwhere they would overlap", fontsize=MIN_FONT,
+                       color="#555555", va="bottom")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -232,9 +295,9 @@ def pareto_figure(comp: Comparison, colours: dict[str, str]):
     dense model a black star, flagged (degenerate, no-effect, near-chance) rows hollow."""
     gap = headline_gap(comp.num_classes)
     fig, ax = _axes()
-    xs, ys = _points(ax, comp, colours, gap, UTILITY, front=True)
+    xs, ys, names = _points(ax, comp, colours, gap, UTILITY, front=True)
     _finish(ax, f"{comp.task_label} · {comp.model}", f"{gap} (lower is fairer)", f"{UTILITY} (higher is better)",
-            xs, ys, FEASIBLE["gap"], FEASIBLE[UTILITY])
+            xs, ys, FEASIBLE["gap"], FEASIBLE[UTILITY], names)
     return fig
 
 
@@ -245,19 +308,19 @@ def delta_figure(comp: Comparison, colours: dict[str, str]):
     fig, ax = _axes()
     ax.axhline(0, color="#444444", lw=0.8, zorder=0)
     ax.axvline(0, color="#444444", lw=0.8, zorder=0)
-    xs, ys = _points(ax, comp, colours, DELTA_GAP, DELTA_UTILITY, front=False, spread=False)
+    xs, ys, names = _points(ax, comp, colours, DELTA_GAP, DELTA_UTILITY, front=False, spread=False)
     _finish(ax, "change against the dense model (same seed)",
             f"Δ {headline_gap(comp.num_classes)} (left is fairer)", f"Δ {UTILITY} (up is better)",
-            xs + [0.0], ys + [0.0], (-1.0, 1.0), (-1.0, 1.0))
+            xs + [0.0], ys + [0.0], (-1.0, 1.0), (-1.0, 1.0), names)
     return fig
 
 
 def cost_figure(comp: Comparison, colours: dict[str, str]):
     """Utility against the compression ratio."""
     fig, ax = _axes()
-    xs, ys = _points(ax, comp, colours, "compression_ratio", UTILITY, front=False)
+    xs, ys, names = _points(ax, comp, colours, "compression_ratio", UTILITY, front=False)
     _finish(ax, f"{comp.task_label} · {comp.model}", "compression ratio (higher is smaller)", UTILITY,
-            xs, ys, (0.0, np.inf), FEASIBLE[UTILITY])
+            xs, ys, (0.0, np.inf), FEASIBLE[UTILITY], names)
     return fig
 
 

@@ -573,3 +573,43 @@ def test_exports_are_rewritten_only_when_what_they_show_changes(results, tmp_pat
     runs.loc[0, "error"] = "new"
     with pytest.raises(AssertionError, match="rewritten"):  # the run records changed
         build_report(dataclasses.replace(results, runs=runs), "s", tmp_path)
+
+
+def test_point_labels_never_overlap_in_a_dense_cluster():
+    """Twelve configurations of one method within a hair of each other and one far away:
+    every drawn label stands clear of the others and of every marker, the far point is
+    named, and the figure says how many labels it left out."""
+    from matplotlib.text import Annotation
+
+    from fairsqueeze.reports import figures
+    from fairsqueeze.reports.stats import Estimate
+    from fairsqueeze.reports.tables import Comparison, Row
+
+    def row(label, method, sweep, acc, gap):
+        values = {"accuracy": Estimate(acc, 0.0, 3), "eodds_diff": Estimate(gap, 0.0, 3)}
+        return Row(label, method, "f", 1, method, sweep, [(0, label)], {}, values)
+
+    rng = np.random.default_rng(0)
+    rows = [row("dense", "dense", {}, 0.9, 0.30)]
+    rows += [row(f"p{i}", "prune", {"ratio": 0.01 * i}, 0.80 + 0.002 * rng.random(), 0.20 + 0.002 * rng.random())
+             for i in range(12)]
+    rows.append(row("far", "prune", {"ratio": 0.9}, 0.60, 0.05))
+    comp = Comparison("t", "task", "m", 2, [], rows)
+    fig = figures.pareto_figure(comp, {"dense": "#000000", "prune": "#1f77b4"})
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    labels = [t for t in ax.texts if isinstance(t, Annotation)]
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    assert "ratio=0.9" in {t.get_text() for t in labels}
+    for i, a in enumerate(boxes):
+        assert all(not a.overlaps(b) for b in boxes[i + 1:]), labels[i].get_text()
+    markers = np.concatenate([c.get_offsets() for c in ax.collections if (c.get_gid() or "").startswith("points:")])
+    pixels = ax.transData.transform(markers)
+    for t, box in zip(labels, boxes):  # a label covers no marker but may touch its own
+        own = ax.transData.transform(t.xy)
+        inside = ((pixels[:, 0] > box.x0) & (pixels[:, 0] < box.x1) & (pixels[:, 1] > box.y0) & (pixels[:, 1] < box.y1))
+        assert not (inside & (np.hypot(*(pixels - own).T) > 1e-6)).any(), t.get_text()
+    left_out = 13 - len(labels)  # twelve in the cluster and the far one
+    assert left_out > 0 and any(f"{left_out} point label(s) left out" in t.get_text() for t in fig.texts)
+    figures.plt.close(fig)
