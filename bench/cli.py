@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--jobs", type=_jobs, default=None,
                      help="processes computing runs at once (default: the number of cores); this one writes")
+    run.add_argument("--timings", default=None, metavar="PATH",
+                     help="also write the fixed runs' wall time and its phases (dense, method, evaluation) as JSON")
     _add_redefine(run)
     _add_store(run)
 

@@ -2,7 +2,9 @@
 arguments: below the command line, so ``launch`` can start a worker in a job's process."""
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 from .errors import FairsqueezeError
 
@@ -72,8 +74,12 @@ def cmd_run(args) -> int:
         report = runner.run(plan, jobs=args.jobs)
         work = Worker(runner).run(plan, jobs=args.jobs) if plan.studies else None
     failed = report.failed + (work.failed if work else [])
+    if args.timings:
+        Path(args.timings).write_text(json.dumps(timings(report, args.jobs), indent=1), encoding="utf-8")
     if not args.quiet:
         print(f"suite {suite.name}: {report.done} run(s) done, {report.skipped} already done, {len(report.failed)} failed")
+        if report.done:
+            print(timing_line(timings(report, args.jobs)))
         if work:
             print(f"tuning: {work.trials} trial(s) and {work.runs} selected run(s) done, {work.failed_trials} trial(s)"
                   f" failed (retried in their slots), {len(work.failed)} run(s) failed")
@@ -91,6 +97,25 @@ def cmd_run(args) -> int:
         _print_failures(runner.store, suite.name, failed)
         return 1
     return 0
+
+
+def timings(report, jobs: int | None) -> dict:
+    """The fixed runs' wall time and phases: ``dense``, ``method`` and ``evaluation`` are
+    process seconds summed over the job processes; ``outside`` is the wall time left once
+    they are shared out among the processes (planning, the store, waiting)."""
+    from .jobs import default_jobs
+
+    jobs = jobs or default_jobs()
+    s = report.seconds
+    work = s["dense"] + s["method"] + s["evaluation"]
+    return {"runs": report.done, "jobs": jobs, "wall_s": s["total"], "dense_s": s["dense"], "method_s": s["method"],
+            "evaluation_s": s["evaluation"], "outside_s": max(s["total"] - work / jobs, 0.0)}
+
+
+def timing_line(t: dict) -> str:
+    return (f"{t['wall_s']:.0f} s of wall time with {t['jobs']} job(s); process time: dense models {t['dense_s']:.0f} s,"
+            f" methods {t['method_s']:.0f} s, evaluation {t['evaluation_s']:.0f} s; outside them {t['outside_s']:.1f} s"
+            " of wall time")
 
 
 def cmd_worker(args) -> int:

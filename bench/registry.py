@@ -39,6 +39,9 @@ class Registry(Generic[T]):
         return decorator
 
     def _load_entry_points(self) -> None:
+        from .registry_loader import load_plugins
+
+        load_plugins()  # the built-ins register when imported: asking any registry imports them first
         if self._entry_points_loaded:
             return
         self._entry_points_loaded = True

@@ -58,3 +58,24 @@ def test_a_bad_jobs_value_is_one_line(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["run", "default", "--jobs", "0"])
     assert exit_.value.code == 2 and "positive number of processes" in capsys.readouterr().err
+
+
+def test_run_reports_its_wall_time_and_phases(isolated, capsys):
+    """``fairsqueeze run --timings PATH``: the JSON has every phase; the process seconds of
+    the phases fit in the wall time, the runs are those done, and the summary says the same."""
+    import json
+
+    import yaml
+
+    from fairsqueeze.cli import main
+    from fairsqueeze.testing import tiny_suite_definition
+
+    (isolated / "s.yaml").write_text(yaml.safe_dump(tiny_suite_definition(METHODS[:2], epochs=1)))
+    out = isolated / "timings.json"
+    assert main(["run", str(isolated / "s.yaml"), "--db", f"sqlite:///{isolated}/t.db", "--jobs", "1",
+                 "--device", "cpu", "--timings", str(out)]) == 0
+    t = json.loads(out.read_text())
+    assert t["runs"] == 3 and t["jobs"] == 1  # dense and svd at k = 2 and 4
+    assert t["dense_s"] > 0 and t["method_s"] > 0 and t["evaluation_s"] > 0
+    assert t["dense_s"] + t["method_s"] + t["evaluation_s"] + t["outside_s"] == pytest.approx(t["wall_s"])
+    assert f"{t['wall_s']:.0f} s of wall time with 1 job(s)" in capsys.readouterr().out
