@@ -43,6 +43,7 @@ from torch import nn
 
 import fairsqueeze.methods.lowrank as lowrank
 import fairsqueeze.methods.toolbox.factorize as factorize
+import fairsqueeze.methods.toolbox.scores as scores
 from fairsqueeze.methods.base import MethodContext, Predictions
 from fairsqueeze.methods.lowrank import FairLRF
 from fairsqueeze.methods.toolbox.curvature import features_before, per_group_curvature
@@ -192,7 +193,8 @@ def test_fairlrf_scoring_costs_under_three_full_passes(benchmark, paper_vgg, sco
         return wrapper
 
     monkeypatch.setattr(lowrank, "features_before", timed("features", lowrank.features_before))
-    monkeypatch.setattr(lowrank, "per_group_curvature", timed("curvature", lowrank.per_group_curvature))
+    # FairLRF's saliency (HeadSaliency, the shared scores block) computes the curvature
+    monkeypatch.setattr(scores, "per_group_curvature", timed("curvature", scores.per_group_curvature))
 
     method = FairLRF(FairLRF.Params(solver="randomized", unprivileged_group=0))
     y_val = scoring_task.val.y
