@@ -166,7 +166,7 @@ class _Twins:
         return self._mean(same, columns) if same.any() else None
 
     def _mean(self, rows: np.ndarray, columns: list[str]) -> dict:
-        with np.errstate(all="ignore"), warnings.catch_warnings():
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column's mean is NaN, as it should be
             return {c: float(np.nanmean(self.column(c)[rows])) for c in columns}
 
