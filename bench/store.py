@@ -28,6 +28,7 @@ A finished run is written in one transaction, so a crash never leaves half a res
 from __future__ import annotations
 
 import contextlib
+import functools
 import fcntl
 import io
 import json
@@ -36,6 +37,7 @@ import os
 import random
 import re
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -319,20 +321,38 @@ def is_database_error(exc: BaseException) -> bool:
     return kind.__module__.startswith(("psycopg", "optuna.exceptions")) and kind.__name__ != "DuplicatedStudyError"
 
 
-def _connect_with_retry(engine: Engine, attempts: int = 60) -> None:
-    """A PostgreSQL server at its connection limit refuses a connection: wait and retry (workers
-    connect only for short transactions, so a slot frees up soon)."""
+_SERVER_ENGINES: "weakref.WeakSet[Engine]" = weakref.WeakSet()  # this process's engines on a server
+
+
+def _close_idle(keep: Engine | None = None) -> None:
+    """Close the connections this process keeps idle on its server engines (those checked out
+    stay): a process that waits holds none that another may need."""
+    for engine in list(_SERVER_ENGINES):
+        if engine is not keep:
+            engine.dispose()
+
+
+def _connect_with_retry(engine: Engine) -> None:
+    """A PostgreSQL server at its connection limit refuses a connection: close this process's
+    idle connections, wait and retry (workers hold connections only for their bookkeeping, so
+    a slot frees up soon)."""
+    _SERVER_ENGINES.add(engine)
 
     @event.listens_for(engine, "do_connect")
     def connect(dialect, _record, cargs, cparams):
-        for attempt in range(attempts):
-            try:
-                return dialect.loaded_dbapi.connect(*cargs, **cparams)
-            except dialect.loaded_dbapi.OperationalError as exc:
-                if not any(m in str(exc) for m in ("too many clients", "connection slots are reserved")) \
-                        or attempt == attempts - 1:
-                    raise
-                time.sleep(min(0.05 * 2 ** attempt, 1.0) * (0.5 + random.random()))
+        return _retrying_connect(dialect, cargs, cparams, engine)
+
+
+def _retrying_connect(dialect, cargs, cparams, engine: Engine | None = None, attempts: int = 60):
+    for attempt in range(attempts):
+        try:
+            return dialect.loaded_dbapi.connect(*cargs, **cparams)
+        except dialect.loaded_dbapi.OperationalError as exc:
+            if not any(m in str(exc) for m in ("too many clients", "connection slots are reserved")) \
+                    or attempt == attempts - 1:
+                raise
+            _close_idle(keep=engine)
+            time.sleep(min(0.05 * 2 ** attempt, 1.0) * (0.5 + random.random()))
 
 
 class Store:
@@ -374,15 +394,42 @@ class Store:
     @property
     def engine_kwargs(self) -> dict[str, Any]:
         """How every engine on this database is made (the store's and Optuna's). On a server, a
-        connection lives only as long as one transaction (no pool), so a worker that computes
-        holds none and many workers share a server's connection limit."""
-        return {} if self.url.startswith("sqlite") else {"poolclass": NullPool}
+        process keeps one connection open between the queries of its bookkeeping (a connection
+        per query costs a server process each: a trial makes dozens) and closes it before it
+        computes or waits (:meth:`idle`), so many workers share a server's connection limit."""
+        return {} if self.url.startswith("sqlite") else {"pool_size": 1, "max_overflow": 2}
+
+    def idle(self, *engines: Engine) -> None:
+        """Close the connections this process keeps open to a server, the store's and those of
+        ``engines`` (Optuna's storage): called before a computation or a wait."""
+        if self.engine.dialect.name == "postgresql":
+            for engine in (self.engine, *engines):
+                engine.dispose()
+
+    @functools.cached_property
+    def _heartbeat_engine(self) -> Engine:
+        """Lease renewals come from a background thread every few seconds while the worker
+        computes: each opens its own short connection and keeps none."""
+        if self.engine.dialect.name != "postgresql":
+            return self.engine
+        engine = create_engine(self.url, poolclass=NullPool)
+        _connect_with_retry(engine)
+        return engine
 
     def optuna_storage(self):
         """Optuna's RDB storage on this database, its engine made like the store's."""
         import optuna
 
-        return optuna.storages.RDBStorage(self.url, engine_kwargs=self.engine_kwargs)
+        if self.engine.dialect.name != "postgresql":
+            return optuna.storages.RDBStorage(self.url, engine_kwargs=self.engine_kwargs)
+        # Optuna connects while its storage is made: its connections come from a creator that
+        # retries at the server's limit, as the store's do
+        dialect = self.engine.dialect
+        cargs, cparams = dialect.create_connect_args(self.engine.url)
+        creator = functools.partial(_retrying_connect, dialect, cargs, cparams)
+        storage = optuna.storages.RDBStorage(self.url, engine_kwargs={**self.engine_kwargs, "creator": creator})
+        _SERVER_ENGINES.add(storage.engine)
+        return storage
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -401,6 +448,7 @@ class Store:
                 conn.commit()
                 break
             conn.close()
+            _close_idle()  # a waiter keeps no connection: the holder may need one
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 0.5)
         try:
@@ -685,7 +733,7 @@ class Store:
 
     def renew(self, key: str, holder: str, lease_s: float) -> bool:
         """Extend a held lease; False when it was lost (expired and taken over)."""
-        with self.engine.begin() as conn:
+        with self._heartbeat_engine.begin() as conn:
             found = conn.execute(update(work_items).where(work_items.c.key == key, work_items.c.holder == holder)
                                  .values(expires_at=time.time() + lease_s))
             return found.rowcount == 1

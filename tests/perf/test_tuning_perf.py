@@ -105,11 +105,6 @@ def perf_env(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.mark.xfail(strict=False, reason="target >= 1.7x not met since connections became per-transaction: on a clean"
-                   " clone one worker took 26-34 s and two 19-25 s for the 124 items (1.35-1.37x); each query opens a"
-                   " server connection (a PostgreSQL process), and the server's CPU competes with the workers on 2"
-                   " cores. A pooled connection closed before each computation measured 2.05x, but its first"
-                   " version failed the twelve-workers-on-ten-connections test")
 def test_two_workers_on_postgresql_vs_one(benchmark, postgres_server, perf_env):
     path = suite_file(perf_env)
     warm_cache(path, postgres_server.new_database())
