@@ -399,12 +399,11 @@ class Store:
         computes or waits (:meth:`idle`), so many workers share a server's connection limit."""
         return {} if self.url.startswith("sqlite") else {"pool_size": 1, "max_overflow": 2}
 
-    def idle(self, *engines: Engine) -> None:
-        """Close the connections this process keeps open to a server, the store's and those of
-        ``engines`` (Optuna's storage): called before a computation or a wait."""
+    def idle(self) -> None:
+        """Close the connections this process keeps open to a server (the store's and Optuna's):
+        called before a computation or a wait."""
         if self.engine.dialect.name == "postgresql":
-            for engine in (self.engine, *engines):
-                engine.dispose()
+            _close_idle()
 
     @functools.cached_property
     def _heartbeat_engine(self) -> Engine:

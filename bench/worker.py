@@ -162,7 +162,7 @@ class Worker:
                     continue
                 if not busy:
                     return report
-                self.store.idle(self.storage.engine)  # nor while waiting for another worker
+                self.store.idle()  # nor while waiting for another worker
                 time.sleep(self.poll_s)
 
     def _count_pending(self, runs: list[RunSpec], studies: dict[str, RunSpec]) -> None:
@@ -220,7 +220,7 @@ class Worker:
         with lease:
             if spec.key in self.store.keys_with_status([spec.key], "done"):  # finished meanwhile
                 return False
-            self.store.idle(self.storage.engine)  # no server connection held while computing
+            self.store.idle()  # no server connection held while computing
             computed = self.runner.run_one(spec, self.plan, info=self._info.get(spec.key))
             if computed.result is None:
                 lease.failed = True
@@ -302,7 +302,7 @@ class Worker:
             self.store.put_dense(spec.dense_key, dense_row)
         while (started := self._begin_trial(name, spec, report)) is not None:
             trial, slot, params, seed = started
-            self.store.idle(self.storage.engine)  # no server connection held while computing
+            self.store.idle()  # no server connection held while computing
             try:
                 result = execute_trial(spec.method.name, params, seed, self.plan.tasks[spec.task.key], reference,
                                        self.runner.device, spec.method.tune)
