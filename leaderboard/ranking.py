@@ -19,7 +19,7 @@ from fairsqueeze.reports.stats import estimate
 from fairsqueeze.reports.tables import UNRANKED_FLAGS
 from fairsqueeze.reports.tiers import TIERS, tier_of, tier_rank  # noqa: F401  (the tiers are shared with the report)
 
-from fairsqueeze.reports.hypervolume import hypervolume
+from fairsqueeze.reports.hypervolume import hypervolume, pareto_front
 
 # unfairness definitions a ranking may use: family -> (binary key, multi-class key), each bounded by 1
 GAPS = {
@@ -77,15 +77,13 @@ def cell_scores(runs: pd.DataFrame) -> list[CellScore]:
     cells = runs.groupby(["tier", "task_key", "model", "method"], sort=True).indices
     utility, seeds = runs[UTILITY].to_numpy(float), runs["seed"].to_numpy()
     keys, num_classes, labels = runs["run_key"].to_numpy(), runs["num_classes"].to_numpy(), runs["task_label"].to_numpy()
+    gaps = {key: runs[key].to_numpy(float) for pair in GAPS.values() for key in pair if key in runs}
     for family, (binary_key, multi_key) in GAPS.items():
         for (tier, task_key, model, method) in sorted(cells):
             idx = cells[tier, task_key, model, method]
             k = int(num_classes[idx[0]])
-            gap_key = binary_key if is_binary(k) else multi_key
-            if gap_key not in runs:
-                continue
-            gap = runs[gap_key].to_numpy(float)
-            if np.isnan(gap[idx]).all():
+            gap = gaps.get(binary_key if is_binary(k) else multi_key)
+            if gap is None or np.isnan(gap[idx]).all():
                 continue
             per_seed, front = {}, []
             for seed in np.unique(seeds[idx]):
@@ -100,13 +98,8 @@ def cell_scores(runs: pd.DataFrame) -> list[CellScore]:
 
 def _front_keys(u: np.ndarray, g: np.ndarray, keys: np.ndarray) -> list[str]:
     """Run keys on the (utility ↑, gap ↓) front, fairest first."""
-    ok = np.isfinite(u) & np.isfinite(g)
-    front, best = [], -np.inf
-    for i in np.flatnonzero(ok)[np.lexsort((-u[ok], g[ok]))]:
-        if u[i] > best:
-            front.append(str(keys[i]))
-            best = u[i]
-    return front
+    ok = np.flatnonzero(np.isfinite(u) & np.isfinite(g))
+    return [str(k) for k in keys[ok][pareto_front(np.c_[g[ok], u[ok]])]]
 
 
 def scores_frame(scores: list[CellScore]) -> pd.DataFrame:

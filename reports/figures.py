@@ -18,6 +18,7 @@ from matplotlib import patheffects  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .columns import DELTA_GAP, DELTA_UTILITY, UTILITY, headline_gap  # noqa: E402
+from .hypervolume import pareto_front  # noqa: E402
 from .tables import Comparison, Row  # noqa: E402
 
 LABEL_STEP = 0.07  # axes fraction between two stacked policy names in the tuning figure
@@ -116,17 +117,6 @@ def content(comp: Comparison, colours: dict[str, str]) -> tuple:
         for r in comp.rows)
     return (comp.task_key, comp.task_label, comp.model, comp.num_classes, rows,
             tuple(sorted((m, c) for m, c in colours.items() if any(r.method == m for r in comp.rows))))
-
-
-def pareto_front(points: np.ndarray) -> np.ndarray:
-    """Indices of the non-dominated points of (unfairness ↓, utility ↑), by unfairness."""
-    order = np.lexsort((-points[:, 1], points[:, 0]))
-    front, best = [], -np.inf
-    for i in order:
-        if points[i, 1] > best:
-            front.append(i)
-            best = points[i, 1]
-    return np.array(front, dtype=int)
 
 
 def feasible_limits(values, bounds: tuple[float, float] | None, pad: float = 0.08) -> tuple[float, float]:

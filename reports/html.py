@@ -13,7 +13,7 @@ from fairsqueeze.biascard import format_bias_card, is_underfit
 from . import export, figures, overview
 from .columns import UTILITY, headline_gap
 from .data import Results
-from .hypervolume import reference_point
+from .hypervolume import pareto_front, reference_point
 from .run_pages import run_page_list, write_run_pages
 from .runs import failed_runs
 from .templating import environment
@@ -54,7 +54,7 @@ def front_labels(comp: Comparison) -> set[str]:
     if not rows:
         return set()
     pts = np.array([[r.values[gap].mean, r.values[UTILITY].mean] for r in rows])
-    return {rows[i].label for i in figures.pareto_front(pts)}
+    return {rows[i].label for i in pareto_front(pts)}
 
 
 def _cards(results: Results, comp: Comparison) -> list[dict]:

@@ -23,6 +23,17 @@ def reference_point(num_classes: int) -> tuple[float, float]:
     return 1.0 / max(int(num_classes), 2), MAX_GAP
 
 
+def pareto_front(points: np.ndarray) -> np.ndarray:
+    """Indices of the non-dominated points of (unfairness ↓, utility ↑) rows, fairest first."""
+    order = np.lexsort((-points[:, 1], points[:, 0]))
+    front, best = [], -np.inf
+    for i in order:
+        if points[i, 1] > best:
+            front.append(i)
+            best = points[i, 1]
+    return np.array(front, dtype=int)
+
+
 def hypervolume(utility, gap, num_classes: int) -> float:
     """Normalised area dominated by the points (utility_i, gap_i) inside the reference box.
     NaN points are ignored; no finite point gives 0."""
@@ -31,12 +42,9 @@ def hypervolume(utility, gap, num_classes: int) -> float:
     g = np.asarray(gap, dtype=float)
     ok = np.isfinite(u) & np.isfinite(g) & (u > u_ref) & (g < g_ref)
     u, g = u[ok], g[ok]
-    if not len(u):
-        return 0.0
     area, best_u = 0.0, u_ref
-    # sweep from the fairest point to the least fair: each adds the utility it gains
-    for i in np.lexsort((-u, g)):
-        if u[i] > best_u:
-            area += (u[i] - best_u) * (g_ref - g[i])
-            best_u = u[i]
+    # sweep the front from the fairest point to the least fair: each adds the utility it gains
+    for i in pareto_front(np.c_[g, u]):
+        area += (u[i] - best_u) * (g_ref - g[i])
+        best_u = u[i]
     return float(area / ((1.0 - u_ref) * g_ref))
