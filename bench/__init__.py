@@ -9,4 +9,8 @@ def __getattr__(name: str):
         from fairsqueeze.reports.api import open_results
 
         return open_results
+    if name == "load_plugins":  # for library use: the command line loads them itself
+        from fairsqueeze.cli.plugins import load_plugins
+
+        return load_plugins
     raise AttributeError(f"module 'fairsqueeze' has no attribute {name!r}")

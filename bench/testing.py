@@ -23,8 +23,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from .errors import FairsqueezeError
-from .hashing import array_hash
+from fairsqueeze.core.errors import FairsqueezeError
+from fairsqueeze.core.hashing import array_hash
 
 TINY_SEED = 0
 
@@ -54,7 +54,7 @@ def tiny_suite_definition(methods: list, seeds=(TINY_SEED,), epochs: int = 2, na
 
 def tiny_suite(methods: list, seeds=(TINY_SEED,), epochs: int = 2, name: str = "tiny"):
     """:func:`tiny_suite_definition`, parsed."""
-    from .suite import parse_suite
+    from fairsqueeze.spec.suite import parse_suite
 
     return parse_suite(tiny_suite_definition(methods, seeds, epochs, name))
 
@@ -116,7 +116,7 @@ def _watching(classes: dict[str, type], calls: list[_Call]) -> Iterator[None]:
     """Wrap ``apply`` of each class for the duration: record its input and its test reads."""
     from fairsqueeze.methods import Outcome
 
-    from .tasks import test_split_violations
+    from fairsqueeze.datasets.base import test_split_violations
 
     saved = {cls: cls.__dict__.get("apply") for cls in classes.values()}
 
@@ -152,8 +152,8 @@ def _watching(classes: dict[str, type], calls: list[_Call]) -> Iterator[None]:
 @contextlib.contextmanager
 def _scratch(workdir: Path) -> Iterator[None]:
     """A private dense-model cache, no progress bars, no run-failure log lines (the checks say it)."""
-    from .progress import QUIET_ENV
-    from .tasks import CACHE_ENV
+    from fairsqueeze.core.progress import QUIET_ENV
+    from fairsqueeze.datasets.base import CACHE_ENV
 
     saved = {k: os.environ.get(k) for k in (CACHE_ENV, QUIET_ENV)}
     logger = logging.getLogger("fairsqueeze")
@@ -180,10 +180,10 @@ def check_conformance(method_name: str, tiny_params: dict | None = None, *, work
     the ``fairsqueeze.methods`` entry points are loaded). ``workdir`` keeps the two databases
     and the dense cache (a temporary folder, removed afterwards, by default).
     """
-    from .registry_loader import load_plugins
+    from fairsqueeze.cli.plugins import load_plugins
 
     load_plugins()
-    from fairsqueeze.methods import METHODS
+    from fairsqueeze.core.registry import METHODS
 
     cls = METHODS.get(method_name)
     params = dict(tiny_params or {})
@@ -208,8 +208,8 @@ def check_conformance(method_name: str, tiny_params: dict | None = None, *, work
 
 
 def _run_checks(report: Conformance, entries: list, watched: dict, workdir: Path, device: str, stores: list) -> None:
-    from .runner import Runner, resolve_device
-    from .store import Store
+    from fairsqueeze.engine.runner import Runner, resolve_device
+    from fairsqueeze.store.database import Store
 
     def add(name: str, passed: bool | None, reason: str) -> None:
         report.checks.append(Check(name, passed, reason or CHECKS[name]))

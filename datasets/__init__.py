@@ -1,2 +1,5 @@
-"""Dataset adapters. Importing this package registers every built-in task."""
-from . import adult, celeba, compas, digits, fitzpatrick, german, utkface  # noqa: F401  (registration)
+"""Dataset plugins: the task contract in :mod:`.base` (re-exported here), the built-in adapters
+in their modules, listed in :mod:`.builtin` and imported by the plugin loader."""
+from fairsqueeze.datasets.base import Split, TaskData, build_task, register_task
+
+__all__ = ["Split", "TaskData", "build_task", "register_task"]

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fairsqueeze.errors import ConfigError, DatasetMissing
-from fairsqueeze.tasks import TaskData, register_task, require_file
+from fairsqueeze.core.errors import ConfigError, DatasetMissing
+from fairsqueeze.datasets.base import TaskData, register_task, require_file
 
 from .images import ImageTable, assemble
 from .textfile import WHITESPACE, line_of_row, malformed, read_header_lines, read_table

@@ -42,8 +42,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from fairsqueeze.errors import FairsqueezeError
-from fairsqueeze.tasks import TaskData, register_task, require_file, stratified_split
+from fairsqueeze.core.errors import FairsqueezeError
+from fairsqueeze.datasets.base import TaskData, register_task, require_file, stratified_split
 
 from .tabular import (
     DEFAULT_FRACTIONS,

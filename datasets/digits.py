@@ -17,8 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fairsqueeze.errors import ConfigError
-from fairsqueeze.tasks import Split, TaskData, register_task, stratified_split
+from fairsqueeze.core.errors import ConfigError
+from fairsqueeze.datasets.base import Split, TaskData, register_task, stratified_split
 
 GROUP_SEED = 20240611
 GROUP_RATE = 0.35

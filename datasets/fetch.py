@@ -26,8 +26,8 @@ import pooch
 import requests
 from PIL import Image
 
-from fairsqueeze.errors import FairsqueezeError, UnknownName
-from fairsqueeze.progress import progress_bar
+from fairsqueeze.core.errors import FairsqueezeError, UnknownName
+from fairsqueeze.core.progress import progress_bar
 
 from .sources import SOURCES, DatasetSource, RemoteFile
 

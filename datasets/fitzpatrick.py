@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fairsqueeze.errors import ConfigError, DatasetMissing
-from fairsqueeze.tasks import TaskData, register_task, require_file, stratified_split
+from fairsqueeze.core.errors import ConfigError, DatasetMissing
+from fairsqueeze.datasets.base import TaskData, register_task, require_file, stratified_split
 
 from . import textfile
 from .images import ImageTable, assemble

@@ -37,10 +37,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from fairsqueeze.errors import ConfigError
-from fairsqueeze.hashing import array_hash, config_hash
-from fairsqueeze.tasks import Split, TaskData, cache_root
-from fairsqueeze.vision import torchvision  # noqa: F401  (must precede the v2 import)
+from fairsqueeze.core.errors import ConfigError
+from fairsqueeze.core.hashing import array_hash, config_hash
+from fairsqueeze.datasets.base import Split, TaskData, cache_root
+from fairsqueeze.core.vision import torchvision  # noqa: F401  (must precede the v2 import)
 from torchvision.transforms.v2 import functional as F
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from fairsqueeze.errors import ConfigError, FairsqueezeError
-from fairsqueeze.tasks import Split, TaskData
+from fairsqueeze.core.errors import ConfigError, FairsqueezeError
+from fairsqueeze.datasets.base import Split, TaskData
 
 DEFAULT_FRACTIONS = (0.6, 0.2, 0.2)
 

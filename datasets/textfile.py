@@ -17,7 +17,7 @@ from typing import Iterator, Sequence
 
 import pandas as pd
 
-from fairsqueeze.errors import FairsqueezeError
+from fairsqueeze.core.errors import FairsqueezeError
 
 WHITESPACE = r"\s+"
 

@@ -23,8 +23,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fairsqueeze.errors import ConfigError, DatasetMissing
-from fairsqueeze.tasks import TaskData, register_task, stratified_split
+from fairsqueeze.core.errors import ConfigError, DatasetMissing
+from fairsqueeze.datasets.base import TaskData, register_task, stratified_split
 
 from .images import ImageTable, assemble
 

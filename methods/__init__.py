@@ -1,8 +1,9 @@
-"""Method plugins. Import this package to register the built-in methods.
+"""Method plugins: the contract in :mod:`.base` (re-exported here), the built-in methods in
+their modules, listed in :mod:`.builtin` and imported by the plugin loader, not by this package.
 
 Third-party packages register theirs through the ``fairsqueeze.methods`` entry-point group.
 """
-from .base import METHODS, Method, MethodContext, Outcome, Predictions, register_method
-from . import bifp, dense, fairalm, lora_privacy, lowrank, pruning, quantization, svd  # noqa: F401  (registration)
+from fairsqueeze.core.registry import METHODS
+from fairsqueeze.methods.base import Method, MethodContext, Outcome, Predictions, register_method
 
 __all__ = ["METHODS", "Method", "MethodContext", "Outcome", "Predictions", "register_method"]

@@ -6,12 +6,7 @@ same way for every method. See CONTRIBUTING.md for a complete one-file example.
 from __future__ import annotations
 
 import abc
-import collections.abc
 import dataclasses
-import math
-import numbers
-import types
-import typing
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, ClassVar
@@ -20,12 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from fairsqueeze.errors import ConfigError
-from fairsqueeze.registry import Registry
-from fairsqueeze.tasks import Split, TaskView
-
-METHODS: Registry[type["Method"]] = Registry("method", entry_point_group="fairsqueeze.methods")
-
+from fairsqueeze.core.errors import ConfigError
+from fairsqueeze.core.params import check_types, normalize_params
+from fairsqueeze.core.registry import METHODS
+from fairsqueeze.datasets.base import Split, TaskView
 
 def register_method(name: str):
     """Class decorator: make a :class:`Method` subclass available under ``name``."""
@@ -97,7 +90,7 @@ class MethodContext:
     def validation_metrics(self, model: nn.Module) -> dict[str, float]:
         """Every metric of ``model`` on the validation split, computed as the engine scores a
         trial (:func:`fairsqueeze.evaluate.split_metrics`: its one prediction loop, then the metrics)."""
-        from fairsqueeze.evaluate import split_metrics
+        from fairsqueeze.measure.evaluate import split_metrics
 
         return split_metrics(model, self.task.val, self.task.prepare, self.device, self.task.num_classes)
 
@@ -116,92 +109,6 @@ class LabelledBatches:
     def __iter__(self):
         for x, y, _ in self.ctx.batches(self.split, self.batch_size):
             yield x, y
-
-
-def _accepts_float(hint: Any) -> bool:
-    return hint is float or float in typing.get_args(hint)
-
-
-def _type_name(hint: Any) -> str:
-    if hint is type(None):
-        return "null"
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(h) for h in typing.get_args(hint))
-    origin = typing.get_origin(hint) or hint
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-            list: "a list", tuple: "a list", dict: "a mapping"}.get(origin, getattr(origin, "__name__", str(hint)))
-
-
-def _fits(value: Any, hint: Any) -> bool:
-    """Whether a value from a suite file (YAML or JSON) is of the annotated type. A bool is
-    never an int or a float, a float is never an int, NaN is no number, and a float-typed
-    value may be a fraction string such as "5/9" (as the papers write beta)."""
-    if hint is Any or isinstance(hint, (str, typing.TypeVar)):
-        return True  # unannotated or unresolvable: nothing to check against
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return any(_fits(value, h) for h in typing.get_args(hint))
-    if typing.get_origin(hint) is typing.Literal:
-        return value in typing.get_args(hint)
-    origin = typing.get_origin(hint) or hint
-    if hint is type(None):
-        return value is None
-    if origin is bool:
-        return isinstance(value, (bool, np.bool_))
-    if isinstance(value, (bool, np.bool_)):
-        return False
-    if origin is int:
-        return isinstance(value, numbers.Integral)
-    if origin is float:
-        if isinstance(value, str):
-            try:
-                Fraction(value.strip())
-            except (ValueError, ZeroDivisionError):
-                return False
-            return True
-        return isinstance(value, numbers.Real) and not math.isnan(value)
-    if origin in (list, tuple, collections.abc.Sequence):
-        return isinstance(value, (list, tuple))  # YAML and JSON give lists for tuple fields
-    if isinstance(origin, type):
-        return isinstance(value, origin)
-    return True
-
-
-def check_types(values: dict[str, Any], annotated: Any, where: str = "") -> None:
-    """Raise ConfigError naming the first value that does not fit the annotation of its name
-    on ``annotated`` (a dataclass such as a method's ``Params``, or a function's keyword
-    arguments): ``k: 4.5`` for an int, ``lr: nan`` or ``lr: fast`` for a float,
-    ``structured: "no"`` for a bool. Names without an annotation are not checked."""
-    try:
-        hints = typing.get_type_hints(annotated)
-    except Exception:  # a plugin's annotations that cannot be resolved: leave them unchecked
-        return
-    for key, value in values.items():
-        hint = hints.get(key)
-        if hint is not None and not _fits(value, hint):
-            fraction = " or a fraction like '5/9'" if _accepts_float(hint) and isinstance(value, str) else ""
-            prefix = f"{where}: " if where else ""
-            raise ConfigError(f"{prefix}{key}: expected {_type_name(hint)}{fraction}, got {value!r}")
-
-
-def normalize_params(params: Any) -> Any:
-    """Give every number of a float-typed parameter one form, so one setting has one run key.
-
-    An int becomes a float (``0`` and ``0.0``) and a fraction string becomes its float value
-    (``"5/9"`` and ``0.5555555555555556``, as the papers write β). Other values are kept.
-    """
-    hints = typing.get_type_hints(type(params))
-    for f in dataclasses.fields(params):
-        value = getattr(params, f.name)
-        if not _accepts_float(hints.get(f.name)) or isinstance(value, bool):
-            continue
-        if isinstance(value, int):
-            setattr(params, f.name, float(value))
-        elif isinstance(value, str):
-            try:
-                setattr(params, f.name, float(Fraction(value.strip())))
-            except (ValueError, ZeroDivisionError):
-                raise ConfigError(f"{f.name}: expected a number or a fraction like '5/9', got {value!r}") from None
-    return params
 
 
 def parse_beta(value: float | str) -> float:

@@ -47,8 +47,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from fairsqueeze.errors import ConfigError
-from fairsqueeze.training import Batch, Trainer, TrainConfig
+from fairsqueeze.core.errors import ConfigError
+from fairsqueeze.engine.training import Batch, Trainer
+from fairsqueeze.spec.train import TrainConfig
 
 from .base import Method, MethodContext, Outcome, register_method
 from .toolbox.group_surrogates import SURROGATES, cell_means, false_alarm, miss

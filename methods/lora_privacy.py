@@ -37,12 +37,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from fairsqueeze.errors import ConfigError
-from fairsqueeze.hashing import array_hash, config_hash
-from fairsqueeze.models import cached_weights_path
-from fairsqueeze.tasks import Split, cache_root, content_digest
-from fairsqueeze.training import Batch, Trainer, TrainConfig
-from fairsqueeze.vision import torchvision
+from fairsqueeze.core.errors import ConfigError
+from fairsqueeze.core.hashing import array_hash, config_hash
+from fairsqueeze.models.base import cached_weights_path
+from fairsqueeze.datasets.base import Split, cache_root, content_digest
+from fairsqueeze.engine.training import Batch, Trainer
+from fairsqueeze.spec.train import TrainConfig
+from fairsqueeze.core.vision import torchvision
 
 from .base import Method, MethodContext, Outcome, register_method
 from .toolbox.lora import (

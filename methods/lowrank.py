@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fairsqueeze.errors import ConfigError
-from fairsqueeze.models import resolve_layer
+from fairsqueeze.core.errors import ConfigError
+from fairsqueeze.models.base import resolve_layer
 
 from .base import Method, MethodContext, Outcome, checked_beta, parse_beta, register_method
 from .svd import check_ranks, target_layers

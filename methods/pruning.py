@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fairsqueeze.errors import ConfigError
+from fairsqueeze.core.errors import ConfigError
 
 from .base import Method, MethodContext, Outcome, checked_beta, parse_beta, register_method
 from .toolbox.curvature import ESTIMATORS, prunable_weights

@@ -54,8 +54,9 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from fairsqueeze.errors import ConfigError
-from fairsqueeze.training import Batch, Trainer, TrainConfig
+from fairsqueeze.core.errors import ConfigError
+from fairsqueeze.engine.training import Batch, Trainer
+from fairsqueeze.spec.train import TrainConfig
 
 from .base import Method, MethodContext, Outcome, checked_beta, parse_beta, register_method
 from .toolbox import curvature
@@ -241,7 +242,7 @@ class _Checkpoints:
     def _fairest_within_tolerance(self) -> dict:
         """The tuning module's rule on the kept epochs: the lowest unfairness among those within
         ``tolerance`` accuracy points of the best (ties: higher accuracy, then earlier epoch)."""
-        from fairsqueeze.tuning import fairest_above
+        from fairsqueeze.spec.tuning import fairest_above
 
         records = [r for r, _ in self.kept]
         frame = pd.DataFrame({"number": [r["epoch"] for r in records],

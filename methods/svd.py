@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from fairsqueeze.errors import ConfigError
-from fairsqueeze.models import linear_layers, resolve_layer
+from fairsqueeze.core.errors import ConfigError
+from fairsqueeze.models.base import linear_layers, resolve_layer
 
 from .base import Method, MethodContext, Outcome, register_method
 from .toolbox.factorize import FactorizedLinear, checked_rank, replace_module

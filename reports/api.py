@@ -16,8 +16,8 @@ import re
 
 import pandas as pd
 
-from fairsqueeze.errors import FairsqueezeError
-from fairsqueeze.store import Store
+from fairsqueeze.core.errors import FairsqueezeError
+from fairsqueeze.store.database import Store
 
 from .columns import add_derived
 from .data import Results, load

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from fairsqueeze.metrics import metric_def
+from fairsqueeze.measure.metrics import metric_def
 
 UTILITY = "accuracy"  # the utility axis of every plot and of the leaderboard
 EODDS = "eodds_diff"  # derived per run from stored metrics: max(deo, fpr_diff)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fairsqueeze.biascard import format_bias_card, is_underfit
+from fairsqueeze.measure.biascard import format_bias_card, is_underfit
 
 from . import export, figures, overview
 from .columns import UTILITY, headline_gap

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import inspect, select, text
 
-from fairsqueeze.store import Store
+from fairsqueeze.store.database import Store
 
 PER_GROUP = ("precision", "recall", "f1")
 HEADLINE = ("eopp0", "eopp1", "eodd", "dp_diff", "fpr_diff", "accuracy")
@@ -79,7 +79,7 @@ def suite_values(store: Store, suite: str | None, split: str | None = None) -> p
     the footprint) of the finished runs of ``suite`` (all suites when None). One query that
     selects the runs itself rather than a list of keys: faster than thousands of bound
     parameters, and a suite may hold more runs than SQL takes parameters."""
-    from fairsqueeze.store import footprint, members, metrics, runs
+    from fairsqueeze.store.database import footprint, members, metrics, runs
 
     table = metrics if split is not None else footprint
     query = select(table.c.run_key, table.c.name, table.c.value)

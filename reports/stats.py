@@ -74,7 +74,7 @@ def clip_interval(mean: float, half: float, bounds: tuple[float, float] | None) 
 def metric_bounds(key: str, num_classes: int = 2) -> tuple[float, float] | None:
     """The range a metric's value lies in: [0, 1] for rates and gaps, [0, K] or [0, 2K] for
     the sum forms, [0, 2] for the L1 parity distance; None for counts and costs."""
-    from fairsqueeze.metrics import metric_def
+    from fairsqueeze.measure.metrics import metric_def
 
     try:
         kind = metric_def(key).kind

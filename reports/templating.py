@@ -5,7 +5,7 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from fairsqueeze.studies import short_params
+from fairsqueeze.store.studies import short_params
 
 from .stats import metric_bounds
 

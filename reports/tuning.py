@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from fairsqueeze.studies import short_params
+from fairsqueeze.store.studies import short_params
 
 from . import figures
 from .data import Results

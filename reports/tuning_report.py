@@ -14,8 +14,8 @@ import optuna
 import pandas as pd
 from sqlalchemy import MetaData, Table, inspect, select
 
-from fairsqueeze.store import Store
-from fairsqueeze.studies import pareto_front, short_params, trials_frame
+from fairsqueeze.store.database import Store
+from fairsqueeze.store.studies import pareto_front, short_params, trials_frame
 
 from .stats import estimate
 

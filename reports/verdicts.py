@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from fairsqueeze.biascard import is_underfit
+from fairsqueeze.measure.biascard import is_underfit
 
 from .columns import is_binary
 from .stats import detectable_effect, holm, paired_deltas, paired_t

@@ -4,6 +4,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from fairsqueeze.cli.plugins import load_plugins
+
+load_plugins()  # the test helpers are an entry point of the program, as the command line is
+
 torch.set_num_threads(1)  # tests run beside each other on small machines; keep them predictable
 # `run` computes in this process unless a test asks for --jobs: the tests share the machine's
 # cores

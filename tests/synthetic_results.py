@@ -8,7 +8,7 @@ import hashlib
 import numpy as np
 import pandas as pd
 
-from fairsqueeze.metrics import compute_metrics
+from fairsqueeze.measure.metrics import compute_metrics
 from fairsqueeze.reports.data import Results
 
 # (method, entry label, params, sweep, flip probability per group, compression ratio);
@@ -92,7 +92,7 @@ def write_store(results: Results, store, suite: str = "synthetic") -> None:
     predictions."""
     import json
 
-    from fairsqueeze import store as schema
+    from fairsqueeze.store import database as schema
 
     done = results.runs.drop_duplicates("run_key")
     with store.engine.begin() as conn:

@@ -24,7 +24,7 @@ from typing import Callable
 
 import pytest
 
-from fairsqueeze.cli import main
+from fairsqueeze.cli.main import main
 
 DIGITS = "seeds: [0]\ntrain: {epochs: 1}\ntasks: [{name: digits, options: {target: parity}}]\n" \
          "models: [{name: mlp, options: {hidden: [32, 16]}}]\n"
@@ -330,7 +330,7 @@ def test_the_real_command_line_gives_the_same_line(isolated, monkeypatch, capsys
     case = next(r for r in ROWS if r.id == "duplicate seeds")
     write(isolated, case.files)
     argv = [a.replace("{tmp}", str(isolated)) for a in case.argv]
-    done = subprocess.run([sys.executable, "-m", "fairsqueeze.cli", *argv], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "fairsqueeze.cli.main", *argv], capture_output=True, text=True,
                           cwd=isolated, env={**os.environ, "FAIRSQUEEZE_CACHE": str(isolated / "cache")}, timeout=300)
     code, err, _ = run_main(argv, monkeypatch, capsys)
     assert (done.returncode, done.stderr) == (code, err) == (2, done.stderr)

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from fairsqueeze.biascard import bias_card, format_bias_card, is_underfit
-from fairsqueeze.tasks import Split, TaskData
+from fairsqueeze.measure.biascard import bias_card, format_bias_card, is_underfit
+from fairsqueeze.datasets.base import Split, TaskData
 
 
 def task(train_y, train_s, val_y, val_s, classes=2):

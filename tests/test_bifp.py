@@ -6,13 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from fairsqueeze.footprint import footprint
-from fairsqueeze.methods import METHODS, MethodContext
+from fairsqueeze.measure.footprint import footprint
+from fairsqueeze.core.registry import METHODS
+from fairsqueeze.methods import MethodContext
 from fairsqueeze.methods.bifp import BiFP, BilevelTrainer, accuracy_gap, lth_sparsity
 from fairsqueeze.methods.toolbox.masks import remove_filters
 from fairsqueeze.methods.toolbox.score_masks import ScoreMasks, TopKStraightThrough
-from fairsqueeze.tasks import Split, TaskData
-from fairsqueeze.training import TrainConfig, train_model
+from fairsqueeze.datasets.base import Split, TaskData
+from fairsqueeze.spec.train import TrainConfig
+from fairsqueeze.engine.training import train_model
 
 
 def context(model, task, seed=0):
@@ -140,7 +142,7 @@ def _bip_score_gradients(model, masks, objective, batch, lr2):
 @pytest.mark.parametrize("structured", [False, True])
 def test_implicit_gradient_term_is_bips_product_of_score_gradients(structured):
     from fairsqueeze.methods.bifp import FairObjective
-    from fairsqueeze.training import Batch
+    from fairsqueeze.engine.training import Batch
 
     task = minority_rule_task(n=64)
     torch.manual_seed(0)

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from fairsqueeze.cli import main
-from fairsqueeze.methods import METHODS, Method, Outcome
-from fairsqueeze.registry_loader import load_plugins
+from fairsqueeze.cli.main import main
+from fairsqueeze.core.registry import METHODS
+from fairsqueeze.methods import Method, Outcome
+from fairsqueeze.cli.plugins import load_plugins
 from fairsqueeze.testing import CHECKS, check_conformance
 
 load_plugins()
@@ -55,7 +56,7 @@ class ReadsTestByRebuilding(_Planted):
     """Rebuilds its task from the registry and reads the test labels."""
 
     def apply(self, ctx):
-        from fairsqueeze.tasks import build_task
+        from fairsqueeze.datasets.base import build_task
 
         task = build_task("digits", None, target="parity")
         _ = task.test.y
@@ -66,7 +67,7 @@ class ReadsTestAndHidesIt(_Planted):
     """Tries the test split, swallows the error and returns the model unchanged."""
 
     def apply(self, ctx):
-        from fairsqueeze.tasks import build_task
+        from fairsqueeze.datasets.base import build_task
 
         try:
             build_task("digits", None, target="parity").test.x[:1]

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from fairsqueeze.methods import METHODS, Method, Outcome
+from fairsqueeze.core.registry import METHODS
+from fairsqueeze.methods import Method, Outcome
 from fairsqueeze.methods.toolbox.factorize import FactorizedLinear
 from fairsqueeze.methods.toolbox.quantize import CodedLinear
-from fairsqueeze.store import Store
+from fairsqueeze.store.database import Store
 from fairsqueeze.testing import CHECKS, check_conformance
 
 DOC = Path(__file__).resolve().parents[1] / "CONTRIBUTING.md"
@@ -118,7 +119,7 @@ def test_out_of_tree_plugin_is_discovered_and_conforms(isolated, installed_plugi
     # and from the command line, in a fresh process that sees the installed package
     env = {**os.environ, "PYTHONPATH": str(site), "FAIRSQUEEZE_CACHE": str(isolated / "cli-cache")}
     cli = subprocess.run(
-        [sys.executable, "-m", "fairsqueeze.cli", "check-plugin", "layer_magnitude_prune",
+        [sys.executable, "-m", "fairsqueeze.cli.main", "check-plugin", "layer_magnitude_prune",
          "--params", json.dumps({"sparsity": 0.3})],
         capture_output=True, text=True, env=env, cwd=isolated,
     )

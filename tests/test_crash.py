@@ -11,9 +11,9 @@ import time
 import pandas as pd
 import pytest
 
-from fairsqueeze.cli import main
+from fairsqueeze.cli.main import main
 from fairsqueeze.reports.results import metric_table, suite_runs
-from fairsqueeze.store import Store
+from fairsqueeze.store.database import Store
 
 SUITE = """\
 name: crash
@@ -47,10 +47,10 @@ KILLER = textwrap.dedent("""\
 """)
 
 PHASES = {
-    "dense training": ("fairsqueeze.training", "Trainer.step", 20),
+    "dense training": ("fairsqueeze.engine.training", "Trainer.step", 20),
     "a method": ("fairsqueeze.methods.lowrank", "FairLRF.row_scores", 1),
-    "evaluation": ("fairsqueeze.execute", "evaluate_outcome", 3),
-    "a database write": ("fairsqueeze.store", "_pack", 4),  # inside finish_run's transaction
+    "evaluation": ("fairsqueeze.engine.execute", "evaluate_outcome", 3),
+    "a database write": ("fairsqueeze.store.database", "_pack", 4),  # inside finish_run's transaction
 }
 
 
@@ -74,7 +74,7 @@ def cli_env(cache) -> dict:
 def child(args, cache, killer=None):
     if args[0] == "run":  # the killers patch this process: compute here, not in --jobs processes
         args = [*args, "--jobs", "1"]
-    script = ["-c", KILLER, *killer] if killer else ["-m", "fairsqueeze.cli"]
+    script = ["-c", KILLER, *killer] if killer else ["-m", "fairsqueeze.cli.main"]
     return subprocess.run([sys.executable, *script, *args], env=cli_env(cache), capture_output=True, text=True)
 
 
@@ -116,7 +116,7 @@ def test_a_kill_during_each_phase_resumes_to_the_same_results(tmp_path, referenc
 def test_kills_at_random_points_resume_to_the_same_results(tmp_path, reference):
     (tmp_path / "s.yaml").write_text(SUITE)
     db = f"sqlite:///{tmp_path}/k.db"
-    args = [sys.executable, "-m", "fairsqueeze.cli", "run", str(tmp_path / "s.yaml"), "--db", db, "--quiet"]
+    args = [sys.executable, "-m", "fairsqueeze.cli.main", "run", str(tmp_path / "s.yaml"), "--db", db, "--quiet"]
     rng = random.Random(7)
     for _ in range(6):
         proc = subprocess.Popen(args, env=cli_env(tmp_path / "cache"), stdout=subprocess.DEVNULL,
@@ -134,7 +134,7 @@ def test_an_interrupted_suite_then_another_suite_on_the_same_database(tmp_path, 
     (tmp_path / "o.yaml").write_text(other)
     db = f"sqlite:///{tmp_path}/k.db"
     killed = child(["run", str(tmp_path / "s.yaml"), "--db", db, "--quiet"], tmp_path / "cache",
-                   killer=["fairsqueeze.execute", "evaluate_outcome", "4"])
+                   killer=["fairsqueeze.engine.execute", "evaluate_outcome", "4"])
     assert killed.returncode == -signal.SIGKILL
     assert child(["run", str(tmp_path / "o.yaml"), "--db", db, "--quiet"], tmp_path / "cache").returncode == 0
     store = Store(db)

@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 
 from fairsqueeze.datasets import celeba, fitzpatrick, images, utkface
-from fairsqueeze.errors import ConfigError, DatasetMissing
-from fairsqueeze.tasks import CACHE_ENV, DATA_ENV
+from fairsqueeze.core.errors import ConfigError, DatasetMissing
+from fairsqueeze.datasets.base import CACHE_ENV, DATA_ENV
 
 DATA = Path(os.environ[DATA_ENV]) if os.environ.get(DATA_ENV) else None
 
@@ -166,7 +166,7 @@ def test_train_transform_flips_each_image_independently():
 
 
 def test_train_jitter_matches_torchvision_per_image():
-    from fairsqueeze.vision import torchvision  # noqa: F401
+    from fairsqueeze.core.vision import torchvision  # noqa: F401
     from torchvision.transforms.v2 import functional as F
 
     x = torch.rand(4, 3, 8, 8)

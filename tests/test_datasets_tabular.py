@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from fairsqueeze.datasets import adult, compas, german, tabular
-from fairsqueeze.errors import ConfigError, DatasetMissing
-from fairsqueeze.tasks import TASKS, build_task, data_root
+from fairsqueeze.core.errors import ConfigError, DatasetMissing
+from fairsqueeze.core.registry import TASKS
+from fairsqueeze.datasets.base import build_task, data_root
 
 MODULES = {"adult": adult, "compas": compas, "german": german}
 

@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 
 from tiny import tiny_suite
-from fairsqueeze.cli import main
-from fairsqueeze.methods import METHODS, Method, Outcome
-from fairsqueeze.metrics import compute_metrics
-from fairsqueeze.reference import checkpoint_path
+from fairsqueeze.cli.main import main
+from fairsqueeze.core.registry import METHODS
+from fairsqueeze.methods import Method, Outcome
+from fairsqueeze.measure.metrics import compute_metrics
+from fairsqueeze.engine.reference import checkpoint_path
 from fairsqueeze.reports.results import results_tables
-from fairsqueeze.runner import Runner, resolve_device
-from fairsqueeze.store import Store
+from fairsqueeze.engine.runner import Runner, resolve_device
+from fairsqueeze.store.database import Store
 
 
 def runner_for(tmp, **kw):
@@ -164,7 +165,7 @@ def test_device_choice():
 
 
 def test_a_failing_dense_reference_fails_its_runs_only(isolated, monkeypatch):
-    import fairsqueeze.execute as execute_module
+    import fairsqueeze.engine.execute as execute_module
 
     def broken(spec, task, device):
         raise MemoryError("out of memory")

@@ -7,13 +7,14 @@ import pytest
 import torch
 
 from tiny import tiny_suite
-from fairsqueeze.execute import Computer, execute_run, execute_trial, prepare_reference
-from fairsqueeze.methods import METHODS, Method, Outcome
-from fairsqueeze.plan import plan_suite
-from fairsqueeze.suite import MethodEntry
-from fairsqueeze import tasks
-from fairsqueeze.tasks import data_root
-from fairsqueeze.tuning import parse_tuning
+from fairsqueeze.engine.execute import Computer, execute_run, execute_trial, prepare_reference
+from fairsqueeze.core.registry import METHODS
+from fairsqueeze.methods import Method, Outcome
+from fairsqueeze.engine.plan import plan_suite
+from fairsqueeze.spec.entries import MethodEntry
+from fairsqueeze.datasets import base as tasks
+from fairsqueeze.datasets.base import data_root
+from fairsqueeze.spec.tuning import parse_tuning
 
 CPU = torch.device("cpu")
 # one method per family, and every family whose outcome depends on the method seed (scoring
@@ -81,7 +82,7 @@ class _ThreadPeek(Method):
         pass
 
     def apply(self, ctx):
-        from fairsqueeze.tasks import build_task
+        from fairsqueeze.datasets.base import build_task
 
         seen = []
 
@@ -130,8 +131,8 @@ def test_the_computer_reuses_its_dense_reference_and_reports_it_once(dense, isol
 def test_split_metrics_is_what_a_trial_is_scored_on(dense):
     """The helper a method uses to pick among its checkpoints on validation gives the metrics
     the engine scores a trial with (same predictions, same definitions)."""
-    from fairsqueeze.evaluate import split_metrics
-    from fairsqueeze.execute import score_on_validation
+    from fairsqueeze.measure.evaluate import split_metrics
+    from fairsqueeze.engine.execute import score_on_validation
 
     _, task, _, reference = dense
     tune = parse_tuning({"trials": 1}, True)

@@ -4,12 +4,13 @@ import pytest
 import torch
 from torch import nn
 
-from fairsqueeze.metrics import compute_metrics
-from fairsqueeze.methods import METHODS, MethodContext
+from fairsqueeze.measure.metrics import compute_metrics
+from fairsqueeze.core.registry import METHODS
+from fairsqueeze.methods import MethodContext
 from fairsqueeze.methods.fairalm import ALMObjective, group_rates
 from fairsqueeze.methods.toolbox.group_surrogates import false_alarm, miss
-from fairsqueeze.tasks import Split, TaskData
-from fairsqueeze.training import Batch
+from fairsqueeze.datasets.base import Split, TaskData
+from fairsqueeze.engine.training import Batch
 
 
 def planted_bias_task(n=2000, seed=0):
@@ -180,7 +181,7 @@ def test_after_step_runs_once_per_batch_under_inner_steps():
     """The trainer's hook runs after each batch's step; FairALM's dual step needs it once per
     batch, after all inner primal steps (Algorithm 2), not after each of them."""
     from fairsqueeze.methods.fairalm import InnerStepTrainer
-    from fairsqueeze.training import TrainConfig
+    from fairsqueeze.spec.train import TrainConfig
 
     task = planted_bias_task(n=200)
     calls, steps = [], []

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fairsqueeze.cli import main
+from fairsqueeze.cli.main import main
 from fairsqueeze.datasets.fetch import check, fetch
 from fairsqueeze.datasets.sources import SOURCES, RemoteFile
 
@@ -113,7 +113,7 @@ def test_fetch_tabular_sets_verifies_them_and_a_rerun_downloads_nothing(mirror, 
     assert main(["data", "fetch", *TABULAR, "--data-root", str(tmp_path)]) == 0
     assert mirror.hits == hits and capsys.readouterr().out == ""  # everything verified, nothing fetched
 
-    from fairsqueeze.tasks import build_task
+    from fairsqueeze.datasets.base import build_task
 
     task = build_task("german", tmp_path)  # the loader reads the fetched layout
     assert len(task.train) + len(task.val) + len(task.test) == 1000

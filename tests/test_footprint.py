@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from fairsqueeze.errors import ConfigError
-from fairsqueeze.footprint import compression_ratio, footprint, measure_latency, serialized_size
+from fairsqueeze.core.errors import ConfigError
+from fairsqueeze.measure.footprint import compression_ratio, footprint, measure_latency, serialized_size
 from fairsqueeze.methods.toolbox.factorize import FactorizedLinear, replace_module
-from fairsqueeze.models import create_model
+from fairsqueeze.models.base import create_model
 
 FC2 = "classifier.fc2"
 FACTORS = (f"{FC2}.first.weight", f"{FC2}.second.weight")

@@ -6,8 +6,8 @@ import logging
 import pandas as pd
 import pytest
 
-from fairsqueeze.cli import main
-from fairsqueeze.methods import METHODS
+from fairsqueeze.cli.main import main
+from fairsqueeze.core.registry import METHODS
 
 
 def run_cli(capsys, *args) -> tuple[int, str]:
@@ -36,7 +36,7 @@ def default_slice() -> dict:
     """The default suite's fastest slice: digits with the MLP, every method entry, one seed."""
     import yaml
 
-    from fairsqueeze.suite import resolve_suite_path
+    from fairsqueeze.spec.suite import resolve_suite_path
 
     data = yaml.safe_load(resolve_suite_path("default").read_text())
     data["seeds"] = [0]
@@ -51,9 +51,9 @@ def default_slice() -> dict:
 
 def test_the_same_suite_twice_gives_identical_stored_metrics(tmp_path, monkeypatch):
     from fairsqueeze.reports.results import metric_table, suite_runs
-    from fairsqueeze.runner import Runner, resolve_device
-    from fairsqueeze.store import Store
-    from fairsqueeze.suite import parse_suite
+    from fairsqueeze.engine.runner import Runner, resolve_device
+    from fairsqueeze.store.database import Store
+    from fairsqueeze.spec.suite import parse_suite
 
     monkeypatch.setenv("FAIRSQUEEZE_QUIET", "1")
     tables = []
@@ -76,8 +76,8 @@ def test_a_model_that_outputs_nan_fails_its_run_and_the_suite_goes_on(isolated, 
 
     from tiny import tiny_suite
     from fairsqueeze.methods import Method, Outcome
-    from fairsqueeze.runner import Runner, resolve_device
-    from fairsqueeze.store import Store
+    from fairsqueeze.engine.runner import Runner, resolve_device
+    from fairsqueeze.store.database import Store
 
     class Poison(Method):
         """Puts a NaN into the first weight."""
@@ -108,7 +108,7 @@ SUITE_V2 = SUITE_V1.replace("k: 4}", "k: 8}")
 
 
 def test_a_changed_suite_is_refused_naming_the_key_and_redefine_keeps_the_old_runs_as_a_version(isolated, capsys):
-    from fairsqueeze.store import Store
+    from fairsqueeze.store.database import Store
 
     v1, v2 = isolated / "v1.yaml", isolated / "v2.yaml"
     v1.write_text(SUITE_V1)
@@ -138,9 +138,9 @@ def test_a_changed_suite_is_refused_naming_the_key_and_redefine_keeps_the_old_ru
 
 
 def test_the_first_definition_is_recorded_before_any_run_so_a_second_worker_is_refused(tmp_path):
-    from fairsqueeze.runner import suite_definition
-    from fairsqueeze.store import Store, StoreError
-    from fairsqueeze.suite import parse_suite
+    from fairsqueeze.engine.runner import suite_definition
+    from fairsqueeze.store.database import Store, StoreError
+    from fairsqueeze.spec.suite import parse_suite
 
     import yaml
 

@@ -96,8 +96,8 @@ def test_no_import_circles_in_fairsqueeze():
 def test_the_run_path_goes_down_the_layers():
     """CLI -> suite -> plan -> execute -> store: the engine's lower layers never import upwards."""
     edges = graph()
-    upper = {"fairsqueeze.cli", "fairsqueeze.runner", "fairsqueeze.worker", "fairsqueeze.jobs"}
-    for lower in ("fairsqueeze.execute", "fairsqueeze.plan", "fairsqueeze.suite", "fairsqueeze.store",
-                  "fairsqueeze.tuning", "fairsqueeze.reference"):
+    upper = {"fairsqueeze.cli.main", "fairsqueeze.engine.runner", "fairsqueeze.engine.worker", "fairsqueeze.engine.jobs"}
+    for lower in ("fairsqueeze.engine.execute", "fairsqueeze.engine.plan", "fairsqueeze.spec.suite", "fairsqueeze.store.database",
+                  "fairsqueeze.spec.tuning", "fairsqueeze.engine.reference"):
         assert not edges[lower] & upper, (lower, edges[lower] & upper)
-    assert "fairsqueeze.execute" not in edges["fairsqueeze.store"] | edges["fairsqueeze.plan"]
+    assert "fairsqueeze.engine.execute" not in edges["fairsqueeze.store.database"] | edges["fairsqueeze.engine.plan"]

@@ -14,15 +14,16 @@ import yaml
 from test_datasets_tabular import adult_rows
 from test_paper_suites import CHEAP, write_fitzpatrick
 from tiny import tiny_suite
-from fairsqueeze.cli import main
-from fairsqueeze.errors import FairsqueezeError
-from fairsqueeze.methods import METHODS, Method, Outcome
-from fairsqueeze.reference import checkpoint_path, dense_reference
+from fairsqueeze.cli.main import main
+from fairsqueeze.core.errors import FairsqueezeError
+from fairsqueeze.core.registry import METHODS
+from fairsqueeze.methods import Method, Outcome
+from fairsqueeze.engine.reference import checkpoint_path, dense_reference
 from fairsqueeze.reports.results import results_tables, suite_runs
-from fairsqueeze.runner import Runner, plan_suite, resolve_device
-from fairsqueeze.store import Store, StoreError
-from fairsqueeze.suite import parse_suite, resolve_suite_path
-from fairsqueeze.tasks import Split, TaskData, build_task, check_task
+from fairsqueeze.engine.runner import Runner, plan_suite, resolve_device
+from fairsqueeze.store.database import Store, StoreError
+from fairsqueeze.spec.suite import parse_suite, resolve_suite_path
+from fairsqueeze.datasets.base import Split, TaskData, build_task, check_task
 
 DATA = os.environ.get("FAIRSQUEEZE_DATA", "data")
 

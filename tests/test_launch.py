@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fairsqueeze.cli import main
-from fairsqueeze.launch import SuiteStatus, WorkerJob, make_executor, Resources, submit, suite_status
+from fairsqueeze.cli.main import main
+from fairsqueeze.cli.launch import SuiteStatus, WorkerJob, make_executor, Resources, submit, suite_status
 from test_workers_pg import outcome
 
 TESTS = Path(__file__).parent

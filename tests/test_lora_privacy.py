@@ -7,17 +7,18 @@ import pytest
 import torch
 from torch import nn
 
-from fairsqueeze.errors import ConfigError
-from fairsqueeze.methods import METHODS, MethodContext
+from fairsqueeze.core.errors import ConfigError
+from fairsqueeze.core.registry import METHODS
+from fairsqueeze.methods import MethodContext
 from fairsqueeze.methods.lora_privacy import (
     AdapterMessage, Channel, WithheldColumn, fit_probe, imagenet_backbone, split_roles,
 )
 from fairsqueeze.methods.toolbox.lora import (
     LoraSpec, adapter_layout, attach, export_adapter, import_adapter, negate_into,
 )
-from fairsqueeze.models import cached_weights_path, create_model
-from fairsqueeze.tasks import Split, TaskData
-from fairsqueeze.vision import torchvision
+from fairsqueeze.models.base import cached_weights_path, create_model
+from fairsqueeze.datasets.base import Split, TaskData
+from fairsqueeze.core.vision import torchvision
 
 CPU = torch.device("cpu")
 
@@ -345,7 +346,8 @@ def test_the_fallback_backbone_learns_from_the_developer_share_only(monkeypatch,
     same model; flipping the auditor's labels changes nothing; the run's info names it."""
     from fairsqueeze.methods.lora_privacy import SideView
     from fairsqueeze.methods.toolbox.reinit import reinitialise
-    from fairsqueeze.training import Trainer, TrainConfig
+    from fairsqueeze.engine.training import Trainer
+    from fairsqueeze.spec.train import TrainConfig
 
     task = planted_task()
     dense = mlp(task)

@@ -15,13 +15,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fairsqueeze.errors import ConfigError
-from fairsqueeze.footprint import compression_ratio, footprint
-from fairsqueeze.methods import METHODS, MethodContext, Predictions
+from fairsqueeze.core.errors import ConfigError
+from fairsqueeze.measure.footprint import compression_ratio, footprint
+from fairsqueeze.core.registry import METHODS
+from fairsqueeze.methods import MethodContext, Predictions
 from fairsqueeze.methods.toolbox import factorize
 from fairsqueeze.methods.toolbox.factorize import FactorizedLinear
-from fairsqueeze.models import create_model
-from fairsqueeze.tasks import Split, TaskData
+from fairsqueeze.models.base import create_model
+from fairsqueeze.datasets.base import Split, TaskData
 
 CPU = torch.device("cpu")
 

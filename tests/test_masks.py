@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fairsqueeze.methods.toolbox.masks import apply_masks, current_masks, finalize_masks, remove_filters
-from fairsqueeze.models import create_model
+from fairsqueeze.models.base import create_model
 
 
 def mlp() -> nn.Sequential:

@@ -1,4 +1,4 @@
-"""Tests for fairsqueeze.metrics against hand arithmetic, scikit-learn and Fairlearn."""
+"""Tests for fairsqueeze.measure.metrics against hand arithmetic, scikit-learn and Fairlearn."""
 from __future__ import annotations
 
 import math
@@ -11,9 +11,8 @@ import pytest
 from sklearn.metrics import (accuracy_score, f1_score, multilabel_confusion_matrix,
                              precision_score, recall_score)
 
-from fairsqueeze import metrics as M
-from fairsqueeze.metrics import (METRICS, EmptyCellWarning, GroupSetWarning, compute_metrics,
-                                 equal_opportunity, metric_def, per_group_table)
+from fairsqueeze.measure import metrics as M
+from fairsqueeze.measure.metrics import METRICS, EmptyCellWarning, GroupSetWarning, compute_metrics, equal_opportunity, metric_def, per_group_table
 
 fairlearn_metrics = pytest.importorskip("fairlearn.metrics")
 

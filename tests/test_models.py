@@ -7,11 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from fairsqueeze.errors import ConfigError, UnknownName
-from fairsqueeze.footprint import footprint
-from fairsqueeze.models import MODELS, cached_weights_path, create_model, linear_layers, resolve_layer
+from fairsqueeze.core.errors import ConfigError, UnknownName
+from fairsqueeze.measure.footprint import footprint
+from fairsqueeze.core.registry import MODELS
+from fairsqueeze.models.base import cached_weights_path, create_model, linear_layers, resolve_layer
 from fairsqueeze.methods.toolbox.factorize import FactorizedLinear, replace_module
-from fairsqueeze.vision import torchvision
+from fairsqueeze.core.vision import torchvision
 
 SMALL_IMAGE = (3, 32, 32)
 

@@ -10,7 +10,7 @@ from torch import nn
 from torch.func import functional_call
 
 from fairsqueeze.methods.toolbox.curvature import APPROXIMATIONS, ESTIMATORS, network_curvature, prunable_weights
-from fairsqueeze.models import create_model
+from fairsqueeze.models.base import create_model
 
 DTYPE = torch.float64
 BACKENDS = ["backpack", "autograd"]

@@ -11,12 +11,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from fairsqueeze.cli import main
+from fairsqueeze.cli.main import main
 from fairsqueeze.datasets.images import decoded_total
 from fairsqueeze.reports.results import footprint_table, suite_runs
-from fairsqueeze.runner import Runner, resolve_device
-from fairsqueeze.store import Store
-from fairsqueeze.suite import parse_suite, resolve_suite_path
+from fairsqueeze.engine.runner import Runner, resolve_device
+from fairsqueeze.store.database import Store
+from fairsqueeze.spec.suite import parse_suite, resolve_suite_path
 
 DATA = os.environ.get("FAIRSQUEEZE_DATA", "data")
 

@@ -10,12 +10,12 @@ from torch import nn
 
 from test_lowrank import make_ctx, make_task
 from test_network_curvature import hessian_diag
-from fairsqueeze.errors import ConfigError
-from fairsqueeze.footprint import compression_ratio, csr_bytes, footprint
-from fairsqueeze.methods import METHODS
+from fairsqueeze.core.errors import ConfigError
+from fairsqueeze.measure.footprint import compression_ratio, csr_bytes, footprint
+from fairsqueeze.core.registry import METHODS
 from fairsqueeze.methods.toolbox.pruning import filter_layers, prune_filters, prune_weights, select_smallest
 from fairsqueeze.methods.toolbox.scores import GroupSaliency, HeadSaliency, Magnitude, Scores
-from fairsqueeze.models import create_model
+from fairsqueeze.models.base import create_model
 
 DTYPE = torch.float64
 
@@ -202,7 +202,7 @@ def test_fairprune_keeps_what_the_unprivileged_group_needs():
 def planted_groups_task(n=48, seed=0):
     """Group 0 sees feature 0 only, group 1 feature 1 only (the other is exactly zero), so a
     first-layer weight on feature c has curvature on group c's rows and none on the other's."""
-    from fairsqueeze.tasks import Split, TaskData
+    from fairsqueeze.datasets.base import Split, TaskData
 
     rng = np.random.default_rng(seed)
 

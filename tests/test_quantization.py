@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from test_lowrank import make_ctx, make_task, mlp
-from fairsqueeze.errors import ConfigError
-from fairsqueeze.footprint import compression_ratio, footprint
-from fairsqueeze.methods import METHODS
+from fairsqueeze.core.errors import ConfigError
+from fairsqueeze.measure.footprint import compression_ratio, footprint
+from fairsqueeze.core.registry import METHODS
 from fairsqueeze.methods import quantization as fq
 from fairsqueeze.methods.toolbox import curvature
 from fairsqueeze.methods.toolbox import scores as scores_module
@@ -29,7 +29,7 @@ from fairsqueeze.methods.toolbox.quantize import (
     unpack_mask,
 )
 from fairsqueeze.methods.toolbox.factorize import replace_module
-from fairsqueeze.models import create_model
+from fairsqueeze.models.base import create_model
 
 # --------------------------------------------------------------------------- 1. codecs
 
@@ -418,8 +418,8 @@ def test_checkpoint_policies_choose_on_validation():
 def test_checkpoint_validation_is_the_engines_evaluation(fq_model, fq_data):
     """The recorded validation metrics of the last epoch are the engine's: its prediction
     loop and compute_metrics on the returned model (the last epoch is chosen)."""
-    from fairsqueeze.evaluate import predict
-    from fairsqueeze.metrics import compute_metrics
+    from fairsqueeze.measure.evaluate import predict
+    from fairsqueeze.measure.metrics import compute_metrics
 
     out = run_fq(fq_model, fq_data, epochs=2, scoring_size=24, curvature_batch_size=8, checkpoint="last")
     val = fq_data.val

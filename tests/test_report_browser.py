@@ -6,7 +6,7 @@ import pytest
 from browser import chromium_page, screenshot_dir
 from synthetic_results import make_results, write_store
 from fairsqueeze.reports.data import load
-from fairsqueeze.store import Store
+from fairsqueeze.store.database import Store
 from fairsqueeze.leaderboard.site import build_leaderboard
 from fairsqueeze.reports.html import build_report
 
@@ -153,7 +153,7 @@ def test_leaderboard_in_the_browser(pages, width):
 
 
 def test_tuning_section_in_the_browser(tuned_db, tmp_path):
-    from fairsqueeze.cli import main
+    from fairsqueeze.cli.main import main
 
     db, name = tuned_db
     assert main(["report", name, "--db", db, "--out", str(tmp_path / "report")]) == 0

@@ -15,7 +15,7 @@ from scipy import stats
 from synthetic_results import make_results
 from fairsqueeze.leaderboard import ranking, significance
 from fairsqueeze.reports.hypervolume import hypervolume, reference_point
-from fairsqueeze.metrics import compute_metrics
+from fairsqueeze.measure.metrics import compute_metrics
 from fairsqueeze.reports import export
 from fairsqueeze.reports.columns import EODDS
 from fairsqueeze.reports.stats import estimate
@@ -99,7 +99,7 @@ def test_binary_and_multiclass_columns(tables):
     multi = {c.key: c for c in tables[5].columns}
     assert {"eopp0", "eopp1", "eodd"} <= set(multi) and multi["eodd_sum"].detail == "detail-sum"
     assert "deo" not in multi
-    from fairsqueeze.metrics import metric_def
+    from fairsqueeze.measure.metrics import metric_def
 
     assert multi["eopp1"].description == metric_def("eopp1").description
 
@@ -239,7 +239,7 @@ def test_a_twin_pair_in_different_tiers_is_shown_across_tiers_with_a_note():
 def test_store_round_trip_gives_the_same_tables(results, tmp_path):
     from synthetic_results import write_store
     from fairsqueeze.reports.data import load
-    from fairsqueeze.store import Store
+    from fairsqueeze.store.database import Store
 
     store = Store(f"sqlite:///{tmp_path}/s.db")
     write_store(results, store)
@@ -256,10 +256,10 @@ def test_cli_writes_both_pages_for_a_real_suite(isolated, capsys):
     """A real stored suite (dense + a swept SVD on the file-less digits task) through the
     commands a user types: run prints the headline; report and leaderboard write pages."""
     from tiny import tiny_suite
-    from fairsqueeze.cli import main
+    from fairsqueeze.cli.main import main
     from fairsqueeze.reports.terminal import WIDTH
-    from fairsqueeze.runner import Runner, resolve_device
-    from fairsqueeze.store import Store
+    from fairsqueeze.engine.runner import Runner, resolve_device
+    from fairsqueeze.store.database import Store
 
     db = f"sqlite:///{isolated}/r.db"
     suite = tiny_suite(["dense", {"name": "truncated_svd", "params": {"layer": "fc2"}, "sweep": {"k": [2, 8]}}],
@@ -289,7 +289,7 @@ def test_cli_writes_both_pages_for_a_real_suite(isolated, capsys):
 def _registry_catalogue() -> pd.DataFrame:
     """What the store records with each run: the method's family and registry position, for
     the built-in methods (other tests register planted plugins in the same process)."""
-    from fairsqueeze.methods import METHODS
+    from fairsqueeze.core.registry import METHODS
 
     names = [m for m in METHODS.names() if METHODS.get(m).__module__.startswith("fairsqueeze.methods.")]
     return pd.DataFrame({"method": names, "family": [METHODS.get(m).family for m in names],
@@ -404,9 +404,9 @@ def test_run_details_are_nested_tables_with_readable_numbers(results, tmp_path):
 
 def test_a_hostile_suite_name_stays_in_one_folder_and_every_export_is_escaped(results, tmp_path, monkeypatch):
     from synthetic_results import write_store
-    from fairsqueeze.cli import main
+    from fairsqueeze.cli.main import main
     from fairsqueeze.reports.export import report_folder, slug
-    from fairsqueeze.store import Store
+    from fairsqueeze.store.database import Store
 
     for bad in ("../../etc", "..", "a/b", "<script>alert(1)</script>", ".hidden", ""):
         folder = report_folder(bad)

@@ -10,7 +10,7 @@ from synthetic_results import make_results, write_store
 import fairsqueeze
 from fairsqueeze.reports import export
 from fairsqueeze.reports.tables import comparisons
-from fairsqueeze.store import Store
+from fairsqueeze.store.database import Store
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_runs_carry_the_reading_side_flags_and_a_missing_database_is_one_clear_e
     assert set(runs["status"]) == {"done", "failed"}
     collapse = runs[runs["method"] == "collapse"]
     assert collapse["flags"].map(lambda f: "degenerate" in f).all()
-    from fairsqueeze.errors import FairsqueezeError
+    from fairsqueeze.core.errors import FairsqueezeError
 
     with pytest.raises(FairsqueezeError, match="no database"):
         fairsqueeze.open_results(f"sqlite:///{tmp_path}/none.db")

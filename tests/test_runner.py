@@ -3,11 +3,11 @@ import pandas as pd
 import pytest
 
 from tiny import tiny_suite
-from fairsqueeze.jobs import interleaved
-from fairsqueeze.plan import plan_suite
-from fairsqueeze.runner import Runner, resolve_device
-from fairsqueeze.store import Store
-from fairsqueeze.tasks import data_root
+from fairsqueeze.engine.jobs import interleaved
+from fairsqueeze.engine.plan import plan_suite
+from fairsqueeze.engine.runner import Runner, resolve_device
+from fairsqueeze.store.database import Store
+from fairsqueeze.datasets.base import data_root
 
 METHODS = [
     "dense",
@@ -53,7 +53,7 @@ def test_runs_alternate_between_dense_references():
 
 
 def test_a_bad_jobs_value_is_one_line(capsys):
-    from fairsqueeze.cli import main
+    from fairsqueeze.cli.main import main
 
     with pytest.raises(SystemExit) as exit_:
         main(["run", "default", "--jobs", "0"])
@@ -67,7 +67,7 @@ def test_run_reports_its_wall_time_and_phases(isolated, capsys):
 
     import yaml
 
-    from fairsqueeze.cli import main
+    from fairsqueeze.cli.main import main
     from fairsqueeze.testing import tiny_suite_definition
 
     (isolated / "s.yaml").write_text(yaml.safe_dump(tiny_suite_definition(METHODS[:2], epochs=1)))

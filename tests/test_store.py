@@ -3,8 +3,8 @@ import sqlite3
 
 import pytest
 
-from fairsqueeze.cli import main
-from fairsqueeze.store import Store, StoreError, masked, sqlite_single_writer
+from fairsqueeze.cli.main import main
+from fairsqueeze.store.database import Store, StoreError, masked, sqlite_single_writer
 from tiny import tiny_suite
 
 WRONG = "postgresql+psycopg://someone:WRONG-secret@127.0.0.1:1/nowhere"
@@ -41,9 +41,9 @@ def test_the_single_writer_guard_follows_the_file_through_a_symlink_and_leaves_n
 
 
 def test_runs_record_the_method_family_and_registry_position(isolated):
-    from fairsqueeze.methods import METHODS
-    from fairsqueeze.runner import Runner, resolve_device
-    from fairsqueeze.tasks import data_root
+    from fairsqueeze.core.registry import METHODS
+    from fairsqueeze.engine.runner import Runner, resolve_device
+    from fairsqueeze.datasets.base import data_root
 
     store = Store(f"sqlite:///{isolated}/f.db")
     Runner(store, data_root(), resolve_device("cpu")).run(

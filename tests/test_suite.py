@@ -3,8 +3,8 @@ import textwrap
 
 import pytest
 
-from fairsqueeze.errors import ConfigError
-from fairsqueeze.suite import bundled_suites, load_suite, parse_suite
+from fairsqueeze.core.errors import ConfigError
+from fairsqueeze.spec.suite import bundled_suites, load_suite, parse_suite
 
 
 def write(tmp_path, text):

@@ -4,10 +4,11 @@ import pytest
 import torch
 from torch import nn
 
-from fairsqueeze.convergence import majority_rate, underfit_flag
-from fairsqueeze.errors import ConfigError
-from fairsqueeze.tasks import Split, TaskData
-from fairsqueeze.training import EarlyStopping, Trainer, TrainConfig, cross_entropy, train_reference
+from fairsqueeze.measure.convergence import majority_rate, underfit_flag
+from fairsqueeze.core.errors import ConfigError
+from fairsqueeze.datasets.base import Split, TaskData
+from fairsqueeze.engine.training import EarlyStopping, Trainer, cross_entropy, train_reference
+from fairsqueeze.spec.train import TrainConfig
 
 
 def toy_task(n0=60, n1=20):
@@ -194,8 +195,8 @@ def test_a_dense_reference_refuses_zero_epochs():
 
 
 def test_a_suite_with_zero_dense_epochs_is_refused_in_one_line():
-    from fairsqueeze.errors import FairsqueezeError
-    from fairsqueeze.suite import parse_suite
+    from fairsqueeze.core.errors import FairsqueezeError
+    from fairsqueeze.spec.suite import parse_suite
 
     suite = {"name": "s", "seeds": [0], "train": {"epochs": 0}, "tasks": ["digits"], "models": ["mlp"],
              "methods": ["dense"]}
@@ -208,7 +209,7 @@ def test_a_suite_with_zero_dense_epochs_is_refused_in_one_line():
 
 
 def test_the_stopping_rule_is_part_of_the_training_hash():
-    from fairsqueeze.hashing import config_hash
+    from fairsqueeze.core.hashing import config_hash
 
     fixed = TrainConfig(epochs=10)
     assert "patience" not in fixed.identity()  # a fixed protocol keeps the hash it always had

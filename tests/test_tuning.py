@@ -7,14 +7,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from fairsqueeze.cli import main
-from fairsqueeze.errors import ConfigError
-from fairsqueeze.store import Store
-from fairsqueeze.suite import parse_suite
-from fairsqueeze.tuning import Policy, best_utility, fairest_above, fairest_within, trial_params, trials_frame, utopia
+from fairsqueeze.cli.main import main
+from fairsqueeze.core.errors import ConfigError
+from fairsqueeze.store.database import Store
+from fairsqueeze.spec.suite import parse_suite
+from fairsqueeze.spec.tuning import Policy, best_utility, fairest_above, fairest_within, utopia
+from fairsqueeze.store.studies import trial_params, trials_frame
 from fairsqueeze.reports.tuning_report import selections_frame
-from fairsqueeze.store import sqlite_single_writer
-from fairsqueeze.worker import MAX_TRIAL_ATTEMPTS
+from fairsqueeze.store.database import sqlite_single_writer
+from fairsqueeze.engine.worker import MAX_TRIAL_ATTEMPTS
 
 
 def frame(rows):
@@ -190,7 +191,7 @@ def test_a_sequential_study_is_reproducible_from_its_sampler_seed(isolated):
 def test_tpe_without_constant_liar_samples_the_same_sequential_trials_with_fewer_reads():
     """The engine turns TPE's constant liar off (a study's trials never overlap): the trials are
     the same as with it on, and TPE reads the study's trials once per trial, not per parameter."""
-    from fairsqueeze.tuning import SamplerSpec
+    from fairsqueeze.spec.tuning import SamplerSpec
 
     def run(spec):
         storage = optuna.storages.InMemoryStorage()
@@ -215,8 +216,9 @@ def test_nothing_on_the_tuning_path_reads_the_test_split(isolated, monkeypatch, 
     a single attempt to read it, while a method that reaches for it fails its trial."""
     from dataclasses import dataclass
 
-    from fairsqueeze.methods import METHODS, Method, Outcome
-    from fairsqueeze.tasks import TestSplitSealed, build_task, test_split_violations
+    from fairsqueeze.core.registry import METHODS
+    from fairsqueeze.methods import Method, Outcome
+    from fairsqueeze.datasets.base import TestSplitSealed, build_task, test_split_violations
 
     seen = []
 
@@ -295,8 +297,8 @@ def test_trials_frame_reads_constraints_and_flags(isolated):
 
 
 def registered_methods():
-    from fairsqueeze.methods import METHODS
-    from fairsqueeze.registry_loader import load_plugins
+    from fairsqueeze.core.registry import METHODS
+    from fairsqueeze.cli.plugins import load_plugins
 
     load_plugins()
     return METHODS.names()
@@ -308,8 +310,8 @@ def test_every_method_s_search_space_gives_valid_params_that_fit_the_model(name)
     pass the method's own validation and fit the conformance test's tiny MLP."""
     from dataclasses import asdict
 
-    from fairsqueeze.methods import METHODS
-    from fairsqueeze.models import create_model
+    from fairsqueeze.core.registry import METHODS
+    from fairsqueeze.models.base import create_model
     from test_conformance import TINY_PARAMS
 
     cls = METHODS.get(name)
@@ -335,12 +337,12 @@ def test_a_trial_is_scored_on_validation_and_flagged_like_a_run():
     dense model carry the engine's flags, a model that changes some predictions does not."""
     import torch
 
-    from fairsqueeze.footprint import footprint
+    from fairsqueeze.measure.footprint import footprint
     from fairsqueeze.methods import Predictions
-    from fairsqueeze.metrics import compute_metrics
-    from fairsqueeze.tasks import Preparer, Split
-    from fairsqueeze.execute import score_on_validation
-    from fairsqueeze.tuning import parse_tuning
+    from fairsqueeze.measure.metrics import compute_metrics
+    from fairsqueeze.datasets.base import Preparer, Split
+    from fairsqueeze.engine.execute import score_on_validation
+    from fairsqueeze.spec.tuning import parse_tuning
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 4)).astype(np.float32)
@@ -396,10 +398,10 @@ def test_the_progress_bar_counts_runs_trials_and_selected_runs(isolated, monkeyp
 
     from tqdm import tqdm
 
-    from fairsqueeze import worker as worker_module
-    from fairsqueeze.runner import Runner, plan_suite, resolve_device
-    from fairsqueeze.suite import load_suite
-    from fairsqueeze.tasks import data_root
+    from fairsqueeze.engine import worker as worker_module
+    from fairsqueeze.engine.runner import Runner, plan_suite, resolve_device
+    from fairsqueeze.spec.suite import load_suite
+    from fairsqueeze.datasets.base import data_root
 
     bars = []
 

@@ -10,13 +10,13 @@ from scipy import stats
 from sqlalchemy import create_engine, func, inspect, select, table
 
 from tuned import POLICIES
-from fairsqueeze.cli import main
+from fairsqueeze.cli.main import main
 from fairsqueeze.reports import figures
 from fairsqueeze.reports.data import load
 from fairsqueeze.reports.palette import palette
 from fairsqueeze.reports.tuning import _unequal
-from fairsqueeze.store import Store
-from fairsqueeze.tuning import Policy
+from fairsqueeze.store.database import Store
+from fairsqueeze.spec.tuning import Policy
 
 POLICY_LABELS = sorted(Policy.parse(p).label for p in POLICIES)
 
@@ -215,7 +215,7 @@ def test_a_flagged_trial_on_the_front_is_named_as_such():
 
 
 def test_front_params_are_the_searched_ones_on_one_short_line():
-    from fairsqueeze.tuning import short_params
+    from fairsqueeze.store.studies import short_params
     from fairsqueeze.reports.tuning_report import front_table
 
     study = optuna.create_study(directions=["maximize", "minimize"])

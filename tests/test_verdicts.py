@@ -139,7 +139,7 @@ def test_a_claim_without_its_methods_is_untested_and_says_which_is_missing():
 
 
 def test_the_packaged_claims_name_their_sources_and_known_methods():
-    from fairsqueeze.methods import METHODS
+    from fairsqueeze.core.registry import METHODS
 
     claims = load_claims()
     assert len({c.id for c in claims}) == len(claims) >= 6

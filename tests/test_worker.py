@@ -8,8 +8,8 @@ import optuna
 import pytest
 import yaml
 
-from fairsqueeze.cli import main
-from fairsqueeze.store import Store
+from fairsqueeze.cli.main import main
+from fairsqueeze.store.database import Store
 from fairsqueeze.reports.tuning_report import selections_frame
 
 SUITE = {
@@ -72,7 +72,7 @@ def uninterrupted(tmp_path_factory):
 def test_a_failed_trial_is_retried_in_its_slot_and_does_not_use_the_budget(isolated, uninterrupted, monkeypatch):
     """The second trial raises once: it is retried with the same params and seed, the study
     still gets 4 complete trials, and they equal an uninterrupted study's."""
-    import fairsqueeze.worker as worker
+    import fairsqueeze.engine.worker as worker
 
     original, calls = worker.execute_trial, [0]
 
@@ -107,7 +107,7 @@ def test_a_study_killed_mid_trial_resumes_to_the_uninterrupted_trials(isolated, 
     args = ["run", write(isolated), "--db", db, "--quiet", "--jobs", "1"]
     killed = subprocess.run([sys.executable, "-c", KILL_AT_TRIAL, "3", *args], env=env, capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    resumed = subprocess.run([sys.executable, "-m", "fairsqueeze.cli", *args], env=env, capture_output=True, text=True)
+    resumed = subprocess.run([sys.executable, "-m", "fairsqueeze.cli.main", *args], env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert failed_trials(db) == 1  # the attempt that died
     assert complete_trials(db) == complete_trials(uninterrupted)

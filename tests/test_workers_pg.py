@@ -11,11 +11,11 @@ import optuna
 import pytest
 import yaml
 
-from fairsqueeze.store import Store
+from fairsqueeze.store.database import Store
 from fairsqueeze.reports.tuning_report import selections_frame
 
 TESTS = Path(__file__).parent
-WORKER = "import sys, sleepy_plugin; from fairsqueeze.cli import main; sys.exit(main(sys.argv[1:]))"
+WORKER = "import sys, sleepy_plugin; from fairsqueeze.cli.main import main; sys.exit(main(sys.argv[1:]))"
 
 
 def write_suite(tmp_path, methods, seeds=(0,), trials=3, name="pg"):
@@ -44,7 +44,7 @@ def start_worker(suite, url, cache, sleep_s=0.0, marker=None):
 
 def work_here(suite, url, cache, monkeypatch, capsys):
     """One worker in this process (saves a interpreter start on a busy machine)."""
-    from fairsqueeze.cli import main
+    from fairsqueeze.cli.main import main
 
     monkeypatch.setenv("FAIRSQUEEZE_CACHE", str(cache))
     monkeypatch.setenv("FAIRSQUEEZE_QUIET", "1")

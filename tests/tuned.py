@@ -32,7 +32,7 @@ def tuned_suite(folder: Path, name: str = "tuned-report") -> tuple[str, str]:
             {"name": "slr_w", "params": {"layer": "fc2", "k": 8}, "tune": {"trials": 3}},
         ],
     }
-    from fairsqueeze.cli import main
+    from fairsqueeze.cli.main import main
 
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(suite))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fairsqueeze.errors import ConfigError
+from fairsqueeze.core.errors import ConfigError
 
 
 class FactorizedLinear(nn.Module):

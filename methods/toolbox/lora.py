@@ -18,12 +18,12 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from fairsqueeze.errors import ConfigError
-from fairsqueeze.models import linear_layers
+from fairsqueeze.core.errors import ConfigError
+from fairsqueeze.models.base import linear_layers
 
 
 def _peft():
-    from fairsqueeze import vision  # noqa: F401  (torchvision must import before transformers does)
+    from fairsqueeze.core import vision  # noqa: F401  (torchvision must import before transformers does)
     import peft
 
     return peft

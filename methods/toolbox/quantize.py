@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fairsqueeze.errors import ConfigError
+from fairsqueeze.core.errors import ConfigError
 
 SCHEMES = ("pow2", "int8_sym")
 

@@ -48,7 +48,7 @@ def scoring_groups(ctx, size: int | None, unprivileged_group: int | None, who: s
 
     ``unprivileged_group`` ``None`` means the group the dense model does worse on (validation).
     """
-    from fairsqueeze.errors import ConfigError
+    from fairsqueeze.core.errors import ConfigError
 
     sets = ctx.scoring_sets(size)
     if len(sets) != 2:

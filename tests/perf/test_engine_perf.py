@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from fairsqueeze.evaluate import predict
-from fairsqueeze.models import create_model
-from fairsqueeze.tasks import build_task
+from fairsqueeze.measure.evaluate import predict
+from fairsqueeze.models.base import create_model
+from fairsqueeze.datasets.base import build_task
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -25,11 +25,11 @@ import pandas as pd
 import pytest
 
 from fairsqueeze.datasets.images import decoded_total
-from fairsqueeze.runner import Runner, plan_suite, resolve_device
-from fairsqueeze.store import Store
-from fairsqueeze.suite import load_suite
-from fairsqueeze.tasks import data_root
-from fairsqueeze.training import Trainer
+from fairsqueeze.engine.runner import Runner, plan_suite, resolve_device
+from fairsqueeze.store.database import Store
+from fairsqueeze.spec.suite import load_suite
+from fairsqueeze.datasets.base import data_root
+from fairsqueeze.engine.training import Trainer
 
 BENCH_BUDGET_S = 600  # make bench: run, report and leaderboard
 RESUME_ROUNDS = 3
@@ -43,7 +43,7 @@ def cpu_seconds() -> float:
 
 def cli(*args: str, env: dict) -> float:
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "fairsqueeze.cli", *args], env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "fairsqueeze.cli.main", *args], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     return time.perf_counter() - started
 

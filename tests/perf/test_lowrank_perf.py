@@ -48,8 +48,8 @@ from fairsqueeze.methods.base import MethodContext, Predictions
 from fairsqueeze.methods.lowrank import FairLRF
 from fairsqueeze.methods.toolbox.curvature import features_before, per_group_curvature
 from fairsqueeze.methods.toolbox.factorize import FactorizedLinear, replace_module, truncated_svd
-from fairsqueeze.models import create_model
-from fairsqueeze.tasks import Split, TaskData
+from fairsqueeze.models.base import create_model
+from fairsqueeze.datasets.base import Split, TaskData
 
 FC2 = "classifier.fc2"  # the layer FairLRF compresses
 NUM_CLASSES = 114  # Fitzpatrick-17k, FairLRF's k = 64 setting

@@ -24,7 +24,7 @@ import torch
 from fairsqueeze.methods.toolbox.curvature import network_curvature, prunable_weights
 from fairsqueeze.methods.toolbox.pruning import filter_layers, prune_filters, prune_weights
 from fairsqueeze.methods.toolbox.scores import GroupSaliency, Magnitude
-from fairsqueeze.models import create_model
+from fairsqueeze.models.base import create_model
 
 SHAPE = (3, 32, 32)
 CLASSES = 10

@@ -23,11 +23,12 @@ import torch
 from test_lowrank_perf import timed_rounds
 from torch import nn
 
-from fairsqueeze.methods import METHODS, MethodContext, Predictions
+from fairsqueeze.core.registry import METHODS
+from fairsqueeze.methods import MethodContext, Predictions
 from fairsqueeze.methods.toolbox.factorize import replace_module
 from fairsqueeze.methods.toolbox.quantize import coded_layer, fit_codec
-from fairsqueeze.models import create_model
-from fairsqueeze.tasks import Split, TaskData
+from fairsqueeze.models.base import create_model
+from fairsqueeze.datasets.base import Split, TaskData
 
 SEED = 0
 CASES = {  # model: (input shape, classes, batch)

@@ -26,7 +26,7 @@ from synthetic_results import ENTRIES, make_results, write_store
 from fairsqueeze.leaderboard.site import build_leaderboard
 from fairsqueeze.reports.data import load
 from fairsqueeze.reports.html import build_report
-from fairsqueeze.store import Store
+from fairsqueeze.store.database import Store
 
 DEFAULT_DB = Path("results/fairsqueeze.db")
 
@@ -130,7 +130,7 @@ def test_the_big_report_opens_fast_and_is_written_in_little_memory(benchmark, bi
     # the peak of this interpreter's own memory (VmHWM): ru_maxrss would keep the peak of the
     # forked copy of pytest that started it, since Linux carries maxrss across exec
     code = ("import sys; sys.path[:0] = ['tests', 'tests/perf'];"
-            "from fairsqueeze.store import Store; from test_report_perf import read_all;"
+            "from fairsqueeze.store.database import Store; from test_report_perf import read_all;"
             "from fairsqueeze.reports.html import build_report; from fairsqueeze.leaderboard.site import build_leaderboard;"
             f"r = read_all(Store('sqlite:///{folder}/big.db'));"
             f"build_report(r, 'synthetic', '{out}/report'); build_leaderboard(r, '{out}/board');"

@@ -32,11 +32,11 @@ import optuna
 import pytest
 import yaml
 
-from fairsqueeze.runner import Runner, plan_suite, resolve_device
-from fairsqueeze.store import Store
-from fairsqueeze.suite import resolve_suite_path
-from fairsqueeze.tasks import data_root
-from fairsqueeze.worker import Worker
+from fairsqueeze.engine.runner import Runner, plan_suite, resolve_device
+from fairsqueeze.store.database import Store
+from fairsqueeze.spec.suite import resolve_suite_path
+from fairsqueeze.datasets.base import data_root
+from fairsqueeze.engine.worker import Worker
 
 MIN_SPEEDUP = 1.7
 MAX_OVERHEAD = 0.05
@@ -64,9 +64,9 @@ def suite_file(tmp_path: Path, name: str = "perf") -> Path:
 
 def warm_cache(path: Path, url: str) -> None:
     """Train the dense references once, so both timed sides start from the same warm cache."""
-    from fairsqueeze.suite import load_suite
+    from fairsqueeze.spec.suite import load_suite
 
-    from fairsqueeze.execute import prepare_reference
+    from fairsqueeze.engine.execute import prepare_reference
 
     plan = plan_suite(load_suite(str(path)), data_root())
     for spec in plan.studies:
@@ -75,7 +75,7 @@ def warm_cache(path: Path, url: str) -> None:
 
 def run_workers(path: Path, url: str, n: int) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FAIRSQUEEZE_QUIET": "1"}
-    code = "import sys, torch; torch.set_num_threads(1); from fairsqueeze.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys, torch; torch.set_num_threads(1); from fairsqueeze.cli.main import main; sys.exit(main(sys.argv[1:]))"
     args = [sys.executable, "-c", code, "worker", str(path), "--db", url, "--device", "cpu", "--quiet"]
     procs = [subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True) for _ in range(n)]
     for p in procs:
@@ -131,9 +131,9 @@ def optuna_alone(plan, url: str) -> dict[str, float]:
     """The reference: Optuna's own cost for the same studies. Same storage (the store's), samplers,
     search spaces and trial records (the constraint and the result attribute), but the objective
     does no work. Returns seconds per method label."""
-    from fairsqueeze.execute import TrialResult
-    from fairsqueeze.methods import METHODS
-    from fairsqueeze.tuning import record
+    from fairsqueeze.engine.execute import TrialResult
+    from fairsqueeze.core.registry import METHODS
+    from fairsqueeze.engine.trials import record
 
     storage = Store(url).optuna_storage()
     seconds: dict[str, float] = {}
@@ -178,7 +178,7 @@ def test_per_trial_overhead_outside_method_and_evaluation(benchmark, postgres_se
     Optuna's own cost for the same studies (no-op objective) measured side by side."""
     import torch
 
-    from fairsqueeze.suite import load_suite
+    from fairsqueeze.spec.suite import load_suite
 
     torch.set_num_threads(1)
     path = cpu_tuning_suite_on_adult(perf_env)

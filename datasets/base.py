@@ -18,9 +18,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .errors import ConfigError, DatasetMissing, FairsqueezeError
-from .hashing import array_hash, config_hash
-from .registry import Registry
+from fairsqueeze.core.errors import ConfigError, DatasetMissing, FairsqueezeError
+from fairsqueeze.core.hashing import array_hash, config_hash
+from fairsqueeze.core.params import check_options
+from fairsqueeze.core.registry import TASKS
 
 DATA_ENV = "FAIRSQUEEZE_DATA"
 
@@ -217,7 +218,6 @@ class TaskSpec:
     files: tuple[str, ...] = ()  # paths under the data root; empty = needs no files
 
 
-TASKS: Registry[TaskSpec] = Registry("task")
 
 
 def register_task(name: str, description: str, files: Sequence[str] = ()):
@@ -241,17 +241,6 @@ def require_file(path: Path, hint: str = "") -> Path:
             f"dataset file not found: {path}{extra}; set --data-root or {DATA_ENV} to the folder that holds it"
         )
     return path
-
-
-def check_options(func: Callable[..., Any], options: dict[str, Any], what: str) -> None:
-    """Raise ConfigError naming the first option that ``func`` does not accept."""
-    params = inspect.signature(func).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return
-    known = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY or p.default is not p.empty]
-    for key in options:
-        if key not in known:
-            raise ConfigError(f"{what}: unknown option {key!r} (known: {', '.join(known)})")
 
 
 def build_task(name: str, root: Path | None = None, **options: Any) -> TaskData:

@@ -5,14 +5,14 @@ import argparse
 import logging
 import sys
 
-from .commands import check_gpu_request, print_tables, cmd_run, cmd_worker
-from .errors import FairsqueezeError
+from fairsqueeze.cli.commands import check_gpu_request, print_tables, cmd_run, cmd_worker
+from fairsqueeze.core.errors import FairsqueezeError
 
 log = logging.getLogger("fairsqueeze")
 
 
 def _add_store(p: argparse.ArgumentParser) -> None:
-    from .store import DEFAULT_URL
+    from fairsqueeze.store.database import DEFAULT_URL
 
     p.add_argument("--db", default=DEFAULT_URL, help=f"SQLAlchemy database URL (default {DEFAULT_URL})")
 
@@ -121,35 +121,35 @@ def _jobs(text: str) -> int:
 
 
 def cmd_list(args) -> int:
-    from .registry_loader import load_plugins
+    from fairsqueeze.cli.plugins import load_plugins
 
     load_plugins()
     if args.what == "tasks":
-        from .tasks import TASKS
+        from fairsqueeze.core.registry import TASKS
 
         for name in TASKS.names():
             print(f"{name:16s} {TASKS.get(name).description}")
     elif args.what == "models":
-        from .models import MODELS
+        from fairsqueeze.core.registry import MODELS
 
         for name in MODELS.names():
             print(f"{name:16s} {MODELS.get(name).description}")
     elif args.what == "methods":
-        from fairsqueeze.methods import METHODS
+        from fairsqueeze.core.registry import METHODS
 
         for name in METHODS.names():
             cls = METHODS.get(name)
             doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
             print(f"{name:16s} [{cls.family}] {doc}")
     else:
-        from .suite import bundled_suites
+        from fairsqueeze.spec.suite import bundled_suites
 
         print("\n".join(bundled_suites()))
     return 0
 
 
 def cmd_fronts(args) -> int:
-    from .store import Store
+    from fairsqueeze.store.database import Store
     from fairsqueeze.reports.tuning_report import format_fronts
 
     print(format_fronts(Store(args.db, read_only=True), args.suite))
@@ -157,7 +157,7 @@ def cmd_fronts(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from .store import Store
+    from fairsqueeze.store.database import Store
 
     print_tables(Store(args.db, read_only=True), args.suite, args.split)
     return 0
@@ -165,7 +165,7 @@ def cmd_show(args) -> int:
 
 def _suite_name(text: str) -> str:
     """A bundled suite or a suite file stands for the name it declares."""
-    from .suite import load_suite
+    from fairsqueeze.spec.suite import load_suite
 
     try:
         return load_suite(text).name
@@ -178,7 +178,7 @@ def cmd_report(args) -> int:
     from fairsqueeze.reports.export import report_folder
     from fairsqueeze.reports.html import build_report
 
-    from .store import Store
+    from fairsqueeze.store.database import Store
 
     name = _suite_name(args.suite)
     results = load(Store(args.db, read_only=True), name, args.split)
@@ -191,8 +191,8 @@ def cmd_report(args) -> int:
 def cmd_check_plugin(args) -> int:
     import json
 
-    from .errors import ConfigError
-    from .testing import check_conformance
+    from fairsqueeze.core.errors import ConfigError
+    from fairsqueeze.testing import check_conformance
 
     try:
         params = json.loads(args.params)
@@ -210,7 +210,7 @@ def cmd_leaderboard(args) -> int:
     from fairsqueeze.leaderboard.site import build_leaderboard
     from fairsqueeze.reports.data import load
 
-    from .store import Store
+    from fairsqueeze.store.database import Store
 
     print(f"leaderboard: {build_leaderboard(load(Store(args.db, read_only=True)), args.out)}")
     return 0
@@ -221,7 +221,7 @@ def cmd_data(args) -> int:
     dataset is not present or any checked one is corrupt."""
     from fairsqueeze.datasets.fetch import check, fetch, sources
 
-    from .tasks import data_root
+    from fairsqueeze.datasets.base import data_root
 
     root = data_root(args.data_root)
     chosen = sources(args.names)
@@ -239,8 +239,8 @@ def cmd_data(args) -> int:
 def cmd_launch(args) -> int:
     from pathlib import Path
 
-    from .launch import Resources, WorkerJob, make_executor, print_jobs, submit, suite_status
-    from .suite import load_suite, resolve_suite_path
+    from fairsqueeze.cli.launch import Resources, WorkerJob, make_executor, print_jobs, submit, suite_status
+    from fairsqueeze.spec.suite import load_suite, resolve_suite_path
 
     if args.status:  # a suite file, a bundled suite or just the name it is stored under
         print("\n".join(suite_status(args.db, _suite_name(args.suite)).lines()))
@@ -268,7 +268,7 @@ def cmd_launch(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "jobs", 0) is None:
-        from .jobs import default_jobs
+        from fairsqueeze.engine.jobs import default_jobs
 
         args.jobs = default_jobs()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fairsqueeze: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # a database failing mid-way is one line too; anything else is a bug
-        from .store import database_error, is_database_error
+        from fairsqueeze.store.database import database_error, is_database_error
 
         if not is_database_error(exc):
             raise

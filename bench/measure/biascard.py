@@ -17,13 +17,15 @@ without positives) is undefined (NaN), never 0, and does not count towards the f
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from .metrics import per_group_table
-from .tasks import TaskData
+from fairsqueeze.measure.metrics import per_group_table
+
+if TYPE_CHECKING:  # a type hint only: the bias card reads arrays, and the pages import this module
+    from fairsqueeze.datasets.base import TaskData
 
 ACCURACY_GAP = 0.02
 RATE_GAP = 0.05

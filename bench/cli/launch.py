@@ -21,8 +21,8 @@ import submitit
 from sqlalchemy import create_engine, inspect
 from sqlalchemy.exc import SQLAlchemyError
 
-from .errors import FairsqueezeError
-from .store import Store
+from fairsqueeze.core.errors import FairsqueezeError
+from fairsqueeze.store.database import Store
 
 EXECUTORS = ("slurm", "local")
 STATES = ("pending", "running", "done", "failed")
@@ -53,7 +53,7 @@ class WorkerJob(submitit.helpers.Checkpointable):
     def __call__(self, index: int = 0) -> int:
         import argparse
 
-        from .commands import cmd_worker
+        from fairsqueeze.cli.commands import cmd_worker
 
         args = argparse.Namespace(command="worker", suite=self.suite, db=self.db, device=self.device,
                                   data_root=self.data_root, quiet=False, skip_missing_data=False,

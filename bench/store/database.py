@@ -70,8 +70,8 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from .errors import FairsqueezeError
-from .hashing import config_hash
+from fairsqueeze.core.errors import FairsqueezeError
+from fairsqueeze.core.hashing import config_hash
 
 DEFAULT_URL = "sqlite:///results/fairsqueeze.db"
 DB_LOCK_KEY = 0x66737164  # PostgreSQL advisory-lock id of Store.lock

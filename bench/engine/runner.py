@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from .errors import FairsqueezeError
-from .execute import Computed, Computer, run_row
-from .jobs import compute_in_processes, interleaved
-from .plan import Plan, plan_suite, suite_definition  # noqa: F401  (plan_suite: the runner's public API)
-from .progress import progress_bar
-from .store import Store
-from .suite import RunSpec, Suite
+from fairsqueeze.core.errors import FairsqueezeError
+from fairsqueeze.engine.execute import Computed, Computer, run_row
+from fairsqueeze.engine.jobs import compute_in_processes, interleaved
+from fairsqueeze.engine.plan import Plan, plan_suite, suite_definition  # noqa: F401  (plan_suite: the runner's public API)
+from fairsqueeze.core.progress import progress_bar
+from fairsqueeze.store.database import Store
+from fairsqueeze.spec.entries import RunSpec, Suite
 
 log = logging.getLogger("fairsqueeze")
 

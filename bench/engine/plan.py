@@ -11,11 +11,11 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError, DatasetMissing
-from .plugins import create_method
-from .reference import build_untrained
-from .suite import RunSpec, Suite
-from .tasks import TaskData, build_task, check_task
+from fairsqueeze.core.errors import ConfigError, DatasetMissing
+from fairsqueeze.core.registry import create_method
+from fairsqueeze.engine.reference import build_untrained
+from fairsqueeze.spec.entries import RunSpec, Suite
+from fairsqueeze.datasets.base import TaskData, build_task, check_task
 
 log = logging.getLogger("fairsqueeze")
 

@@ -21,17 +21,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from .biascard import bias_card
-from .errors import FairsqueezeError
-from .evaluate import predict
-from .footprint import compression_ratio, footprint, measure_latency, serialized_size
-from .metrics import compute_metrics
-from .plugins import create_method, method_identity
-from .reference import dense_reference
-from .store import RunResult
-from .suite import RunSpec
-from .tasks import TaskData, build_task, sealed_test_split, test_split_violations
-from .tuning import TuneSpec
+from fairsqueeze.measure.biascard import bias_card
+from fairsqueeze.core.errors import FairsqueezeError
+from fairsqueeze.measure.evaluate import predict
+from fairsqueeze.measure.footprint import compression_ratio, footprint, measure_latency, serialized_size
+from fairsqueeze.measure.metrics import compute_metrics
+from fairsqueeze.core.registry import create_method, method_identity
+from fairsqueeze.engine.reference import dense_reference
+from fairsqueeze.store.database import RunResult
+from fairsqueeze.spec.entries import RunSpec
+from fairsqueeze.datasets.base import TaskData, build_task, sealed_test_split, test_split_violations
+from fairsqueeze.spec.tuning import TuneSpec
 
 log = logging.getLogger("fairsqueeze")
 

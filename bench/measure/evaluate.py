@@ -5,9 +5,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import FairsqueezeError
-from .metrics import compute_metrics
-from .tasks import Split
+from fairsqueeze.core.errors import FairsqueezeError
+from fairsqueeze.measure.metrics import compute_metrics
+from fairsqueeze.datasets.base import Split
 
 
 class NonFiniteOutput(FairsqueezeError):

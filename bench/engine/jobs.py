@@ -10,6 +10,7 @@ plugin already in memory. With CUDA they are spawned (a CUDA context does not su
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import multiprocessing
 import os
@@ -22,9 +23,9 @@ from typing import Iterator
 
 import torch
 
-from .execute import Computed, Computer
-from .suite import RunSpec
-from .tasks import TaskData
+from fairsqueeze.engine.execute import Computed, Computer
+from fairsqueeze.spec.entries import RunSpec
+from fairsqueeze.datasets.base import TaskData
 
 _computer: list[Computer] = []  # the one Computer of a job process
 
@@ -43,15 +44,15 @@ def compute_threads(device: torch.device) -> int:
     return 1 if device.type == "cpu" else torch.get_num_threads()
 
 
-def _start(data_root: str, device: str, threads: int, log_level: int, tasks: dict) -> None:
-    from .progress import set_quiet
-    from .registry_loader import load_plugins
+def _start(data_root: str, device: str, threads: int, log_level: int, tasks: dict, plugins: list[str]) -> None:
+    from fairsqueeze.core.progress import set_quiet
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # an interrupt is the calling process's to handle
     torch.set_num_threads(threads)
     logging.basicConfig(level=log_level, format="%(levelname)s: %(message)s")
     set_quiet(True)
-    load_plugins()
+    for module in plugins:  # a spawned process starts empty: the caller's plugins register again
+        importlib.import_module(module)
     _computer.clear()  # a forked process inherits the caller's (empty) list
     _computer.append(Computer(torch.device(device), Path(data_root), tasks))
 
@@ -63,7 +64,7 @@ def _compute(spec: RunSpec, info: dict | None) -> Computed:
 def trial_in_process(spec: RunSpec, params: dict, seed: int):
     """One trial of a study computed in a job process: (result, None, dense row) or (None,
     (line, traceback), dense row); the calling process tells the study."""
-    from .execute import execute_trial
+    from fairsqueeze.engine.execute import execute_trial
 
     computer = _computer[0]
     try:
@@ -83,7 +84,8 @@ def process_pool(jobs: int, data_root: Path, device: torch.device,
                  tasks: dict[str, TaskData] | None = None) -> Iterator[ProcessPoolExecutor]:
     """``jobs`` processes, each with its own Computer; work still queued is cancelled
     when the block ends early (an interrupt)."""
-    start = (str(data_root), str(device), compute_threads(device), logging.getLogger().level, dict(tasks or {}))
+    start = (str(data_root), str(device), compute_threads(device), logging.getLogger().level, dict(tasks or {}),
+             registered_modules())
     context = multiprocessing.get_context("fork" if device.type == "cpu" else "spawn")
     pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_start, initargs=start)
     try:

@@ -38,15 +38,16 @@ from dataclasses import asdict, dataclass, field
 
 import optuna
 
-from .execute import execute_trial
-from .hashing import config_hash
-from .plan import Plan
-from .plugins import create_method
-from .progress import progress_bar
-from .runner import RunReport
-from .store import selections  # noqa: F401  (the table lives in the store; readers once imported it from here)
-from .suite import MethodEntry, RunSpec, Suite
-from .tuning import derived_seed, record, trial_seed, trials_frame
+from fairsqueeze.engine.execute import execute_trial
+from fairsqueeze.core.hashing import config_hash
+from fairsqueeze.engine.plan import Plan
+from fairsqueeze.core.registry import create_method
+from fairsqueeze.core.progress import progress_bar
+from fairsqueeze.engine.runner import RunReport
+from fairsqueeze.store.database import selections  # noqa: F401  (the table lives in the store; readers once imported it from here)
+from fairsqueeze.spec.entries import MethodEntry, RunSpec, Suite
+from fairsqueeze.engine.trials import derived_seed, record, trial_seed
+from fairsqueeze.store.studies import trials_frame
 
 log = logging.getLogger("fairsqueeze")
 
@@ -394,7 +395,7 @@ class Worker:
         trials of one study still run one after another (its next trial is asked once its
         previous one is told), different studies' trials at the same time. This process asks,
         tells and writes; the processes only compute."""
-        from .jobs import process_pool, trial_in_process
+        from fairsqueeze.engine.jobs import process_pool, trial_in_process
 
         plan, names = self.plan, self._specs
         with contextlib.ExitStack() as held, process_pool(jobs, self.runner.data_root, self.runner.device,

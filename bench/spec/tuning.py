@@ -19,17 +19,17 @@ The studies live in the engine's database (Optuna's RDB storage on the same URL)
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import optuna
 import pandas as pd
 
-from .errors import ConfigError
-from .studies import pareto_front, short_params, trial_params, trials_frame  # noqa: F401  (read back by the worker and the pages)
+from fairsqueeze.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    import optuna
 
 # -- objectives -------------------------------------------------------------------------------
 
@@ -49,7 +49,7 @@ class Objectives:
         return ["maximize", "minimize"] + (["maximize"] if self.compression else [])
 
     def validate(self) -> None:
-        from .metrics import metric_def
+        from fairsqueeze.measure.metrics import metric_def
 
         for role, name, better in (("utility", self.utility, True), ("unfairness", self.unfairness, False)):
             try:
@@ -175,11 +175,8 @@ class Policy:
 
 # -- samplers ---------------------------------------------------------------------------------
 
-SAMPLERS: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
-    "tpe": optuna.samplers.TPESampler,
-    "nsga2": optuna.samplers.NSGAIISampler,
-    "random": optuna.samplers.RandomSampler,
-}
+# by class name in optuna.samplers: Optuna is imported when a sampler is built, not when a suite is read
+SAMPLERS: dict[str, str] = {"tpe": "TPESampler", "nsga2": "NSGAIISampler", "random": "RandomSampler"}
 
 # Options the engine sets unless a suite names them. A study's trials never run at the same
 # time (one worker holds a study), so TPE's constant liar (on by default since Optuna 5) finds
@@ -196,8 +193,9 @@ class SamplerSpec:
     seed: int = 0
     options: tuple[tuple[str, Any], ...] = ()
 
-    def build(self, seed: int | None = None) -> optuna.samplers.BaseSampler:
-        return SAMPLERS[self.name](seed=self.seed if seed is None else seed, **self.effective_options())
+    def build(self, seed: int | None = None) -> "optuna.samplers.BaseSampler":
+        
+        return getattr(optuna.samplers, SAMPLERS[self.name])(seed=self.seed if seed is None else seed, **self.effective_options())
 
     def effective_options(self) -> dict[str, Any]:
         """The constructor options: the engine's defaults, then the suite's."""
@@ -287,46 +285,3 @@ def parse_tuning(block: dict[str, Any] | None, entry: dict[str, Any] | bool) -> 
     if within is not None and (isinstance(within, bool) or not isinstance(within, (int, float)) or not 0 <= within < 1):
         raise ConfigError("tuning.constraints.accuracy_within: expected a fraction in [0, 1)")
     return TuneSpec(trials, objectives, sampler, policies, None if within is None else float(within))
-
-
-# -- seeds and names --------------------------------------------------------------------------
-
-
-def derived_seed(*parts: Any) -> int:
-    """A 31-bit seed from any parts (stable across processes and machines)."""
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()
-    return int(digest[:8], 16) & 0x7FFFFFFF
-
-
-def retried_number(trial: optuna.trial.FrozenTrial) -> int:
-    """The number of the trial a waiting retry replaces (itself when it is not a retry).
-
-    Optuna's ``RetryHeartbeatStaleTrialCallback`` enqueues the retry of a stale trial with the
-    original number in its ``failed_trial`` system attribute; seeding from it makes the retry
-    compute the same thing as the attempt that died."""
-    return trial.system_attrs.get("failed_trial", trial.number)
-
-
-def trial_seed(study_name: str, origin: int) -> int:
-    """The seed a trial's method runs with: from the study and the (original) trial number."""
-    return derived_seed(study_name, origin)
-
-
-# -- recording a trial ------------------------------------------------------------------------
-
-
-def record(trial: optuna.trial.Trial, result, params: dict[str, Any], seed: int) -> None:
-    """Store what selection and reports need on the trial itself (visible in the dashboard): the
-    constraint and one ``result`` record holding the resolved params, seed, flags, compression
-    ratio, timings and validation metrics. Each attribute write is a database round trip, so
-    there are two."""
-    if result.accuracy_slack is not None:
-        trial.set_constraint("accuracy_within", float(result.accuracy_slack))
-    trial.set_user_attr("result", {
-        "params": params,
-        "seed": seed,
-        "flags": list(result.flags),
-        "compression_ratio": float(result.compression_ratio),
-        "seconds": result.seconds,
-        "val": {k: (float(v) if math.isfinite(v) else None) for k, v in result.metrics.items()},
-    })

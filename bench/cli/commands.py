@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import FairsqueezeError
+from fairsqueeze.core.errors import FairsqueezeError
 
 
 def check_gpu_request(suite, device: str, gpus: int | None = None) -> None:
@@ -30,7 +30,7 @@ def check_gpu_request(suite, device: str, gpus: int | None = None) -> None:
 
 def _check_definition(store, suite, args) -> None:
     """A suite name stands for one definition: refuse another one unless --redefine says so."""
-    from .runner import suite_definition
+    from fairsqueeze.engine.runner import suite_definition
 
     previous = store.check_definition(suite.name, suite_definition(suite), args.redefine)
     if previous and not args.quiet:
@@ -39,12 +39,12 @@ def _check_definition(store, suite, args) -> None:
 
 def _planned(args):
     """The suite, its plan and the device: everything checked before a database is opened."""
-    from .plan import plan_suite
-    from .progress import set_quiet
-    from .registry_loader import load_plugins
-    from .runner import resolve_device
-    from .suite import load_suite
-    from .tasks import data_root
+    from fairsqueeze.engine.plan import plan_suite
+    from fairsqueeze.core.progress import set_quiet
+    from fairsqueeze.cli.plugins import load_plugins
+    from fairsqueeze.engine.runner import resolve_device
+    from fairsqueeze.spec.suite import load_suite
+    from fairsqueeze.datasets.base import data_root
 
     set_quiet(args.quiet)
     load_plugins()
@@ -53,7 +53,7 @@ def _planned(args):
     check_gpu_request(suite, args.device)
     import torch
 
-    from .jobs import compute_threads
+    from fairsqueeze.engine.jobs import compute_threads
 
     torch.set_num_threads(compute_threads(device))  # as in every --jobs process: results do not depend on N
     return suite, plan_suite(suite, data_root(args.data_root), args.skip_missing_data), device
@@ -61,10 +61,10 @@ def _planned(args):
 
 def cmd_run(args) -> int:
     """Fixed runs in ``--jobs`` processes, then the tuned entries' studies and selected runs."""
-    from .runner import Runner
-    from .store import Store, sqlite_single_writer
-    from .tasks import data_root
-    from .worker import Worker
+    from fairsqueeze.engine.runner import Runner
+    from fairsqueeze.store.database import Store, sqlite_single_writer
+    from fairsqueeze.datasets.base import data_root
+    from fairsqueeze.engine.worker import Worker
 
     suite, plan, device = _planned(args)
     with sqlite_single_writer(args.db):
@@ -103,7 +103,7 @@ def timings(report, jobs: int | None) -> dict:
     """The fixed runs' wall time and phases: ``dense``, ``method`` and ``evaluation`` are
     process seconds summed over the job processes; ``outside`` is the wall time left once
     they are shared out among the processes (planning, the store, waiting)."""
-    from .jobs import default_jobs
+    from fairsqueeze.engine.jobs import default_jobs
 
     jobs = jobs or default_jobs()
     s = report.seconds
@@ -120,10 +120,10 @@ def timing_line(t: dict) -> str:
 
 def cmd_worker(args) -> int:
     """Execute a suite's pending work through the database; several may run at once on PostgreSQL."""
-    from .runner import Runner
-    from .store import Store, sqlite_single_writer
-    from .tasks import data_root
-    from .worker import HEARTBEAT_S, Worker
+    from fairsqueeze.engine.runner import Runner
+    from fairsqueeze.store.database import Store, sqlite_single_writer
+    from fairsqueeze.datasets.base import data_root
+    from fairsqueeze.engine.worker import HEARTBEAT_S, Worker
 
     suite, plan, device = _planned(args)
     with sqlite_single_writer(args.db):
@@ -159,7 +159,7 @@ def print_tables(store, suite: str | None, split: str) -> None:
     from fairsqueeze.reports.tables import comparisons
     from fairsqueeze.reports.terminal import NOTE, headline_block
 
-    from .biascard import format_bias_card
+    from fairsqueeze.measure.biascard import format_bias_card
 
     for name in [suite] if suite else store.suite_names():
         results = load(store, name, split)

@@ -12,11 +12,11 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .models import create_model
-from .suite import RunSpec
-from .tasks import TaskData, cache_root
-from .convergence import majority_rate, underfit_flag
-from .training import train_reference
+from fairsqueeze.models.base import create_model
+from fairsqueeze.spec.entries import RunSpec
+from fairsqueeze.datasets.base import TaskData, cache_root
+from fairsqueeze.measure.convergence import majority_rate, underfit_flag
+from fairsqueeze.engine.training import train_reference
 
 log = logging.getLogger("fairsqueeze")
 
