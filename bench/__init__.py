@@ -1,6 +1,6 @@
 """fairsqueeze: a benchmark suite for fairness-aware model compression and fair training."""
 
-__version__ = "0.1.0"
+from fairsqueeze.core.version import __version__  # noqa: F401
 
 
 def __getattr__(name: str):

@@ -176,7 +176,7 @@ def check_conformance(method_name: str, tiny_params: dict | None = None, *, work
                       device: str = "cpu") -> Conformance:
     """Run ``method_name`` with ``tiny_params`` on the tiny task and check the plugin contract.
 
-    Raises :class:`fairsqueeze.errors.UnknownName` for a method that is not registered (after
+    Raises :class:`fairsqueeze.core.errors.UnknownName` for a method that is not registered (after
     the ``fairsqueeze.methods`` entry points are loaded). ``workdir`` keeps the two databases
     and the dense cache (a temporary folder, removed afterwards, by default).
     """

@@ -89,7 +89,7 @@ class MethodContext:
 
     def validation_metrics(self, model: nn.Module) -> dict[str, float]:
         """Every metric of ``model`` on the validation split, computed as the engine scores a
-        trial (:func:`fairsqueeze.evaluate.split_metrics`: its one prediction loop, then the metrics)."""
+        trial (:func:`fairsqueeze.measure.evaluate.split_metrics`: its one prediction loop, then the metrics)."""
         from fairsqueeze.measure.evaluate import split_metrics
 
         return split_metrics(model, self.task.val, self.task.prepare, self.device, self.task.num_classes)

@@ -39,6 +39,7 @@ from torch import nn
 
 from fairsqueeze.core.errors import ConfigError
 from fairsqueeze.core.hashing import array_hash, config_hash
+from fairsqueeze.core.files import file_lock
 from fairsqueeze.models.base import cached_weights_path
 from fairsqueeze.datasets.base import Split, cache_root, content_digest
 from fairsqueeze.engine.training import Batch, Trainer
@@ -372,6 +373,12 @@ def developer_backbone(architecture: nn.Module, rows: DeveloperRows, prepare, tr
         "shapes": {k: list(v.shape) for k, v in model.state_dict().items()}, "training": training, "seed": seed,
     })
     path = cache_root() / "lora_backbone" / f"{key}.pt"
+    with file_lock(path.with_suffix(".lock")):  # two workers on one machine train it once
+        return _load_or_train_backbone(model, path, key, rows, prepare, training, device, seed)
+
+
+def _load_or_train_backbone(model: nn.Module, path, key: str, rows: DeveloperRows, prepare,
+                            training: BackboneTraining, device: torch.device, seed: int) -> tuple[nn.Module, str]:
     if path.exists():
         try:
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

@@ -32,7 +32,7 @@ PyTorch's int8 kernels are CPU kernels: the method refuses other devices.
    reference saves several best-by-metric checkpoints and the FairLRF paper does not say
    which it reported; the default policy (an assumption, docs/methods.md §2.6) takes the lowest validation EOpp1
    among the epochs within ``checkpoint_tolerance`` accuracy points of the best, by the
-   tuning module's rule (:func:`fairsqueeze.tuning.fairest_above`).
+   tuning module's rule (:func:`fairsqueeze.spec.tuning.fairest_above`).
 
 The quantized weights are stored as int8 codes (:mod:`.toolbox.quantize`). Choices where the
 reference is silent or differs: the scoring/retraining subset is one seeded balanced sample

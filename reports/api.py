@@ -12,12 +12,12 @@ database is opened read-only. Runs carry the flags the pages use, the reading si
 """
 from __future__ import annotations
 
-import re
 
 import pandas as pd
 
+from fairsqueeze.measure.metrics import GROUP_KEY
 from fairsqueeze.core.errors import FairsqueezeError
-from fairsqueeze.store.database import Store
+from fairsqueeze.store.reader import Store
 
 from .columns import add_derived
 from .data import Results, load
@@ -25,7 +25,6 @@ from .data import Results, load
 # columns that say which run a value belongs to, in the order the tidy frames show them
 IDENTITY = ["suite", "task_key", "task_label", "task", "target", "sensitive", "num_classes", "model", "label",
             "entry_label", "method", "family", "params", "sweep", "seed", "run_key", "flags"]
-_GROUP = re.compile(r"^(\w+)\[g=(-?\d+)\]$")
 OVERALL = "all"  # the group of a value over the whole split
 
 
@@ -70,7 +69,7 @@ class ResultsReader:
         values = [c for c in self.results(suite).metrics.columns if c in done]
         long = done[[c for c in IDENTITY if c in done] + values].melt(
             id_vars=[c for c in IDENTITY if c in done], value_vars=values, var_name="key", value_name="value")
-        split = long["key"].str.extract(_GROUP)
+        split = long["key"].str.extract(GROUP_KEY)
         long["metric"] = split[0].fillna(long["key"])
         long["group"] = split[1].map(lambda g: int(g) if isinstance(g, str) else OVERALL)
         return long.drop(columns="key").dropna(subset=["value"]).reset_index(drop=True)

@@ -7,13 +7,12 @@ form, with the equation (sum) form as a detail column one click away.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from fairsqueeze.measure.metrics import metric_def
+from fairsqueeze.measure.metrics import GROUP_KEY, metric_def
 
 UTILITY = "accuracy"  # the utility axis of every plot and of the leaderboard
 EODDS = "eodds_diff"  # derived per run from stored metrics: max(deo, fpr_diff)
@@ -21,7 +20,6 @@ WORST_CHANGE = "worst_group_change"
 # per-seed change against the dense run of the same seed (``dense_key``): the paired view
 DELTA_UTILITY = "delta_accuracy"
 DELTA_GAP = "delta_gap"  # of the headline gap of the row's task
-_GROUP = re.compile(r"^(\w+)\[g=(-?\d+)\]$")
 
 
 @dataclass(frozen=True)
@@ -67,7 +65,7 @@ def _derived(key: str, label: str, group: str, digits: int = 3) -> Column:
 
 
 def groups_in(keys, base: str) -> list[int]:
-    return sorted(int(m.group(2)) for k in keys if (m := _GROUP.match(k)) and m.group(1) == base)
+    return sorted(int(m.group(2)) for k in keys if (m := GROUP_KEY.match(k)) and m.group(1) == base)
 
 
 def comparison_columns(metric_keys, num_classes: int) -> list[Column]:

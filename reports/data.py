@@ -89,7 +89,9 @@ class Results:
 def load(store, suite: str | None = None, split: str = "test") -> Results:
     """Read the runs of ``suite`` (every suite when None) from ``store``, and the suite's
     tuning studies (only for one suite: the leaderboard shows no studies)."""
-    from .results import method_catalogue, suite_runs, suite_values
+    from fairsqueeze.store.reader import method_catalogue, suite_values
+
+    from .results import suite_runs
     from .tuning_report import selected_results, tuned_studies
 
     return Results(

@@ -6,17 +6,14 @@
 """
 from __future__ import annotations
 
-import re
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import inspect, select, text
-
-from fairsqueeze.store.database import Store
+from fairsqueeze.measure.metrics import GROUP_KEY
+from fairsqueeze.store.reader import Store
 
 PER_GROUP = ("precision", "recall", "f1")
 HEADLINE = ("eopp0", "eopp1", "eodd", "dp_diff", "fpr_diff", "accuracy")
-_GROUP = re.compile(r"^(\w+)\[g=(-?\d+)\]$")
 
 RUN_COLUMNS = ["run_key", "task", "task_key", "task_label", "method", "family", "method_order", "params", "status",
                "error", "flags", "info", "timings", "dense_key", "split_hash", "data_hash"]
@@ -52,16 +49,6 @@ def suite_runs(store: Store, suite: str | None = None) -> pd.DataFrame:
     return frame.sort_values(["suite", "task_label", "model", "entry", "label", "seed"], kind="stable").reset_index(drop=True)
 
 
-def method_catalogue(store: Store) -> pd.DataFrame:
-    """Every method with a stored run: method, family, method_order (the colour order), read
-    from the runs table; a database written before those columns existed gives NaN."""
-    have = {c["name"] for c in inspect(store.engine).get_columns("runs")}
-    extra = [c for c in ("family", "method_order") if c in have]
-    with store.engine.connect() as conn:
-        frame = pd.read_sql(text(f"SELECT DISTINCT {', '.join(['method', *extra])} FROM runs"), conn)
-    return frame.reindex(columns=["method", "family", "method_order"])
-
-
 def metric_table(store: Store, run_keys, split: str = "test") -> pd.DataFrame:
     """Index run key, one column per metric key, on ``split``."""
     metrics = store.metrics_frame(split, keys=list(run_keys))
@@ -74,37 +61,11 @@ def footprint_table(store: Store, run_keys) -> pd.DataFrame:
     return fp.pivot_table(index="run_key", columns="name", values="value", aggfunc="first", dropna=False)
 
 
-def suite_values(store: Store, suite: str | None, split: str | None = None) -> pd.DataFrame:
-    """Index run key, a column per name: the metrics on ``split`` (or, with ``split`` None,
-    the footprint) of the finished runs of ``suite`` (all suites when None). One query that
-    selects the runs itself rather than a list of keys: faster than thousands of bound
-    parameters, and a suite may hold more runs than SQL takes parameters."""
-    from fairsqueeze.store.database import footprint, members, metrics, runs
-
-    table = metrics if split is not None else footprint
-    query = select(table.c.run_key, table.c.name, table.c.value)
-    if suite is not None:
-        query = query.where(table.c.run_key.in_(select(members.c.run_key).where(members.c.suite == suite)))
-    if split is not None:
-        query = query.where(table.c.split == split)
-    with store.engine.connect() as conn:
-        rows = conn.execute(query).all()
-    # columns from the rows by zip: a frame built from row objects costs ten times more
-    keys, names, values = zip(*rows) if rows else ((), (), ())
-    frame = pd.DataFrame({"run_key": keys, "name": names, "value": pd.array(values, dtype=float)})
-    wide = frame.set_index(["run_key", "name"])["value"].unstack()
-    wide.columns.name = "name"
-    # values are written with a finished run, in one transaction: check the status once here
-    with store.engine.connect() as conn:
-        done = {k for (k,) in conn.execute(select(runs.c.key).where(runs.c.status == "done"))}
-    return wide[wide.index.isin(done)]
-
-
 def _columns(names: list[str]) -> list[str]:
     """Order: per-group P/R/F1 then their avg and diff, fairness, accuracy."""
     cols = []
     for base in PER_GROUP:
-        groups = sorted(int(m.group(2)) for n in names if (m := _GROUP.match(n)) and m.group(1) == base)
+        groups = sorted(int(m.group(2)) for n in names if (m := GROUP_KEY.match(n)) and m.group(1) == base)
         cols += [f"{base}[g={g}]" for g in groups] + [f"{base}_avg", f"{base}_diff"]
     return [c for c in cols + list(HEADLINE) if c in names]
 
@@ -144,11 +105,11 @@ def _unprivileged(infos: pd.Series) -> str:
 def _change_vs_dense(rows: pd.DataFrame, names: list[str]) -> pd.DataFrame:
     """Per-group accuracy change of every row against the dense reference of its model
     (seed-averaged; NaN where the suite has no dense run for that model)."""
-    acc = sorted(n for n in names if (m := _GROUP.match(n)) and m.group(1) == "accuracy")
+    acc = sorted(n for n in names if (m := GROUP_KEY.match(n)) and m.group(1) == "accuracy")
     means = rows.groupby(["model", "label"], sort=False)[acc].mean()
     dense = rows[rows["method"] == "dense"].groupby("model")[acc].mean()
     change = means - dense.reindex(means.index.get_level_values("model")).to_numpy()
-    change.columns = [f"Δacc[g={_GROUP.match(c).group(2)}]" for c in acc]
+    change.columns = [f"Δacc[g={GROUP_KEY.match(c).group(2)}]" for c in acc]
     return change
 
 

@@ -12,23 +12,11 @@ from typing import Any
 import numpy as np
 import optuna
 import pandas as pd
-from sqlalchemy import MetaData, Table, inspect, select
 
-from fairsqueeze.store.database import Store
+from fairsqueeze.store.reader import Store, reading_storage, selections_frame
 from fairsqueeze.store.studies import pareto_front, short_params, trials_frame
 
 from .stats import estimate
-
-# the tables Optuna's RDB storage needs before it can be opened without writing
-OPTUNA_TABLES = {"studies", "trials", "version_info", "alembic_version"}
-
-
-def reading_storage(store: Store) -> optuna.storages.RDBStorage | None:
-    """Optuna's storage on the store's database, opened to read; None when it holds no study."""
-    if not OPTUNA_TABLES <= set(inspect(store.engine).get_table_names()):
-        return None
-    return optuna.storages.RDBStorage(store.url, skip_table_creation=True)
-
 
 def studies(store: Store, suite: str | None = None) -> list[optuna.study.StudySummary]:
     """The tuning studies in the database (optionally of one suite), by name."""
@@ -56,28 +44,10 @@ def front_table(study: optuna.Study) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["trial", *names, "flags", "params"])
 
 
-SELECTIONS = "selections"  # the table the tuning side writes, one row per (study, policy)
-SELECTION_COLUMNS = ["study", "policy", "suite", "label", "trial", "params", "run_key", "trials"]
-
-
-def selections_frame(store: Store, suite: str | None = None) -> pd.DataFrame:
-    """The stored (study, policy) -> trial choices; empty when nothing was ever tuned here.
-    The table is reflected from the database: the reading side declares no table of the
-    running side and imports none of its modules."""
-    if not inspect(store.engine).has_table(SELECTIONS):
-        return pd.DataFrame(columns=SELECTION_COLUMNS)
-    selections = Table(SELECTIONS, MetaData(), autoload_with=store.engine)
-    query = select(selections)
-    if suite is not None:
-        query = query.where(selections.c.suite == suite)
-    with store.engine.connect() as conn:
-        return pd.read_sql(query, conn)
-
-
 @dataclass
 class TunedStudy:
     """One study read back: its settings (the user attributes the worker stored), its complete
-    trials (``fairsqueeze.tuning.trials_frame``), Optuna's Pareto front and what each policy chose."""
+    trials (``fairsqueeze.store.studies.trials_frame``), Optuna's Pareto front and what each policy chose."""
 
     name: str
     attrs: dict[str, Any]

@@ -1,6 +1,6 @@
 """Synthetic stored results in the shape the store returns (``fairsqueeze.reports.results``
 contract): predictions are drawn per run, and every metric is computed from them with
-``fairsqueeze.metrics.compute_metrics``, so the numbers obey their definitions."""
+``fairsqueeze.measure.metrics.compute_metrics``, so the numbers obey their definitions."""
 from __future__ import annotations
 
 import hashlib

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from fairsqueeze.cli.plugins import load_entry_points
+
 from fairsqueeze.core.registry import METHODS
 from fairsqueeze.methods import Method, Outcome
 from fairsqueeze.methods.toolbox.factorize import FactorizedLinear
@@ -98,7 +100,6 @@ def installed_plugin(tmp_path, monkeypatch, own_registry):
     [entry_points] = site.glob("my_methods-*.dist-info/entry_points.txt")
     assert "magnitude = my_methods.magnitude" in entry_points.read_text()
     monkeypatch.syspath_prepend(str(site))
-    monkeypatch.setattr(METHODS, "_entry_points_loaded", False)
     yield project, site
     for name in [m for m in sys.modules if m == "my_methods" or m.startswith("my_methods.")]:
         del sys.modules[name]
@@ -106,7 +107,8 @@ def installed_plugin(tmp_path, monkeypatch, own_registry):
 
 def test_out_of_tree_plugin_is_discovered_and_conforms(isolated, installed_plugin):
     project, site = installed_plugin
-    assert "layer_magnitude_prune" not in METHODS._items
+    assert "layer_magnitude_prune" not in METHODS
+    load_entry_points()
     assert "layer_magnitude_prune" in METHODS.names()  # imported through the entry point
     assert METHODS.get("layer_magnitude_prune").__module__ == "my_methods.magnitude"
 

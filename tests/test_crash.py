@@ -42,7 +42,7 @@ KILLER = textwrap.dedent("""\
             os.kill(os.getpid(), signal.SIGKILL)
         return original(*args, **kwargs)
     setattr(owner, name, dying)
-    from fairsqueeze.cli import main
+    from fairsqueeze.cli.main import main
     sys.exit(main(sys.argv[4:]))
 """)
 

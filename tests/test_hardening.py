@@ -6,6 +6,8 @@ import logging
 import pandas as pd
 import pytest
 
+from fairsqueeze.cli.plugins import load_entry_points
+
 from fairsqueeze.cli.main import main
 from fairsqueeze.core.registry import METHODS
 
@@ -22,9 +24,8 @@ def test_a_plugin_that_fails_to_import_is_named_and_the_builtins_still_work(tmp_
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[fairsqueeze.methods]\nbroken = broken_plugin\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(METHODS, "_items", dict(METHODS._items))
-    monkeypatch.setattr(METHODS, "_entry_points_loaded", False)
-    with caplog.at_level(logging.WARNING, logger="fairsqueeze"):
+    with METHODS.restored(), caplog.at_level(logging.WARNING, logger="fairsqueeze"):
+        load_entry_points()
         names = METHODS.names()
     assert "dense" in names and "truncated_svd" in names
     (record,) = [r for r in caplog.records if "broken" in r.getMessage()]

@@ -25,7 +25,7 @@ SUITE = {
 
 KILL_AT_TRIAL = """\
 import os, signal, sys
-import fairsqueeze.worker as worker
+import fairsqueeze.engine.worker as worker
 nth, original, calls = int(sys.argv[1]), worker.execute_trial, [0]
 def dying(*args, **kwargs):
     calls[0] += 1
@@ -33,7 +33,7 @@ def dying(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
     return original(*args, **kwargs)
 worker.execute_trial = dying
-from fairsqueeze.cli import main
+from fairsqueeze.cli.main import main
 sys.exit(main(sys.argv[2:]))
 """
 

@@ -18,11 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import submitit
-from sqlalchemy import create_engine, inspect
-from sqlalchemy.exc import SQLAlchemyError
 
 from fairsqueeze.core.errors import FairsqueezeError
-from fairsqueeze.store.database import Store
+from fairsqueeze.store.reader import has_results, open_store
 
 EXECUTORS = ("slurm", "local")
 STATES = ("pending", "running", "done", "failed")
@@ -141,15 +139,9 @@ def suite_status(url: str, suite: str) -> SuiteStatus:
     import optuna
 
     status = SuiteStatus(suite)
-    engine = create_engine(url)
-    try:
-        if not inspect(engine).has_table("members"):  # no worker has created the tables yet
-            return status
-    except SQLAlchemyError as exc:
-        raise FairsqueezeError(f"--db {url}: cannot open the database: {str(getattr(exc, 'orig', exc)).splitlines()[0]}")
-    finally:
-        engine.dispose()
-    store = Store(url, read_only=True)
+    if not has_results(url):  # no worker has created the tables yet
+        return status
+    store = open_store(url)
     members = store.members_frame(suite).drop_duplicates("run_key")
     status.started = not members.empty
     rows = store.runs_frame(keys=members["run_key"]).set_index("key")

@@ -20,6 +20,12 @@ def load_plugins() -> None:
     _loaded = True
     for module in BUILTINS:
         import_module(module)
+    load_entry_points()
+
+
+def load_entry_points() -> None:
+    """Import every installed plugin of the three entry-point groups (again, when called again:
+    a module already imported is not run twice)."""
     for registry in REGISTRIES:
         for ep in entry_points(group=registry.entry_point_group):
             try:

@@ -65,13 +65,19 @@ class Registry(Generic[T]):
 
     @contextlib.contextmanager
     def registered(self, name: str, obj: T) -> Iterator[T]:
-        """Register ``obj`` under ``name`` for the length of a ``with`` block (a test's plugin),
-        then restore whatever was there."""
-        before = dict(self._items)
-        self._items.pop(name, None)
-        self.register(name)(obj)
-        try:
+        """Register ``obj`` under ``name`` for the length of a ``with`` block (a test's plugin,
+        which may replace a registered one), then restore the registry as it was."""
+        with self.restored():
+            self._items.pop(name, None)
+            self.register(name)(obj)
             yield obj
+
+    @contextlib.contextmanager
+    def restored(self) -> Iterator["Registry[T]"]:
+        """Undo, when the block ends, every registration made inside it (order included)."""
+        before = dict(self._items)
+        try:
+            yield self
         finally:
             self._items.clear()
             self._items.update(before)

@@ -2,7 +2,7 @@
 
 A fixed run, a tuning trial and a selected configuration's run are all: seal the test split,
 seed, build the method's context on a copy of the dense reference, apply the method, check
-that it never read the test split, then predict (``fairsqueeze.evaluate.predict``, the only
+that it never read the test split, then predict (``fairsqueeze.measure.evaluate.predict``, the only
 prediction loop), compute metrics from the predictions and flag the outcome. A trial stops at
 validation; a run also predicts on test, outside the seal, and measures the footprint. The
 functions here return what the store records and write nothing: the runner, the worker and

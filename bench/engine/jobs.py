@@ -1,7 +1,7 @@
 """``--jobs N``: independent runs, and the trials of different studies, computed in N
 processes of this machine.
 
-The processes compute (each with its own :class:`~fairsqueeze.execute.Computer`, given the
+The processes compute (each with its own :class:`~fairsqueeze.engine.execute.Computer`, given the
 tasks this process planned, keeping each dense reference it loads) and send each result back;
 only the calling process writes the store, so SQLite works as well as PostgreSQL. On a CPU
 the processes are forked: they start at once, with the planned tasks and every registered
@@ -23,6 +23,7 @@ from typing import Iterator
 
 import torch
 
+from fairsqueeze.core.registry import registered_modules
 from fairsqueeze.engine.execute import Computed, Computer
 from fairsqueeze.spec.entries import RunSpec
 from fairsqueeze.datasets.base import TaskData

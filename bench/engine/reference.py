@@ -1,17 +1,15 @@
 """The dense reference: trained once per (task, model, training config, seed), cached by hash."""
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import nn
 
+from fairsqueeze.core.files import file_lock
 from fairsqueeze.models.base import create_model
 from fairsqueeze.spec.entries import RunSpec
 from fairsqueeze.datasets.base import TaskData, cache_root
@@ -58,18 +56,6 @@ def _load_checkpoint(path: Path, model: nn.Module, task: TaskData) -> dict | Non
                     str(exc).splitlines()[0] if str(exc) else "")
         return None
     return saved
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Serialise processes of one machine (e.g. two workers training the same dense reference)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def dense_reference(spec: RunSpec, task: TaskData, device: torch.device) -> tuple[nn.Module, dict]:

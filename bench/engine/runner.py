@@ -1,8 +1,8 @@
 """Executes a planned suite's fixed runs and writes what they computed.
 
 Every pending run is computed (in this process, or in ``jobs`` processes through
-:mod:`fairsqueeze.jobs`) and then written whole: its row, and its result or its error.
-Computing is :mod:`fairsqueeze.execute`'s job; the runner only orders and stores. Finished
+:mod:`fairsqueeze.engine.jobs`) and then written whole: its row, and its result or its error.
+Computing is :mod:`fairsqueeze.engine.execute`'s job; the runner only orders and stores. Finished
 runs are skipped; failed or interrupted ones are retried.
 """
 from __future__ import annotations

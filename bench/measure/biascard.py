@@ -4,7 +4,7 @@ Computed once per dense reference from the training split (group sizes, base rat
 the dense model's *validation* predictions (per-group accuracy, TPR, FPR), so that deciding
 whether a task is informative never touches the test split. The card also carries the
 reference's training evidence (epochs used, validation accuracy, majority-class rate and
-the ``underfit`` flag of :mod:`fairsqueeze.convergence`) and, for display only, its test
+the ``underfit`` flag of :mod:`fairsqueeze.measure.convergence`) and, for display only, its test
 accuracy.
 
 A task is flagged ``informative`` when the dense model's groups differ by at least

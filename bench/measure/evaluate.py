@@ -1,13 +1,17 @@
 """Predictions of a model on a split: the only way any metric in the suite is produced."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from torch import nn
 
 from fairsqueeze.core.errors import FairsqueezeError
 from fairsqueeze.measure.metrics import compute_metrics
-from fairsqueeze.datasets.base import Split
+
+if TYPE_CHECKING:  # a hint only: measuring needs the split's arrays, not the task layer
+    from fairsqueeze.datasets.base import Split
 
 
 class NonFiniteOutput(FairsqueezeError):

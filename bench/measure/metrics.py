@@ -168,7 +168,8 @@ _define("fpr_diff", "fairness", False,
         "FPR parity, binary tasks: max - min of fpr[g]; NaN for multiclass.")
 
 EOPP_KEYS = ("eopp0", "eopp1", "eodd", "eopp0_sum", "eopp1_sum", "eodd_sum")
-_GROUP_KEY = re.compile(r"^(?P<name>\w+)\[g=-?\d+\]$")
+# a per-group key, "f1[g=0]": the metric's name and the group (the one parser of these keys)
+GROUP_KEY = re.compile(r"^(\w+)\[g=(-?\d+)\]$")
 
 
 def group_key(name: str, group: int) -> str:
@@ -178,8 +179,8 @@ def group_key(name: str, group: int) -> str:
 
 def metric_def(key: str) -> MetricDef:
     """The definition behind any key that :func:`compute_metrics` returns."""
-    match = _GROUP_KEY.match(key)
-    name = f"{match['name']}[g]" if match else key
+    match = GROUP_KEY.match(key)
+    name = f"{match[1]}[g]" if match else key
     try:
         return METRICS[name]
     except KeyError:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
-from fairsqueeze import __version__
+from fairsqueeze.core.version import __version__
 from fairsqueeze.core.hashing import config_hash
 from fairsqueeze.spec.train import TrainConfig
 from fairsqueeze.spec.tuning import TuneSpec

@@ -194,7 +194,8 @@ class SamplerSpec:
     options: tuple[tuple[str, Any], ...] = ()
 
     def build(self, seed: int | None = None) -> "optuna.samplers.BaseSampler":
-        
+        import optuna
+
         return getattr(optuna.samplers, SAMPLERS[self.name])(seed=self.seed if seed is None else seed, **self.effective_options())
 
     def effective_options(self) -> dict[str, Any]:

@@ -3,10 +3,12 @@ Pareto set and the short form of params. A leaf module (Optuna and pandas only),
 pages read studies without importing the side that runs them."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
 import pandas as pd
+
+if TYPE_CHECKING:  # the pages import short_params without loading Optuna
+    import optuna
 
 
 def trial_params(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
@@ -23,7 +25,9 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per complete trial: the policies' input, plus params and timings."""
     rows = []
     compression = len(study.directions) == 3
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+    from optuna.trial import TrialState
+
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         row = {
             "number": t.number,
             "utility": t.values[0],
