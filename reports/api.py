@@ -17,7 +17,7 @@ import pandas as pd
 
 from fairsqueeze.measure.metrics import GROUP_KEY
 from fairsqueeze.core.errors import FairsqueezeError
-from fairsqueeze.store.reader import Store
+from fairsqueeze.store.reader import open_store
 
 from .columns import add_derived
 from .data import Results, load
@@ -32,7 +32,7 @@ class ResultsReader:
     """Read-only access to one results database; each method returns a new DataFrame."""
 
     def __init__(self, url: str, split: str = "test"):
-        self.store = Store(url, read_only=True)
+        self.store = open_store(url)
         self.split = split
         self._loaded: dict[str | None, Results] = {}
 

@@ -149,17 +149,17 @@ def cmd_list(args) -> int:
 
 
 def cmd_fronts(args) -> int:
-    from fairsqueeze.store.database import Store
+    from fairsqueeze.store.reader import open_store
     from fairsqueeze.reports.tuning_report import format_fronts
 
-    print(format_fronts(Store(args.db, read_only=True), args.suite))
+    print(format_fronts(open_store(args.db), args.suite))
     return 0
 
 
 def cmd_show(args) -> int:
-    from fairsqueeze.store.database import Store
+    from fairsqueeze.store.reader import open_store
 
-    print_tables(Store(args.db, read_only=True), args.suite, args.split)
+    print_tables(open_store(args.db), args.suite, args.split)
     return 0
 
 
@@ -178,10 +178,10 @@ def cmd_report(args) -> int:
     from fairsqueeze.reports.export import report_folder
     from fairsqueeze.reports.html import build_report
 
-    from fairsqueeze.store.database import Store
+    from fairsqueeze.store.reader import open_store
 
     name = _suite_name(args.suite)
-    results = load(Store(args.db, read_only=True), name, args.split)
+    results = load(open_store(args.db), name, args.split)
     if results.runs.empty:
         raise FairsqueezeError(f"no runs of suite {name!r} in {args.db}")
     print(f"report: {build_report(results, name, args.out or report_folder(name))}")
@@ -210,9 +210,9 @@ def cmd_leaderboard(args) -> int:
     from fairsqueeze.leaderboard.site import build_leaderboard
     from fairsqueeze.reports.data import load
 
-    from fairsqueeze.store.database import Store
+    from fairsqueeze.store.reader import open_store
 
-    print(f"leaderboard: {build_leaderboard(load(Store(args.db, read_only=True)), args.out)}")
+    print(f"leaderboard: {build_leaderboard(load(open_store(args.db)), args.out)}")
     return 0
 
 
