@@ -104,7 +104,9 @@ def pool(cells: pd.DataFrame, seed_values: np.ndarray | None = None, se_floor: f
         return Pooled(float(x.mean()), se, len(x) - 1, len(x), "seeds", float(res.pvalue) if se > 0 else math.nan)
     se = np.maximum(usable["se"].to_numpy(float), se_floor)
     floored = int((usable["se"].to_numpy(float) < se_floor).sum())
-    res = combine_effects(usable["effect"].to_numpy(float), se ** 2, method_re="iterated", use_t=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # I² of cells that agree exactly: 1 − 1/0, clipped below
+        res = combine_effects(usable["effect"].to_numpy(float), se ** 2, method_re="iterated", use_t=True)
     mu, sd = float(res.mean_effect_re), float(res.sd_eff_w_re)
     p = float(2 * stats.t.sf(abs(mu) / sd, k - 1)) if sd > 0 else math.nan
     tau2 = max(float(res.tau2), 0.0)

@@ -51,6 +51,7 @@ RATIO_TOLERANCE = 1e-3  # relative: two compression ratios this close are equal
 # δ, the smallest effect of interest, by metric kind (bench/metrics.py): one point of a gap or of
 # accuracy. A claim may state its own ``delta``.
 DEFAULT_DELTA = {"fairness": 0.01, "utility": 0.01}
+FLAT_TOLERANCE = 1e-12  # differences this close are one value: no variation to test
 IDLE_SHARE = 0.5  # more idle pairs than this: the claim was not exercised
 # the metric a claim names -> its non-cancelling companion per kind of cell: Fairlearn's
 # equalized-odds difference max(|ΔTPR|, |ΔFPR|) on binary cells; on multi-class cells the table
@@ -291,12 +292,12 @@ def evaluate(frame: pd.DataFrame, claims: list[Claim] | None = None, dense: pd.D
             rows.append(test.row(row_id, left_out))
             tests.append(test)
             all_pairs[row_id], all_cells[row_id] = pairs, test.cells
-    table = pd.DataFrame(rows, columns=VERDICT_COLUMNS)
-    reject, adjusted, level = evidence.holm_levels(table["p"].to_numpy(float), alpha)
-    table["p_holm"] = np.where(np.isfinite(table["p"].to_numpy(float)), adjusted, np.nan)
+    p = np.array([r["p"] for r in rows], dtype=float)
+    reject, adjusted, level = evidence.holm_levels(p, alpha)
     for i, test in enumerate(tests):
-        for key, value in test.decide(float(level[i]), bool(reject[i])).items():
-            table.at[i, key] = value
+        rows[i]["p_holm"] = adjusted[i] if np.isfinite(p[i]) else math.nan
+        rows[i].update(test.decide(float(level[i]), bool(reject[i])))
+    table = pd.DataFrame(rows, columns=VERDICT_COLUMNS)
     return Verdicts(table, all_pairs, all_cells)
 
 
@@ -343,7 +344,8 @@ class _Test:
         pairs = self.pairs if pairs is None else pairs
         seeds = pairs.groupby(["cell", "seed"])[value].mean().to_numpy(float) if len(pairs) else np.zeros(0)
         seeds = seeds[np.isfinite(seeds)]
-        return float(seeds[0]) if len(seeds) >= 2 and np.ptp(seeds) == 0 else None
+        # equal up to rounding (a sum of two stored values differs in its last bits)
+        return float(seeds.mean()) if len(seeds) >= 2 and np.ptp(seeds) <= FLAT_TOLERANCE else None
 
     def row(self, row_id: str, left_out: int) -> dict[str, Any]:
         c = self.claim
