@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from fairsqueeze.reports import export, verdicts
+from fairsqueeze.reports import export, figures, verdicts
+from fairsqueeze.reports.verdict_page import verdict_context
 from fairsqueeze.reports.data import Results
 from fairsqueeze.reports.run_pages import run_page_list, write_run_pages
 from fairsqueeze.reports.templating import environment
@@ -15,6 +16,8 @@ from fairsqueeze.reports.tiers import tier_rank
 
 from . import ranking, significance
 from fairsqueeze.reports.hypervolume import MAX_GAP
+
+FIGURES = "figures"  # beside index.html: the forest plots of the verdicts
 
 
 def in_tier_order(frame: pd.DataFrame, then: list[str] | None = None) -> pd.DataFrame:
@@ -50,8 +53,8 @@ def build_leaderboard(results: Results, out: Path) -> Path:
     # the page links the runs on the fronts only: their details, not every run's
     fronts = {k for f in scores["front"] for k in f} if not scores.empty else set()
     links = write_run_pages(results, out, "fairsqueeze leaderboard", with_predictions=False, keys=fronts)
-    verdict_rows = verdicts.verdict_table(results)
-    export.write_frame(verdicts.for_export(verdict_rows), tables, "verdicts")
+    cache = figures.FigureCache(out / FIGURES, FIGURES)
+    verdict_view = verdict_context(verdicts.evaluation(results), out, cache)
     # the first row of each (metric, tier, method) in the cell table is the target of its summary links
     anchors = {}
     cells = in_tier_order(scores, ["method", "task_label", "model"]).to_dict("records") if not scores.empty else []
@@ -78,10 +81,10 @@ def build_leaderboard(results: Results, out: Path) -> Path:
         run_pages=run_page_list(results, links),
         run_pages_have_predictions=False,
         twin_map=significance.TWINS,
-        verdicts=verdict_rows.to_dict("records"),
-        verdict_alpha=verdicts.ALPHA,
+        **verdict_view,
         underfit_cells=left_out.to_dict("records"),
     )
+    cache.prune()
     out.mkdir(parents=True, exist_ok=True)
     path = out / "index.html"
     path.write_text(page, encoding="utf-8")

@@ -260,14 +260,18 @@ def test_the_report_and_the_leaderboard_show_the_verdicts_and_an_underfit_refere
     assert 'id="verdicts"' in page and "FairLRF lowers EOdd against truncated SVD at equal compression" in page
     assert "Underfit reference</b> (seed 0)" in page and "validation loss still falling" in page
     table = pd.read_csv(tmp_path / "report" / "tables" / "verdicts.csv")
-    assert len(table) == len(load_claims())
+    assert len(table) == sum(len(c.rows()) for c in load_claims())
     row = table.set_index("id").loc["fairlrf-vs-truncated-svd"]
     # fairlrf(sr=0.6) at ratio 1.6 lies between svd's 1.4 and 2.0; sr=0.2 at 1.3 has no bracket: seeds 1, 2
-    assert row["pairs"] == 2 and row["left_out"] > 0
+    assert row["pairs"] == 2 and row["left_out"] > 0 and row["cells"] == 1
+    pairs = pd.read_csv(tmp_path / "report" / "tables" / "pairs" / "fairlrf-vs-truncated-svd.csv")
+    assert len(pairs) == 2 and set(pairs["seed"]) == {1, 2} and pairs["fair_run"].notna().all()
+    assert 'href="tables/pairs/fairlrf-vs-truncated-svd.csv"' in page
+    # the verdicts are the first section of both pages
+    assert page.index("<section") == page.index('<section id="verdicts"')
     assert (tmp_path / "report" / "tables" / "paired_deltas.csv").exists()
     board = build_leaderboard(results, tmp_path / "board").read_text()
-    # a summary of the verdicts above the ranking, linking to the full table below it
-    assert board.index('href="#verdicts">the verdict table') < board.index('id="board"') < board.index('id="verdicts"')
+    assert board.index("<section") == board.index('<section id="verdicts"') < board.index('id="board"')
     assert "Left out of the ranking" in board and "(seed 0)" in board
 
 
