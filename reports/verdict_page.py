@@ -27,6 +27,7 @@ def verdict_context(found: Verdicts, out: Path, cache: figures.FigureCache, tabl
     order = {o: i for i, o in enumerate(OUTCOMES)}
     for row in sorted(table.to_dict("records"), key=lambda r: order[r["verdict"]]):
         pairs = found.pairs[row["id"]]
+        row = {k: (math.nan if v is None and k not in TEXT else ("" if v is None else v)) for k, v in row.items()}
         name = pairs_name(row["id"])
         export.write_frame(pairs.reindex(columns=PAIR_COLUMNS).assign(claim=row["id"]), folder / PAIRS, name)
         cells = found.cells[row["id"]]
@@ -34,7 +35,6 @@ def verdict_context(found: Verdicts, out: Path, cache: figures.FigureCache, tabl
         if len(cells):
             content = (tuple(sorted((k, repr(v)) for k, v in row.items())), cells.to_numpy().tolist())
             plot = cache.get("forest", content, lambda r=row, c=cells: figures.forest_figure(r, c))
-        row = {k: (math.nan if v is None and k not in TEXT else ("" if v is None else v)) for k, v in row.items()}
         rows.append({**row, "pairs_csv": f"{tables}/{PAIRS}/{name}.csv", "plot": plot,
                      "anchor": "v-" + name, "colour": figures.OUTCOME_COLOURS[row["verdict"]],
                      "effect_text": _effect(row), "cost_text": _cost(row)})
