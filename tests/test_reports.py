@@ -613,3 +613,20 @@ def test_point_labels_never_overlap_in_a_dense_cluster():
     left_out = 13 - len(labels)  # twelve in the cluster and the far one
     assert left_out > 0 and any(f"{left_out} point label(s) left out" in t.get_text() for t in fig.texts)
     figures.plt.close(fig)
+
+
+def test_a_compressed_twin_equal_to_the_dense_model_is_never_the_best_trade_off():
+    from fairsqueeze.reports import overview
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        made = make_results(seeds=(0, 1), failed=False)
+    done = made.done()
+    copy = done[done["method"] == "dense"].assign(method="copy", label="copy", entry=99, entry_label="copy",
+                                                  compression_ratio=4.0, run_key=lambda f: f["run_key"] + "c")
+    comp = comparisons(pd.concat([done, copy], ignore_index=True))[0]
+    twin = next(r for r in comp.rows if r.method == "copy")
+    assert overview.equals_dense(twin) and overview.best_of([twin], comp) is None
+    # the same row one seed away from the dense model is a result, and may be the best
+    moved = comparisons(pd.concat([done, copy.assign(accuracy=lambda f: f["accuracy"] + 0.01)], ignore_index=True))[0]
+    assert overview.best_of([next(r for r in moved.rows if r.method == "copy")], moved).method == "copy"
