@@ -101,7 +101,7 @@ def build_report(results: Results, suite: str, out: Path) -> Path:
             )
         )
     export.write_runs(results.runs, tables_dir, exported)
-    verdict_view = verdict_context(evaluation(results), out, cache)
+    verdict_view = verdict_context(evaluation(results), out, cache, exported)
     deltas = dense_delta_table(results)
     export.write_table(for_export(deltas.drop(columns="estimate", errors="ignore")), tables_dir, "paired_deltas", exported)
     exported.save()

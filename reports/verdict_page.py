@@ -17,11 +17,13 @@ def pairs_name(row_id: str) -> str:
     return export.slug(row_id.replace(":", "-"), "claim")
 
 
-def verdict_context(found: Verdicts, out: Path, cache: figures.FigureCache, tables: str = "tables") -> dict:
-    """Write the pairs CSVs and the table's CSV/JSON under ``out/tables`` and draw the forest
-    plots; return what ``_verdicts.html.j2`` needs."""
+def verdict_context(found: Verdicts, out: Path, cache: figures.FigureCache, written: export.Written | None = None,
+                    tables: str = "tables") -> dict:
+    """Write the pairs CSVs and the table's CSV/JSON under ``out/tables`` (skipped where
+    ``written`` saw the same table last time) and draw the forest plots; return what
+    ``_verdicts.html.j2`` needs."""
     folder = Path(out) / tables
-    export.write_frame(for_export(found.table), folder, "verdicts")
+    export.write_table(for_export(found.table), folder, "verdicts", written)
     rows = []
     table = found.table.astype(object).where(found.table.notna(), None)  # a missing value is None, not NaN
     order = {o: i for i, o in enumerate(OUTCOMES)}
@@ -29,7 +31,7 @@ def verdict_context(found: Verdicts, out: Path, cache: figures.FigureCache, tabl
         pairs = found.pairs[row["id"]]
         row = {k: (math.nan if v is None and k not in TEXT else ("" if v is None else v)) for k, v in row.items()}
         name = pairs_name(row["id"])
-        export.write_frame(pairs.reindex(columns=PAIR_COLUMNS).assign(claim=row["id"]), folder / PAIRS, name)
+        export.write_table(pairs.reindex(columns=PAIR_COLUMNS).assign(claim=row["id"]), folder / PAIRS, name, written)
         cells = found.cells[row["id"]]
         plot = None
         if len(cells):

@@ -215,7 +215,9 @@ class _Twins:
         self.params = list(runs["params"])
         self.keys = runs["run_key"].astype(str).to_numpy() if "run_key" in runs else np.full(len(runs), "")
         self.ratio = runs["compression_ratio"].to_numpy(float) if "compression_ratio" in runs else None
-        self.columns = {"no_effect": runs["flags"].map(lambda f: float("no_effect" in (f or ()))).to_numpy(float)}
+        # the dense model is its own predictions: as a twin it changed nothing
+        unchanged = runs["flags"].map(lambda f: "no_effect" in (f or ())) | (runs["method"] == "dense")
+        self.columns = {"no_effect": unchanged.to_numpy(float)}
 
     def column(self, name: str) -> np.ndarray:
         if name not in self.columns:

@@ -454,17 +454,19 @@ def test_leaderboard_tiers_in_numeric_order_and_singletons_unranked(results, tmp
 
 
 def test_figures_are_cached_by_what_they_draw(results, tmp_path, monkeypatch):
-    from fairsqueeze.reports import figures
+    from fairsqueeze.reports import figures, verdicts
     from fairsqueeze.reports.html import FIGURES, build_report
 
     first = build_report(results, "s", tmp_path).read_text()
     cached = sorted(p.name for p in (tmp_path / FIGURES).glob("*.png"))
-    assert len(cached) == 2 * 3 + 4  # pareto, delta, cost per table, and the four ablations
+    # pareto, delta, cost per table, the four ablations, and one forest plot per verdict row with cells
+    forests = sum(1 for c in verdicts.evaluation(results).cells.values() if len(c))
+    assert forests >= 1 and len(cached) == 2 * 3 + 4 + forests
 
     def no_drawing(*args, **kwargs):
         raise AssertionError("redrawn")
 
-    for name in ("pareto_figure", "delta_figure", "cost_figure", "ablation_figure"):
+    for name in ("pareto_figure", "delta_figure", "cost_figure", "ablation_figure", "forest_figure"):
         monkeypatch.setattr(figures, name, no_drawing)
     assert build_report(results, "s", tmp_path).read_text() == first  # same data: nothing drawn
     changed = results.metrics.copy()
@@ -565,10 +567,10 @@ def test_exports_are_rewritten_only_when_what_they_show_changes(results, tmp_pat
     from fairsqueeze.reports.html import build_report
 
     build_report(results, "s", tmp_path)
-    before = {p.name: p.read_bytes() for p in (tmp_path / "tables").iterdir()}
+    before = {p.name: p.read_bytes() for p in (tmp_path / "tables").rglob("*") if p.is_file()}
     monkeypatch.setattr(export, "write_frame", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rewritten")))
     build_report(results, "s", tmp_path)  # nothing changed: nothing written
-    assert {p.name: p.read_bytes() for p in (tmp_path / "tables").iterdir()} == before
+    assert {p.name: p.read_bytes() for p in (tmp_path / "tables").rglob("*") if p.is_file()} == before
     runs = results.runs.copy()
     runs.loc[0, "error"] = "new"
     with pytest.raises(AssertionError, match="rewritten"):  # the run records changed

@@ -287,6 +287,13 @@ def test_idle_pairs_leave_the_pairs_and_most_idle_is_not_exercised():
     twin = (only_twin["task_key"] == "adult") & (only_twin["method"] == "twin")
     only_twin.loc[twin, "flags"] = pd.Series([["no_effect"]] * 5, index=only_twin.index[twin])
     assert one(only_twin)["pairs"] == 30
+    # the dense model as the twin: a fair run without effect is idle against it too
+    against_dense = Claim("d", "x", "src", Side("fair"), Side("dense"), CLAIM.metric, "lower", (), delta=0.01)
+    frame = synthetic(-0.03)
+    fair = (frame["task_key"] == "adult") & (frame["method"] == "fair")
+    frame.loc[fair, "flags"] = pd.Series([["no_effect"]] * 5, index=frame.index[fair])
+    row = one(frame, against_dense)
+    assert row["idle_pairs"] == 5 and row["pairs"] == 25
     # most pairs idle: the claim was not exercised, with the share
     most = synthetic(-0.03)
     idle = most["task_key"].isin(["adult", "compas", "german", "celeba"]) & (most["method"] != "dense")
