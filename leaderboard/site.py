@@ -45,7 +45,7 @@ def build_leaderboard(results: Results, out: Path) -> Path:
     export.write_frame(board, tables, "leaderboard")
     if not scores.empty:
         export.write_frame(scores.drop(columns=["per_seed"]).assign(front=scores["front"].map(" ".join)), tables, "cells")
-    export.write_frame(pd.DataFrame([t.__dict__ for t in tests]).drop(columns=["mean_ranks"], errors="ignore"), tables, "friedman")
+    export.write_frame(pd.DataFrame([t.__dict__ for t in tests]).drop(columns=["mean_ranks", "nemenyi"], errors="ignore"), tables, "friedman")
     export.write_frame(pd.DataFrame([t.__dict__ for t in twins]), tables, "twins")
     exported = export.Written(tables)
     export.write_runs(results.runs, tables, exported)
@@ -64,6 +64,7 @@ def build_leaderboard(results: Results, out: Path) -> Path:
         anchors.setdefault((c["metric"], c["tier"], c["method"]), c["anchor"])
     page = environment().get_template("leaderboard.html.j2").render(
         board=board.to_dict("records"),
+        min_shared=ranking.MIN_SHARED,
         anchors=anchors,
         cells=cells,
         tests=[(t, significance.cd_diagram(t)) for t in tests],

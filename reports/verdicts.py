@@ -43,6 +43,7 @@ from fairsqueeze.metrics import metric_def
 
 from . import evidence
 from .columns import EODDS, is_binary
+from .data import current_definitions
 from .stats import paired_deltas
 
 ALPHA = 0.05
@@ -479,12 +480,10 @@ def verdict_table(results) -> pd.DataFrame:
 
 
 def evaluation(results) -> Verdicts:
-    """The :class:`Verdicts` of ``results``; a run shared by several suites or labels counts once."""
+    """The :class:`Verdicts` of ``results``: the current definition of each suite, each
+    (task, model, seed, configuration) once (``data.current_definitions``)."""
     def compute() -> Verdicts:
-        done = results.done()
-        if not done.empty:
-            done = done.drop_duplicates("run_key")
-        return evaluate(done, dense=results.dense)
+        return evaluate(current_definitions(results.done()), dense=results.dense)
 
     return results.derived("verdicts", compute)
 
