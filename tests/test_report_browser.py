@@ -149,8 +149,10 @@ def test_leaderboard_in_the_browser(pages, width):
         assert set(tiers) == {"1.3–1.7"} and len(tiers) == 3
         col = header_index(page, "#board-table", "mean rank")
         page.click(f"#board-table thead th >> nth={col}")
-        ranks = [float(v) for v in column_values(page, "#board-table", col)]
+        ranks = [float(v) for v in column_values(page, "#board-table", col) if v]
         assert ranks == sorted(ranks)
+        # two cells: fewer than 5 shared with a rival, so no method is ranked, and each row says so
+        assert page.locator("#board-table tbody tr:not([hidden]) td[title*='ranked from 5']").count() >= 1
         # two cells: no Friedman test or CD diagram, and the page says why
         assert page.locator("img.cd").count() == 0
         assert page.locator("#friedman-table", has_text="2 common (task, model) cell(s): a rank test needs ≥ 5").count() == 1
