@@ -83,6 +83,18 @@ class Results:
             self.majority[task_key] = chance.majority_rates(pred["y"], pred["s"])
         return self.majority
 
+    def predictions_of(self, keys: list[str]) -> dict[str, dict[str, np.ndarray]]:
+        """Stored predictions of ``keys`` on ``split`` (runs without any left out)."""
+        if self.predictions_many is not None:
+            return self.predictions_many(keys, self.split)
+        found = {}
+        for key in keys:
+            try:
+                found[key] = self.predictions(key, self.split)
+            except (KeyError, TypeError):
+                continue
+        return found
+
     def failed(self) -> pd.DataFrame:
         return self.runs[self.runs["status"] == "failed"].reset_index(drop=True)
 

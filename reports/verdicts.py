@@ -162,17 +162,20 @@ def with_companions(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def claim_pairs(frame: pd.DataFrame, claim: Claim, kinds: tuple[str, ...] = ("binary", "multiclass")) -> pd.DataFrame:
+def claim_pairs(frame: pd.DataFrame, claim: Claim, kinds: tuple[str, ...] = ("binary", "multiclass"),
+                unchanged: frozenset[str] | set[str] = frozenset()) -> pd.DataFrame:
     """One row per pair on the cells of ``kinds``: the cell (task label · model), the fair
     run's label, seed, the fair and twin values of the claim's metric, of its companion and
     of accuracy (a twin interpolated at the fair run's compression ratio for ``match:
-    compression``), whether the pair is idle, and the run keys of both sides."""
+    compression``), whether the pair is idle (both sides flagged ``no_effect``, or with their
+    run keys in ``unchanged``: predictions equal to the dense model's on the report's split),
+    and the run keys of both sides."""
     if frame.empty:
         return pd.DataFrame(columns=PAIR_COLUMNS)
     frame = with_companions(frame)
     cell = ["task_key", "model", "seed"]
     fair = frame[_selected(frame, claim.fair)].sort_values(cell, kind="stable")
-    twins = {key: _Twins(runs) for key, runs in frame[_selected(frame, claim.twin)].groupby(cell, sort=False)}
+    twins = {key: _Twins(runs, unchanged) for key, runs in frame[_selected(frame, claim.twin)].groupby(cell, sort=False)}
     rows = []
     for f in fair.to_dict("records"):
         kind = "binary" if is_binary(int(f["num_classes"])) else "multiclass"
@@ -188,7 +191,7 @@ def claim_pairs(frame: pd.DataFrame, claim: Claim, kinds: tuple[str, ...] = ("bi
         if twin is None or not np.isfinite([f[metric], twin[metric]]).all():
             continue
         # both sides left the dense model's predictions as they were: the pair measures nothing
-        idle = "no_effect" in (f["flags"] or ()) and twin["no_effect"] == 1.0
+        idle = ("no_effect" in (f["flags"] or ()) or f.get("run_key") in unchanged) and twin["no_effect"] == 1.0
         rows.append({"cell": f"{f['task_label']} · {f['model']}", "task_key": f["task_key"], "model": f["model"],
                      "config": f["label"], "seed": int(f["seed"]), "metric": metric, "fair": float(f[metric]),
                      "twin": float(twin[metric]), "diff": float(f[metric]) - float(twin[metric]),
@@ -211,14 +214,16 @@ class _Twins:
     """The twin runs of one (task, model, seed), as arrays: what :func:`claim_pairs` asks of
     them once per fair run."""
 
-    def __init__(self, runs: pd.DataFrame):
+    def __init__(self, runs: pd.DataFrame, unchanged: frozenset[str] | set[str] = frozenset()):
         self.runs = runs
         self.params = list(runs["params"])
         self.keys = runs["run_key"].astype(str).to_numpy() if "run_key" in runs else np.full(len(runs), "")
         self.ratio = runs["compression_ratio"].to_numpy(float) if "compression_ratio" in runs else None
         # the dense model is its own predictions: as a twin it changed nothing
-        unchanged = runs["flags"].map(lambda f: "no_effect" in (f or ())) | (runs["method"] == "dense")
-        self.columns = {"no_effect": unchanged.to_numpy(float)}
+        same = runs["flags"].map(lambda f: "no_effect" in (f or ())) | (runs["method"] == "dense")
+        if "run_key" in runs:
+            same |= runs["run_key"].isin(unchanged)
+        self.columns = {"no_effect": same.to_numpy(float)}
 
     def column(self, name: str) -> np.ndarray:
         if name not in self.columns:
@@ -280,17 +285,18 @@ class Verdicts:
 
 
 def evaluate(frame: pd.DataFrame, claims: list[Claim] | None = None, dense: pd.DataFrame | None = None,
-             alpha: float = ALPHA) -> Verdicts:
+             alpha: float = ALPHA, unchanged: frozenset[str] | set[str] = frozenset()) -> Verdicts:
     """The verdicts of ``claims`` (the packaged file by default: its rows are the Holm
     family) on ``frame``: finished runs with their metrics (``Results.done()``); ``dense``:
-    the stored dense references (``Results.dense``)."""
+    the stored dense references (``Results.dense``); ``unchanged``: run keys whose
+    predictions equal the dense model's (``unchanged_runs``)."""
     claims = load_claims() if claims is None else claims
     runs, dropped = usable(frame, dense) if not frame.empty else (frame, frame)
     rows, tests, all_pairs, all_cells = [], [], {}, {}
     for claim in claims:
         left_out = int(dropped["method"].isin([claim.fair.method, claim.twin.method]).sum()) if len(dropped) else 0
         for row_id, metric, kinds in claim.rows():
-            pairs = claim_pairs(runs, claim, kinds)
+            pairs = claim_pairs(runs, claim, kinds, unchanged)
             test = _Test(claim, metric, pairs, _missing(claim, runs))
             rows.append(test.row(row_id, left_out))
             tests.append(test)
@@ -483,9 +489,30 @@ def evaluation(results) -> Verdicts:
     """The :class:`Verdicts` of ``results``: the current definition of each suite, each
     (task, model, seed, configuration) once (``data.current_definitions``)."""
     def compute() -> Verdicts:
-        return evaluate(current_definitions(results.done()), dense=results.dense)
+        done = current_definitions(results.done())
+        return evaluate(done, dense=results.dense, unchanged=unchanged_runs(results, done))
 
     return results.derived("verdicts", compute)
+
+
+def unchanged_runs(results, done: pd.DataFrame, claims: list[Claim] | None = None) -> set[str]:
+    """Keys of the runs of the claims' methods whose stored predictions on the results'
+    split equal those of the dense run of the same reference: on that split they changed
+    nothing (the engine's ``no_effect`` flag asks this of validation and test together)."""
+    claims = load_claims() if claims is None else claims
+    methods = {m for c in claims for m in (c.fair.method, c.twin.method)}
+    if done.empty or "dense_key" not in done:
+        return set()
+    dense = done[done["method"] == "dense"].drop_duplicates("dense_key").set_index("dense_key")["run_key"]
+    runs = done[done["method"].isin(methods) & done["dense_key"].isin(dense.index)]
+    if runs.empty:
+        return set()
+    preds = results.predictions_of(sorted(set(runs["run_key"]) | set(dense)))
+    same = set()
+    for key, ref in zip(runs["run_key"], runs["dense_key"].map(dense)):
+        if key in preds and ref in preds and np.array_equal(preds[key]["y_pred"], preds[ref]["y_pred"]):
+            same.add(key)
+    return same
 
 
 def pairs_for(results, row_id: str) -> pd.DataFrame:

@@ -319,3 +319,29 @@ def test_the_report_shows_each_method_against_the_dense_model_of_the_same_seed(t
     svd = done[done["label"] == "svd(k=4)"].set_index("seed")["accuracy"]
     est = estimate((svd - dense).to_numpy())  # by hand: three paired differences
     assert f"<td>{est.mean:+.3f} ± {est.half_width:.3f}</td>" in page
+
+
+def test_runs_whose_stored_predictions_equal_the_dense_model_make_idle_pairs():
+    import warnings
+
+    from synthetic_results import make_results
+    from fairsqueeze.reports.verdicts import evaluation, unchanged_runs
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = make_results()
+    done = results.done()
+    assert unchanged_runs(results, done) == set()  # every synthetic run draws its own predictions
+    # fairlrf(sr=0.6) and svd on seed 1 predict exactly what the dense model of seed 1 predicts
+    dense = done[(done["method"] == "dense") & (done["seed"] == 1)]["run_key"].iloc[0]
+    same = set(done[(done["seed"] == 1) & done["label"].isin(["fairlrf(sparsity_rate=0.6)", "svd(k=4)",
+                                                              "svd(k=16)"])]["run_key"])
+    stored = results.predictions
+    results.predictions = lambda key, split: stored(dense if key in same else key, split)
+    assert unchanged_runs(results, done) == same
+    found = evaluation(results)
+    row = found.table.set_index("id").loc["fairlrf-vs-truncated-svd"]
+    # of the three pairs (seeds 0, 1, 2), seed 1's is idle: neither side changed a test prediction
+    assert row["idle_pairs"] == 1 and row["pairs"] == 2
+    pairs = found.pairs["fairlrf-vs-truncated-svd"]
+    assert pairs.loc[pairs["idle"], "seed"].tolist() == [1]
