@@ -297,7 +297,7 @@ def evaluate(frame: pd.DataFrame, claims: list[Claim] | None = None, dense: pd.D
         left_out = int(dropped["method"].isin([claim.fair.method, claim.twin.method]).sum()) if len(dropped) else 0
         for row_id, metric, kinds in claim.rows():
             pairs = claim_pairs(runs, claim, kinds, unchanged)
-            test = _Test(claim, metric, pairs, _missing(claim, runs))
+            test = _Test(claim, metric, pairs, _missing(claim, frame, runs))
             rows.append(test.row(row_id, left_out))
             tests.append(test)
             all_pairs[row_id], all_cells[row_id] = pairs, test.cells
@@ -316,10 +316,18 @@ def verdicts(frame: pd.DataFrame, claims: list[Claim] | None = None, dense: pd.D
     return evaluate(frame, claims, dense, alpha).table
 
 
-def _missing(claim: Claim, runs: pd.DataFrame) -> str:
-    present = set(runs["method"]) if "method" in runs else set()
-    missing = [m for m in (claim.fair.method, claim.twin.method) if m not in present]
-    return f"not in the suite: {', '.join(missing)}" if missing else ""
+def _missing(claim: Claim, frame: pd.DataFrame, runs: pd.DataFrame) -> str:
+    """Why a claim has no pair, where a side is absent: not in the results at all, or every
+    run of it left out (degenerate, or on an underfit dense reference)."""
+    stored = set(frame["method"]) if "method" in frame else set()
+    usable_ = set(runs["method"]) if "method" in runs else set()
+    sides = (claim.fair.method, claim.twin.method)
+    missing = [m for m in sides if m not in stored]
+    if missing:
+        return f"not in the suite: {', '.join(missing)}"
+    dropped = [m for m in sides if m not in usable_]
+    return (f"every run of {', '.join(dropped)} left out (degenerate, or on an underfit dense reference)"
+            if dropped else "")
 
 
 class _Test:

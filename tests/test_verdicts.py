@@ -345,3 +345,12 @@ def test_runs_whose_stored_predictions_equal_the_dense_model_make_idle_pairs():
     assert row["idle_pairs"] == 1 and row["pairs"] == 2
     pairs = found.pairs["fairlrf-vs-truncated-svd"]
     assert pairs.loc[pairs["idle"], "seed"].tolist() == [1]
+
+
+def test_a_claim_whose_runs_were_all_left_out_says_so_not_that_they_are_missing():
+    frame = synthetic(-0.03)
+    dense = pd.DataFrame([{"key": f"{t}-{s}", "bias_card": {"dense": {"underfit": True}}} for t, _ in CELLS
+                          for s in SEEDS])
+    row = one(frame, dense=dense)
+    assert row["verdict"] == "untested" and row["left_out"] == 60
+    assert row["note"] == "every run of fair, twin left out (degenerate, or on an underfit dense reference)"
