@@ -15,8 +15,8 @@ A claim generalises over cells, so a cell is one observation, not each of its pa
   actually run at, so that its interval, equivalence test and detectable effect use it.
 - :func:`equivalent`: TOST on the pooled estimate: both one-sided tests at level α, i.e.
   the 1 − 2α interval inside (−δ, +δ), and the prediction interval inside it as well.
-- :func:`detectable` / :func:`units_needed`: ``statsmodels.stats.power.TTestPower`` on the
-  units of the test (cells, or seeds for one cell).
+- :func:`detectable` / :func:`units_needed`: the power of a t-test on the units of the test
+  (cells, or seeds for one cell) from ``statsmodels.stats.power.TTestPower``.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import optimize, stats
 from statsmodels.stats.meta_analysis import combine_effects
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
@@ -155,28 +155,41 @@ def tost_p(est: Pooled, delta: float) -> float:
     return float(max(lower, upper))
 
 
-def detectable(est: Pooled, alpha: float, power: float = POWER) -> float:
-    """Smallest |effect| a two-sided t-test on ``est.units`` units detects at level α
-    with the given power (TTestPower), in the metric's units; NaN without spread."""
-    if not (est.se > 0 and est.units >= 2):
-        return math.nan
+def power(d: float, n: int, alpha: float) -> float:
+    """Power of a two-sided one-sample t-test on ``n`` units at standardised effect ``d``
+    (``TTestPower``). Where statsmodels' noncentral t gives NaN (few units at a small α:
+    its lower tail), the upper tail alone, which is all of the power there."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        d = TTestPower().solve_power(nobs=est.units, alpha=alpha, power=power)
+        p = float(TTestPower().power(effect_size=d, nobs=n, alpha=alpha))
+        if not math.isfinite(p):
+            p = float(stats.nct.sf(stats.t.ppf(1 - alpha / 2, n - 1), n - 1, d * math.sqrt(n)))
+    return p
+
+
+def detectable(est: Pooled, alpha: float, target: float = POWER) -> float:
+    """Smallest |effect| a two-sided t-test on ``est.units`` units detects at level α with
+    the given power, in the metric's units; NaN without spread. Solved on :func:`power` by
+    bisection (statsmodels' own solver returns a wrong root silently where its power is NaN)."""
+    if not (est.se > 0 and est.units >= 2):
+        return math.nan
+    high = 1.0
+    while power(high, est.units, alpha) < target:
+        high *= 2
+    d = optimize.brentq(lambda x: power(x, est.units, alpha) - target, 0.0, high, xtol=1e-10)
     return float(d) * est.unit_sd
 
 
-def units_needed(est: Pooled, delta: float, alpha: float, power: float = POWER, cap: int = 10_000) -> int | None:
+def units_needed(est: Pooled, delta: float, alpha: float, target: float = POWER, cap: int = 10_000) -> int | None:
     """How many units (cells, or seeds) of the present spread a test needs to detect δ at
     level α with the given power; None without spread or beyond ``cap``."""
     if not (est.se > 0 and delta > 0):
         return None
     d = delta / est.unit_sd
-    power_at = lambda n: TTestPower().power(effect_size=d, nobs=n, alpha=alpha)  # noqa: E731
-    if power_at(cap) < power:
+    if power(d, cap, alpha) < target:
         return None
     lo, hi = 2, cap  # power grows with n: the smallest n that reaches it
     while lo < hi:
         mid = (lo + hi) // 2
-        lo, hi = (mid + 1, hi) if power_at(mid) < power else (lo, mid)
+        lo, hi = (mid + 1, hi) if power(d, mid, alpha) < target else (lo, mid)
     return lo

@@ -113,3 +113,16 @@ def test_the_detectable_effect_is_detected_with_the_stated_power():
     from statsmodels.stats.power import TTestPower
     power = TTestPower().power
     assert power(0.01 / sd, n, level) >= 0.8 > power(0.01 / sd, n - 1, level)
+
+
+def test_the_detectable_effect_is_right_with_three_cells_at_a_holm_level():
+    # three cells at α = 0.05/15: statsmodels' solver returns d = 5.5 (power 0.26) here; ours checks
+    est = evidence.pool(_cells([0.01, -0.02, 0.005], [0.004, 0.004, 0.004]))
+    level = 0.05 / 15
+    mde = evidence.detectable(est, level)
+    assert evidence.power(mde / est.unit_sd, 3, level) == pytest.approx(0.8, abs=1e-6)
+    # a simulation of the t-test on three units agrees, and the effect exceeds the interval's half-width
+    rng = np.random.default_rng(2)
+    draws = rng.normal(mde, est.unit_sd, size=(40000, 3))
+    assert (stats.ttest_1samp(draws, 0.0, axis=1).pvalue < level).mean() == pytest.approx(0.8, abs=0.01)
+    assert mde > est.interval(level)[1] - est.effect
