@@ -479,7 +479,7 @@ def forest_figure(row: dict, cells):
         values += [low, high]
         if np.isfinite(row.get("pred_low", np.nan)):
             ax.plot([row["pred_low"], row["pred_high"]], [-0.1, -0.1], color=colour, lw=1.5, ls="--", zorder=2,
-                    label="prediction interval")
+                    label="95 % prediction interval")
             values += [row["pred_low"], row["pred_high"]]
     finite = [v for v in values if np.isfinite(v)]
     lo, hi = min(finite), max(finite)
