@@ -9,7 +9,7 @@ import pandas as pd
 
 from fairsqueeze.reports import export, figures, verdicts
 from fairsqueeze.reports.verdict_page import verdict_context
-from fairsqueeze.reports.data import Results
+from fairsqueeze.reports.data import Results, current_definitions
 from fairsqueeze.reports.run_pages import run_page_list, write_run_pages
 from fairsqueeze.reports.templating import environment
 from fairsqueeze.reports.tiers import tier_rank
@@ -34,7 +34,7 @@ def build_leaderboard(results: Results, out: Path) -> Path:
     """Write ``out/index.html`` and ``out/tables/*``; return the page path."""
     out = Path(out)
     underfit = verdicts.underfit_dense_keys(results.dense)
-    left_out = ranking.underfit_cells(results.done(), underfit)
+    left_out = ranking.underfit_cells(current_definitions(results.done()), underfit)
     runs = ranking.usable_runs(results.done(), underfit)
     scores = ranking.scores_frame(ranking.cell_scores(runs)) if not runs.empty else pd.DataFrame()
     board = ranking.leaderboard_table(scores)  # tiers in numeric order, ranked methods first
