@@ -5,6 +5,7 @@
     runs = res.runs("default")                    # one row per suite membership
     tidy = res.metrics("default")                 # one row per run, group and metric
     delta = res.paired("default")                 # per-seed change against dense
+    pairs = res.pairs("fairlrf-vs-truncated-svd", "default")  # the pairs behind a verdict
 
 Every frame is read from the store alone (nothing is recomputed from a model) and the
 database is opened read-only. Runs carry the flags the pages use, the reading side's
@@ -89,6 +90,17 @@ class ResultsReader:
         out = tidy[tidy["method"] != "dense"].assign(dense_key=lambda f: f["run_key"].map(dense_key))
         out = out.merge(dense.rename(columns={"value": "dense"}), on=["dense_key", "metric", "group"], how="inner")
         return out.assign(delta=out["value"] - out["dense"]).drop(columns="dense_key").reset_index(drop=True)
+
+    def pairs(self, claim: str, suite: str | None = None) -> pd.DataFrame:
+        """The pairs behind one verdict row (``claim``: the row's id, or the claim's id when
+        it has one row): cell, configuration, seed, the fair and twin values and their run
+        keys, idle pairs included and marked (``idle``). Every suite when ``suite`` is None."""
+        from . import verdicts
+
+        try:
+            return verdicts.pairs_for(self.results(suite), claim)
+        except KeyError as err:
+            raise FairsqueezeError(err.args[0]) from None
 
     def verdicts(self, suite: str) -> pd.DataFrame:
         """The suite's verdict table, from the verdicts module of the statistics side."""

@@ -450,3 +450,53 @@ def tuning_figure(studies, colours: dict[str, str]):
 
 def tuning_plot(studies, colours: dict[str, str]) -> str:
     return to_png(tuning_figure(studies, colours))
+
+
+OUTCOME_COLOURS = {"supported": "#1a7f37", "contradicted": "#c62828", "no effect ≥ δ": "#1f5fa8",
+                   "inconclusive": "#8a6d00", "not exercised": "#6e6e6e", "untested": "#9e9e9e"}
+
+
+def forest_figure(row: dict, cells):
+    """One claim row as a forest plot: each cell's estimate with its 95 % interval (seeds
+    as the units), the pooled estimate as a diamond spanning its interval at the level the
+    verdict used, the prediction interval for a new cell, the ±δ band and the claimed side."""
+    cells = cells.reset_index(drop=True)
+    k = len(cells)
+    fig, ax = plt.subplots(figsize=(6.4, 1.5 + 0.26 * (k + 2)))
+    delta, colour = float(row["delta"]), OUTCOME_COLOURS.get(row["verdict"], "#444444")
+    ax.axvspan(-delta, delta, color="#dde7f3", zorder=0, label=f"±δ = {delta:g}")
+    ax.axvline(0, color="#555555", lw=0.8, zorder=1)
+    ys = np.arange(k, 0, -1) + 1.0
+    for y, c in zip(ys, cells.itertuples()):
+        if np.isfinite(c.low):
+            ax.plot([c.low, c.high], [y, y], color="#333333", lw=1.2)
+        ax.plot(c.effect, y, "s", color="#333333", ms=4)
+    values = list(cells["effect"]) + list(cells["low"]) + list(cells["high"]) + [-delta, delta]
+    if np.isfinite(row.get("effect", np.nan)):
+        low, high, mid = float(row["low"]), float(row["high"]), float(row["effect"])
+        ax.fill([low, mid, high, mid], [0.5, 0.8, 0.5, 0.2], color=colour, zorder=3,
+                label=f"pooled, level {row['level']:.2g}")
+        values += [low, high]
+        if np.isfinite(row.get("pred_low", np.nan)):
+            ax.plot([row["pred_low"], row["pred_high"]], [-0.1, -0.1], color=colour, lw=1.5, ls="--", zorder=2,
+                    label="95 % prediction interval")
+            values += [row["pred_low"], row["pred_high"]]
+    finite = [v for v in values if np.isfinite(v)]
+    lo, hi = min(finite), max(finite)
+    pad = 0.08 * (hi - lo or 1.0)
+    ax.set_xlim(lo - pad, hi + pad)
+    claimed = -1 if row["direction"] == "lower" else 1
+    ax.annotate("", xy=(0.5 + 0.22 * claimed, 1.03), xytext=(0.5, 1.03), xycoords="axes fraction",
+                arrowprops={"arrowstyle": "->", "color": "#1a7f37"})
+    ax.text(0.5 + 0.24 * claimed, 1.03, "claimed side", transform=ax.transAxes, va="center",
+            ha="right" if claimed < 0 else "left", fontsize=MIN_FONT, color="#1a7f37")
+    names = [f"{c[:28]}… ({n} s)" if len(c) > 29 else f"{c} ({n} s)" for c, n in zip(cells["cell"], cells["seeds"])]
+    ax.set_yticks(list(ys) + [0.5], names + ["pooled"], fontsize=MIN_FONT)
+    ax.set_ylim(-0.4, (ys[0] if k else 1) + 0.8)
+    ax.xaxis.set_major_locator(plt.MaxNLocator(4))
+    ax.set_xlabel(f"Δ {row['metric']} (fair − twin)")
+    ax.set_title(f"{row['id']}: {row['verdict']}", fontsize=9, color=colour, pad=14)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=MIN_FONT, frameon=False)
+    height = 1.5 + 0.26 * (k + 2)
+    fig.subplots_adjust(left=0.33, right=0.7, top=1 - 0.55 / height, bottom=0.55 / height)
+    return fig
