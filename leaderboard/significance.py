@@ -30,14 +30,9 @@ from scipy import stats  # noqa: E402
 from statsmodels.stats.multitest import multipletests  # noqa: E402
 
 from fairsqueeze.reports.tiers import tier_rank  # noqa: E402
-from fairsqueeze.reports.verdicts import load_claims, twin_map  # noqa: E402
 
 ALPHA = 0.05
 MIN_CELLS = 5  # below this, a Friedman test over cells has almost no power (N = 2 gave χ² = 0, p = 1)
-# fairness-aware method -> the fairness-unaware methods it claims to improve on: the claims file's
-# pairs of two different methods (a pair within one method, such as BiFP with and without its
-# penalty, has one hypervolume and is left to the verdicts)
-TWINS = twin_map(load_claims())
 
 
 @dataclass
@@ -111,8 +106,11 @@ class TwinTest:
     p_holm: float = math.nan  # across every twin test of the page
 
 
-def twin_tests(frame: pd.DataFrame) -> list[TwinTest]:
-    """Every (fair method, twin) pair that has results in a common tier and cell."""
+def twin_tests(frame: pd.DataFrame, twins: dict[str, tuple[str, ...]]) -> list[TwinTest]:
+    """Every (fair method, twin) pair that has results in a common tier and cell. ``twins``:
+    fairness-aware method -> the fairness-unaware methods its claims compare it with
+    (``verdicts.twin_map``: pairs of two different methods; a pair within one method, such as
+    BiFP with and without its penalty, has one hypervolume and is left to the verdicts)."""
     per_seed = pd.DataFrame(
         [{"metric": r.metric, "tier": r.tier, "cell": r.cell, "method": r.method, "seed": s, "hv": v}
          for r in frame.itertuples() for s, v in r.per_seed.items()]
@@ -124,14 +122,14 @@ def twin_tests(frame: pd.DataFrame) -> list[TwinTest]:
     per_seed["order"] = per_seed["tier"].map(tier_rank)
     for (metric, _, tier), sub in per_seed.groupby(["metric", "order", "tier"], sort=True):
         wide = sub.pivot_table(index=["cell", "seed"], columns="method", values="hv")
-        for fair, twins in TWINS.items():
-            for twin in twins:
+        for fair, others in twins.items():
+            for twin in others:
                 if fair in wide and twin in wide and not (paired := wide[[fair, twin]].dropna()).empty:
                     tests.append(_wilcoxon(metric, tier, fair, twin, paired[fair], paired[twin]))
     # a pair with no tier in common: compared across tiers, with the tiers named
     for metric, sub in per_seed.groupby("metric", sort=True):
-        for fair, twins in TWINS.items():
-            for twin in twins:
+        for fair, others in twins.items():
+            for twin in others:
                 if any(t.metric == metric and t.fair == fair and t.twin == twin for t in tests):
                     continue
                 sides = [sub[sub["method"] == m].groupby(["cell", "seed"])["hv"].mean() for m in (fair, twin)]

@@ -40,7 +40,8 @@ def build_leaderboard(results: Results, out: Path) -> Path:
     board = ranking.leaderboard_table(scores)  # tiers in numeric order, ranked methods first
     tests = [significance.friedman(scores, m, t) for m in ranking.GAPS for t, _, _ in ranking.TIERS
              if not scores.empty and ((scores["metric"] == m) & (scores["tier"] == t)).any()]
-    twins = significance.twin_tests(scores) if not scores.empty else []
+    twin_map = verdicts.twin_map(verdicts.all_claims(results.claim_files))
+    twins = significance.twin_tests(scores, twin_map) if not scores.empty else []
     tables = out / "tables"
     export.write_frame(board, tables, "leaderboard")
     if not scores.empty:
@@ -81,7 +82,7 @@ def build_leaderboard(results: Results, out: Path) -> Path:
         run_link=links,
         run_pages=run_page_list(results, links),
         run_pages_have_predictions=False,
-        twin_map=significance.TWINS,
+        twin_map=twin_map,
         **verdict_view,
         underfit_cells=left_out.to_dict("records"),
     )

@@ -32,15 +32,17 @@ OVERALL = "all"  # the group of a value over the whole split
 class ResultsReader:
     """Read-only access to one results database; each method returns a new DataFrame."""
 
-    def __init__(self, url: str, split: str = "test"):
+    def __init__(self, url: str, split: str = "test", claims: tuple = ()):
         self.store = open_store(url)
         self.split = split
+        self.claims = tuple(claims)
         self._loaded: dict[str | None, Results] = {}
 
     def results(self, suite: str | None = None) -> Results:
         """The :class:`Results` the pages render (read once per suite)."""
         if suite not in self._loaded:
             self._loaded[suite] = load(self.store, suite, self.split)
+            self._loaded[suite].claim_files = self.claims
         return self._loaded[suite]
 
     def _done(self, suite: str | None) -> pd.DataFrame:
@@ -111,6 +113,7 @@ class ResultsReader:
         return verdicts.verdict_table(self.results(suite))
 
 
-def open_results(url: str, split: str = "test") -> ResultsReader:
-    """Open a results database (any SQLAlchemy URL) to read; nothing is ever written."""
-    return ResultsReader(url, split)
+def open_results(url: str, split: str = "test", claims=()) -> ResultsReader:
+    """Open a results database (any SQLAlchemy URL) to read; nothing is ever written.
+    ``claims``: claims files read beside the packaged claims and those installed plugins ship."""
+    return ResultsReader(url, split, claims)

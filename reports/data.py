@@ -42,6 +42,8 @@ class Results:
     methods: pd.DataFrame = field(default_factory=pd.DataFrame)
     # task key -> majority-class rates on ``split`` (``chance.majority_rates``); filled on first use
     majority: dict[str, dict] = field(default_factory=dict)
+    # claims files read beside the packaged one and the plugins' (``--claims FILE``)
+    claim_files: tuple = ()
     # tables derived from these results (``derived``), shared by the pages built from them
     _derived: dict = field(default_factory=dict, repr=False, compare=False)
 

@@ -28,15 +28,19 @@ counted. A claim on the cancelling EOdd also reports a non-cancelling companion
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 import warnings
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import yaml
+
+from fairsqueeze.core.errors import FairsqueezeError
 
 from fairsqueeze.measure.biascard import is_underfit
 from fairsqueeze.measure.metrics import metric_def
@@ -129,6 +133,43 @@ def load_claims(path: Path | str | None = None) -> list[Claim]:
         for _, key, _ in claim.rows():
             claim.delta_for(key)  # a metric without a default δ needs the claim's own
         claims.append(claim)
+    return claims
+
+
+CLAIMS_GROUP = "fairsqueeze.claims"  # entry points naming a plugin package that ships a claims.yaml
+
+
+def plugin_claim_files() -> list[Path]:
+    """The ``claims.yaml`` of every installed package named in the ``fairsqueeze.claims``
+    entry-point group, found without importing the package (the pages import no plugin)."""
+    files = []
+    for ep in entry_points(group=CLAIMS_GROUP):
+        spec = importlib.util.find_spec(ep.value) if ep.value.isidentifier() else None
+        folders = list(spec.submodule_search_locations or []) if spec else []
+        found = [Path(f) / "claims.yaml" for f in folders if (Path(f) / "claims.yaml").is_file()]
+        if not found:
+            raise FairsqueezeError(f"claims entry point {ep.name!r}: no claims.yaml in the top-level package {ep.value!r}")
+        files += found[:1]
+    return files
+
+
+def all_claims(extra: tuple[Path | str, ...] | list = ()) -> list[Claim]:
+    """The packaged claims, then those the installed plugins ship, then ``extra`` files
+    (``--claims FILE``): one family for Holm. A file that cannot be read, or a claim id given
+    twice, is one line."""
+    claims: list[Claim] = []
+    for path in [CLAIMS_FILE, *plugin_claim_files(), *map(Path, extra)]:
+        try:
+            more = load_claims(path)
+        except OSError as exc:
+            raise FairsqueezeError(f"claims file {path}: cannot be read ({exc.strerror or exc})") from None
+        except (ValueError, KeyError, TypeError, yaml.YAMLError) as exc:
+            raise FairsqueezeError(f"claims file {path}: {type(exc).__name__}: {exc}") from None
+        seen = {c.id for c in claims}
+        for c in more:
+            if c.id in seen:
+                raise FairsqueezeError(f"claims file {path}: claim {c.id!r} is already defined")
+        claims += more
     return claims
 
 
@@ -497,8 +538,9 @@ def evaluation(results) -> Verdicts:
     """The :class:`Verdicts` of ``results``: the current definition of each suite, each
     (task, model, seed, configuration) once (``data.current_definitions``)."""
     def compute() -> Verdicts:
+        claims = all_claims(results.claim_files)
         done = current_definitions(results.done())
-        return evaluate(done, dense=results.dense, unchanged=unchanged_runs(results, done))
+        return evaluate(done, claims, dense=results.dense, unchanged=unchanged_runs(results, done, claims))
 
     return results.derived("verdicts", compute)
 

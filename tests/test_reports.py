@@ -13,6 +13,7 @@ import pytest
 from scipy import stats
 
 from synthetic_results import make_results
+from fairsqueeze.reports.verdicts import load_claims, twin_map
 from fairsqueeze.leaderboard import ranking, significance
 from fairsqueeze.reports.hypervolume import hypervolume, reference_point
 from fairsqueeze.measure.metrics import compute_metrics
@@ -23,6 +24,8 @@ from fairsqueeze.reports.tables import comparisons
 from fairsqueeze.reports.terminal import WIDTH, headline_tables
 
 BINARY, MULTI = ("digits: parity / planted", 2), ("faces: age / race", 5)
+
+PACKAGED_TWINS = twin_map(load_claims())  # the packaged claims file's fair -> twin methods
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +221,7 @@ def test_cells_on_an_underfit_reference_are_left_out_of_the_ranking(results):
 
 def test_twin_test_pairs_seeds_and_states_p(results):
     scores = ranking.scores_frame(ranking.cell_scores(ranking.usable_runs(results.done())))
-    tests = [t for t in significance.twin_tests(scores) if t.metric == "equalized odds"]
+    tests = [t for t in significance.twin_tests(scores, PACKAGED_TWINS) if t.metric == "equalized odds"]
     pairs = {(t.fair, t.twin) for t in tests}
     assert pairs == {("fairlrf", "slr_w"), ("fairlrf", "truncated_svd")}
     svd = next(t for t in tests if t.twin == "truncated_svd")
@@ -230,7 +233,7 @@ def test_a_twin_pair_in_different_tiers_is_shown_across_tiers_with_a_note():
     rows = [{"metric": "m", "tier": tier, "task_key": f"t{c}", "model": "mlp", "method": method, "mean": hv,
              "per_seed": {s: hv + 0.01 * s for s in range(3)}}
             for c in range(2) for method, tier, hv in (("fairquantize", "1.05–1.3", 0.6), ("int8_ptq", ">1.7", 0.5))]
-    tests = significance.twin_tests(ranking.scores_frame_from(pd.DataFrame(rows)))
+    tests = significance.twin_tests(ranking.scores_frame_from(pd.DataFrame(rows)), PACKAGED_TWINS)
     (test,) = [t for t in tests if t.fair == "fairquantize"]
     assert test.tier == "1.05–1.3 vs >1.7" and test.pairs == 6 and test.mean_difference == pytest.approx(0.1)
     assert "across tiers" in test.note and "not like for like" in test.note
@@ -657,13 +660,13 @@ def test_the_twin_tests_are_holm_corrected_over_the_page():
 
     rng = np.random.default_rng(0)
     rows = []
-    for fair, twins in significance.TWINS.items():
+    for fair, twins in PACKAGED_TWINS.items():
         for twin in twins:
             for c in range(4):
                 for m, shift in ((fair, 0.02), (twin, 0.0)):
                     rows.append({"metric": "equalized odds", "tier": ">1.7", "cell": f"t{c}/mlp", "method": m,
                                  "per_seed": {s: 0.5 + shift + rng.normal(0, 0.01) for s in range(5)}})
-    tests = significance.twin_tests(pd.DataFrame(rows))
+    tests = significance.twin_tests(pd.DataFrame(rows), PACKAGED_TWINS)
     raw = [t.p_value for t in tests]
     assert len(tests) >= 5 and [t.p_holm for t in tests] == pytest.approx(list(multipletests(raw, method="holm")[1]))
     assert all(t.p_holm >= t.p_value for t in tests)
