@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
 from fairsqueeze.reports.columns import EODDS, UTILITY, add_derived, is_binary
 from fairsqueeze.reports.data import current_definitions
@@ -111,6 +110,7 @@ def scores_frame(scores: list[CellScore]) -> pd.DataFrame:
 def scores_frame_from(frame: pd.DataFrame) -> pd.DataFrame:
     """Cell scores (metric, tier, task_key, model, method, mean) with their cell, rank and
     number of other methods met."""
+    from scipy.stats import rankdata
     if frame.empty:
         return frame
     frame = frame.copy()

@@ -19,17 +19,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import scikit_posthocs as sp  # noqa: E402
-from scipy import stats  # noqa: E402
-from statsmodels.stats.multitest import multipletests  # noqa: E402
-
-from fairsqueeze.reports.tiers import tier_rank  # noqa: E402
+from fairsqueeze.reports.tiers import tier_rank
 
 ALPHA = 0.05
 MIN_CELLS = 5  # below this, a Friedman test over cells has almost no power (N = 2 gave χ² = 0, p = 1)
@@ -51,6 +44,8 @@ class Friedman:
 
 def friedman(frame: pd.DataFrame, metric: str, tier: str) -> Friedman:
     """``frame``: the per-cell scores (``ranking.scores_frame``)."""
+    import scikit_posthocs as sp
+    from scipy import stats
     sub = frame[(frame["metric"] == metric) & (frame["tier"] == tier)]
     wide = sub.pivot_table(index="cell", columns="method", values="mean")
     # keep the methods present in most cells, then the cells complete for all of them
@@ -80,12 +75,14 @@ def friedman(frame: pd.DataFrame, metric: str, tier: str) -> Friedman:
 def cd_diagram(result: Friedman) -> str | None:
     """The critical-difference diagram as base64 PNG (scikit-posthocs): methods at their
     mean ranks, a bar joining the methods Nemenyi's test cannot tell apart."""
-    from fairsqueeze.reports.figures import to_png
+    import scikit_posthocs as sp
+
+    from fairsqueeze.reports.figures import pyplot, to_png
 
     if not result.mean_ranks or result.nemenyi is None:
         return None
     k = len(result.methods)
-    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.28 * k))
+    fig, ax = pyplot().subplots(figsize=(7, 1.2 + 0.28 * k))
     sp.critical_difference_diagram(pd.Series(result.mean_ranks), result.nemenyi, ax=ax, alpha=ALPHA,
                                    label_props={"fontsize": 8})
     ax.set_title(f"Nemenyi, {result.metric}, tier {result.tier} (α = {ALPHA}, N = {result.cells}, "
@@ -111,6 +108,7 @@ def twin_tests(frame: pd.DataFrame, twins: dict[str, tuple[str, ...]]) -> list[T
     fairness-aware method -> the fairness-unaware methods its claims compare it with
     (``verdicts.twin_map``: pairs of two different methods; a pair within one method, such as
     BiFP with and without its penalty, has one hypervolume and is left to the verdicts)."""
+    from statsmodels.stats.multitest import multipletests
     per_seed = pd.DataFrame(
         [{"metric": r.metric, "tier": r.tier, "cell": r.cell, "method": r.method, "seed": s, "hv": v}
          for r in frame.itertuples() for s, v in r.per_seed.items()]
@@ -149,6 +147,7 @@ def twin_tests(frame: pd.DataFrame, twins: dict[str, tuple[str, ...]]) -> list[T
 
 
 def _wilcoxon(metric: str, tier: str, fair: str, twin: str, a: pd.Series, b: pd.Series) -> TwinTest:
+    from scipy import stats
     diff = a - b
     test = TwinTest(metric, tier, fair, twin, len(diff), float(diff.mean()), math.nan)
     if (diff == 0).all():

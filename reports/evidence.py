@@ -26,10 +26,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, stats
-from statsmodels.stats.meta_analysis import combine_effects
-from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.power import TTestPower
 
 POWER = 0.8
 LEVEL = 0.95  # the per-cell intervals shown beside the pooled one
@@ -44,6 +40,7 @@ def cell_effects(pairs: pd.DataFrame, value: str = "diff") -> pd.DataFrame:
     """One row per cell of ``pairs`` (columns ``cell``, ``seed``, ``value``): the seeds'
     means over configurations, their mean, standard error (NaN below 2 seeds) and 95 %
     Student-t interval."""
+    from scipy import stats
     if pairs.empty:
         return pd.DataFrame(columns=CELL_COLUMNS)
     per_seed = pairs.groupby(["cell", "seed"], sort=True)[value].mean()
@@ -84,6 +81,7 @@ class Pooled:
 
     def interval(self, alpha: float) -> tuple[float, float]:
         """The two-sided 1 − α interval."""
+        from scipy import stats
         half = float(stats.t.ppf(1 - alpha / 2, self.df)) * self.se
         return self.effect - half, self.effect + half
 
@@ -93,6 +91,8 @@ def pool(cells: pd.DataFrame, seed_values: np.ndarray | None = None, se_floor: f
     cell: its seeds (``seed_values``, the per-seed means) are the units. None when nothing
     can be tested (no cell with 2 seeds). ``se_floor``: the smallest standard error a cell
     is given (see ``SE_FLOOR``)."""
+    from scipy import stats
+    from statsmodels.stats.meta_analysis import combine_effects
     usable = cells[np.isfinite(cells["se"].to_numpy(float))]
     k = len(usable)
     if k == 0:
@@ -123,6 +123,7 @@ def holm_levels(p_values, alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndar
     step, α / (m − i) for the i-th smallest p (from 0), and for every member after the
     first step that fails, that step's level — so a member's 1 − level interval excludes 0
     exactly when Holm rejects it."""
+    from statsmodels.stats.multitest import multipletests
     p = np.nan_to_num(np.asarray(p_values, dtype=float), nan=1.0)
     m = len(p)
     if m == 0:
@@ -148,6 +149,7 @@ def equivalent(est: Pooled, delta: float, alpha: float) -> bool:
 
 def tost_p(est: Pooled, delta: float) -> float:
     """The TOST p-value: the larger of the two one-sided p-values against ±δ."""
+    from scipy import stats
     if est.se == 0:
         return 0.0 if abs(est.effect) < delta else 1.0
     lower = stats.t.sf((est.effect + delta) / est.se, est.df)
@@ -159,6 +161,8 @@ def power(d: float, n: int, alpha: float) -> float:
     """Power of a two-sided one-sample t-test on ``n`` units at standardised effect ``d``
     (``TTestPower``). Where statsmodels' noncentral t gives NaN (few units at a small α:
     its lower tail), the upper tail alone, which is all of the power there."""
+    from scipy import stats
+    from statsmodels.stats.power import TTestPower
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         p = float(TTestPower().power(effect_size=d, nobs=n, alpha=alpha))
@@ -171,6 +175,7 @@ def detectable(est: Pooled, alpha: float, target: float = POWER) -> float:
     """Smallest |effect| a two-sided t-test on ``est.units`` units detects at level α with
     the given power, in the metric's units; NaN without spread. Solved on :func:`power` by
     bisection (statsmodels' own solver returns a wrong root silently where its power is NaN)."""
+    from scipy import optimize
     if not (est.se > 0 and est.units >= 2):
         return math.nan
     high = 1.0

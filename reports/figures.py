@@ -7,14 +7,10 @@ import base64
 import hashlib
 import io
 from dataclasses import dataclass
+import functools
 from pathlib import Path
 from typing import Callable
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib import patheffects  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .columns import DELTA_GAP, DELTA_UTILITY, UTILITY, headline_gap  # noqa: E402
@@ -31,8 +27,20 @@ LABEL_ALL = 30  # up to this many rows, every point is labelled; past it, the po
 # the range a plotted value can take: accuracy and every gap are rates
 FEASIBLE = {UTILITY: (0.0, 1.0), "gap": (0.0, 1.0)}
 
-plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "xtick.labelsize": 9,
-                     "ytick.labelsize": 9, "legend.fontsize": 9, "svg.fonttype": "none"})
+
+
+@functools.cache
+def pyplot():
+    """matplotlib's pyplot on the Agg backend with the pages' fonts, imported when the first
+    figure is drawn: a page command that fails early, or draws nothing, never pays for it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "xtick.labelsize": 9,
+                         "ytick.labelsize": 9, "legend.fontsize": 9, "svg.fonttype": "none"})
+    return plt
 
 
 class Png(str):
@@ -50,6 +58,7 @@ class Png(str):
 
 
 def png_bytes(fig) -> bytes:
+    plt = pyplot()
     buf = io.BytesIO()
     # fixed margins (a "tight" box costs a second draw); light compression: encoding is most of a save
     fig.savefig(buf, format="png", dpi=2 * SCREEN_DPI, pil_kwargs={"compress_level": 2})
@@ -260,6 +269,7 @@ def _covers(rect, points: np.ndarray) -> bool:
 
 def _axes(width: float = 7.4, height: float = 4.4):
     """One plot with room on the right for the legend of methods."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(width, height))
     fig.subplots_adjust(left=0.11, right=0.68, bottom=0.13, top=0.91)
     return fig, ax
@@ -321,6 +331,7 @@ def swept_parameters(comp: Comparison) -> list[str]:
 def ablation_figure(comp: Comparison, param: str, colours: dict[str, str]):
     """The utility and the headline gap against one swept parameter: one line per method
     entry (and per value of any other parameter swept with it), seed CIs as a shaded band."""
+    plt = pyplot()
     gap = headline_gap(comp.num_classes)
     lines: dict[tuple, list[Row]] = {}
     for r in comp.rows:
@@ -360,6 +371,8 @@ def tuning_figure(studies, colours: dict[str, str]):
     a step line (one line style per seed) and the trials the policies selected ringed and
     named. A front of three objectives (with the compression ratio) is drawn as points only:
     its projection onto two axes is not a staircase."""
+    from matplotlib import patheffects
+    plt = pyplot()
     from matplotlib.lines import Line2D
 
     entries: dict[str, list] = {}
@@ -460,6 +473,7 @@ def forest_figure(row: dict, cells):
     """One claim row as a forest plot: each cell's estimate with its 95 % interval (seeds
     as the units), the pooled estimate as a diamond spanning its interval at the level the
     verdict used, the prediction interval for a new cell, the ±δ band and the claimed side."""
+    plt = pyplot()
     cells = cells.reset_index(drop=True)
     k = len(cells)
     fig, ax = plt.subplots(figsize=(6.4, 1.5 + 0.26 * (k + 2)))

@@ -20,7 +20,6 @@ from functools import lru_cache
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 LEVEL = 0.95
 MIN_INTERVAL_N = 3  # fewer seeds than this: per-seed values, never a t-interval
@@ -101,6 +100,7 @@ def estimate(values) -> Estimate:
 
 @lru_cache(maxsize=None)
 def _t(dof: int) -> float:
+    from scipy import stats
     return float(stats.t.ppf(0.5 + LEVEL / 2, dof))
 
 

@@ -515,18 +515,18 @@ def test_figures_read_well_from_their_artists(results):
         for text in [*ax.texts, *ax.get_xticklabels(), *ax.get_yticklabels(), ax.xaxis.label, ax.title,
                      *ax.get_legend().get_texts()]:
             assert text.get_fontsize() * px >= 10, text
-        figures.plt.close(fig)
+        figures.pyplot().close(fig)
 
         fig = figures.ablation_figure(comp, "k" if comp.num_classes == 2 else "sparsity_rate", colours)
         for axis in fig.axes:
             low, high = axis.get_ylim()
             assert 0 <= low < high <= 1  # no negative accuracy, no gap below 0
-        figures.plt.close(fig)
+        figures.pyplot().close(fig)
 
         fig = figures.delta_figure(comp, colours)
         dense = [c for c in fig.axes[0].collections if c.get_gid() == "points:dense"]
         assert dense and np.allclose(dense[0].get_offsets(), 0)  # the dense model is the origin
-        figures.plt.close(fig)
+        figures.pyplot().close(fig)
 
 
 def test_near_chance_by_hand():
@@ -617,7 +617,7 @@ def test_point_labels_never_overlap_in_a_dense_cluster():
         assert not (inside & (np.hypot(*(pixels - own).T) > 1e-6)).any(), t.get_text()
     left_out = 13 - len(labels)  # twelve in the cluster and the far one
     assert left_out > 0 and any(f"{left_out} point label(s) left out" in t.get_text() for t in fig.texts)
-    figures.plt.close(fig)
+    figures.pyplot().close(fig)
 
 
 def test_a_compressed_twin_equal_to_the_dense_model_is_never_the_best_trade_off():
