@@ -35,17 +35,48 @@ class Predictions:
 
 
 @dataclass
+class Cost:
+    """What a method spent, in three units that are never added together: passes over data by
+    name (in units of the split it ran over; each name ends in ``forward`` or ``backward``),
+    optimizer steps, and seconds of training."""
+
+    passes: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+    seconds: float = 0.0
+
+    def __post_init__(self):
+        for name in self.passes:
+            if not name.endswith(("forward", "backward")):
+                raise ValueError(f"cost: pass {name!r} is neither a forward nor a backward pass"
+                                 " (steps and seconds have their own fields)")
+
+    def __add__(self, other: "Cost") -> "Cost":
+        passes = dict(self.passes)
+        for name, value in other.passes.items():
+            passes[name] = passes.get(name, 0.0) + float(value)
+        return Cost(passes, self.steps + other.steps, self.seconds + other.seconds)
+
+    def prefixed(self, prefix: str) -> "Cost":
+        """The same cost with every pass named ``{prefix}_{name}`` (whose passes they were)."""
+        return Cost({f"{prefix}_{k}": v for k, v in self.passes.items()}, self.steps, self.seconds)
+
+    def as_dict(self) -> dict[str, Any]:
+        """What the store keeps under the run's ``info["cost"]``."""
+        return {"passes": dict(self.passes), "steps": int(self.steps), "seconds": float(self.seconds)}
+
+
+@dataclass
 class Outcome:
     """What a method returns.
 
     ``sparse_storage`` names parameters stored as their nonzeros only (zeroed entries count
     as removed in the footprint); every other parameter is stored dense, zeros included.
-    ``passes`` counts the forward/backward passes over data the method spent, by name.
+    ``cost`` is what the method spent: passes, optimizer steps and seconds, kept apart.
     """
 
     model: nn.Module
     sparse_storage: tuple[str, ...] = ()
-    passes: dict[str, float] = field(default_factory=dict)
+    cost: Cost = field(default_factory=Cost)
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -184,6 +215,13 @@ class Method(abc.ABC):
     def apply(self, ctx: MethodContext) -> Outcome:
         """Compress or train ``ctx.model`` and return the outcome."""
 
-    def space(self, trial) -> "Method.Params":
-        """The default search space is the paper's setting only; plugins override this."""
-        return self.Params()
+    def space(self, trial) -> dict[str, Any]:
+        """An Optuna define-by-run search space: the params this method searches, by name, and
+        only those (the engine merges them into the entry's params). A method that does not
+        override it has no search space, and a suite that tunes it is refused when loaded."""
+        raise ConfigError(f"method {self.registered_name!r} has no search space")
+
+    @classmethod
+    def searches(cls) -> bool:
+        """Whether the method has a search space (overrides :meth:`space`)."""
+        return cls.space is not Method.space

@@ -50,6 +50,7 @@ couple the outputs of several convs, which the removal refuses.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -248,7 +249,7 @@ class BiFP(Method):
                 "fairness_weight": p.fairness_weight, "fair_levels": p.fair_levels,
                 "structured": p.structured, "sparsity": p.sparsity, "train_loss": history,
                 "halves_without_gap": objective.without_gap, **facts}
-        return Outcome(model=model, passes=trainer.cost.as_passes(), info=info)
+        return Outcome(model=model, cost=trainer.cost.as_cost(), info=info)
 
     def finalize(self, ctx: MethodContext, model: nn.Module, masks: dict[str, torch.Tensor]):
         """Apply the final masks for good (structured: remove the filters); facts to report."""
@@ -264,10 +265,8 @@ class BiFP(Method):
             finalize_masks(apply_masks(model, {f"{path}.weight": m for path, m in masks.items()}))
         return model, facts
 
-    def space(self, trial) -> "BiFP.Params":
-        p = self.params
-        return type(p)(**{**vars(p),
-                          "fairness_weight": trial.suggest_float("fairness_weight", 0.1, 10.0, log=True),
-                          "penalty": trial.suggest_categorical("penalty", list(PENALTIES)),
-                          "lr": trial.suggest_float("lr", 1e-3, 1e-1, log=True),
-                          "mask_lr": trial.suggest_float("mask_lr", 1e-3, 1e-1, log=True)})
+    def space(self, trial) -> dict[str, Any]:
+        return {"fairness_weight": trial.suggest_float("fairness_weight", 0.1, 10.0, log=True),
+                "penalty": trial.suggest_categorical("penalty", list(PENALTIES)),
+                "lr": trial.suggest_float("lr", 1e-3, 1e-1, log=True),
+                "mask_lr": trial.suggest_float("mask_lr", 1e-3, 1e-1, log=True)}

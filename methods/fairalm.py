@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -232,15 +233,13 @@ class FairTraining(Method):
                                    on_epoch_end=on_epoch_end, desc=self.registered_name, **extra)
         history = trainer.fit()
         info = {"train_loss": history, "init": self.params.init, **self.facts(loss)}
-        passes = trainer.cost.as_passes()
-        return Outcome(model=trainer.model, passes=passes, info=info)
+        return Outcome(model=trainer.model, cost=trainer.cost.as_cost(), info=info)
 
     def facts(self, objective) -> dict:
         return {}
 
-    def space(self, trial):
-        p = self.params
-        return type(p)(**{**vars(p), "lr": trial.suggest_float("lr", 1e-3, 1e-1, log=True)})
+    def space(self, trial) -> dict[str, Any]:
+        return {"lr": trial.suggest_float("lr", 1e-3, 1e-1, log=True)}
 
 
 @register_method("unconstrained")
@@ -273,9 +272,7 @@ class L2Penalty(FairTraining):
                 "absent_constraints": obj.absent}
 
     def space(self, trial):
-        p = super().space(trial)
-        p.eta = trial.suggest_float("eta", 1e-3, 1.0, log=True)
-        return p
+        return {**super().space(trial), "eta": trial.suggest_float("eta", 1e-3, 1.0, log=True)}
 
 
 @register_method("fairalm")
@@ -314,7 +311,5 @@ class FairALM(FairTraining):
         η₀ of 20-80 suit 100 epochs from scratch; a short fine-tune collapses at such values
         (adult, two epochs: validation accuracy 0.26-0.70 against 0.85 dense), so the range
         reaches down to where the penalty still leaves the model usable."""
-        p = super().space(trial)
-        p.eta0 = trial.suggest_float("eta0", 1e-3, 100.0, log=True)
-        p.inner_steps = trial.suggest_int("inner_steps", 1, 5)
-        return p
+        return {**super().space(trial), "eta0": trial.suggest_float("eta0", 1e-3, 100.0, log=True),
+                "inner_steps": trial.suggest_int("inner_steps", 1, 5)}

@@ -24,10 +24,10 @@ The scores:
 from __future__ import annotations
 
 import abc
-import dataclasses
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ from torch import nn
 from fairsqueeze.core.errors import ConfigError
 from fairsqueeze.models.base import resolve_layer
 
-from .base import Method, MethodContext, Outcome, checked_beta, parse_beta, register_method
+from .base import Cost, Method, MethodContext, Outcome, checked_beta, parse_beta, register_method
 from .svd import check_ranks, target_layers
 from .toolbox.curvature import ESTIMATORS, features_before, sequential_tail
 from .toolbox.factorize import SOLVERS, FactorizedLinear, replace_module
@@ -119,7 +119,7 @@ class SparseLowRank(Method):
             out["unprivileged_group"] = unprivileged.pop()
         if no_op := self.no_op_reason(plans):
             out["no_op"] = no_op
-        return Outcome(model=ctx.model, sparse_storage=tuple(sparse), passes=passes, info=out)
+        return Outcome(model=ctx.model, sparse_storage=tuple(sparse), cost=Cost(passes), info=out)
 
     def no_op_reason(self, plans) -> str | None:
         """Why the sparsification zeroes nothing (the result then equals truncated SVD), or None."""
@@ -136,12 +136,9 @@ class SparseLowRank(Method):
         sparsity rate sr in [0, 0.9] and the kept fraction rr in [0, 1], both in steps of 0.05
         (the papers use sr 0.4-0.8, rr 0-0.65, and see collapse beyond sr ≈ 0.6); every other
         param stays as the entry gives it."""
-        return dataclasses.replace(
-            self.params,
-            k=trial.suggest_int("k", 1, self.params.k, log=True),
-            sparsity_rate=round(trial.suggest_float("sparsity_rate", 0.0, 0.9, step=0.05), 2),
-            keep_rate=round(trial.suggest_float("keep_rate", 0.0, 1.0, step=0.05), 2),
-        )
+        return {"k": trial.suggest_int("k", 1, self.params.k, log=True),
+                "sparsity_rate": round(trial.suggest_float("sparsity_rate", 0.0, 0.9, step=0.05), 2),
+                "keep_rate": round(trial.suggest_float("keep_rate", 0.0, 1.0, step=0.05), 2)}
 
     @abc.abstractmethod
     def row_scores(self, ctx, path, linear, factorized, keep) -> tuple[RowScores, dict, dict]:
@@ -252,7 +249,7 @@ class FairLRF(SparseLowRank):
     def space(self, trial):
         """The shared low-rank space plus β in [0, 1] (the paper's 5/9 lies inside; β weighs how
         much the privileged group's curvature counts against the unprivileged one's)."""
-        return dataclasses.replace(super().space(trial), beta=round(trial.suggest_float("beta", 0.0, 1.0), 4))
+        return {**super().space(trial), "beta": round(trial.suggest_float("beta", 0.0, 1.0), 4)}
 
     def row_scores(self, ctx, path, linear, factorized, keep):
         p = self.params

@@ -27,12 +27,13 @@ across a residual sum are left alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from fairsqueeze.core.errors import ConfigError
 
-from .base import Method, MethodContext, Outcome, checked_beta, parse_beta, register_method
+from .base import Cost, Method, MethodContext, Outcome, checked_beta, parse_beta, register_method
 from .toolbox.curvature import ESTIMATORS, prunable_weights
 from .toolbox.pruning import SCOPES, PruningResult, filter_layers, prune_filters, prune_weights
 from .toolbox.scores import GroupSaliency, Magnitude, scoring_groups
@@ -56,9 +57,7 @@ class Pruning(Method):
             raise ConfigError(f"{name}: structured pruning ranks channels per layer only (scope: layer)")
 
     def space(self, trial):
-        p = self.params
-        values = {**vars(p), "ratio": trial.suggest_float("ratio", 0.05, 0.9)}
-        return self.Params(**values)
+        return {"ratio": trial.suggest_float("ratio", 0.05, 0.9)}
 
     def apply(self, ctx: MethodContext) -> Outcome:
         self.validate()
@@ -76,7 +75,7 @@ class Pruning(Method):
         info = {**facts, **result.info, **_summary(result)}
         if not any(r.any() for r in result.removed.values()):
             info["no_op"] = f"ratio {p.ratio} removes no unit of any layer"
-        return Outcome(model=ctx.model, passes=result.passes, info=info)
+        return Outcome(model=ctx.model, cost=Cost(result.passes), info=info)
 
     def score(self, ctx: MethodContext):
         """(score object, facts for the run's info)."""
@@ -140,9 +139,7 @@ class FairPrune(Pruning):
             raise ConfigError(f"{name}: batch_size must be >= 1")
 
     def space(self, trial):
-        base = super().space(trial)
-        base.beta = trial.suggest_float("beta", 0.0, 1.0)
-        return base
+        return {**super().space(trial), "beta": trial.suggest_float("beta", 0.0, 1.0)}
 
     def score(self, ctx: MethodContext):
         p = self.params
