@@ -173,7 +173,6 @@ class Method(abc.ABC):
 
     registered_name: ClassVar[str]
     family: ClassVar[str] = "other"
-    needs: ClassVar[tuple[str, ...]] = ("dense",)
 
     @dataclass
     class Params:

@@ -216,8 +216,6 @@ def _followed_by_relu(model: nn.Module, path: str) -> bool:
 class FairLRF(SparseLowRank):
     """Fairness-oriented sparse SVD: drop the factor rows the unprivileged group needs least."""
 
-    needs = ("dense", "scoring")
-
     @dataclass
     class Params:
         k: int = 64

@@ -117,8 +117,6 @@ class MagnitudePruneStructured(MagnitudePrune):
 class FairPrune(Pruning):
     """FairPrune: prune the weights the unprivileged group needs least relative to the privileged one."""
 
-    needs = ("dense", "scoring")
-
     @dataclass
     class Params(_PruneParams):
         beta: float | str = "1/3"  # FairLRF Table 2 (Fitzpatrick); Table 1 (CelebA): 3/7

@@ -314,7 +314,6 @@ class FairQuantize(Method):
     """Progressive, curvature-guided power-of-two quantization with retraining (Guo et al. 2024)."""
 
     family = "quantization"
-    needs = ("dense", "scoring")
 
     @dataclass
     class Params(RoundingSchedule):
