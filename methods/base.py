@@ -173,6 +173,9 @@ class Method(abc.ABC):
 
     registered_name: ClassVar[str]
     family: ClassVar[str] = "other"
+    # params that fit the conformance check's tiny model (an MLP 64 -> fc1 32 -> fc2 16 -> fc3)
+    # and keep its run to seconds: what `fairsqueeze check-plugin NAME` uses without --params
+    conformance_params: ClassVar[dict[str, Any]] = {}
 
     @dataclass
     class Params:

@@ -177,6 +177,7 @@ class BiFP(Method):
     """Bi-level fair pruning: mask scores and weights trained jointly under an accuracy-gap penalty."""
 
     family = "pruning"
+    conformance_params = {"sparsity": 0.5, "epochs": 1, "batch_size": 64, "lr": 0.05}
 
     @dataclass
     class Params:

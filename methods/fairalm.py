@@ -183,6 +183,7 @@ class FairTraining(Method):
     """Shared by FairALM and its baselines: initialisation, the trainer, cost and validation."""
 
     family = "fair-training"
+    conformance_params = {"epochs": 1, "batch_size": 64, "inner_steps": 2}
 
     @dataclass
     class Params:

@@ -402,6 +402,7 @@ class PrivacySplitLoRA(Method):
     """Shared by the four variants: the privacy split, the sides, the outcome."""
 
     family = "lora"
+    conformance_params = {"epochs": 1, "auditor_epochs": 1, "rank": 2}
 
     @dataclass
     class Params:
@@ -572,6 +573,8 @@ class AdversarialLoRA(PrivacySplitLoRA):
     (lambda_adv) scales its learning rate instead: ``adv_weight * lr``; 0 switches it off.
     The model is the developer's after the last round.
     """
+
+    conformance_params = {**PrivacySplitLoRA.conformance_params, "rounds": 1}
 
     @dataclass
     class Params(PrivacySplitLoRA.Params):

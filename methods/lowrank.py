@@ -79,6 +79,7 @@ class SparseLowRank(Method):
     """Shared procedure; subclasses define :meth:`row_scores`."""
 
     family = "low-rank"
+    conformance_params = {"k": 8}
 
     def validate(self) -> None:
         p = self.params

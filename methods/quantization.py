@@ -314,6 +314,7 @@ class FairQuantize(Method):
     """Progressive, curvature-guided power-of-two quantization with retraining (Guo et al. 2024)."""
 
     family = "quantization"
+    conformance_params = {"target": 0.1, "epochs": 1, "batch_size": 32, "scoring_size": 64, "curvature_batch_size": 32}
 
     @dataclass
     class Params(RoundingSchedule):
@@ -462,6 +463,8 @@ class FairQuantizeError(FairQuantize):
     """FairQuantize's fairness-unaware twin: the same progressive rounding, retraining and
     checkpoint policy, but the weights with the smallest rounding error (q(w) − w)² go first
     (no curvature, no groups), so a comparison at the same ratio isolates the fair score."""
+
+    conformance_params = {"target": 0.1, "epochs": 1, "batch_size": 32, "scoring_size": 64}
 
     @dataclass
     class Params(RoundingSchedule):

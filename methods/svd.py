@@ -37,6 +37,7 @@ class TruncatedSVD(Method):
     """Replace each target layer W (out x in) by U_k S_k V_kᵀ: two real, smaller layers."""
 
     family = "low-rank"
+    conformance_params = {"k": 8}
 
     @dataclass
     class Params:

@@ -3,8 +3,9 @@ a valid outcome on a tiny task whose test split is sealed while the method runs,
 in-memory dense model untouched, deterministic. Planted cheating plugins fail the check
 that names what they did, and only that one where the others still hold.
 
-Methods whose default parameters do not fit the tiny model (an MLP with layers
-fc1 32 -> fc2 16 -> fc3) list overrides in ``TINY_PARAMS``.
+Each method runs with its own ``conformance_params`` (what ``fairsqueeze check-plugin NAME``
+uses without ``--params``): params that fit the tiny model (an MLP with layers fc1 32 -> fc2
+16 -> fc3) and keep the check to seconds.
 """
 from dataclasses import dataclass
 
@@ -20,30 +21,13 @@ from fairsqueeze.testing import CHECKS, check_conformance
 
 load_plugins()
 
-LOW_RANK = {"k": 8}
-TINY_PARAMS: dict[str, dict] = {
-    "truncated_svd": LOW_RANK,
-    "slr_w": LOW_RANK,
-    "slr_a": LOW_RANK,
-    "fairlrf": LOW_RANK,
-    "lora_erm": {"epochs": 1, "auditor_epochs": 1, "rank": 2},
-    "lora_unlearn": {"epochs": 1, "auditor_epochs": 1, "rank": 2},
-    "lora_orthogonal": {"epochs": 1, "auditor_epochs": 1, "rank": 2},
-    "lora_adversarial": {"epochs": 1, "rounds": 1, "auditor_epochs": 1, "rank": 2},
-    "fairquantize": {"target": 0.1, "epochs": 1, "batch_size": 32, "scoring_size": 64, "curvature_batch_size": 32},
-    "fairquantize_error": {"target": 0.1, "epochs": 1, "batch_size": 32, "scoring_size": 64},
-    "fairalm": {"epochs": 1, "batch_size": 64, "inner_steps": 2},
-    "unconstrained": {"epochs": 1, "batch_size": 64, "inner_steps": 2},
-    "l2_penalty": {"epochs": 1, "batch_size": 64, "inner_steps": 2},
-    "bifp": {"sparsity": 0.5, "epochs": 1, "batch_size": 64, "lr": 0.05},
-}
-
-
 @pytest.mark.parametrize("name", METHODS.names())
 def test_method_conforms(isolated, name):
-    report = check_conformance(name, TINY_PARAMS.get(name, {}), workdir=isolated)
+    report = check_conformance(name, workdir=isolated)
+    assert report.params == METHODS.get(name).conformance_params
     report.assert_ok()
     assert [c.name for c in report.checks] == list(CHECKS)
+    assert report.warnings == []  # every built-in changes some prediction with its own params
 
 
 class _Planted(Method):
@@ -147,6 +131,17 @@ def test_the_planted_shape_conforms_without_its_cheat(isolated, monkeypatch):
     """The failures above come from the cheats, not from the planted plugins' shape."""
     report = check_conformance(plant(monkeypatch, Honest), {}, workdir=isolated)
     assert report, str(report)
+
+
+def test_a_method_that_changes_no_prediction_conforms_with_one_warning(isolated, monkeypatch, capsys):
+    """The honest plugin returns the dense copy as it is: every check passes, and the command
+    says, in one line, that nothing changed."""
+    name = plant(monkeypatch, Honest)
+    assert main(["check-plugin", name]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    warned = [line for line in lines if line.startswith("WARN")]
+    assert len(warned) == 1 and "changed no prediction" in warned[0] and "predictions differ" in warned[0]
+    assert lines[-1] == f"{name}: conforms"
 
 
 def test_refused_parameters_fail_one_check_and_skip_the_rest(isolated):

@@ -365,14 +365,13 @@ def test_every_method_s_search_space_gives_valid_params_that_fit_the_model(name)
     from fairsqueeze.core.registry import METHODS
     from fairsqueeze.engine.trials import suggested_params
     from fairsqueeze.models.base import create_model
-    from test_conformance import TINY_PARAMS
 
     cls = METHODS.get(name)
     if not cls.searches():  # nothing to search: a suite that tunes it is refused when loaded
         with pytest.raises(ConfigError, match=rf"methods\[0\].tune: method '{name}' has no search space"):
             parse_suite(suite_dict([{"name": name, "tune": True}]))
         return
-    base = cls.from_config(TINY_PARAMS.get(name, {}))
+    base = cls.from_config(cls.conformance_params)
     model = create_model("mlp", (64,), 2, hidden=[32, 16])
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = []
