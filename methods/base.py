@@ -18,7 +18,7 @@ from torch import nn
 from fairsqueeze.core.errors import ConfigError
 from fairsqueeze.core.params import check_types, normalize_params
 from fairsqueeze.core.registry import METHODS
-from fairsqueeze.datasets.base import Split, TaskView
+from fairsqueeze.datasets.base import Split, TaskData, TaskView
 
 def register_method(name: str):
     """Class decorator: make a :class:`Method` subclass available under ``name``."""
@@ -78,6 +78,37 @@ class Outcome:
     sparse_storage: tuple[str, ...] = ()
     cost: Cost = field(default_factory=Cost)
     info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What a method may know of a task when a suite is planned, before anything trains."""
+
+    name: str
+    num_classes: int
+    input_shape: tuple[int, ...]
+    groups: tuple[int, ...]  # the sensitive groups (codes >= 0) of the training split
+
+    @property
+    def images(self) -> bool:
+        """Whether the inputs are images (channels, height, width)."""
+        return len(self.input_shape) == 3
+
+    @classmethod
+    def of(cls, task: TaskData | TaskView) -> "TaskInfo":
+        groups = tuple(sorted(int(g) for g in np.unique(task.train.s) if g >= 0))
+        return cls(task.name, int(task.num_classes), tuple(task.input_shape), groups)
+
+
+def two_groups(task: TaskInfo, coded_0_1: bool = False, unprivileged_group: int | None = None) -> str | None:
+    """Why a method that compares two sensitive groups cannot run on ``task`` (None: it can):
+    a task with more or fewer groups, other codes than 0 and 1 where the method needs them, or
+    a chosen unprivileged group the task does not have."""
+    if len(task.groups) != 2 or (coded_0_1 and task.groups != (0, 1)):
+        return f"needs two sensitive groups{' coded 0 and 1' if coded_0_1 else ''}, the task has {list(task.groups)}"
+    if unprivileged_group is not None and unprivileged_group not in task.groups:
+        return f"unprivileged_group {unprivileged_group} is not a group of this task ({list(task.groups)})"
+    return None
 
 
 @dataclass
@@ -208,6 +239,11 @@ class Method(abc.ABC):
 
     def validate(self) -> None:
         """Raise ConfigError for invalid parameters; called when a suite is loaded."""
+
+    def supports(self, task: TaskInfo) -> str | None:
+        """Why the method cannot run on ``task`` (binary labels only, images only, two groups
+        only, ...), or None when it can; asked when a suite is planned, before anything trains."""
+        return None
 
     def check_model(self, model: nn.Module) -> None:
         """Raise ConfigError when the parameters do not fit ``model`` (a layer that does not

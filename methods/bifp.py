@@ -60,7 +60,7 @@ from fairsqueeze.core.errors import ConfigError
 from fairsqueeze.engine.training import Batch, Trainer
 from fairsqueeze.spec.train import TrainConfig
 
-from .base import Method, MethodContext, Outcome, register_method
+from .base import Method, MethodContext, Outcome, TaskInfo, register_method, two_groups
 from .toolbox.group_surrogates import cell_means, soft_accuracy
 from .toolbox.masks import apply_masks, finalize_masks, remove_filters
 from .toolbox.score_masks import MASKABLE, ScoreMasks
@@ -226,6 +226,9 @@ class BiFP(Method):
         if p.schedule == "fixed" or epoch >= p.epochs - 1:
             return p.sparsity
         return min(p.sparsity, lth_sparsity(epoch + 1))
+
+    def supports(self, task: TaskInfo) -> str | None:
+        return two_groups(task, coded_0_1=True)
 
     def apply(self, ctx: MethodContext) -> Outcome:
         self.validate()

@@ -52,7 +52,7 @@ from fairsqueeze.core.errors import ConfigError
 from fairsqueeze.engine.training import Batch, Trainer
 from fairsqueeze.spec.train import TrainConfig
 
-from .base import Method, MethodContext, Outcome, register_method
+from .base import Method, MethodContext, Outcome, TaskInfo, register_method, two_groups
 from .toolbox.group_surrogates import SURROGATES, cell_means, false_alarm, miss
 from .toolbox.reinit import reinitialise
 
@@ -219,6 +219,9 @@ class FairTraining(Method):
     def objective(self, ctx: MethodContext):
         """(loss, after_step, on_epoch_end) for the trainer; the default is plain cross-entropy."""
         return None, None, None
+
+    def supports(self, task: TaskInfo) -> str | None:
+        return two_groups(task, coded_0_1=True)
 
     def apply(self, ctx: MethodContext) -> Outcome:
         self.validate()

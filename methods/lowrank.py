@@ -36,7 +36,7 @@ from torch import nn
 from fairsqueeze.core.errors import ConfigError
 from fairsqueeze.models.base import resolve_layer
 
-from .base import Cost, Method, MethodContext, Outcome, checked_beta, parse_beta, register_method
+from .base import Cost, Method, MethodContext, Outcome, TaskInfo, checked_beta, parse_beta, register_method, two_groups
 from .svd import check_ranks, target_layers
 from .toolbox.curvature import ESTIMATORS, features_before, sequential_tail
 from .toolbox.factorize import SOLVERS, FactorizedLinear, replace_module
@@ -244,6 +244,9 @@ class FairLRF(SparseLowRank):
             raise ConfigError("fairlrf: batch_size must be >= 1")
         if p.estimator not in ESTIMATORS:
             raise ConfigError(f"fairlrf: unknown estimator {p.estimator!r} (known: {', '.join(ESTIMATORS)})")
+
+    def supports(self, task: TaskInfo) -> str | None:
+        return two_groups(task, unprivileged_group=self.params.unprivileged_group)
 
     def space(self, trial):
         """The shared low-rank space plus β in [0, 1] (the paper's 5/9 lies inside; β weighs how

@@ -33,7 +33,7 @@ import torch
 
 from fairsqueeze.core.errors import ConfigError
 
-from .base import Cost, Method, MethodContext, Outcome, checked_beta, parse_beta, register_method
+from .base import Cost, Method, MethodContext, Outcome, TaskInfo, checked_beta, parse_beta, register_method, two_groups
 from .toolbox.curvature import ESTIMATORS, prunable_weights
 from .toolbox.pruning import SCOPES, PruningResult, filter_layers, prune_filters, prune_weights
 from .toolbox.scores import GroupSaliency, Magnitude, scoring_groups
@@ -135,6 +135,9 @@ class FairPrune(Pruning):
             raise ConfigError(f"{name}: scoring_size must be >= 1 (or null for the smaller group's size)")
         if p.batch_size < 1:
             raise ConfigError(f"{name}: batch_size must be >= 1")
+
+    def supports(self, task: TaskInfo) -> str | None:
+        return two_groups(task, unprivileged_group=self.params.unprivileged_group)
 
     def space(self, trial):
         return {**super().space(trial), "beta": trial.suggest_float("beta", 0.0, 1.0)}

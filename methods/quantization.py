@@ -59,7 +59,7 @@ from fairsqueeze.core.errors import ConfigError
 from fairsqueeze.engine.training import Batch, Trainer
 from fairsqueeze.spec.train import TrainConfig
 
-from .base import Cost, Method, MethodContext, Outcome, checked_beta, parse_beta, register_method
+from .base import Cost, Method, MethodContext, Outcome, TaskInfo, checked_beta, parse_beta, register_method, two_groups
 from .toolbox import curvature
 from .toolbox.factorize import replace_module
 from .toolbox.pruning import select_smallest
@@ -333,6 +333,9 @@ class FairQuantize(Method):
             raise ConfigError(f"{self.registered_name}: unknown estimator {p.estimator!r} "
                               f"(known: {', '.join(curvature.ESTIMATORS)})")
         self._validate_schedule()
+
+    def supports(self, task: TaskInfo) -> str | None:
+        return two_groups(task, unprivileged_group=getattr(self.params, "unprivileged_group", None))
 
     def _validate_schedule(self) -> None:
         p, who = self.params, self.registered_name
