@@ -27,7 +27,6 @@ across a residual sum are left alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 

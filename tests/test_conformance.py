@@ -97,11 +97,8 @@ class ReturnsTheBareModel(_Planted):
         return ctx.model
 
 
-def plant(monkeypatch, plugin) -> str:
-    name = plugin.__name__.lower()
-    monkeypatch.setitem(METHODS._items, name, plugin)
-    monkeypatch.setattr(plugin, "registered_name", name, raising=False)
-    return name
+def plant(register_plugin, plugin) -> str:
+    return register_plugin(plugin.__name__.lower(), plugin)
 
 
 @pytest.mark.parametrize("plugin, failing", [
@@ -112,8 +109,8 @@ def plant(monkeypatch, plugin) -> str:
     (IgnoresTheSeed, {"deterministic"}),
     (ReturnsTheBareModel, {"runs"}),
 ])
-def test_conformance_catches_a_cheating_plugin(isolated, monkeypatch, plugin, failing):
-    report = check_conformance(plant(monkeypatch, plugin), {}, workdir=isolated)
+def test_conformance_catches_a_cheating_plugin(isolated, register_plugin, plugin, failing):
+    report = check_conformance(plant(register_plugin, plugin), {}, workdir=isolated)
     assert not report
     assert {c.name for c in report.checks if c.passed is False} == failing, str(report)
     with pytest.raises(AssertionError, match="does not conform"):
@@ -127,16 +124,16 @@ class Honest(_Planted):
         return Outcome(model=ctx.model)
 
 
-def test_the_planted_shape_conforms_without_its_cheat(isolated, monkeypatch):
+def test_the_planted_shape_conforms_without_its_cheat(isolated, register_plugin):
     """The failures above come from the cheats, not from the planted plugins' shape."""
-    report = check_conformance(plant(monkeypatch, Honest), {}, workdir=isolated)
+    report = check_conformance(plant(register_plugin, Honest), {}, workdir=isolated)
     assert report, str(report)
 
 
-def test_a_method_that_changes_no_prediction_conforms_with_one_warning(isolated, monkeypatch, capsys):
+def test_a_method_that_changes_no_prediction_conforms_with_one_warning(isolated, register_plugin, capsys):
     """The honest plugin returns the dense copy as it is: every check passes, and the command
     says, in one line, that nothing changed."""
-    name = plant(monkeypatch, Honest)
+    name = plant(register_plugin, Honest)
     assert main(["check-plugin", name]) == 0
     lines = capsys.readouterr().out.splitlines()
     warned = [line for line in lines if line.startswith("WARN")]
@@ -150,13 +147,13 @@ def test_refused_parameters_fail_one_check_and_skip_the_rest(isolated):
     assert [c.passed for c in report.checks[1:]] == [None] * (len(CHECKS) - 1)
 
 
-def test_check_plugin_prints_one_line_per_check(isolated, monkeypatch, capsys):
+def test_check_plugin_prints_one_line_per_check(isolated, register_plugin, capsys):
     assert main(["check-plugin", "truncated_svd", "--params", '{"k": 8}']) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[:2] for line in lines[:-1]] == [["PASS", f"{name}:"] for name in CHECKS]
     assert lines[-1] == "truncated_svd: conforms"
 
-    assert main(["check-plugin", plant(monkeypatch, ChangesTheSharedModel)]) == 1
+    assert main(["check-plugin", plant(register_plugin, ChangesTheSharedModel)]) == 1
     out = capsys.readouterr().out
     assert "FAIL dense_untouched: the method changed the shared dense model in place" in out.splitlines()
 

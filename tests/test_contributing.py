@@ -37,9 +37,10 @@ def shared_blocks() -> str:
 
 
 @pytest.fixture
-def own_registry(monkeypatch):
+def own_registry():
     """Registrations made by a test are undone afterwards."""
-    monkeypatch.setattr(METHODS, "_items", dict(METHODS._items))
+    with METHODS.restored():
+        yield
 
 
 @pytest.fixture

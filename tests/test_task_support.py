@@ -7,7 +7,7 @@ import yaml
 from fairsqueeze.cli.main import main
 from fairsqueeze.core.registry import METHODS
 from fairsqueeze.datasets.base import build_task
-from fairsqueeze.methods import Method, Outcome
+from fairsqueeze.methods import Method
 from fairsqueeze.methods.base import TaskInfo
 from fairsqueeze.testing import tiny_suite_definition
 

@@ -211,7 +211,7 @@ def test_tpe_without_constant_liar_samples_the_same_sequential_trials_with_fewer
     assert their_reads - our_reads == 5 * 3  # with the liar, each TPE trial (5) re-reads for each of its 3 parameters
 
 
-def test_nothing_on_the_tuning_path_reads_the_test_split(isolated, monkeypatch, capfd, caplog):
+def test_nothing_on_the_tuning_path_reads_the_test_split(isolated, register_plugin, capfd, caplog):
     """Trials run with the test split sealed: an ordinary tuning completes every trial without
     a single attempt to read it, while a method that reaches for it fails its trial."""
     from dataclasses import dataclass
@@ -240,8 +240,7 @@ def test_nothing_on_the_tuning_path_reads_the_test_split(isolated, monkeypatch, 
                 seen.append("sealed")
             return Outcome(model=ctx.model)
 
-    monkeypatch.setitem(METHODS._items, "peek", Peek)
-    Peek.registered_name = "peek"
+    register_plugin("peek", Peek)
 
     before = test_split_violations()
     db = f"sqlite:///{isolated}/g.db"
