@@ -281,7 +281,8 @@ class FairLRF(SparseLowRank):
         inputs = scores["in"][tail, :].sum(0)
         outputs = scores["out"][:, tail].sum(1)
         cost = {**scored.passes, "features_forward": 1.0}
-        facts = {"unprivileged_group": unprivileged, "scoring_rows_per_group": len(sets[0])}
+        facts = {"unprivileged_group": unprivileged, "scoring_rows_per_group": len(sets[0]),
+                 "backward_sweeps": scored.info["backward_sweeps"]}
         return RowScores(inputs=inputs.cpu(), outputs=outputs.cpu()), cost, facts
 
 

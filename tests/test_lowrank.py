@@ -364,7 +364,8 @@ def test_fairlrf_selects_rows_with_smallest_hessian_fairness_score(fair_model, f
     out = run("fairlrf", fair_model, fair_data, k=K3, sparsity_rate=0.5, keep_rate=rr, beta=beta,
               unprivileged_group=unprivileged, row_score=row_score, layer="fc2")
     assert out.info["layers"]["fc2"] == {"rows_in": 3, "rows_out": 2, "keep": keep,
-                                         "unprivileged_group": unprivileged, "scoring_rows_per_group": 20}
+                                         "unprivileged_group": unprivileged, "scoring_rows_per_group": 20,
+                                         "backward_sweeps": 1.0}  # one vectorized backward call (kept apart from the passes)
     assert zeroed_rows(out.model.fc2, keep) == (rows_in, rows_out)
     assert_factors(out.model.fc2, fair_model.fc2.weight, K3, rows_in, rows_out, keep)
     assert out.sparse_storage == ("fc2.first.weight", "fc2.second.weight")
