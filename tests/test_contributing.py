@@ -57,6 +57,15 @@ def test_contributing_example_conforms(isolated, example_plugin):
     assert runs.loc[example_plugin, "info"]["zeros"] == {"fc2": 256}  # half of fc2's 32x16 weights
 
 
+def test_contributing_example_searches_its_sparsity_and_keeps_the_entry_s_layer(example_plugin):
+    import optuna
+
+    from fairsqueeze.engine.trials import suggested_params
+
+    trial = optuna.trial.FixedTrial({"sparsity": 0.25})
+    assert suggested_params(example_plugin, {"sparsity": 0.5, "layer": "fc1"}, trial) == {"sparsity": 0.25, "layer": "fc1"}
+
+
 class SharedBlocks(Method):
     """Runs the shared-blocks listing of CONTRIBUTING.md on its copy of the dense model."""
 
