@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +52,7 @@ from fairsqueeze.core.errors import ConfigError
 from fairsqueeze.engine.training import Batch, Trainer
 from fairsqueeze.spec.train import TrainConfig
 
-from .base import Method, MethodContext, Outcome, register_method
+from .base import Method, MethodContext, Outcome, TaskInfo, register_method, two_groups
 from .toolbox.group_surrogates import SURROGATES, cell_means, false_alarm, miss
 from .toolbox.reinit import reinitialise
 
@@ -182,6 +183,7 @@ class FairTraining(Method):
     """Shared by FairALM and its baselines: initialisation, the trainer, cost and validation."""
 
     family = "fair-training"
+    conformance_params = {"epochs": 1, "batch_size": 64, "inner_steps": 2}
 
     @dataclass
     class Params:
@@ -218,6 +220,9 @@ class FairTraining(Method):
         """(loss, after_step, on_epoch_end) for the trainer; the default is plain cross-entropy."""
         return None, None, None
 
+    def supports(self, task: TaskInfo) -> str | None:
+        return two_groups(task, coded_0_1=True)
+
     def apply(self, ctx: MethodContext) -> Outcome:
         self.validate()
         groups = sorted(int(g) for g in np.unique(ctx.task.train.s) if g >= 0)
@@ -232,15 +237,13 @@ class FairTraining(Method):
                                    on_epoch_end=on_epoch_end, desc=self.registered_name, **extra)
         history = trainer.fit()
         info = {"train_loss": history, "init": self.params.init, **self.facts(loss)}
-        passes = trainer.cost.as_passes()
-        return Outcome(model=trainer.model, passes=passes, info=info)
+        return Outcome(model=trainer.model, cost=trainer.cost.as_cost(), info=info)
 
     def facts(self, objective) -> dict:
         return {}
 
-    def space(self, trial):
-        p = self.params
-        return type(p)(**{**vars(p), "lr": trial.suggest_float("lr", 1e-3, 1e-1, log=True)})
+    def space(self, trial) -> dict[str, Any]:
+        return {"lr": trial.suggest_float("lr", 1e-3, 1e-1, log=True)}
 
 
 @register_method("unconstrained")
@@ -273,9 +276,7 @@ class L2Penalty(FairTraining):
                 "absent_constraints": obj.absent}
 
     def space(self, trial):
-        p = super().space(trial)
-        p.eta = trial.suggest_float("eta", 1e-3, 1.0, log=True)
-        return p
+        return {**super().space(trial), "eta": trial.suggest_float("eta", 1e-3, 1.0, log=True)}
 
 
 @register_method("fairalm")
@@ -314,7 +315,5 @@ class FairALM(FairTraining):
         η₀ of 20-80 suit 100 epochs from scratch; a short fine-tune collapses at such values
         (adult, two epochs: validation accuracy 0.26-0.70 against 0.85 dense), so the range
         reaches down to where the penalty still leaves the model usable."""
-        p = super().space(trial)
-        p.eta0 = trial.suggest_float("eta0", 1e-3, 100.0, log=True)
-        p.inner_steps = trial.suggest_int("inner_steps", 1, 5)
-        return p
+        return {**super().space(trial), "eta0": trial.suggest_float("eta0", 1e-3, 100.0, log=True),
+                "inner_steps": trial.suggest_int("inner_steps", 1, 5)}

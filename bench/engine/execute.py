@@ -179,7 +179,7 @@ def execute_run(spec: RunSpec, task: TaskData, reference: DenseReference, device
     preds, metrics, fp_row = evaluate_outcome(outcome.model, outcome.sparse_storage, task, reference.footprint, device)
     flags, details = outcome_flags(preds, reference.predictions, is_reference=spec.method.name == "dense")
     evaluate_seconds = time.perf_counter() - started
-    info = {"passes": outcome.passes, **outcome.info, "dense_train_loss": reference.info["history"][-1:] or None,
+    info = {"cost": outcome.cost.as_dict(), **outcome.info, "dense_train_loss": reference.info["history"][-1:] or None,
             **(info or {})}
     if details:
         info["flag_details"] = details

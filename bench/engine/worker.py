@@ -34,7 +34,7 @@ import traceback
 import uuid
 import warnings
 from concurrent.futures import FIRST_COMPLETED, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import optuna
 
@@ -46,7 +46,7 @@ from fairsqueeze.core.progress import progress_bar
 from fairsqueeze.engine.runner import RunReport
 from fairsqueeze.store.database import selections  # noqa: F401  (the table lives in the store; readers once imported it from here)
 from fairsqueeze.spec.entries import MethodEntry, RunSpec, Suite
-from fairsqueeze.engine.trials import derived_seed, record, trial_seed
+from fairsqueeze.engine.trials import derived_seed, record, suggested_params, trial_seed
 from fairsqueeze.store.studies import trials_frame
 
 log = logging.getLogger("fairsqueeze")
@@ -360,7 +360,7 @@ class Worker:
             try:
                 if fixed is None:
                     trial.set_user_attr("slot", slot)
-                params = asdict(create_method(spec.method.name, spec.method.params).space(trial))
+                params = suggested_params(spec.method.name, spec.method.params, trial)
             except Exception as exc:
                 self._end_trial(name, trial, slot, report, error=trial_error(exc))
                 continue

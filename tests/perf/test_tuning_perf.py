@@ -21,7 +21,6 @@ in ``extra_info`` (see ``--benchmark-json``) whatever the outcome.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -132,20 +131,18 @@ def optuna_alone(plan, url: str) -> dict[str, float]:
     search spaces and trial records (the constraint and the result attribute), but the objective
     does no work. Returns seconds per method label."""
     from fairsqueeze.engine.execute import TrialResult
-    from fairsqueeze.core.registry import METHODS
-    from fairsqueeze.engine.trials import record
+    from fairsqueeze.engine.trials import record, suggested_params
 
     storage = Store(url).optuna_storage()
     seconds: dict[str, float] = {}
     for i, spec in enumerate(plan.studies):
         tune = spec.method.tune
-        method = METHODS.get(spec.method.name).from_config(spec.method.params)
 
         def objective(trial):
-            params = method.space(trial)
+            params = suggested_params(spec.method.name, spec.method.params, trial)
             result = TrialResult([0.5, 0.1], {"accuracy": 0.8, "f1_avg": 0.5, "eodd": 0.1}, 1.0, [],
                                  None if tune.accuracy_within is None else -0.01, {"apply": 0.0})
-            record(trial, result, dataclasses.asdict(params), 0)
+            record(trial, result, params, 0)
             return result.values
 
         started = time.perf_counter()
