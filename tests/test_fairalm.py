@@ -1,12 +1,20 @@
 """FairALM and its baselines: the constraint pieces, and the effect on a task built to need it."""
+import copy
+import itertools
+from dataclasses import asdict
+from pathlib import Path
+
 import numpy as np
+import optuna
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from fairsqueeze.metrics import compute_metrics
+from fairsqueeze.models import create_model
 from fairsqueeze.methods import METHODS, MethodContext
-from fairsqueeze.methods.fairalm import ALMObjective, group_rates
+from fairsqueeze.methods.fairalm import MAX_LR_ETA0, MIN_LR_ETA0, ALMObjective, group_rates
 from fairsqueeze.methods.toolbox.group_surrogates import false_alarm, miss
 from fairsqueeze.tasks import Split, TaskData
 from fairsqueeze.training import Batch
@@ -210,3 +218,53 @@ def test_a_batch_without_a_cell_gives_no_nan_and_leaves_its_multiplier(dual):
     objective(model, Batch(x, y, s, np.arange(6)))
     objective.dual_step(TrainerStub(model))
     assert not torch.allclose(objective.lam, torch.full_like(objective.lam, 0.3))
+
+
+@pytest.fixture(scope="module")
+def adult_finetune():
+    """The ``tuning_cpu`` suite's FairALM entry on adult: the task, a dense MLP trained with the
+    suite's training settings (fewer epochs), and the entry's base params."""
+    from fairsqueeze.suite import resolve_suite_path
+    from fairsqueeze.tasks import build_task, data_root
+
+    if not (data_root() / "adult" / "adult.data").exists():
+        pytest.skip(f"adult files not under {data_root()} (set FAIRSQUEEZE_DATA)")
+    suite = yaml.safe_load(Path(resolve_suite_path("tuning_cpu")).read_text())
+    base = next(m["params"] for m in suite["methods"] if isinstance(m, dict) and m["name"] == "fairalm")
+    task = build_task("adult", sensitive="sex")
+    torch.manual_seed(0)
+    dense = create_model("mlp", task.input_shape, task.num_classes, hidden=[128, 64])
+    train = {**suite["train"], "epochs": 3}
+    METHODS.get("unconstrained").from_config({**train, "init": "finetune", "inner_steps": 1}).apply(
+        MethodContext(dense, task.view(), torch.device("cpu"), 0, None, torch.Generator().manual_seed(0)))
+    return task, dense, base
+
+
+def nonfinite_rows(task, dense, params: dict, seed: int = 1) -> int:
+    ctx = MethodContext(copy.deepcopy(dense), task.view(), torch.device("cpu"), seed, None,
+                        torch.Generator().manual_seed(seed))
+    model = METHODS.get("fairalm").from_config(params).apply(ctx).model
+    with torch.no_grad():
+        logits = model.eval()(task.prepare(task.val.x, False))
+    return int((~torch.isfinite(logits)).any(1).sum())
+
+
+def corners(max_lr_eta0: float):
+    """FairALM's search space at the extremes of each of its dimensions."""
+    for lr, step, inner in itertools.product((1e-3, 1e-1), (MIN_LR_ETA0, max_lr_eta0), (1, 5)):
+        yield {"lr": lr, "lr_eta0": step, "inner_steps": inner}
+
+
+def test_fairalm_search_space_extremes_train_without_nan_on_adult(adult_finetune):
+    """Every corner of the tuned space trains to finite outputs; widening the bound on lr·η₀ to
+    the old space's corner (lr 0.1, η₀ 100) makes the first batches diverge to NaN outputs."""
+    task, dense, base = adult_finetune
+    method = METHODS.get("fairalm").from_config(base)
+    for corner in corners(MAX_LR_ETA0):
+        params = asdict(method.space(optuna.trial.FixedTrial(corner)))
+        assert params["lr"] * params["eta0"] == pytest.approx(corner["lr_eta0"])
+        assert nonfinite_rows(task, dense, params) == 0, corner
+    unbounded = METHODS.get("fairalm").from_config({**base, "max_lr_eta0": 10.0})
+    params = asdict(unbounded.space(optuna.trial.FixedTrial({"lr": 0.1, "lr_eta0": 10.0, "inner_steps": 1})))
+    assert params["eta0"] == pytest.approx(100.0)
+    assert nonfinite_rows(task, dense, params) == len(task.val)
