@@ -58,8 +58,8 @@ CONSTRAINTS = ("deo", "fpr", "error_rate")
 INITS = ("scratch", "finetune")
 DUALS = ("alg2", "reference")
 GROUPS = (0, 1)  # s0 and s1 of the paper
-# FairALM's search space: lr·η₀ on a log scale between these (see FairALM.space)
-MIN_LR_ETA0, MAX_LR_ETA0 = 1e-6, 0.2
+# FairALM's search space (see FairALM.space): η₀ between these, and lr·η₀ at most MAX_LR_ETA0
+MIN_ETA0, MAX_ETA0, MAX_LR_ETA0 = 1e-3, 100.0, 0.2
 
 
 def constrained_classes(constraint: str, num_classes: int) -> list[int]:
@@ -300,8 +300,8 @@ class FairALM(FairTraining):
             raise ConfigError(f"fairalm: dual must be one of {', '.join(DUALS)}, got {p.dual!r}")
         if not (p.eta0 >= 0 and p.eta_growth > 0):
             raise ConfigError("fairalm: eta0 must be >= 0 and eta_growth > 0")
-        if not p.max_lr_eta0 > MIN_LR_ETA0:
-            raise ConfigError(f"fairalm: max_lr_eta0 must be > {MIN_LR_ETA0:g}, got {p.max_lr_eta0!r}")
+        if not p.max_lr_eta0 > 0.1 * MIN_ETA0:  # above the product at η₀'s floor and lr's ceiling
+            raise ConfigError(f"fairalm: max_lr_eta0 must be > {0.1 * MIN_ETA0:g}, got {p.max_lr_eta0!r}")
 
     def objective(self, ctx):
         p = self.params
@@ -315,18 +315,18 @@ class FairALM(FairTraining):
                 "multipliers": obj.lam.cpu().tolist()}
 
     def space(self, trial):
-        """The learning rate, the penalty's step lr·η₀ and 1-5 inner steps; η₀ = (lr·η₀) / lr.
+        """The learning rate, η₀ on a log scale from 0.001 to min(100, ``max_lr_eta0`` / lr) and
+        1-5 inner steps.
 
         The penalty's gradient is η₀ (plus |λ|) times a cross-entropy's, so lr·η₀ is the step it
         takes, and that product, not η₀ alone, decides whether training diverges: on adult with
         momentum 0.9, lr·η₀ of 0.9 or more sends the weights to infinity within the first
-        batches (lr 0.03 with η₀ 30, or lr 0.1 with η₀ 10), while 0.3 trains. The product is
-        searched on a log scale up to ``max_lr_eta0`` (0.2: the paper's largest, lr 0.01 with
-        η₀ 80 in the public code, which weighs by η₀/4, i.e. 20 in Algorithm 2). A short
-        fine-tune needs much smaller penalties than the paper's 100 epochs from scratch (adult,
-        two epochs: validation accuracy 0.26-0.70 at its values against 0.85 dense), so the
-        range reaches down to 1e-6."""
+        batches (lr 0.03 with η₀ 30, or lr 0.1 with η₀ 10), while 0.3 trains. ``max_lr_eta0``
+        (0.2) is the paper's largest: lr 0.01 with η₀ 80 in the public code, which weighs by
+        η₀/4, i.e. 20 in Algorithm 2. A short fine-tune needs much smaller penalties than the
+        paper's 100 epochs from scratch (adult, two epochs: validation accuracy 0.26-0.70 at its
+        values against 0.85 dense), so the range reaches down to 0.001."""
         p = super().space(trial)
-        p.eta0 = trial.suggest_float("lr_eta0", MIN_LR_ETA0, p.max_lr_eta0, log=True) / p.lr
+        p.eta0 = trial.suggest_float("eta0", MIN_ETA0, min(MAX_ETA0, p.max_lr_eta0 / p.lr), log=True)
         p.inner_steps = trial.suggest_int("inner_steps", 1, 5)
         return p
