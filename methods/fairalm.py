@@ -60,6 +60,8 @@ CONSTRAINTS = ("deo", "fpr", "error_rate")
 INITS = ("scratch", "finetune")
 DUALS = ("alg2", "reference")
 GROUPS = (0, 1)  # s0 and s1 of the paper
+# FairALM's search space (see FairALM.space): η₀ between these, and lr·η₀ at most MAX_LR_ETA0
+MIN_ETA0, MAX_ETA0, MAX_LR_ETA0 = 1e-3, 100.0, 0.2
 
 
 def constrained_classes(constraint: str, num_classes: int) -> list[int]:
@@ -290,6 +292,8 @@ class FairALM(FairTraining):
         eta0: float = 15.0  # η of the chosen dual; the published table: dual "reference", eta0 60
         eta_growth: float = 1.01  # η ← η·growth every epoch
         dual: str = "alg2"  # or "reference": the public code's two multipliers and update order
+        # tuning only: the search space keeps lr·η₀ at or below this (see space)
+        max_lr_eta0: float = MAX_LR_ETA0
 
     def validate(self) -> None:
         super().validate()
@@ -298,6 +302,8 @@ class FairALM(FairTraining):
             raise ConfigError(f"fairalm: dual must be one of {', '.join(DUALS)}, got {p.dual!r}")
         if not (p.eta0 >= 0 and p.eta_growth > 0):
             raise ConfigError("fairalm: eta0 must be >= 0 and eta_growth > 0")
+        if not p.max_lr_eta0 > 0.1 * MIN_ETA0:  # above the product at η₀'s floor and lr's ceiling
+            raise ConfigError(f"fairalm: max_lr_eta0 must be > {0.1 * MIN_ETA0:g}, got {p.max_lr_eta0!r}")
 
     def objective(self, ctx):
         p = self.params
@@ -311,9 +317,18 @@ class FairALM(FairTraining):
                 "multipliers": obj.lam.cpu().tolist()}
 
     def space(self, trial):
-        """The learning rate, η₀ on a log scale from 0.001 to 100 and 1-5 inner steps. The paper's
-        η₀ of 20-80 suit 100 epochs from scratch; a short fine-tune collapses at such values
-        (adult, two epochs: validation accuracy 0.26-0.70 against 0.85 dense), so the range
-        reaches down to where the penalty still leaves the model usable."""
-        return {**super().space(trial), "eta0": trial.suggest_float("eta0", 1e-3, 100.0, log=True),
+        """The learning rate, η₀ on a log scale from 0.001 to min(100, ``max_lr_eta0`` / lr) and
+        1-5 inner steps.
+
+        The penalty's gradient is η₀ (plus |λ|) times a cross-entropy's, so lr·η₀ is the step it
+        takes, and that product, not η₀ alone, decides whether training diverges: on adult with
+        momentum 0.9, lr·η₀ of 0.9 or more sends the weights to infinity within the first
+        batches (lr 0.03 with η₀ 30, or lr 0.1 with η₀ 10), while 0.3 trains. ``max_lr_eta0``
+        (0.2) is the paper's largest: lr 0.01 with η₀ 80 in the public code, which weighs by
+        η₀/4, i.e. 20 in Algorithm 2. A short fine-tune needs much smaller penalties than the
+        paper's 100 epochs from scratch (adult, two epochs: validation accuracy 0.26-0.70 at its
+        values against 0.85 dense), so the range reaches down to 0.001."""
+        searched = super().space(trial)
+        ceiling = min(MAX_ETA0, self.params.max_lr_eta0 / searched["lr"])
+        return {**searched, "eta0": trial.suggest_float("eta0", MIN_ETA0, ceiling, log=True),
                 "inner_steps": trial.suggest_int("inner_steps", 1, 5)}
