@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from fairsqueeze.cli.plugins import load_entry_points
+from fairsqueeze.reports.verdicts import all_claims, load_claims
 
 from fairsqueeze.core.registry import METHODS
 from fairsqueeze.methods import Method, Outcome
@@ -95,7 +96,7 @@ def installed_plugin(tmp_path, monkeypatch, own_registry):
     from its pyproject.toml) into a private site folder that is put on sys.path."""
     project = tmp_path / "my-methods"
     blocks = doc_blocks()
-    for path in ("pyproject.toml", "my_methods/magnitude.py", "tests/test_magnitude.py"):
+    for path in ("pyproject.toml", "my_methods/magnitude.py", "my_methods/claims.yaml", "tests/test_magnitude.py"):
         (project / path).parent.mkdir(parents=True, exist_ok=True)
         (project / path).write_text(blocks[path])
     (project / "my_methods" / "__init__.py").write_text("")
@@ -120,6 +121,9 @@ def test_out_of_tree_plugin_is_discovered_and_conforms(isolated, installed_plugi
     load_entry_points()
     assert "layer_magnitude_prune" in METHODS.names()  # imported through the entry point
     assert METHODS.get("layer_magnitude_prune").__module__ == "my_methods.magnitude"
+    # its claim joins the packaged ones
+    ids = [c.id for c in all_claims()]
+    assert "layer-magnitude-vs-global-magnitude" in ids and len(ids) == len(load_claims()) + 1
 
     # the plugin's own test, as its author runs it
     spec = importlib.util.spec_from_file_location("plugin_test_magnitude", project / "tests" / "test_magnitude.py")
