@@ -161,7 +161,7 @@ ROWS = [
     row("an int parameter given a fraction", suite("[{name: truncated_svd, params: {k: 4.5}}]"),
         "k: expected an integer, got 4.5"),
     row("a float parameter given NaN", suite("[{name: fairalm, params: {lr: .nan}}]"),
-        "lr: expected a number, got nan"),
+        "lr: expected a finite number, got nan"),
     row("a float parameter given a word", suite("[{name: fairalm, params: {lr: fast}}]"),
         "lr: expected a number or a fraction like '5/9', got 'fast'"),
     row("a string parameter given a number", suite("[{name: truncated_svd, params: {layer: 2}}]"),

@@ -398,6 +398,7 @@ class Worker:
         from fairsqueeze.engine.jobs import process_pool, trial_in_process
 
         plan, names = self.plan, self._specs
+        jobs = min(jobs, len(names))  # one trial of a study at a time: more processes would wait
         with contextlib.ExitStack() as held, process_pool(jobs, self.runner.data_root, self.runner.device,
                                                                   plan.tasks) as pool:
             running = {}

@@ -1,0 +1,109 @@
+"""``run --jobs``: its job processes die with it whatever ends it (SIGKILL, SIGTERM), so a
+resume started at once is never refused by an orphan holding the SQLite writer's lock; a job
+process lost on its own is replaced and its runs computed again with the same seeds."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from test_crash import cli_env, stored
+
+SUITE = """\
+name: crash
+seeds: [0, 1]
+train: {epochs: 2, batch_size: 64, lr: 0.05}
+tasks: [{name: digits, options: {target: parity}}]
+models: [{name: mlp, options: {hidden: [32, 16]}}]
+methods:
+  - dense
+  - {name: truncated_svd, label: svd, params: {layer: fc2}, sweep: {k: [2, 4]}}
+"""
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def alive(pid: int) -> bool:
+    """A process that runs (a zombie waiting to be reaped has ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def job_processes(parent: int) -> list[int]:
+    """The parent's forked job processes (same command line as the parent)."""
+    try:
+        children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    except OSError:
+        return []
+    own = cmdline(parent)
+    return [int(c) for c in children if cmdline(int(c)) == own]
+
+
+def start(tmp_path, jobs: int = 2) -> tuple[subprocess.Popen, list[int]]:
+    """``run --jobs`` in a child process, once its job processes have started."""
+    args = [sys.executable, "-m", "fairsqueeze.cli.main", "run", str(tmp_path / "s.yaml"), "--db",
+            f"sqlite:///{tmp_path}/k.db", "--quiet", "--jobs", str(jobs)]
+    proc = subprocess.Popen(args, env=cli_env(tmp_path / "cache"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 120
+    while len(children := job_processes(proc.pid)) < jobs:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    return proc, children
+
+
+def resume(tmp_path) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "fairsqueeze.cli.main", "run", str(tmp_path / "s.yaml"), "--db",
+            f"sqlite:///{tmp_path}/k.db", "--quiet", "--jobs", "2"]
+    return subprocess.run(args, env=cli_env(tmp_path / "cache"), capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The suite computed in this process's way (no job processes): results do not depend on --jobs."""
+    tmp = tmp_path_factory.mktemp("reference")
+    (tmp / "s.yaml").write_text(SUITE)
+    db = f"sqlite:///{tmp}/ref.db"
+    done = subprocess.run([sys.executable, "-m", "fairsqueeze.cli.main", "run", str(tmp / "s.yaml"), "--db", db,
+                           "--quiet", "--jobs", "1"], env=cli_env(tmp / "cache"), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return stored(db)
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_killed_jobs_parent_takes_its_job_processes_and_a_resume_at_once_succeeds(tmp_path, reference, how):
+    (tmp_path / "s.yaml").write_text(SUITE)
+    proc, children = start(tmp_path)
+    proc.send_signal(how)
+    out, err = proc.communicate(timeout=60)
+    if how == signal.SIGTERM:  # handled like an interrupt: one line, the conventional status
+        assert proc.returncode == 128 + signal.SIGTERM, err
+        assert len(err.strip().splitlines()) == 1 and "terminated" in err and "Traceback" not in err, err
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    resumed = resume(tmp_path)  # at once: no orphan may hold the writer's lock
+    assert resumed.returncode == 0, resumed.stderr
+    assert not [pid for pid in children if alive(pid)]
+    pd.testing.assert_frame_equal(stored(f"sqlite:///{tmp_path}/k.db"), reference)
+
+
+def test_a_lost_job_process_is_replaced_and_the_run_ends_as_an_uninterrupted_one(tmp_path, reference):
+    (tmp_path / "s.yaml").write_text(SUITE)
+    proc, children = start(tmp_path)
+    os.kill(children[0], signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "a job process was lost" in err and "Traceback" not in err
+    pd.testing.assert_frame_equal(stored(f"sqlite:///{tmp_path}/k.db"), reference)
