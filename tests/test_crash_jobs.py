@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from fairsqueeze.cli.main import main
 from test_crash import cli_env, stored
 
 SUITE = """\
@@ -72,20 +73,32 @@ def resume(tmp_path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """The suite computed in this process's way (no job processes): results do not depend on --jobs."""
+    """The suite computed without job processes (results do not depend on --jobs)."""
     tmp = tmp_path_factory.mktemp("reference")
     (tmp / "s.yaml").write_text(SUITE)
     db = f"sqlite:///{tmp}/ref.db"
-    done = subprocess.run([sys.executable, "-m", "fairsqueeze.cli.main", "run", str(tmp / "s.yaml"), "--db", db,
-                           "--quiet", "--jobs", "1"], env=cli_env(tmp / "cache"), capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("FAIRSQUEEZE_CACHE", str(tmp / "cache"))
+        assert main(["run", str(tmp / "s.yaml"), "--db", db, "--quiet", "--jobs", "1"]) == 0
     return stored(db)
 
 
+@pytest.fixture
+def leftovers():
+    """Job processes a failing test would leave behind are ended by their ids."""
+    started: list[int] = []
+    yield started
+    for pid in started:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_a_killed_jobs_parent_takes_its_job_processes_and_a_resume_at_once_succeeds(tmp_path, reference, how):
+def test_a_killed_jobs_parent_takes_its_job_processes_and_a_resume_at_once_succeeds(tmp_path, reference, how,
+                                                                                    leftovers):
     (tmp_path / "s.yaml").write_text(SUITE)
     proc, children = start(tmp_path)
+    leftovers += children
     proc.send_signal(how)
     out, err = proc.communicate(timeout=60)
     if how == signal.SIGTERM:  # handled like an interrupt: one line, the conventional status
@@ -99,9 +112,10 @@ def test_a_killed_jobs_parent_takes_its_job_processes_and_a_resume_at_once_succe
     pd.testing.assert_frame_equal(stored(f"sqlite:///{tmp_path}/k.db"), reference)
 
 
-def test_a_lost_job_process_is_replaced_and_the_run_ends_as_an_uninterrupted_one(tmp_path, reference):
+def test_a_lost_job_process_is_replaced_and_the_run_ends_as_an_uninterrupted_one(tmp_path, reference, leftovers):
     (tmp_path / "s.yaml").write_text(SUITE)
     proc, children = start(tmp_path)
+    leftovers += children
     os.kill(children[0], signal.SIGKILL)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err

@@ -81,7 +81,7 @@ def without_password(url: str) -> tuple[str, str | None]:
         return url, None
     if not parsed.password:
         return url, None
-    return parsed.set(password=None).render_as_string(hide_password=False), str(parsed.password)
+    return parsed._replace(password=None).render_as_string(hide_password=False), str(parsed.password)
 
 
 def make_executor(kind: str, folder: Path, resources: Resources, name: str) -> submitit.AutoExecutor:
