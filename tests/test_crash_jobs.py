@@ -1,6 +1,7 @@
 """``run --jobs``: its job processes die with it whatever ends it (SIGKILL, SIGTERM), so a
 resume started at once is never refused by an orphan holding the SQLite writer's lock; a job
 process lost on its own is replaced and its runs computed again with the same seeds."""
+import logging
 import os
 import signal
 import subprocess
@@ -121,3 +122,26 @@ def test_a_lost_job_process_is_replaced_and_the_run_ends_as_an_uninterrupted_one
     assert proc.returncode == 0, err
     assert "a job process was lost" in err and "Traceback" not in err
     pd.testing.assert_frame_equal(stored(f"sqlite:///{tmp_path}/k.db"), reference)
+
+
+def test_jobs_are_capped_at_the_pending_runs_and_warn_above_the_cores(tmp_path, monkeypatch, capsys):
+    from fairsqueeze.engine import jobs
+    from fairsqueeze.engine.jobs import cores
+
+    sizes = []
+    real = jobs.process_pool
+
+    def recorded(n, *args, **kwargs):
+        sizes.append(n)
+        return real(n, *args, **kwargs)
+
+    monkeypatch.setattr(jobs, "process_pool", recorded)
+    monkeypatch.setattr(logging.root, "handlers", [])  # the CLI's own stderr handler, as in test_bad_inputs
+    monkeypatch.setenv("FAIRSQUEEZE_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "s.yaml").write_text(SUITE.replace("seeds: [0, 1]", "seeds: [0]").replace("k: [2, 4]", "k: [2]"))
+    capsys.readouterr()
+    assert main(["run", str(tmp_path / "s.yaml"), "--db", f"sqlite:///{tmp_path}/j.db", "--quiet", "--jobs", "1000"]) == 0
+    assert sizes == [2]  # two runs: two processes, not a thousand
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"WARNING: --jobs 1000 is more than the {cores()} cores this process may use: the processes share"
+                   " them"]
