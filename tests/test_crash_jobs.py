@@ -145,3 +145,61 @@ def test_jobs_are_capped_at_the_pending_runs_and_warn_above_the_cores(tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"WARNING: --jobs 1000 is more than the {cores()} cores this process may use: the processes share"
                    " them"]
+
+
+TUNED = """\
+name: tuned
+seeds: [0]
+train: {epochs: 2, batch_size: 64, lr: 0.05}
+tasks: [{name: digits, options: {target: parity}}]
+models: [{name: mlp, options: {hidden: [32, 16]}}]
+tuning: {trials: 2, policies: [best_utility]}
+methods:
+  - dense
+  - {name: truncated_svd, label: svd, params: {layer: fc2, k: 8}, tune: true}
+  - {name: slr_w, params: {layer: fc2, k: 8}, tune: true}
+"""
+
+
+def dying(*args, **kwargs):
+    os._exit(9)  # a job process lost in the middle of its work (forked: the patch is in it too)
+
+
+def test_a_run_whose_job_process_is_lost_twice_is_stored_as_failed(tmp_path, monkeypatch, capsys):
+    from fairsqueeze.engine import jobs
+    from fairsqueeze.store.database import Store
+
+    monkeypatch.setattr(jobs, "_compute", dying)
+    monkeypatch.setenv("FAIRSQUEEZE_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "s.yaml").write_text(SUITE.replace("seeds: [0, 1]", "seeds: [0]").replace("k: [2, 4]", "k: [2]"))
+    db = f"sqlite:///{tmp_path}/j.db"
+    assert main(["run", str(tmp_path / "s.yaml"), "--db", db, "--quiet", "--jobs", "2"]) == 1
+    runs = Store(db).runs_frame()
+    assert len(runs) == 2 and set(runs["status"]) == {"failed"}
+    assert runs["error"].str.startswith("its job process was lost twice").all()
+    monkeypatch.undo()
+    monkeypatch.setenv("FAIRSQUEEZE_CACHE", str(tmp_path / "cache"))
+    assert main(["run", str(tmp_path / "s.yaml"), "--db", db, "--quiet", "--jobs", "2"]) == 0  # retried on a rerun
+
+
+def test_a_lost_job_process_computing_trials_is_one_line_and_a_rerun_finishes(tmp_path, monkeypatch, capsys):
+    from fairsqueeze.engine import jobs
+
+    real = jobs.trial_in_process
+    monkeypatch.setattr(jobs, "trial_in_process", dying)
+    monkeypatch.setattr(logging.root, "handlers", [])
+    monkeypatch.setenv("FAIRSQUEEZE_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "s.yaml").write_text(TUNED)
+    db = f"sqlite:///{tmp_path}/t.db"
+    capsys.readouterr()
+    assert main(["run", str(tmp_path / "s.yaml"), "--db", db, "--quiet", "--jobs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == ["fairsqueeze: error: a job process computing trials was lost (killed, or out"
+                                        " of memory); finished trials are kept, rerun to resume"]
+    monkeypatch.setattr(jobs, "trial_in_process", real)
+    assert main(["run", str(tmp_path / "s.yaml"), "--db", db, "--quiet", "--jobs", "2"]) == 0
+    from fairsqueeze.cli.launch import suite_status
+
+    status = suite_status(db, "tuned")  # every study has its two trials, every selected run is done
+    assert status.trials["done"] == 4 and status.trials["pending"] == status.trials["running"] == 0
+    assert status.runs["done"] == sum(status.runs.values()) and not status.runs["failed"]
