@@ -352,6 +352,8 @@ ROWS = [
         "--timings", "{tmp}/file/t.json", files={"file": ""}),
     row("--timings in /proc", suite(), "--timings /proc/fairsqueeze-timings.json: cannot write in /proc",
         "--timings", "/proc/fairsqueeze-timings.json"),
+    row("a cache folder below a file", suite(), "the cache folder ($FAIRSQUEEZE_CACHE or results/cache) {tmp}/file/c:"
+        " {tmp}/file is a file", files={"file": ""}, before=lambda tmp: Env("FAIRSQUEEZE_CACHE", f"{tmp}/file/c")),
     Row("report --out below a file", ["report", "nosuch", "--db", "sqlite:///{tmp}/x.db", "--out", "{tmp}/file/r"],
         "is a file, so nothing can be written below it", {"file": ""}),
     Row("report --out in /proc", ["report", "nosuch", "--db", "sqlite:///{tmp}/x.db", "--out", "/proc/fz-report"],

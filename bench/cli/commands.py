@@ -54,6 +54,9 @@ def _planned(args):
     check_url(args.db)
     if getattr(args, "timings", None):
         check_writable(args.timings, "--timings")
+    from fairsqueeze.datasets.base import CACHE_ENV, cache_root
+
+    check_writable(cache_root(), f"the cache folder (${CACHE_ENV} or results/cache)", folder=True)
     load_plugins()
     suite = load_suite(args.suite)
     check_names(suite)
