@@ -286,7 +286,11 @@ def cmd_launch(args) -> int:
     if args.status:  # a suite file, a bundled suite or just the name it is stored under
         print("\n".join(suite_status(args.db, _suite_name(args.suite)).lines()))
         return 0
+    from fairsqueeze.store.database import check_names, check_url
+
+    check_url(args.db)
     suite = load_suite(args.suite)
+    check_names(suite)
     for flag in ("workers", "time", "cpus"):
         if getattr(args, flag) < 1:
             raise FairsqueezeError(f"--{flag} {getattr(args, flag)}: expected a positive number")
