@@ -52,7 +52,8 @@ def default_jobs() -> int:
     if not text:
         return cores()
     if not (text.isdigit() and int(text) > 0):
-        raise ConfigError(f"FAIRSQUEEZE_JOBS={os.environ['FAIRSQUEEZE_JOBS']!r}: expected a positive number of processes")
+        raise ConfigError(f"FAIRSQUEEZE_JOBS={os.environ['FAIRSQUEEZE_JOBS']!r}: expected a positive number of"
+                          " processes")
     return int(text)
 
 
@@ -118,8 +119,8 @@ def process_pool(jobs: int, data_root: Path, device: torch.device,
                  tasks: dict[str, TaskData] | None = None) -> Iterator[ProcessPoolExecutor]:
     """``jobs`` processes, each with its own Computer; work still queued is cancelled
     when the block ends early (an interrupt)."""
-    start = (os.getpid(), str(data_root), str(device), compute_threads(device), logging.getLogger().level, dict(tasks or {}),
-             registered_modules())
+    start = (os.getpid(), str(data_root), str(device), compute_threads(device), logging.getLogger().level,
+             dict(tasks or {}), registered_modules())
     context = multiprocessing.get_context("fork" if device.type == "cpu" else "spawn")
     pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_start, initargs=start)
     try:

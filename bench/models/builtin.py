@@ -54,7 +54,8 @@ def build_mlp(
 ) -> nn.Module:
     dropout = _dropout_rate("mlp", dropout)
     if not all(isinstance(w, numbers.Integral) and not isinstance(w, bool) and 1 <= w <= MAX_WIDTH for w in hidden):
-        raise ConfigError(f"model 'mlp': option 'hidden' must list integer widths in 1..{MAX_WIDTH:,}, got {list(hidden)!r}")
+        raise ConfigError(f"model 'mlp': option 'hidden' must list integer widths in 1..{MAX_WIDTH:,},"
+                          f" got {list(hidden)!r}")
     widths = [math.prod(input_shape), *(int(w) for w in hidden), num_classes]
     for w in widths:
         _positive("mlp", "hidden", w)

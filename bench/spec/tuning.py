@@ -259,7 +259,8 @@ def parse_tuning(block: dict[str, Any] | None, entry: dict[str, Any] | bool) -> 
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise ConfigError("tune.trials: expected a positive integer (here or in the suite's tuning block)")
     if trials > MAX_TRIALS:
-        raise ConfigError(f"tune.trials: {trials} is more than {MAX_TRIALS:,} trials, more than a study here could finish")
+        raise ConfigError(f"tune.trials: {trials} is more than {MAX_TRIALS:,} trials, more than a study here could"
+                          " finish")
 
     raw = block.get("objectives") or {}
     if not isinstance(raw, dict) or set(raw) - {"utility", "unfairness", "compression"}:
