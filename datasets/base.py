@@ -260,8 +260,10 @@ def stratified_split(
     Every (label, group) cell is shuffled and cut by the same fractions, so group and label
     proportions match across parts; the result does not depend on row order beyond ``y``/``s``.
     """
-    if abs(sum(fractions) - 1) > 1e-9:
-        raise ValueError(f"split fractions must sum to 1, got {fractions}")
+    if not all(0 <= f <= 1 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
+        raise ConfigError(f"fractions: split fractions must lie in [0, 1] and sum to 1, got {list(fractions)}")
+    if isinstance(seed, bool) or not 0 <= seed <= 2 ** 32 - 1:
+        raise ConfigError(f"split_seed: expected an integer in 0..{2 ** 32 - 1}, got {seed!r}")
     rng = np.random.default_rng(seed)
     parts: list[list[np.ndarray]] = [[np.zeros(0, dtype=np.int64)] for _ in fractions]
     cells = np.stack([y, s], axis=1)

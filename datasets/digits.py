@@ -51,6 +51,11 @@ def build(
 
     if target not in TARGETS:
         raise ConfigError(f"digits: unknown target {target!r} (choose from {', '.join(TARGETS)})")
+    if not 1 <= size <= 1024 or not 1 <= channels <= 64:
+        raise ConfigError(f"digits: size must lie in 1..1024 and channels in 1..64, got size {size},"
+                          f" channels {channels}")
+    if not noise >= 0:
+        raise ConfigError(f"digits: noise must be >= 0, got {noise}")
     raw = load_digits()
     images, s = _planted_groups(raw.images.astype(np.float32), noise)
     y = raw.target.astype(np.int64) if target == "digit" else (raw.target % 2).astype(np.int64)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -210,32 +211,38 @@ def download(url: str, target: Path, sha256: str | None = None,
             target.parent.rmdir()
 
 
-def fetch(source: DatasetSource, root: Path, say: Callable[[str], None] = print) -> bool:
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def fetch(source: DatasetSource, root: Path, say: Callable[[str], None] = print,
+          complain: Callable[[str], None] = _to_stderr) -> bool:
     """Fetch what is missing or corrupt of one dataset; True when it is complete afterwards.
-    Every problem is one line through ``say``; nothing raises for a network failure."""
+    What was fetched is one line through ``say``, every problem one line through ``complain``
+    (stderr); nothing raises for a network failure."""
     root = Path(root)
     if source.manual:
-        say(f"{source.name}: not fetched, {how_to_get(source, root)}")
+        complain(f"{source.name}: not fetched, {how_to_get(source, root)}")
         return False
     for spec in source.files:
         problem = file_problem(root, spec)
         if problem is None:
             continue
         if problem != "missing":
-            say(f"{source.name}: {spec.path}: {problem}; downloading it again")
+            complain(f"{source.name}: {spec.path}: {problem}; downloading it again")
         try:
             download(spec.source(), root / spec.path, spec.sha256)
         except DownloadError as exc:
-            say(f"{source.name}: {exc}" + ("; optional, the loader does not read it" if spec.optional else ""))
+            complain(f"{source.name}: {exc}" + ("; optional, the loader does not read it" if spec.optional else ""))
             if spec.optional:
                 continue
             return False
         except OSError as exc:
-            say(f"{source.name}: cannot write {root / spec.path}: {exc.strerror or exc}")
+            complain(f"{source.name}: cannot write {root / spec.path}: {exc.strerror or exc}")
             return False
         problem = file_problem(root, spec)
         if problem:
-            say(f"{source.name}: {spec.path} downloaded from {spec.source()} but {problem}")
+            complain(f"{source.name}: {spec.path} downloaded from {spec.source()} but {problem}")
             return False
         say(f"{source.name}: {spec.path} fetched" + (" and verified" if spec.sha256 else ""))
     if source.images:

@@ -118,6 +118,20 @@ def another_worker(tmp: Path) -> object:
     return handle
 
 
+class Env:
+    """An environment variable set during the row (``before`` returns it; the row closes it)."""
+
+    def __init__(self, name: str, value: str):
+        self.name, self.old = name, os.environ.get(name)
+        os.environ[name] = value
+
+    def close(self) -> None:
+        if self.old is None:
+            os.environ.pop(self.name, None)
+        else:
+            os.environ[self.name] = self.old
+
+
 def old_schema(tmp: Path) -> None:
     import sqlite3
 
@@ -161,7 +175,7 @@ ROWS = [
     row("an int parameter given a fraction", suite("[{name: truncated_svd, params: {k: 4.5}}]"),
         "k: expected an integer, got 4.5"),
     row("a float parameter given NaN", suite("[{name: fairalm, params: {lr: .nan}}]"),
-        "lr: expected a number, got nan"),
+        "lr: expected a finite number, got nan"),
     row("a float parameter given a word", suite("[{name: fairalm, params: {lr: fast}}]"),
         "lr: expected a number or a fraction like '5/9', got 'fast'"),
     row("a string parameter given a number", suite("[{name: truncated_svd, params: {layer: 2}}]"),
@@ -271,6 +285,91 @@ ROWS = [
         "the database cannot be written", before=first_version),
     row("a dense reference trained for no epoch", suite(head="seeds: [0]\ntrain: {epochs: 0}\n"),
         "epochs must be >= 1 for a dense reference"),
+
+    # -- third pass: inputs that changed the meaning silently, or failed after writing ------------
+    row("a top-level key given twice", suite(head="seeds: [0]\nseeds: [1]\ntrain: {epochs: 1}\n"),
+        "s.yaml (line 2): key 'seeds' is given twice (lines 1 and 2)"),
+    row("a parameter given twice in one mapping", suite("[{name: truncated_svd, params: {k: 4, k: 8}}]"),
+        "key 'k' is given twice"),
+    row("a negative seed", suite(head="seeds: [-1]\ntrain: {epochs: 1}\n"),
+        "seeds[0] (line 1): seed -1 is out of range: seeds lie in 0..4294967295"),
+    row("a seed of 10^23", suite(head=f"seeds: [{10 ** 23}]\ntrain: {{epochs: 1}}\n"), "is out of range"),
+    row("epochs beyond any machine", suite(head=f"seeds: [0]\ntrain: {{epochs: {10 ** 20}}}\n"),
+        "epochs: expected an integer of magnitude below 2**63"),
+    row("epochs too many to finish", suite(head="seeds: [0]\ntrain: {epochs: 1000000000}\n"),
+        "epochs 1000000000 is more than 100,000"),
+    row("a beta that overflows a float", suite("[{name: fairlrf, params: {beta: 1.0e999}}]"),
+        "beta: expected a finite number, got '1.0e999'"),
+    row("a learning rate that overflows a float", suite(head="seeds: [0]\ntrain: {epochs: 1, lr: 1e400}\n"),
+        "lr: expected a finite number, got '1e400'"),
+    row("an infinite learning rate", suite(head="seeds: [0]\ntrain: {epochs: 1, lr: .inf}\n"),
+        "lr: expected a finite number, got inf"),
+    row("an infinite method parameter", suite("[{name: fairalm, params: {lr: -.inf}}]"),
+        "lr: expected a finite number, got -inf"),
+    row("YAML nested 5,000 deep", "tasks: " + "[" * 5000 + "]" * 5000 + "\n", "nested"),
+    row("a NUL byte in the suite file", suite().replace("seeds", "se\0eds"), "s.yaml (line 1): a NUL byte"),
+    row("binary bytes for a suite file", b"\x89PNG\r\n\x1a\n\xff\xfe\x00\x00", "not UTF-8 text"),
+    row("digits of size 0", suite(tasks="[{name: digits, options: {size: 0}}]"), "size must lie in 1..1024"),
+    row("a trial budget beyond any machine", suite("[{name: truncated_svd, tune: true}]",
+                                                   tail=f"tuning: {{trials: {10 ** 20}}}\n"),
+        "is more than 100,000 trials"),
+    row("a negative sampler seed", suite("[{name: truncated_svd, tune: true}]",
+                                         tail="tuning: {trials: 2, sampler: {name: tpe, seed: -1}}\n"),
+        "tuning.sampler.seed: expected an integer in 0..4294967295, got -1"),
+    row("an infinite hidden width", suite(models="[{name: mlp, options: {hidden: [.inf]}}]"),
+        "option 'hidden' must list integer widths in 1..100,000"),
+    row("a negative split seed", suite(tasks="[{name: digits, options: {split_seed: -1}}]"),
+        "split_seed: expected an integer in 0..4294967295, got -1"),
+    row("split fractions that are not fractions", suite(tasks="[{name: digits, options: {fractions: [.inf, 0, 0]}}]"),
+        "split fractions must lie in [0, 1] and sum to 1"),
+    Row("a suite that is a folder", ["run", "{tmp}/adir", "--db", "sqlite:///{tmp}/x.db", "--quiet"],
+        "is a folder, not a suite file", {"adir/": ""}),
+    row("a suite name of 300 characters", suite(head="name: " + "n" * 300 + "\nseeds: [0]\n"),
+        "is 300 characters long; the results database holds at most 128"),
+    row("a method label of 300 characters", suite("[{name: dense, label: " + "l" * 300 + "}]"),
+        "is 300 characters long; the results database holds at most 256"),
+
+    # -- arguments and the environment: one line, usage only under --help ------------------------
+    row("--jobs 0", suite(), "argument --jobs: expected a positive number of processes, got '0'", "--jobs", "0"),
+    row("--jobs -1", suite(), "argument --jobs: expected a positive number of processes", "--jobs", "-1"),
+    row("FAIRSQUEEZE_JOBS that is no number", suite(), "FAIRSQUEEZE_JOBS='lots': expected a positive number",
+        before=lambda tmp: Env("FAIRSQUEEZE_JOBS", "lots")),
+    Row("--heartbeat 0", ["worker", "{tmp}/s.yaml", "--db", "sqlite:///{tmp}/x.db", "--heartbeat", "0"],
+        "argument --heartbeat: expected a positive number of seconds, got '0'", {"s.yaml": suite()}),
+    Row("--heartbeat -5", ["worker", "{tmp}/s.yaml", "--db", "sqlite:///{tmp}/x.db", "--heartbeat", "-5"],
+        "expected a positive number of seconds, got '-5'", {"s.yaml": suite()}),
+    Row("--split train", ["show", "--db", "sqlite:///{tmp}/x.db", "--split", "train"],
+        "argument --split: invalid choice: 'train'"),
+    Row("check-plugin with a parameter of the wrong type", ["check-plugin", "truncated_svd", "--params", '{"k": "four"}'],
+        "truncated_svd does not conform: FAIL accepts_params"),
+    Row("data fetch of a manual dataset", ["data", "fetch", "celeba", "--data-root", "{tmp}/data"],
+        "celeba: not fetched"),
+
+    # -- every path the run writes, checked before anything is computed -----------------------------
+    row("--timings that is a folder", suite(), "--timings {tmp}/adir: is a folder; expected a file to write",
+        "--timings", "{tmp}/adir", files={"adir/": ""}),
+    row("--timings below a file", suite(), "is a file, so nothing can be written below it",
+        "--timings", "{tmp}/file/t.json", files={"file": ""}),
+    row("--timings in /proc", suite(), "--timings /proc/fairsqueeze-timings.json: cannot write in /proc",
+        "--timings", "/proc/fairsqueeze-timings.json"),
+    row("a cache folder below a file", suite(), "the cache folder ($FAIRSQUEEZE_CACHE or results/cache) {tmp}/file/c:"
+        " {tmp}/file is a file", files={"file": ""}, before=lambda tmp: Env("FAIRSQUEEZE_CACHE", f"{tmp}/file/c")),
+    Row("report --out below a file", ["report", "nosuch", "--db", "sqlite:///{tmp}/x.db", "--out", "{tmp}/file/r"],
+        "is a file, so nothing can be written below it", {"file": ""}),
+    Row("report --out in /proc", ["report", "nosuch", "--db", "sqlite:///{tmp}/x.db", "--out", "/proc/fz-report"],
+        "--out /proc/fz-report: cannot write in /proc"),
+    Row("leaderboard --out that is a file", ["leaderboard", "--db", "sqlite:///{tmp}/x.db", "--out", "{tmp}/file"],
+        "--out {tmp}/file: is a file; expected a folder to write", {"file": ""}),
+    Row("leaderboard --out in /proc", ["leaderboard", "--db", "sqlite:///{tmp}/x.db", "--out", "/proc/fz-board"],
+        "cannot write in /proc"),
+    Row("launch with a MySQL database", ["launch", "{tmp}/s.yaml", "--db", "mysql://u@h/db", "--executor", "local"],
+        "unsupported database 'mysql'", {"s.yaml": suite()}),
+    Row("launch of a suite with a name too long", ["launch", "{tmp}/s.yaml", "--db", "postgresql://u@h/db",
+                                                   "--executor", "local"],
+        "is 200 characters long; the results database holds at most 128", {"s.yaml": suite(head="name: " + "n" * 200 + "\n")}),
+    row("a MySQL database", suite(), "--db mysql://fz:***@127.0.0.1/results: unsupported database 'mysql'",
+        "--db", "mysql://fz:SECRET@127.0.0.1/results"),
+    row("a database URL that is no URL", suite(), "--db nonsense: not a database URL", "--db", "nonsense"),
 ]
 
 
@@ -319,7 +418,7 @@ def test_a_bad_input_is_one_line_and_changes_nothing(case: Row, isolated, monkey
     assert code != 0
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and not shown, (err, shown)
-    assert case.expect in err, err
+    assert case.expect.replace("{tmp}", str(isolated)) in err, err
     assert "SECRET" not in err  # a password in a URL is never echoed
     after = {k: v for k, v in tree(isolated).items() if not (case.leaves and fnmatch.fnmatch(k, case.leaves))}
     assert {k: v for k, v in after.items() if before.get(k) != v} == {}  # nothing created or changed

@@ -123,7 +123,7 @@ def test_fetch_tabular_sets_verifies_them_and_a_rerun_downloads_nothing(mirror, 
 def test_an_interrupted_download_leaves_no_file_and_a_rerun_completes_it(mirror, tmp_path, capsys):
     mirror.interrupt.add("adult/adult.test")
     assert main(["data", "fetch", "adult", "--data-root", str(tmp_path)]) == 1
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "adult: cannot download adult.test" in out and "connection dropped mid-transfer" in out
     assert (tmp_path / "adult/adult.data").exists()  # what finished before stays
     assert not (tmp_path / "adult/adult.test").exists() and leftovers(tmp_path) == []
@@ -140,7 +140,7 @@ def test_a_corrupt_download_is_one_line_with_both_hashes_and_is_not_kept(mirror,
     bad = (UPSTREAM / path).read_bytes().replace(b"African-American", b"African-Americam", 1)
     mirror.files[path] = bad
     assert main(["data", "fetch", "compas", "--data-root", str(tmp_path)]) == 1
-    (line,) = capsys.readouterr().out.splitlines()
+    (line,) = capsys.readouterr().err.splitlines()
     expected, actual = upstream_sha256()[path], hashlib.sha256(bad).hexdigest()
     assert line == f"compas: {tmp_path / path}: checksum mismatch: expected sha256 {expected}, got {actual}"
     assert not (tmp_path / path).exists() and leftovers(tmp_path) == []
@@ -157,7 +157,7 @@ def test_a_corrupt_local_file_is_reported_and_fetch_replaces_it(mirror, tmp_path
     assert main(["data", "check", "german", "--data-root", str(tmp_path)]) == 1
 
     assert main(["data", "fetch", "german", "--data-root", str(tmp_path)]) == 0
-    assert "checksum mismatch" in capsys.readouterr().out
+    assert "checksum mismatch" in capsys.readouterr().err
     assert sha256(path) == upstream_sha256()["german/german.data"]
     assert check(SOURCES["german"], tmp_path).state == "present"
 
@@ -176,7 +176,7 @@ def test_missing_data_says_how_to_get_each_dataset(tmp_path, monkeypatch, capsys
         capsys.readouterr()
 
         assert main(["data", "fetch", "german", "celeba", "--data-root", str(tmp_path)]) == 1
-        out = capsys.readouterr().out.splitlines()
+        out = capsys.readouterr().err.splitlines()
         assert len(out) == 2 and "german: cannot download german.data" in out[0] and "HTTP 404" in out[0]
         assert out[1].startswith("celeba: not fetched, CelebA's licence asks for a manual download")
         assert list(tmp_path.iterdir()) == []  # not even an empty folder
@@ -254,7 +254,7 @@ def test_fitzpatrick_fetches_the_listed_images_and_lists_dead_links(tmp_path, mo
 def test_an_optional_file_that_cannot_be_fetched_does_not_fail_the_dataset(mirror, tmp_path, capsys):
     mirror.gone.add("adult/adult.names")
     assert main(["data", "fetch", "adult", "--data-root", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "adult: cannot download adult.names" in out and "HTTP 404; optional, the loader does not read it" in out
     assert check(SOURCES["adult"], tmp_path).state == "present"
     mirror.gone.add("adult/adult.test")

@@ -207,3 +207,29 @@ def test_slurm_gets_one_array_job_with_the_requested_resources(tmp_path, monkeyp
         job = pickle.load(fh).function  # what every array element runs
     assert job.argv() == ["worker", job.suite, "--db", db, "--device", "cuda"] and job.requeue
     assert job.suite.endswith("fairlrf_table1.yaml") and os.path.isabs(job.suite)
+
+
+def test_launch_files_hold_no_password(tmp_path, monkeypatch, capsys):
+    """The jobs get the database password through their environment (PGPASSWORD, which SLURM
+    exports to them), never through a file in the launch folder."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\ncp \"$1\" {tmp_path}/logs/submitted.sh\necho Submitted batch job 77\n")
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PGPASSWORD", "before")  # restored after the test
+    db = "postgresql+psycopg://me:S3cr%40t-pw@dbhost:5433/study"
+    assert main(["launch", "fairlrf_table1", "--db", db, "--workers", "2", "--executor", "slurm", "--gpus", "1",
+                 "--logs", str(tmp_path / "logs")]) == 0
+    files = [p for p in (tmp_path / "logs").rglob("*") if p.is_file()]
+    assert any(p.name.endswith("_submitted.pkl") for p in files) and any(p.name == "submitted.sh" for p in files)
+    for path in files:
+        content = path.read_bytes()
+        assert b"S3cr" not in content and b"%40t-pw" not in content, path
+    with open(next(p for p in files if p.name.endswith("_submitted.pkl")), "rb") as fh:
+        job = pickle.load(fh).function
+    assert job.db == "postgresql+psycopg://me@dbhost:5433/study"
+    assert os.environ["PGPASSWORD"] == "S3cr@t-pw"  # what the jobs inherit
+    assert "S3cr" not in capsys.readouterr().out

@@ -3,6 +3,7 @@ arguments: below the command line, so ``launch`` can start a worker in a job's p
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -46,9 +47,19 @@ def _planned(args):
     from fairsqueeze.spec.suite import load_suite
     from fairsqueeze.datasets.base import data_root
 
+    from fairsqueeze.core.files import check_writable
+    from fairsqueeze.store.database import check_names, check_url
+
     set_quiet(args.quiet)
+    check_url(args.db)
+    if getattr(args, "timings", None):
+        check_writable(args.timings, "--timings")
+    from fairsqueeze.datasets.base import CACHE_ENV, cache_root
+
+    check_writable(cache_root(), f"the cache folder (${CACHE_ENV} or results/cache)", folder=True)
     load_plugins()
     suite = load_suite(args.suite)
+    check_names(suite)
     device = resolve_device(args.device)
     check_gpu_request(suite, args.device)
     import torch
@@ -66,7 +77,12 @@ def cmd_run(args) -> int:
     from fairsqueeze.datasets.base import data_root
     from fairsqueeze.engine.worker import Worker
 
+    from fairsqueeze.engine.jobs import cores
+
     suite, plan, device = _planned(args)
+    if args.jobs > cores():
+        logging.getLogger("fairsqueeze").warning(
+            "--jobs %d is more than the %d cores this process may use: the processes share them", args.jobs, cores())
     with sqlite_single_writer(args.db):
         store = Store(args.db)
         _check_definition(store, suite, args)

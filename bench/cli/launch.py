@@ -69,6 +69,21 @@ class WorkerJob(submitit.helpers.Checkpointable):
         return None
 
 
+def without_password(url: str) -> tuple[str, str | None]:
+    """The database URL without its password, and the password. A job file (submitit pickles
+    the job into the logs folder) must hold no secret: the jobs get the password through their
+    environment instead (``PGPASSWORD``, which PostgreSQL's client library reads)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return url, None
+    if not parsed.password:
+        return url, None
+    return parsed._replace(password=None).render_as_string(hide_password=False), str(parsed.password)
+
+
 def make_executor(kind: str, folder: Path, resources: Resources, name: str) -> submitit.AutoExecutor:
     if kind not in EXECUTORS:
         raise FairsqueezeError(f"--executor {kind!r}: expected one of {', '.join(EXECUTORS)}")

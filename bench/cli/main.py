@@ -3,12 +3,29 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import signal
 import sys
 
 from fairsqueeze.cli.commands import check_gpu_request, print_tables, cmd_run, cmd_worker
 from fairsqueeze.core.errors import FairsqueezeError
 
 log = logging.getLogger("fairsqueeze")
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument error is one line (the usage is for ``--help``)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+class Terminated(KeyboardInterrupt):
+    """A SIGTERM, handled as an interrupt: job processes stopped, finished runs kept."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
 
 
 def _add_store(p: argparse.ArgumentParser) -> None:
@@ -24,7 +41,7 @@ def _add_redefine(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fairsqueeze", description=__doc__)
+    parser = Parser(prog="fairsqueeze", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a suite (a YAML file or a bundled suite name)")
@@ -50,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
     worker.add_argument("--quiet", action="store_true", help="no summary at the end")
     worker.add_argument("--skip-missing-data", action="store_true", help="skip tasks whose files are absent")
-    worker.add_argument("--heartbeat", type=float, default=None,
+    worker.add_argument("--heartbeat", type=_seconds, default=None,
                         help="lease renewal interval, seconds (a lease lasts three); an expired lease is taken over")
     _add_redefine(worker)
     _add_store(worker)
@@ -125,6 +142,16 @@ def _jobs(text: str) -> int:
     return jobs
 
 
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return seconds
+
+
 def cmd_list(args) -> int:
     from fairsqueeze.cli.plugins import load_plugins
 
@@ -185,7 +212,10 @@ def cmd_report(args) -> int:
 
     from fairsqueeze.store.reader import open_store
 
+    from fairsqueeze.core.files import check_writable
+
     name = _suite_name(args.suite)
+    check_writable(args.out or report_folder(name), "--out", folder=True)
     results = load(open_store(args.db), name, args.split)
     results.claim_files = tuple(args.claims)
     if results.runs.empty:
@@ -208,8 +238,13 @@ def cmd_check_plugin(args) -> int:
         raise ConfigError(f"--params: expected a JSON object, got {args.params!r}")
     report = check_conformance(args.name, params, device=args.device)
     print(report)
-    print(f"{args.name}: {'conforms' if report else 'does not conform'}")
-    return 0 if report else 1
+    if report:
+        print(f"{args.name}: conforms")
+        return 0
+    failed = next((c for c in report.checks if c.passed is False), None)
+    print(f"fairsqueeze: error: {args.name} does not conform: {failed.line() if failed else 'not every check ran'}",
+          file=sys.stderr)
+    return 1
 
 
 def cmd_leaderboard(args) -> int:
@@ -218,6 +253,9 @@ def cmd_leaderboard(args) -> int:
 
     from fairsqueeze.store.reader import open_store
 
+    from fairsqueeze.core.files import check_writable
+
+    check_writable(args.out, "--out", folder=True)
     results = load(open_store(args.db))
     results.claim_files = tuple(args.claims)
     print(f"leaderboard: {build_leaderboard(results, args.out)}")
@@ -247,13 +285,20 @@ def cmd_data(args) -> int:
 def cmd_launch(args) -> int:
     from pathlib import Path
 
-    from fairsqueeze.cli.launch import Resources, WorkerJob, make_executor, print_jobs, submit, suite_status
+    import os
+
+    from fairsqueeze.cli.launch import (Resources, WorkerJob, make_executor, print_jobs, submit, suite_status,
+                                        without_password)
     from fairsqueeze.spec.suite import load_suite, resolve_suite_path
 
     if args.status:  # a suite file, a bundled suite or just the name it is stored under
         print("\n".join(suite_status(args.db, _suite_name(args.suite)).lines()))
         return 0
+    from fairsqueeze.store.database import check_names, check_url
+
+    check_url(args.db)
     suite = load_suite(args.suite)
+    check_names(suite)
     for flag in ("workers", "time", "cpus"):
         if getattr(args, flag) < 1:
             raise FairsqueezeError(f"--{flag} {getattr(args, flag)}: expected a positive number")
@@ -265,7 +310,10 @@ def cmd_launch(args) -> int:
     check_gpu_request(suite, args.device, gpus=args.gpus)
     path = resolve_suite_path(args.suite)
     data = str(Path(args.data_root).resolve()) if args.data_root else None
-    job = WorkerJob(str(path.resolve()), args.db, args.device, data, args.requeue, suite.name)
+    db, password = without_password(args.db)
+    if password:  # the jobs inherit this environment (SLURM exports it): the secret stays out of job files
+        os.environ["PGPASSWORD"] = password
+    job = WorkerJob(str(path.resolve()), db, args.device, data, args.requeue, suite.name)
     folder = Path(args.logs or f"results/launch/{suite.name}").resolve()
     resources = Resources(args.time, args.cpus, args.gpus, args.mem, args.partition)
     jobs = submit(job, args.workers, make_executor(args.executor, folder, resources, f"fairsqueeze-{suite.name}"))
@@ -274,16 +322,23 @@ def cmd_launch(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if getattr(args, "jobs", 0) is None:
-        from fairsqueeze.engine.jobs import default_jobs
-
-        args.jobs = default_jobs()
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # an argument error (one line, exit 2) or --help (exit 0)
+        return exc.code if isinstance(exc.code, int) else 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     handlers = {"run": cmd_run, "worker": cmd_worker, "fronts": cmd_fronts, "list": cmd_list, "show": cmd_show,
                 "report": cmd_report, "leaderboard": cmd_leaderboard, "check-plugin": cmd_check_plugin,
                 "data": cmd_data, "launch": cmd_launch}
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
+        if getattr(args, "jobs", 0) is None:
+            from fairsqueeze.engine.jobs import default_jobs
+
+            args.jobs = default_jobs()
         return handlers[args.command](args)
     except FairsqueezeError as exc:
         print(f"fairsqueeze: error: {exc}", file=sys.stderr)
@@ -295,9 +350,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"fairsqueeze: error: {database_error(getattr(args, 'db', ''), exc)}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("fairsqueeze: terminated (SIGTERM); job processes stopped, finished runs are saved, rerun to resume",
+              file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("fairsqueeze: interrupted; finished runs are saved, rerun to resume", file=sys.stderr)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":

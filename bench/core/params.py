@@ -42,6 +42,21 @@ def _type_name(hint: Any) -> str:
             list: "a list", tuple: "a list", dict: "a mapping"}.get(origin, getattr(origin, "__name__", str(hint)))
 
 
+INT_LIMIT = 2 ** 63  # an integer a tensor, NumPy or a database column can hold: |value| below it
+
+
+def finite_number(value: Any) -> float | None:
+    """The float a number or a fraction string stands for, None when it has none or it is not
+    finite (NaN, infinities, and strings such as '1e400' that overflow a float)."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    try:
+        number = float(Fraction(value.strip())) if isinstance(value, str) else float(value)
+    except (ValueError, ZeroDivisionError, OverflowError, TypeError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _fits(value: Any, hint: Any) -> bool:
     """Whether a value from a suite file (YAML or JSON) is of the annotated type. A bool is
     never an int or a float, a float is never an int, NaN is no number, and a float-typed
@@ -60,15 +75,9 @@ def _fits(value: Any, hint: Any) -> bool:
     if isinstance(value, (bool, np.bool_)):
         return False
     if origin is int:
-        return isinstance(value, numbers.Integral)
+        return isinstance(value, numbers.Integral) and -INT_LIMIT < value < INT_LIMIT
     if origin is float:
-        if isinstance(value, str):
-            try:
-                Fraction(value.strip())
-            except (ValueError, ZeroDivisionError):
-                return False
-            return True
-        return isinstance(value, numbers.Real) and not math.isnan(value)
+        return isinstance(value, (str, numbers.Real)) and finite_number(value) is not None
     if origin in (list, tuple, collections.abc.Sequence):
         return isinstance(value, (list, tuple))  # YAML and JSON give lists for tuple fields
     if isinstance(origin, type):
@@ -88,9 +97,27 @@ def check_types(values: dict[str, Any], annotated: Any, where: str = "") -> None
     for key, value in values.items():
         hint = hints.get(key)
         if hint is not None and not _fits(value, hint):
-            fraction = " or a fraction like '5/9'" if _accepts_float(hint) and isinstance(value, str) else ""
             prefix = f"{where}: " if where else ""
-            raise ConfigError(f"{prefix}{key}: expected {_type_name(hint)}{fraction}, got {value!r}")
+            raise ConfigError(f"{prefix}{key}: expected {_expected(hint, value)}, got {value!r}")
+
+
+def _expected(hint: Any, value: Any) -> str:
+    """What a value that does not fit ``hint`` should have been, said for the kind of mistake."""
+    number = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    if _accepts_float(hint) and (number or isinstance(value, str) and _is_fraction(value)):
+        return "a finite number"
+    if number and isinstance(value, numbers.Integral) and _fits(0, hint):
+        return f"{_type_name(hint)} of magnitude below 2**63"
+    fraction = " or a fraction like '5/9'" if _accepts_float(hint) and isinstance(value, str) else ""
+    return f"{_type_name(hint)}{fraction}"
+
+
+def _is_fraction(text: str) -> bool:
+    try:
+        Fraction(text.strip())
+    except (ValueError, ZeroDivisionError):
+        return False
+    return True
 
 
 def normalize_params(params: Any) -> Any:
@@ -107,8 +134,9 @@ def normalize_params(params: Any) -> Any:
         if isinstance(value, int):
             setattr(params, f.name, float(value))
         elif isinstance(value, str):
-            try:
-                setattr(params, f.name, float(Fraction(value.strip())))
-            except (ValueError, ZeroDivisionError):
-                raise ConfigError(f"{f.name}: expected a number or a fraction like '5/9', got {value!r}") from None
+            number = finite_number(value)
+            if number is None:
+                expected = "a finite number" if _is_fraction(value) else "a number or a fraction like '5/9'"
+                raise ConfigError(f"{f.name}: expected {expected}, got {value!r}")
+            setattr(params, f.name, number)
     return params

@@ -6,10 +6,16 @@ tasks this process planned, keeping each dense reference it loads) and send each
 only the calling process writes the store, so SQLite works as well as PostgreSQL. On a CPU
 the processes are forked: they start at once, with the planned tasks and every registered
 plugin already in memory. With CUDA they are spawned (a CUDA context does not survive a fork).
+
+A job process never outlives the calling process, however that one ends (a SIGKILL included):
+the kernel kills it when its parent dies (Linux's parent-death signal). A job process that is
+lost (killed, out of memory) breaks the pool: a fresh pool computes its runs once more, with the
+same seeds, before they are reported failed.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib
 import logging
 import multiprocessing
@@ -18,24 +24,49 @@ import signal
 import traceback
 from collections import defaultdict
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Iterator
 
 import torch
 
+from fairsqueeze.core.errors import ConfigError
 from fairsqueeze.core.registry import registered_modules
 from fairsqueeze.engine.execute import Computed, Computer
 from fairsqueeze.spec.entries import RunSpec
 from fairsqueeze.datasets.base import TaskData
 
+log = logging.getLogger("fairsqueeze")
 _computer: list[Computer] = []  # the one Computer of a job process
 
 
-def default_jobs() -> int:
-    """``$FAIRSQUEEZE_JOBS`` when set, else the number of cores this process may use."""
-    if os.environ.get("FAIRSQUEEZE_JOBS", "").strip().isdigit() and int(os.environ["FAIRSQUEEZE_JOBS"]) > 0:
-        return int(os.environ["FAIRSQUEEZE_JOBS"])
+def cores() -> int:
+    """The number of cores this process may use."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_jobs() -> int:
+    """``$FAIRSQUEEZE_JOBS`` when set (a positive integer, else a one-line error), else the
+    number of cores this process may use."""
+    text = os.environ.get("FAIRSQUEEZE_JOBS", "").strip()
+    if not text:
+        return cores()
+    if not (text.isdigit() and int(text) > 0):
+        raise ConfigError(f"FAIRSQUEEZE_JOBS={os.environ['FAIRSQUEEZE_JOBS']!r}: expected a positive number of"
+                          " processes")
+    return int(text)
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux; elsewhere a no-op),
+    and end now if the parent died before the request was made (this process was re-parented)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def compute_threads(device: torch.device) -> int:
@@ -45,10 +76,13 @@ def compute_threads(device: torch.device) -> int:
     return 1 if device.type == "cpu" else torch.get_num_threads()
 
 
-def _start(data_root: str, device: str, threads: int, log_level: int, tasks: dict, plugins: list[str]) -> None:
+def _start(parent: int, data_root: str, device: str, threads: int, log_level: int, tasks: dict,
+           plugins: list[str]) -> None:
     from fairsqueeze.core.progress import set_quiet
 
+    die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # an interrupt is the calling process's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked process inherits the caller's handler
     torch.set_num_threads(threads)
     logging.basicConfig(level=log_level, format="%(levelname)s: %(message)s")
     set_quiet(True)
@@ -85,8 +119,8 @@ def process_pool(jobs: int, data_root: Path, device: torch.device,
                  tasks: dict[str, TaskData] | None = None) -> Iterator[ProcessPoolExecutor]:
     """``jobs`` processes, each with its own Computer; work still queued is cancelled
     when the block ends early (an interrupt)."""
-    start = (str(data_root), str(device), compute_threads(device), logging.getLogger().level, dict(tasks or {}),
-             registered_modules())
+    start = (os.getpid(), str(data_root), str(device), compute_threads(device), logging.getLogger().level,
+             dict(tasks or {}), registered_modules())
     context = multiprocessing.get_context("fork" if device.type == "cpu" else "spawn")
     pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_start, initargs=start)
     try:
@@ -117,11 +151,28 @@ def compute_in_processes(specs: list[RunSpec], jobs: int, data_root: Path, devic
                          info: dict[str, dict] | None = None,
                          tasks: dict[str, TaskData] | None = None) -> Iterator[tuple[RunSpec, Computed]]:
     """Yield (spec, computed) for every spec as the ``jobs`` processes finish them. Leaving the
-    loop early (an interrupt) cancels what has not started."""
-    with process_pool(jobs, data_root, device, tasks) as pool:
-        futures = {pool.submit(_compute, spec, (info or {}).get(spec.key)): spec for spec in interleaved(specs)}
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                yield futures[future], future.result()
+    loop early (an interrupt) cancels what has not started. When a job process is lost, the
+    runs the broken pool still held go to a fresh pool; a run lost twice is reported failed."""
+    todo, lost = interleaved(specs), set()
+    while todo:
+        broken = []
+        with process_pool(min(jobs, len(todo)), data_root, device, tasks) as pool:
+            futures = {pool.submit(_compute, spec, (info or {}).get(spec.key)): spec for spec in todo}
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    spec = futures[future]
+                    try:
+                        computed = future.result()
+                    except BrokenProcessPool:
+                        if spec.key not in lost:
+                            broken.append(spec)
+                            continue
+                        computed = Computed(spec.key, error="its job process was lost twice (killed, or out of"
+                                                            " memory); the run was computed in a fresh process once")
+                    yield spec, computed
+        if broken:
+            log.warning("a job process was lost; %d run(s) it held are computed again in fresh processes", len(broken))
+        lost |= {spec.key for spec in broken}
+        todo = broken

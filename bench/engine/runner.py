@@ -90,6 +90,7 @@ class Runner:
         for key, task in plan.tasks.items():
             self.store.put_task(key, task.name, {**task.summary(), "label": plan.labels[key]})
         info = info or {}
+        jobs = min(jobs, len(pending))  # a process more than there are runs would only wait
         if jobs > 1:
             computed = compute_in_processes(pending, jobs, self.data_root, self.device, info, plan.tasks)
         else:

@@ -35,12 +35,14 @@ import traceback
 import uuid
 import warnings
 from concurrent.futures import FIRST_COMPLETED, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 import optuna
 from optuna.study._tell import _tell_with_warning  # optuna is pinned (pyproject.toml)
 
 from fairsqueeze.engine.execute import execute_trial
+from fairsqueeze.core.errors import FairsqueezeError
 from fairsqueeze.core.hashing import config_hash
 from fairsqueeze.engine.plan import Plan
 from fairsqueeze.core.registry import create_method
@@ -151,7 +153,11 @@ class Worker:
         with progress_bar(total=0, desc=f"suite {suite.name}", unit="item") as self._bar:
             self._count_pending(plan.runs + list(selected.values()), studies)
             if jobs > 1 and studies:
-                self._studies_in_processes(jobs, report)
+                try:
+                    self._studies_in_processes(jobs, report)
+                except BrokenProcessPool:  # the unfinished trials' slots stay open: a rerun computes them
+                    raise FairsqueezeError("a job process computing trials was lost (killed, or out of memory);"
+                                           " finished trials are kept, rerun to resume") from None
                 selected = self._selected_runs(studies)
                 self._record_membership(selected)
                 self._count_pending(list(selected.values()), {})
@@ -413,6 +419,7 @@ class Worker:
         from fairsqueeze.engine.jobs import process_pool, trial_in_process
 
         plan, names = self.plan, self._specs
+        jobs = min(jobs, len(names))  # one trial of a study at a time: more processes would wait
         with contextlib.ExitStack() as held, process_pool(jobs, self.runner.data_root, self.runner.device,
                                                                   plan.tasks) as pool:
             running = {}

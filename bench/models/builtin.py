@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from collections import OrderedDict
 from typing import Sequence
 
@@ -25,6 +26,9 @@ def _image_shape(model_name: str, input_shape: tuple[int, ...]) -> tuple[int, in
             f"model {model_name!r} needs image inputs (channels, height, width), got input shape {input_shape}"
         )
     return input_shape  # type: ignore[return-value]
+
+
+MAX_WIDTH = 100_000  # units of one hidden layer: wider would not fit a machine's memory next to its neighbours
 
 
 def _positive(model_name: str, option: str, value: float) -> None:
@@ -49,6 +53,9 @@ def build_mlp(
     dropout: float = 0.0,
 ) -> nn.Module:
     dropout = _dropout_rate("mlp", dropout)
+    if not all(isinstance(w, numbers.Integral) and not isinstance(w, bool) and 1 <= w <= MAX_WIDTH for w in hidden):
+        raise ConfigError(f"model 'mlp': option 'hidden' must list integer widths in 1..{MAX_WIDTH:,},"
+                          f" got {list(hidden)!r}")
     widths = [math.prod(input_shape), *(int(w) for w in hidden), num_classes]
     for w in widths:
         _positive("mlp", "hidden", w)

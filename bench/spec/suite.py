@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from fairsqueeze.core.errors import ConfigError, FairsqueezeError
-from fairsqueeze.core.params import check_options, check_types
+from fairsqueeze.core.params import check_options, check_types, finite_number
 from fairsqueeze.core.registry import MODELS, TASKS, create_method, method_class
 from fairsqueeze.spec.entries import MethodEntry, ModelEntry, Suite, TaskEntry, label_of
 from fairsqueeze.spec.train import TrainConfig
@@ -39,6 +39,7 @@ TOP_KEYS = {"name", "description", "seeds", "train", "tasks", "models", "methods
 TASK_KEYS = {"name", "options"}
 MODEL_KEYS = {"name", "options", "train", "tasks"}
 METHOD_KEYS = {"name", "params", "sweep", "label", "models", "tasks", "tune"}
+FLOAT_FIELDS = {f.name for f in fields(TrainConfig) if f.type in (float, "float")}  # YAML reads 1e-3 as a string
 
 
 # -- loading ------------------------------------------------------------------------------
@@ -89,16 +90,87 @@ def bundled_suites() -> list[str]:
     return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+SEED_MAX = 2 ** 32 - 1  # NumPy's seeds lie in 0..2**32-1
+MAX_DEPTH = 64  # nesting of a suite file: a real one needs under ten levels
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key, first: int, again: int):
+        super().__init__(f"duplicate key {key!r} on lines {first} and {again}")
+        self.key, self.first, self.again = key, first, again
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a key given twice in one mapping (the plain loader keeps
+    the last one without a word); merge keys (``<<``) may still be overridden."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise _DuplicateKey(key, seen[key], line)
+                seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _depth(node) -> int:
+    """How deeply a composed YAML node nests (without recursion)."""
+    deepest, stack = 0, [(node, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(node, yaml.SequenceNode):
+            stack += [(child, depth + 1) for child in node.value]
+        elif isinstance(node, yaml.MappingNode):
+            stack += [(child, depth + 1) for pair in node.value for child in pair]
+    return deepest
+
+
+def _read(path: Path) -> str:
+    """The suite file's text: UTF-8 without NUL bytes, else one line saying where it is not."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a suite file")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the suite file: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path.name} (line {line}): not UTF-8 text (a binary file?)") from None
+    if "\x00" in text:
+        raise ConfigError(f"{path.name} (line {text[:text.index(chr(0))].count(chr(10)) + 1}): a NUL byte;"
+                          " a suite file is text")
+    return text
+
+
 def load_suite(name_or_path: str) -> Suite:
     path = resolve_suite_path(name_or_path)
-    text = path.read_text()
+    text = _read(path)
+    loader = _Loader(text)
     try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is not None and _depth(node) > MAX_DEPTH:
+            raise ConfigError(f"{path.name}: nested more than {MAX_DEPTH} levels deep; a suite needs a few")
+        data = loader.construct_document(node) if node is not None else None
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{path.name} (line {exc.again}): key {exc.key!r} is given twice (lines {exc.first} and"
+                          f" {exc.again}); keep one") from None
+    except RecursionError:
+        raise ConfigError(f"{path.name}: nested too deeply to read; a suite needs a few levels") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError(f"{path.name}{at}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path.name}{at}: not valid YAML: {problem}") from None
+    finally:
+        loader.dispose()
     return parse_suite(data, _Where(path.name, node), default_name=path.stem)
 
 
@@ -148,8 +220,10 @@ def _train(value, base: dict, where, path) -> TrainConfig:
             check_types({key: value[key]}, TrainConfig)
         except ConfigError as exc:
             raise where(path + (key,), str(exc)) from None
+    merged = {k: finite_number(v) if isinstance(v, str) and k in FLOAT_FIELDS else v
+              for k, v in {**base, **value}.items()}
     try:
-        return TrainConfig(**{**base, **value}).check_reference()
+        return TrainConfig(**merged).check_reference()
     except (ConfigError, TypeError) as exc:
         raise where(path, str(exc)) from None
 
@@ -165,6 +239,8 @@ def parse_suite(data: Any, where: _Where | None = None, default_name: str = "sui
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise where(("seeds",), "expected a non-empty list of integers")
     for i, seed in enumerate(seeds):
+        if not 0 <= seed <= SEED_MAX:
+            raise where(("seeds", i), f"seed {seed} is out of range: seeds lie in 0..{SEED_MAX}")
         if seed in seeds[:i]:  # one run per (entry, seed): a repeated seed would be the same computation twice
             raise where(("seeds", i), f"seed {seed} is listed twice")
     base_train = _options(data.get("train"), where, ("train",))

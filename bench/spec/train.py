@@ -5,6 +5,8 @@ from dataclasses import asdict, dataclass
 
 from fairsqueeze.core.errors import ConfigError
 
+MAX_EPOCHS = 100_000  # a sane maximum: the papers' protocols train for at most a few hundred
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -34,6 +36,9 @@ class TrainConfig:
             raise ConfigError(f"train.optimizer: unknown optimizer {self.optimizer!r} (sgd, adam, adamw)")
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("train: epochs must be >= 0, batch_size >= 1 and lr > 0")
+        if self.epochs > MAX_EPOCHS:
+            raise ConfigError(f"train: epochs {self.epochs} is more than {MAX_EPOCHS:,}, more than any model here could"
+                              " train for")
         if self.patience < 0 or not self.min_delta >= 0:
             raise ConfigError("train: patience and min_delta must be >= 0")
 

@@ -237,6 +237,9 @@ TUNING_KEYS = {"trials", "objectives", "sampler", "policies", "constraints", "un
 ENTRY_TUNE_KEYS = {"trials"}
 
 
+MAX_TRIALS = 100_000  # a sane maximum per study: the papers' searches use tens
+
+
 def parse_tuning(block: dict[str, Any] | None, entry: dict[str, Any] | bool) -> TuneSpec:
     """The suite's ``tuning:`` block and an entry's ``tune:`` value into a :class:`TuneSpec`.
 
@@ -255,6 +258,9 @@ def parse_tuning(block: dict[str, Any] | None, entry: dict[str, Any] | bool) -> 
     trials = entry.get("trials", block.get("trials"))
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise ConfigError("tune.trials: expected a positive integer (here or in the suite's tuning block)")
+    if trials > MAX_TRIALS:
+        raise ConfigError(f"tune.trials: {trials} is more than {MAX_TRIALS:,} trials, more than a study here could"
+                          " finish")
 
     raw = block.get("objectives") or {}
     if not isinstance(raw, dict) or set(raw) - {"utility", "unfairness", "compression"}:
@@ -267,8 +273,8 @@ def parse_tuning(block: dict[str, Any] | None, entry: dict[str, Any] | bool) -> 
     if not isinstance(raw, dict) or set(raw) - {"name", "seed", "options"}:
         raise ConfigError("tuning.sampler: expected a name or {name, seed, options}")
     seed = raw.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError("tuning.sampler.seed: expected an integer")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2 ** 32 - 1:
+        raise ConfigError(f"tuning.sampler.seed: expected an integer in 0..{2 ** 32 - 1}, got {seed!r}")
     sampler = SamplerSpec(str(raw.get("name", "tpe")), seed, tuple(sorted((raw.get("options") or {}).items())))
     sampler.validate()
 

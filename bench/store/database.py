@@ -288,6 +288,36 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(database.removeprefix("file:"))
 
 
+BACKENDS = ("sqlite", "postgresql")
+
+
+def check_url(url: str) -> None:
+    """Refuse, in one line, a URL that is no database URL or names a backend the store does
+    not support (before any driver is imported or anything is created)."""
+    try:
+        backend = make_url(url).get_backend_name()
+    except Exception:
+        raise StoreError(f"--db {masked(url)}: not a database URL; expected sqlite:///PATH or"
+                         " postgresql://USER@HOST/DBNAME") from None
+    if backend not in BACKENDS:
+        raise StoreError(f"--db {masked(url)}: unsupported database {backend!r}; fairsqueeze stores results in SQLite"
+                         " (sqlite:///PATH) or PostgreSQL (postgresql://USER@HOST/DBNAME)")
+
+
+def check_names(suite) -> None:
+    """Refuse, in one line, a suite whose names would not fit the store's columns on every
+    backend (SQLite takes any length; PostgreSQL refuses a longer one only once tables exist)."""
+    limits = [("suite name", suite.name, suites.c.name)]
+    limits += [("task", t.name, tasks.c.name) for t in suite.tasks]
+    limits += [("model", m.label, members.c.model) for m in suite.models]
+    limits += [("method", m.name, runs.c.method) for m in suite.methods]
+    limits += [("method label", m.label, members.c.label) for m in suite.methods]
+    for what, name, column in limits:
+        if column is not None and len(name) > column.type.length:
+            raise StoreError(f"{what} {name[:40]!r}... is {len(name)} characters long; the results database holds at"
+                             f" most {column.type.length}")
+
+
 def masked(url: str) -> str:
     """The URL with its password replaced by ``***`` (never echo a secret)."""
     try:
@@ -362,6 +392,7 @@ class Store:
 
     def __init__(self, url: str = DEFAULT_URL, read_only: bool = False):
         self.url = url
+        check_url(url)
         path = _sqlite_path(url)
         shown = masked(url)
         try:
@@ -391,6 +422,9 @@ class Store:
             raise StoreError(f"--db {shown}: cannot create the database: {exc.strerror or exc}") from None
         except SQLAlchemyError as exc:
             raise database_error(url, exc, "open") from None
+        except ImportError as exc:  # e.g. postgresql+pg8000:// without that driver
+            raise StoreError(f"--db {shown}: the database driver is not installed ({exc.name or exc}); use"
+                             " postgresql+psycopg://") from None
 
     @property
     def engine_kwargs(self) -> dict[str, Any]:
@@ -827,6 +861,7 @@ def sqlite_single_writer(url: str) -> Iterator[None]:
         yield
         return
     try:
+        _HELD_LOCKS.add(fd)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -836,4 +871,20 @@ def sqlite_single_writer(url: str) -> Iterator[None]:
             ) from None
         yield
     finally:
+        _HELD_LOCKS.discard(fd)
         os.close(fd)  # closing the descriptor releases the lock
+
+
+# A forked process (a --jobs process) closes its copy of a held lock's descriptor: the lock
+# then belongs to the writing process alone and ends with it, even if a copy outlived it.
+_HELD_LOCKS: set[int] = set()
+
+
+def _close_held_locks() -> None:
+    for fd in list(_HELD_LOCKS):
+        with contextlib.suppress(OSError):
+            os.close(fd)  # the child's copy only: the parent's descriptor keeps the lock
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_locks)

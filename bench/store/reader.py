@@ -11,7 +11,7 @@ from sqlalchemy import MetaData, Table, create_engine, inspect, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from fairsqueeze.core.errors import FairsqueezeError
-from fairsqueeze.store.database import Store, footprint, masked, members, metrics, runs
+from fairsqueeze.store.database import Store, check_url, footprint, masked, members, metrics, runs
 
 if TYPE_CHECKING:
     import optuna
@@ -24,6 +24,7 @@ def open_store(url: str) -> Store:
 
 def has_results(url: str) -> bool:
     """Whether a worker has created the tables at ``url`` yet (False for an empty server)."""
+    check_url(url)
     engine = create_engine(url)
     try:
         return inspect(engine).has_table("members")
