@@ -24,6 +24,7 @@ import torch
 from fairsqueeze.measure.biascard import bias_card
 from fairsqueeze.core.errors import FairsqueezeError
 from fairsqueeze.measure.evaluate import predict
+from fairsqueeze.measure.groups import DEFAULT_RULE, worse_group
 from fairsqueeze.measure.footprint import compression_ratio, footprint, measure_latency, serialized_size
 from fairsqueeze.measure.metrics import compute_metrics
 from fairsqueeze.core.registry import create_method, method_identity
@@ -95,14 +96,16 @@ def run_row(spec: RunSpec, task: TaskData, label: str, device: torch.device) -> 
     }
 
 
-def apply_sealed(method, task, reference: DenseReference, device: torch.device, seed: int):
+def apply_sealed(method, task, reference: DenseReference, device: torch.device, seed: int,
+                 protect: str | None = None):
     """Apply ``method`` to a copy of the dense reference with the test split sealed, seeded by
-    ``seed``. Returns (outcome, seconds in apply)."""
+    ``seed``; ``protect`` names the rule of its protected group. Returns (outcome, seconds in apply)."""
     from fairsqueeze.methods import MethodContext
 
     torch.manual_seed(seed)
     ctx = MethodContext(model=copy.deepcopy(reference.model), task=task.view(), device=device, seed=seed,
-                        dense_val=reference.val_predictions(), generator=torch.Generator().manual_seed(seed))
+                        dense_val=reference.val_predictions(), generator=torch.Generator().manual_seed(seed),
+                        protect=protect or DEFAULT_RULE)
     violations = test_split_violations()
     started = time.perf_counter()
     with sealed_test_split():
@@ -112,6 +115,15 @@ def apply_sealed(method, task, reference: DenseReference, device: torch.device, 
         raise FairsqueezeError(f"method {type(method).__name__!r} tried to read the test split")
     outcome.model = outcome.model.to(device).eval()
     return outcome, seconds
+
+
+def protected_group(reference: DenseReference, task: TaskData, protect: str | None) -> dict:
+    """The group a method of this run protects (if it protects one) and the rule that named it,
+    from the dense model's validation predictions: what the run's info records."""
+    rule = protect or DEFAULT_RULE
+    p = reference.val_predictions()
+    group = worse_group(p.y, p.y_pred, p.s, rule, task.num_classes)
+    return {"rule": rule, "group": group, "group_name": task.group_names.get(group, str(group))}
 
 
 def split_predictions(model, task, splits, device: torch.device) -> dict[str, dict[str, np.ndarray]]:
@@ -174,13 +186,13 @@ def execute_run(spec: RunSpec, task: TaskData, reference: DenseReference, device
     """Apply and evaluate one run; raises what the method raised. Returns the result the store
     writes and the flags' explanations (for a log line)."""
     method = create_method(spec.method.name, spec.method.params)
-    outcome, apply_seconds = apply_sealed(method, task, reference, device, spec.method_seed)
+    outcome, apply_seconds = apply_sealed(method, task, reference, device, spec.method_seed, spec.method.protect)
     started = time.perf_counter()
     preds, metrics, fp_row = evaluate_outcome(outcome.model, outcome.sparse_storage, task, reference.footprint, device)
     flags, details = outcome_flags(preds, reference.predictions, is_reference=spec.method.name == "dense")
     evaluate_seconds = time.perf_counter() - started
     info = {"passes": outcome.passes, **outcome.info, "dense_train_loss": reference.info["history"][-1:] or None,
-            **(info or {})}
+            "protect": protected_group(reference, task, spec.method.protect), **(info or {})}
     if details:
         info["flag_details"] = details
     # dense_cached: the run did not wait for its dense model to train (a checkpoint or an earlier run's)
@@ -215,13 +227,13 @@ def score_on_validation(model, sparse_storage, task_view, dense_fp, device, spec
 
 
 def execute_trial(method_name: str, params: dict[str, Any], seed: int, task: TaskData, reference: DenseReference,
-                  device: torch.device, tune: TuneSpec) -> TrialResult:
+                  device: torch.device, tune: TuneSpec, protect: str | None = None) -> TrialResult:
     """Apply the method with a trial's params and seed and score it on validation, with the
     test split sealed for the whole trial (evaluation included)."""
     started = time.perf_counter()
     with sealed_test_split():
         method = create_method(method_name, params)
-        outcome, apply_seconds = apply_sealed(method, task, reference, device, seed)
+        outcome, apply_seconds = apply_sealed(method, task, reference, device, seed, protect)
         evaluated = time.perf_counter()
         result = score_on_validation(outcome.model, outcome.sparse_storage, task.view(), reference.footprint, device,
                                      tune, reference.val_predictions())
@@ -258,12 +270,12 @@ class Computer:
 
     def task(self, spec: RunSpec) -> TaskData:
         """The spec's task, loaded once; refuses data other than what the spec was planned on."""
-        if spec.task.key not in self.tasks:
-            task = build_task(spec.task.name, self.data_root, **spec.task.options)
+        if spec.task_instance not in self.tasks:
+            task = build_task(spec.task.name, self.data_root, **spec.task_options)
             if task.fingerprint != spec.data:
                 raise FairsqueezeError(f"task {spec.task.label}: its data changed since the suite was planned")
-            self.tasks[spec.task.key] = task
-        return self.tasks[spec.task.key]
+            self.tasks[spec.task_instance] = task
+        return self.tasks[spec.task_instance]
 
     def reference(self, spec: RunSpec) -> tuple[DenseReference, dict | None]:
         """The dense reference of ``spec`` and, when this call prepared it, its store row."""

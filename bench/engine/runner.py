@@ -87,7 +87,7 @@ class Runner:
         run key) is stored with a result (e.g. what selected it). A run is written whole when
         it is done, so an interrupt leaves nothing half-written and a rerun computes the rest."""
         self.computer.tasks.update(plan.tasks)
-        for key, task in plan.tasks.items():
+        for key, task in plan.entry_tasks().items():
             self.store.put_task(key, task.name, {**task.summary(), "label": plan.labels[key]})
         info = info or {}
         if jobs > 1:
@@ -115,7 +115,7 @@ class Runner:
             self.store.put_dense(spec.dense_key, computed.dense_row)
         if report is not None:
             report.seconds["dense"] += computed.dense_seconds
-        row = run_row(spec, plan.tasks[spec.task.key], label, self.device)
+        row = run_row(spec, plan.tasks[spec.task_instance], label, self.device)
         self.store.start_run(spec.key, {**row, "started_at": computed.started_at})
         if computed.result is None:
             log.error("run %s (%s/%s/%s) failed: %s", spec.key, spec.task.name, spec.model.name, spec.method.label,

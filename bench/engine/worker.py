@@ -136,7 +136,7 @@ class Worker:
         report = WorkReport(missing_tasks=list(plan.missing_tasks))
         suite = plan.suite
         self.plan = plan
-        for key, task in plan.tasks.items():  # engine bookkeeping, outside any trial
+        for key, task in plan.entry_tasks().items():  # engine bookkeeping, outside any trial
             self.store.put_task(key, task.name, {**task.summary(), "label": plan.labels[key]})
         studies = {study_name(suite, s): s for s in plan.studies}
         self._specs = studies
@@ -305,8 +305,8 @@ class Worker:
             trial, slot, params, seed = started
             self.store.idle()  # no server connection held while computing
             try:
-                result = execute_trial(spec.method.name, params, seed, self.plan.tasks[spec.task.key], reference,
-                                       self.runner.device, spec.method.tune)
+                result = execute_trial(spec.method.name, params, seed, self.plan.tasks[spec.task_instance], reference,
+                                       self.runner.device, spec.method.tune, spec.method.protect)
             except Exception as exc:
                 self._end_trial(name, trial, slot, report, error=trial_error(exc))
             else:

@@ -12,6 +12,10 @@ from fairsqueeze.spec.train import TrainConfig
 from fairsqueeze.spec.tuning import TuneSpec
 
 
+# The task option value that draws a task's split with each run's seed (``split_seed: per_seed``)
+PER_SEED = "per_seed"
+
+
 @dataclass(frozen=True)
 class TaskEntry:
     name: str
@@ -20,6 +24,22 @@ class TaskEntry:
     @cached_property
     def key(self) -> str:
         return config_hash({"task": self.name, "options": self.options})
+
+    @property
+    def per_seed(self) -> bool:
+        """Whether each seed draws its own split (the engine passes the run's seed as ``split_seed``)."""
+        return self.options.get("split_seed") == PER_SEED
+
+    def options_for(self, seed: int) -> dict[str, Any]:
+        """The builder's options for a run of ``seed``: the entry's, with the seed as
+        ``split_seed`` when the split is drawn per seed."""
+        return {**self.options, "split_seed": seed} if self.per_seed else self.options
+
+    def instance_key(self, seed: int) -> str:
+        """Key of the loaded data a run of ``seed`` uses: one per entry, or one per (entry,
+        seed) when the split is drawn per seed. The data fingerprint of each instance is part
+        of every run key, so runs on different splits never share a key."""
+        return config_hash({"task": self.key, "split_seed": seed}) if self.per_seed else self.key
 
     @property
     def label(self) -> str:
@@ -53,6 +73,7 @@ class MethodEntry:
     sweep: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     tune: TuneSpec | None = field(default=None, compare=False)  # tuned on validation instead of fixed params
     seed: int | None = None  # the method's seed when it is not the run's (a selected trial's seed)
+    protect: str | None = None  # the protected group's rule (fairsqueeze.measure.groups); None: the default
 
 
 @dataclass(frozen=True)
@@ -67,6 +88,16 @@ class RunSpec:
 
     def bind(self, fingerprint: str) -> "RunSpec":
         return replace(self, data=fingerprint)
+
+    @property
+    def task_instance(self) -> str:
+        """Key of the loaded task this run uses (see :meth:`TaskEntry.instance_key`)."""
+        return self.task.instance_key(self.seed)
+
+    @property
+    def task_options(self) -> dict[str, Any]:
+        """The options the task is built with for this run."""
+        return self.task.options_for(self.seed)
 
     @property
     def dense_key(self) -> str:
@@ -96,6 +127,8 @@ class RunSpec:
                  "version": __version__}
         if self.method.seed is not None:
             ident["method_seed"] = self.method.seed
+        if self.method.protect is not None:  # absent by default, so earlier keys stay valid
+            ident["protect"] = self.method.protect
         return config_hash(ident)
 
 
