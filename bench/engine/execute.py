@@ -23,14 +23,15 @@ import torch
 
 from fairsqueeze.measure.biascard import bias_card
 from fairsqueeze.core.errors import FairsqueezeError
-from fairsqueeze.measure.evaluate import predict
+from fairsqueeze.measure.evaluate import predict, predict_scores
+from fairsqueeze.measure.thresholds import GroupThresholds, fit_group_thresholds
 from fairsqueeze.measure.groups import DEFAULT_RULE, worse_group
 from fairsqueeze.measure.footprint import compression_ratio, footprint, measure_latency, serialized_size
 from fairsqueeze.measure.metrics import compute_metrics
 from fairsqueeze.core.registry import create_method, method_identity
 from fairsqueeze.engine.reference import dense_reference
 from fairsqueeze.store.database import RunResult
-from fairsqueeze.spec.entries import RunSpec
+from fairsqueeze.spec.entries import POST_STEPS, RunSpec
 from fairsqueeze.datasets.base import TaskData, build_task, sealed_test_split, test_split_violations
 from fairsqueeze.spec.tuning import TuneSpec
 
@@ -126,14 +127,28 @@ def protected_group(reference: DenseReference, task: TaskData, protect: str | No
     return {"rule": rule, "group": group, "group_name": task.group_names.get(group, str(group))}
 
 
-def split_predictions(model, task, splits, device: torch.device) -> dict[str, dict[str, np.ndarray]]:
-    """Per-example predictions (row id, y, y_pred, s) of ``model`` on each named split."""
+def split_predictions(model, task, splits, device: torch.device,
+                      thresholds: GroupThresholds | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Per-example predictions (row id, y, y_pred, s) of ``model`` on each named split; with
+    ``thresholds``, its positive-class scores cut by each row's group threshold."""
     out = {}
     for name in splits:
         split = getattr(task, name)
-        out[name] = {"index": split.index, "y": split.y, "y_pred": predict(model, split, task.prepare, device),
-                     "s": split.s}
+        if thresholds is None:
+            y_pred = predict(model, split, task.prepare, device)
+        else:
+            y_pred = thresholds.apply(predict_scores(model, split, task.prepare, device), split.s)
+        out[name] = {"index": split.index, "y": split.y, "y_pred": y_pred, "s": split.s}
     return out
+
+
+def post_thresholds(model, task: TaskData, post: str, device: torch.device) -> GroupThresholds:
+    """The per-group thresholds of ``post`` (a POST_STEPS name), chosen on validation only."""
+    if task.num_classes != 2:
+        raise FairsqueezeError(f"post-processing {post!r} needs a binary task; {task.name} has {task.num_classes} classes")
+    with sealed_test_split():
+        scores = predict_scores(model, task.val, task.prepare, device)
+    return fit_group_thresholds(scores, task.val.y, task.val.s, POST_STEPS[post])
 
 
 def outcome_flags(preds: dict, dense_preds: dict[str, np.ndarray], is_reference: bool) -> tuple[list[str], dict]:
@@ -173,9 +188,10 @@ def footprint_row(model, sparse_storage, task: TaskData, dense_fp: dict, device:
     return row
 
 
-def evaluate_outcome(model, sparse_storage, task: TaskData, dense_fp: dict, device):
+def evaluate_outcome(model, sparse_storage, task: TaskData, dense_fp: dict, device,
+                     thresholds: GroupThresholds | None = None):
     """Predictions on val and test, the metrics computed from them, and the footprint."""
-    preds = split_predictions(model, task, EVAL_SPLITS, device)
+    preds = split_predictions(model, task, EVAL_SPLITS, device, thresholds)
     metrics = {split: compute_metrics(p["y"], p["y_pred"], p["s"], num_classes=task.num_classes)
                for split, p in preds.items()}
     return preds, metrics, footprint_row(model, sparse_storage, task, dense_fp, device)
@@ -188,11 +204,16 @@ def execute_run(spec: RunSpec, task: TaskData, reference: DenseReference, device
     method = create_method(spec.method.name, spec.method.params)
     outcome, apply_seconds = apply_sealed(method, task, reference, device, spec.method_seed, spec.method.protect)
     started = time.perf_counter()
-    preds, metrics, fp_row = evaluate_outcome(outcome.model, outcome.sparse_storage, task, reference.footprint, device)
-    flags, details = outcome_flags(preds, reference.predictions, is_reference=spec.method.name == "dense")
+    thresholds = post_thresholds(outcome.model, task, spec.method.post, device) if spec.method.post else None
+    preds, metrics, fp_row = evaluate_outcome(outcome.model, outcome.sparse_storage, task, reference.footprint, device,
+                                              thresholds)
+    reference_itself = spec.method.name == "dense" and not spec.method.post
+    flags, details = outcome_flags(preds, reference.predictions, is_reference=reference_itself)
     evaluate_seconds = time.perf_counter() - started
     info = {"passes": outcome.passes, **outcome.info, "dense_train_loss": reference.info["history"][-1:] or None,
             "protect": protected_group(reference, task, spec.method.protect), **(info or {})}
+    if thresholds is not None:
+        info["post"] = {"step": spec.method.post, **thresholds.info()}
     if details:
         info["flag_details"] = details
     # dense_cached: the run did not wait for its dense model to train (a checkpoint or an earlier run's)

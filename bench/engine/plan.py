@@ -81,7 +81,12 @@ def plan_suite(suite: Suite, data_root: Path, skip_missing_data: bool = False) -
     for spec in runs + studies:
         by_model[(spec.task.key, spec.model.label)].append(spec)
     for specs in by_model.values():  # parameters that do not fit the model (e.g. k above a layer's rank)
-        model = build_untrained(specs[0], tasks[specs[0].task_instance])
+        task = tasks[specs[0].task_instance]
+        model = build_untrained(specs[0], task)
+        if task.num_classes != 2 and any(s.method.post for s in specs):
+            post = next(s.method for s in specs if s.method.post)
+            raise ConfigError(f"{suite.source}: method {post.label!r} on {specs[0].task.label}: {post.post!r} needs a"
+                              f" binary task ({task.num_classes} classes)")
         for method in {s.method.label: s.method for s in specs}.values():
             try:
                 create_method(method.name, method.params).check_model(model)
@@ -99,6 +104,6 @@ def suite_definition(suite: Suite) -> dict:
                    for m in suite.models],
         "methods": [{"name": m.name, "label": m.label, "params": m.params, "entry": m.entry,
                      "entry_label": m.entry_label, "sweep": m.sweep, "tune": m.tune and asdict(m.tune),
-                     **({"protect": m.protect} if m.protect else {})}
+                     **({"protect": m.protect} if m.protect else {}), **({"post": m.post} if m.post else {})}
                     for m in suite.methods],
     }

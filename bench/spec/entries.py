@@ -12,6 +12,10 @@ from fairsqueeze.spec.train import TrainConfig
 from fairsqueeze.spec.tuning import TuneSpec
 
 
+# A method entry's post-processing step -> the parity its per-group thresholds equalise
+# (fairsqueeze.measure.thresholds)
+POST_STEPS = {"equal_tpr_thresholds": "tpr", "equal_rate_thresholds": "rate"}
+
 # The task option value that draws a task's split with each run's seed (``split_seed: per_seed``)
 PER_SEED = "per_seed"
 
@@ -74,6 +78,7 @@ class MethodEntry:
     tune: TuneSpec | None = field(default=None, compare=False)  # tuned on validation instead of fixed params
     seed: int | None = None  # the method's seed when it is not the run's (a selected trial's seed)
     protect: str | None = None  # the protected group's rule (fairsqueeze.measure.groups); None: the default
+    post: str | None = None  # per-group thresholds on the method's model (POST_STEPS), chosen on validation
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,8 @@ class RunSpec:
             ident["method_seed"] = self.method.seed
         if self.method.protect is not None:  # absent by default, so earlier keys stay valid
             ident["protect"] = self.method.protect
+        if self.method.post is not None:
+            ident["post"] = self.method.post
         return config_hash(ident)
 
 

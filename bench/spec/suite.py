@@ -15,7 +15,8 @@ Example::
       - {name: truncated_svd, params: {layer: fc1}, sweep: {k: [2, 8]}, models: [mlp]}
 
 A method entry's ``sweep`` expands into one entry per combination (for ablations);
-``models`` / ``tasks`` restrict where an entry runs; ``protect: tpr`` makes the method protect
+``models`` / ``tasks`` restrict where an entry runs; ``post: equal_tpr_thresholds`` gives the
+method's model per-group decision thresholds chosen on validation; ``protect: tpr`` makes the method protect
 the group with the dense model's lower validation TPR instead of its lower accuracy
 (``fairsqueeze.measure.groups``). A task option ``split_seed: per_seed`` draws the task's
 split with each run's seed instead of one split for every seed. Every error names the file, the
@@ -35,14 +36,14 @@ from fairsqueeze.core.errors import ConfigError, FairsqueezeError
 from fairsqueeze.core.params import check_options, check_types
 from fairsqueeze.core.registry import MODELS, TASKS, create_method, method_class
 from fairsqueeze.measure.groups import DEFAULT_RULE, PROTECT_RULES
-from fairsqueeze.spec.entries import MethodEntry, ModelEntry, Suite, TaskEntry, label_of
+from fairsqueeze.spec.entries import POST_STEPS, MethodEntry, ModelEntry, Suite, TaskEntry, label_of
 from fairsqueeze.spec.train import TrainConfig
 from fairsqueeze.spec.tuning import parse_tuning
 
 TOP_KEYS = {"name", "description", "seeds", "train", "tasks", "models", "methods", "tuning", "needs_gpu"}
 TASK_KEYS = {"name", "options"}
 MODEL_KEYS = {"name", "options", "train", "tasks"}
-METHOD_KEYS = {"name", "params", "sweep", "label", "models", "tasks", "tune", "protect"}
+METHOD_KEYS = {"name", "params", "sweep", "label", "models", "tasks", "tune", "protect", "post"}
 
 
 # -- loading ------------------------------------------------------------------------------
@@ -273,7 +274,13 @@ def _method_entries(raw, where, path, tuning: dict | None = None) -> list[Method
     if protect not in PROTECT_RULES:
         raise where(path + ("protect",), f"unknown rule {protect!r} (known: {', '.join(PROTECT_RULES)})")
     protect = None if protect == DEFAULT_RULE else protect  # the default leaves the run key as it was
-    named = {**params, "protect": protect} if protect else params  # a default label names a non-default rule
+    post = entry.get("post")
+    if post is not None and post not in POST_STEPS:
+        raise where(path + ("post",), f"unknown step {post!r} (known: {', '.join(POST_STEPS)})")
+    if post is not None and "tune" in entry:
+        raise where(path + ("post",), "a tuned entry cannot be post-processed (its trials score the model alone)")
+    # a default label names what differs from the method alone
+    named = {**params, **({"protect": protect} if protect else {}), **({"post": post} if post else {})}
     out = []
     for combo in combos:
         merged = {**params, **combo}
@@ -298,6 +305,7 @@ def _method_entries(raw, where, path, tuning: dict | None = None) -> list[Method
                 sweep=dict(combo),
                 tune=tune,
                 protect=protect,
+                post=post,
             )
         )
     return out
