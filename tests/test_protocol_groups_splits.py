@@ -132,3 +132,12 @@ def test_a_task_without_a_split_seed_refuses_per_seed():
     definition["tasks"][0]["options"]["split_seed"] = "each"
     with pytest.raises(ConfigError):
         parse_suite(definition)
+
+
+def test_a_group_without_positives_is_passed_over_by_the_tpr_rule():
+    y = np.array([1, 0, 0, 0, 0, 0])
+    s = np.array([0, 0, 0, 1, 1, 1])
+    pred = np.array([0, 0, 0, 1, 1, 1])  # group 0: TPR 0; group 1: no positives, accuracy 0
+    assert worse_group(y, pred, s, "tpr") == 0
+    assert worse_group(y, pred, s, "accuracy") == 1
+    assert worse_group(y[3:], pred[3:], s[3:], "tpr") == 1  # only undefined TPRs: accuracy decides

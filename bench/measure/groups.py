@@ -8,9 +8,11 @@ FairPrune and FairQuantize papers state; ``tpr`` fits equal-opportunity claims.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
-from fairsqueeze.measure.metrics import compute_metrics, group_key
+from fairsqueeze.measure.metrics import EmptyCellWarning, compute_metrics, group_key
 
 # rule -> the per-group metric key whose lowest value names the protected group. For a
 # multiclass task ``tpr`` reads the macro recall (the mean of the class-wise TPRs).
@@ -23,7 +25,9 @@ def group_scores(y: np.ndarray, y_pred: np.ndarray, s: np.ndarray, rule: str, nu
     if rule not in PROTECT_RULES:
         raise ValueError(f"unknown protect rule {rule!r} (known: {', '.join(PROTECT_RULES)})")
     groups = sorted(int(g) for g in np.unique(s[s >= 0]))
-    metrics = compute_metrics(y, y_pred, s, num_classes=num_classes)
+    with warnings.catch_warnings():  # an empty cell is NaN here; the run's own metrics warn about it
+        warnings.simplefilter("ignore", EmptyCellWarning)
+        metrics = compute_metrics(y, y_pred, s, num_classes=num_classes)
     key = PROTECT_RULES[rule]
     if key == "tpr" and np.isnan(metrics.get(group_key("tpr", groups[0]), np.nan)):
         key = "recall"  # multiclass: TPR is per class, use their mean
@@ -32,6 +36,10 @@ def group_scores(y: np.ndarray, y_pred: np.ndarray, s: np.ndarray, rule: str, nu
 
 def worse_group(y: np.ndarray, y_pred: np.ndarray, s: np.ndarray, rule: str = DEFAULT_RULE,
                 num_classes: int | None = None) -> int:
-    """The group with the lowest value of the rule's metric (ties: the lowest group id)."""
-    scores = group_scores(y, y_pred, s, rule, num_classes)
+    """The group with the lowest value of the rule's metric (ties: the lowest group id). A group
+    where the metric is undefined (no positives for TPR) is passed over; where it is undefined
+    for every group, the accuracy rule decides."""
+    scores = {g: v for g, v in group_scores(y, y_pred, s, rule, num_classes).items() if not np.isnan(v)}
+    if not scores:
+        return worse_group(y, y_pred, s, DEFAULT_RULE, num_classes)
     return min(scores, key=lambda g: (scores[g], g))
