@@ -45,3 +45,13 @@ def test_a_planted_no_op_entry_is_named_and_refused(isolated, capsys):
 def test_without_a_no_op_the_suite_runs(isolated, capsys):
     assert run(isolated, ["dense", {"name": "magnitude_prune", "params": {"ratio": 0.7}}], "--refuse-no-op") == 0
     assert "refusing" not in capsys.readouterr().err
+
+
+def test_the_smoke_seed_counts_in_the_call_timings(isolated):
+    import json
+
+    timings = isolated / "t.json"
+    assert run(isolated, ["dense", {"name": "magnitude_prune", "params": {"ratio": 0.7}}], "--smoke-check",
+               "--timings", str(timings)) == 0
+    measured = json.loads(timings.read_text())
+    assert measured["runs"] == 4 and measured["wall_s"] > 0  # 2 entries x 2 seeds, the smoke seed's included

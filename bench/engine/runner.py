@@ -50,6 +50,15 @@ class RunReport:
     # with several jobs the phases add up the processes' times
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("dense", "method", "evaluation", "total"), 0.0))
 
+    def absorb(self, earlier: "RunReport") -> None:
+        """Count an earlier batch of this call (the smoke seed's) as part of this report; its
+        failed runs were retried by this one and count there."""
+        self.done += earlier.done
+        self.skipped -= earlier.done
+        self.flagged.update(earlier.flagged)
+        for name, seconds in earlier.seconds.items():
+            self.seconds[name] += seconds
+
     @property
     def overhead(self) -> float:
         """Wall time outside dense training, method work and evaluation (store, bookkeeping)."""

@@ -8,6 +8,7 @@ skips them: the check costs the order of the work, not extra work.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from fairsqueeze.engine.jobs import interleaved
@@ -24,9 +25,10 @@ class NoOp:
         return f"{self.label} on {self.task}, {self.model}: no prediction differs from the dense model's"
 
 
-def smoke_check(runner, plan: Plan, jobs: int = 1) -> list[NoOp]:
-    """Compute (and store) the first seed's pending fixed runs; return the entries flagged
-    ``no_effect`` there. The dense reference itself is not an entry that should change anything."""
+def smoke_check(runner, plan: Plan, jobs: int = 1, report=None) -> list[NoOp]:
+    """Compute (and store) the first seed's pending fixed runs, counted in ``report`` (a
+    ``RunReport``) when given; return the entries flagged ``no_effect`` there. The dense
+    reference itself is not an entry that should change anything."""
     seed = plan.suite.seeds[0]
     runs = [r for r in plan.runs if r.seed == seed]
     runner.record_membership(plan, plan.runs)
@@ -35,7 +37,10 @@ def smoke_check(runner, plan: Plan, jobs: int = 1) -> list[NoOp]:
     if pending:
         from fairsqueeze.engine.runner import RunReport
 
-        runner.compute(plan, interleaved(pending), jobs, RunReport())
+        report = report if report is not None else RunReport()
+        started = time.perf_counter()
+        runner.compute(plan, interleaved(pending), jobs, report)
+        report.seconds["total"] += time.perf_counter() - started
     stored = runner.store.runs_frame(keys=[r.key for r in runs]).set_index("key")["flags"]
     out = []
     for r in runs:
