@@ -91,6 +91,7 @@ def test_the_engine_post_step_composes_with_any_method(isolated):
     assert not report.failed
     runs = store.runs_frame()
     assert len(set(runs["key"])) == 3  # the step is part of the run key
+    assert set(runs["method"]) == {"dense", "dense+equal_tpr_thresholds", "magnitude_prune+equal_tpr_thresholds"}
     for row in runs[runs["method"] != "dense"].itertuples():
         assert row.info["post"]["constraint"] == "tpr"
     post = runs[runs["info"].map(lambda i: "post" in i)]

@@ -80,7 +80,9 @@ def run_row(spec: RunSpec, task: TaskData, label: str, device: torch.device) -> 
         "task_key": spec.task.key,
         "task_label": label,
         "model": spec.model.label,
-        "method": spec.method.name,
+        # a post-processed run is another procedure: "dense+equal_tpr_thresholds" is neither the
+        # dense reference nor a twin run, and a claim names it to compare against it
+        "method": spec.method.name + (f"+{spec.method.post}" if spec.method.post else ""),
         **method_identity(spec.method.name),
         "params": spec.method.params,
         "seed": spec.seed,
