@@ -141,3 +141,21 @@ def test_a_group_without_positives_is_passed_over_by_the_tpr_rule():
     assert worse_group(y, pred, s, "tpr") == 0
     assert worse_group(y, pred, s, "accuracy") == 1
     assert worse_group(y[3:], pred[3:], s[3:], "tpr") == 1  # only undefined TPRs: accuracy decides
+
+
+def test_a_tuned_entry_keeps_its_rule_in_trials_and_selected_runs(isolated):
+    from fairsqueeze.engine.worker import Worker
+
+    definition = tiny_suite_definition([{"name": "fairprune", "params": {"ratio": 0.3, "scoring_size": 16},
+                                         "protect": "tpr", "tune": {"trials": 4}}], epochs=2)
+    definition["tuning"] = {"trials": 4, "sampler": {"name": "random", "seed": 1}, "policies": ["best_utility"]}
+    suite = parse_suite(definition)
+    store = Store(f"sqlite:///{isolated}/r.db")
+    runner = Runner(store, data_root(), resolve_device("cpu"))
+    plan = plan_suite(suite, data_root())
+    runner.run(plan)
+    work = Worker(runner).run(plan)
+    assert work.runs == 1 and not work.failed
+    selected = store.runs_frame()
+    selected = selected[selected["method"] == "fairprune"]
+    assert len(selected) == 1 and selected.iloc[0]["info"]["protect"]["rule"] == "tpr"

@@ -241,7 +241,7 @@ class Worker:
             base = studies[row.study]
             entry = MethodEntry(base.method.name, json.loads(row.params), row.label, base.method.models,
                                 base.method.tasks, entry=base.method.entry, entry_label=base.method.label,
-                                sweep={"policy": row.policy}, seed=row.method_seed)
+                                sweep={"policy": row.policy}, seed=row.method_seed, protect=base.method.protect)
             spec = RunSpec(base.task, base.model, entry, base.seed, base.data)
             out[(row.study, row.policy)] = spec
             chosen = self._info.setdefault(spec.key, {"selected": {"study": row.study, "trial": row.trial,
@@ -457,7 +457,7 @@ class Worker:
             run_key, seed = None, None
             if params is not None:
                 seed = seeds[number]
-                entry = MethodEntry(spec.method.name, params, label, seed=seed)
+                entry = MethodEntry(spec.method.name, params, label, seed=seed, protect=spec.method.protect)
                 run_key = RunSpec(spec.task, spec.model, entry, spec.seed, spec.data).key
             else:
                 log.warning("study %s: no trial qualifies for policy %s", name, policy.label)
