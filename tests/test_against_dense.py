@@ -52,3 +52,14 @@ def test_the_table_pairs_each_run_with_its_seeds_dense_model(isolated):
             assert table.loc[seed, f"flip_rate[g={g}]"] == pytest.approx(changed[rows].mean())
             change = (run["y"] == run["y_pred"])[rows].mean() - (dense["y"] == dense["y_pred"])[rows].mean()
             assert table.loc[seed, f"accuracy_change[g={g}]"] == pytest.approx(change)
+
+
+def test_the_python_api_reads_the_same_table(isolated):
+    from fairsqueeze.reports.api import open_results
+
+    suite = tiny_suite(["dense", {"name": "magnitude_prune", "params": {"ratio": 0.6}}], epochs=1)
+    url = f"sqlite:///{isolated}/r.db"
+    Runner(Store(url), data_root(), resolve_device("cpu")).run(suite)
+    table = open_results(url).against_dense(suite.name)
+    assert len(table) == 1 and table.iloc[0]["label"].startswith("magnitude_prune")
+    assert 0 <= table.iloc[0]["flip_rate[g=0]"] <= 1
