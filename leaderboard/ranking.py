@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
 from fairsqueeze.reports.columns import EODDS, UTILITY, add_derived, is_binary
+from fairsqueeze.reports.data import current_definitions
 from fairsqueeze.reports.stats import estimate
 from fairsqueeze.reports.tables import UNRANKED_FLAGS
 from fairsqueeze.reports.tiers import TIERS, tier_of, tier_rank  # noqa: F401  (the tiers are shared with the report)
@@ -27,6 +27,7 @@ GAPS = {
     "equal opportunity": ("deo", "eopp1"),
 }
 EXCLUDED_FLAGS = UNRANKED_FLAGS
+MIN_SHARED = 5  # cells a method must share with a rival of its tier to be ranked
 
 
 def underfit_cells(frame: pd.DataFrame, underfit: set[str]) -> pd.DataFrame:
@@ -38,11 +39,11 @@ def underfit_cells(frame: pd.DataFrame, underfit: set[str]) -> pd.DataFrame:
 
 
 def usable_runs(frame: pd.DataFrame, underfit: set[str] = frozenset()) -> pd.DataFrame:
-    """Finished runs that may be ranked, with their tier; one row per distinct run and
-    suite entry label (a run shared by two suites counts once). A cell with any run on an
+    """Finished runs that may be ranked, with their tier; each (task, model, seed,
+    configuration) once, from the current definition of each suite (``current_definitions``). A cell with any run on an
     underfit dense reference (``underfit``: dense keys) is left out whole: its methods are
     compared with a reference that was still learning."""
-    frame = add_derived(frame)
+    frame = add_derived(current_definitions(frame))
     if underfit and "dense_key" in frame:
         cells = underfit_cells(frame, underfit)
         out = frame.set_index(["task_label", "model"]).index.isin(cells.set_index(["task_label", "model"]).index)
@@ -50,7 +51,7 @@ def usable_runs(frame: pd.DataFrame, underfit: set[str] = frozenset()) -> pd.Dat
     flagged = frame["flags"].map(lambda f: any(x in EXCLUDED_FLAGS for x in (f or ())))
     frame = frame[~flagged | (frame["method"] == "dense")].copy()
     frame["tier"] = frame["compression_ratio"].map(tier_of)
-    return frame.drop_duplicates(["run_key"]).dropna(subset=["tier"])
+    return frame.dropna(subset=["tier"])
 
 
 @dataclass
@@ -109,6 +110,7 @@ def scores_frame(scores: list[CellScore]) -> pd.DataFrame:
 def scores_frame_from(frame: pd.DataFrame) -> pd.DataFrame:
     """Cell scores (metric, tier, task_key, model, method, mean) with their cell, rank and
     number of other methods met."""
+    from scipy.stats import rankdata
     if frame.empty:
         return frame
     frame = frame.copy()
@@ -133,10 +135,11 @@ def win_rate(frame: pd.DataFrame) -> pd.Series:
     return frame.groupby(["metric", "tier", "cell"], group_keys=False)[["mean"]].apply(one_cell)
 
 
-def leaderboard_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (metric, tier, method): mean rank, win rate, mean hypervolume ± CI over
-    the cells, number of cells. A method that meets no other method of its tier in any cell
-    is listed with ``ranked`` False and no rank or win rate. Tiers sort by their ratios."""
+def leaderboard_table(frame: pd.DataFrame, min_shared: int = MIN_SHARED) -> pd.DataFrame:
+    """One row per (metric, tier, method): mean rank and win rate over the cells it shares
+    with a rival of its tier (``shared_cells``), mean hypervolume ± CI over all its cells
+    (``cells``). A method is ranked only on at least ``min_shared`` shared cells: a rank from
+    one or two cells says nothing (it is listed with the reason). Tiers sort by their ratios."""
     if frame.empty:
         return frame
     frame = frame.assign(win=win_rate(frame))
@@ -144,10 +147,15 @@ def leaderboard_table(frame: pd.DataFrame) -> pd.DataFrame:
     for (metric, tier, method), g in frame.groupby(["metric", "tier", "method"], sort=True):
         hv = estimate(g["mean"])
         met = int(g["others"].max())
-        rows.append({"metric": metric, "tier": tier, "method": method, "mean_rank": g["rank"].mean(),
-                     "win_rate": g["win"].mean(), "hypervolume": hv.mean, "hypervolume ci95": hv.half_width,
-                     "cells": g["cell"].nunique(), "methods_met": met, "ranked": met > 0,
-                     "note": "" if met else "alone in its tier: listed, not ranked"})
+        shared = g[g["others"] > 0]
+        ranked = shared["cell"].nunique() >= min_shared
+        note = ("" if ranked else "alone in its tier: listed, not ranked" if not met
+                else f"{shared['cell'].nunique()} cell(s) shared with a rival: ranked from {min_shared}")
+        rows.append({"metric": metric, "tier": tier, "method": method,
+                     "mean_rank": shared["rank"].mean() if ranked else np.nan,
+                     "win_rate": shared["win"].mean() if ranked else np.nan, "hypervolume": hv.mean,
+                     "hypervolume ci95": hv.half_width, "cells": g["cell"].nunique(),
+                     "shared_cells": shared["cell"].nunique(), "methods_met": met, "ranked": ranked, "note": note})
     table = pd.DataFrame(rows)
     table["tier_order"] = table["tier"].map(tier_rank)
     table = table.sort_values(["metric", "tier_order", "ranked", "mean_rank", "method"],

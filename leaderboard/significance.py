@@ -1,14 +1,16 @@
-"""Significance of the ranking, with SciPy.
+"""Significance of the ranking, with SciPy, scikit-posthocs and statsmodels.
 
 * Friedman test over (task, model) cells as blocks and methods as treatments, on each
   method's mean hypervolume per cell; only cells where every compared method has a value
   enter (a complete block design), and only with at least ``MIN_CELLS`` of them.
-* Nemenyi critical difference for the critical-difference diagram:
-  ``CD = q_α / √2 · √(k (k + 1) / (6 N))`` with ``q_α`` the studentized-range quantile
-  for k methods and infinite degrees of freedom (Demšar 2006).
+* Nemenyi's post-hoc test (``scikit_posthocs.posthoc_nemenyi_friedman``) and its critical
+  difference ``CD = q_α / √2 · √(k (k + 1) / (6 N))`` (``q_α``: the studentized-range
+  quantile for k methods, infinite degrees of freedom; Demšar 2006), drawn by
+  ``scikit_posthocs.critical_difference_diagram``.
 * Each fairness-aware method against its fairness-unaware twin: a two-sided Wilcoxon
   signed-rank test on paired hypervolumes, one pair per (task, model, seed) where both
-  have results in the same budget tier (seeds share the dense reference, so they pair).
+  have results in the same budget tier (seeds share the dense reference, so they pair);
+  the family of these tests is Holm-corrected (``statsmodels`` ``multipletests``).
   A pair that never shares a tier (e.g. FairQuantize beside int8 PTQ, each at its own ratio)
   is still shown, across tiers, with a note saying that it is not like for like.
 """
@@ -17,23 +19,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from scipy import stats  # noqa: E402
-
-from fairsqueeze.reports.tiers import tier_rank  # noqa: E402
-from fairsqueeze.reports.verdicts import load_claims, twin_map  # noqa: E402
+from fairsqueeze.reports.tiers import tier_rank
 
 ALPHA = 0.05
 MIN_CELLS = 5  # below this, a Friedman test over cells has almost no power (N = 2 gave χ² = 0, p = 1)
-# fairness-aware method -> the fairness-unaware methods it claims to improve on: the claims file's
-# pairs of two different methods (a pair within one method, such as BiFP with and without its
-# penalty, has one hypervolume and is left to the verdicts)
-TWINS = twin_map(load_claims())
 
 
 @dataclass
@@ -47,10 +39,13 @@ class Friedman:
     mean_ranks: dict[str, float] = field(default_factory=dict)
     critical_difference: float = math.nan
     note: str = ""
+    nemenyi: pd.DataFrame | None = field(default=None, repr=False)  # pairwise p-values, methods x methods
 
 
 def friedman(frame: pd.DataFrame, metric: str, tier: str) -> Friedman:
     """``frame``: the per-cell scores (``ranking.scores_frame``)."""
+    import scikit_posthocs as sp
+    from scipy import stats
     sub = frame[(frame["metric"] == metric) & (frame["tier"] == tier)]
     wide = sub.pivot_table(index="cell", columns="method", values="mean")
     # keep the methods present in most cells, then the cells complete for all of them
@@ -72,42 +67,26 @@ def friedman(frame: pd.DataFrame, metric: str, tier: str) -> Friedman:
     k, n = len(methods), len(wide)
     q = stats.studentized_range.ppf(1 - ALPHA, k, np.inf) / math.sqrt(2)
     result.critical_difference = float(q * math.sqrt(k * (k + 1) / (6 * n)))
+    result.nemenyi = sp.posthoc_nemenyi_friedman(wide[methods].to_numpy())
+    result.nemenyi.index = result.nemenyi.columns = methods
     return result
 
 
 def cd_diagram(result: Friedman) -> str | None:
-    """The critical-difference diagram as base64 PNG: methods at their mean ranks, a bar
-    joining every group whose ranks lie within one CD of each other."""
-    from fairsqueeze.reports.figures import to_png
+    """The critical-difference diagram as base64 PNG (scikit-posthocs): methods at their
+    mean ranks, a bar joining the methods Nemenyi's test cannot tell apart."""
+    import scikit_posthocs as sp
 
-    if not result.mean_ranks:
+    from fairsqueeze.reports.figures import pyplot, to_png
+
+    if not result.mean_ranks or result.nemenyi is None:
         return None
-    ranks = sorted(result.mean_ranks.items(), key=lambda kv: kv[1])
     k = len(result.methods)
-    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.28 * k))
-    ax.set_xlim(0.5, k + 0.5)
-    ax.set_ylim(-(k + 1), 1.5)
-    ax.axhline(0, color="black", lw=1)
-    for r in range(1, k + 1):
-        ax.plot([r, r], [0, 0.15], color="black", lw=1)
-        ax.text(r, 0.35, str(r), ha="center", fontsize=8)
-    for i, (method, rank) in enumerate(ranks):
-        y = -(i + 1)
-        ax.plot([rank, rank], [0, y], color="grey", lw=0.8)
-        ax.plot(rank, 0, "o", color="black", ms=3)
-        ax.text(k + 0.45, y, f"{method} ({rank:.2f})", ha="right", va="center", fontsize=8)
-    cd = result.critical_difference
-    ax.plot([1, 1 + cd], [1.1, 1.1], color="red", lw=2)
-    ax.text(1 + cd / 2, 1.25, f"CD = {cd:.2f}", ha="center", color="red", fontsize=8)
-    level, last_end = 0, -1
-    for i, (_, low) in enumerate(ranks):  # one bar per maximal clique not already drawn
-        j = max(idx for idx in range(i, k) if ranks[idx][1] - low < cd)
-        if j > i and j > last_end:
-            level += 1
-            ax.plot([low - 0.03, ranks[j][1] + 0.03], [-0.25 * level, -0.25 * level], color="#2a7", lw=3, alpha=0.7)
-            last_end = j
-    ax.axis("off")
-    ax.set_title(f"Nemenyi critical difference, {result.metric}, tier {result.tier} (α = {ALPHA}, N = {result.cells})", fontsize=9)
+    fig, ax = pyplot().subplots(figsize=(7, 1.2 + 0.28 * k))
+    sp.critical_difference_diagram(pd.Series(result.mean_ranks), result.nemenyi, ax=ax, alpha=ALPHA,
+                                   label_props={"fontsize": 8})
+    ax.set_title(f"Nemenyi, {result.metric}, tier {result.tier} (α = {ALPHA}, N = {result.cells}, "
+                 f"CD = {result.critical_difference:.2f})", fontsize=9)
     return to_png(fig)
 
 
@@ -121,10 +100,15 @@ class TwinTest:
     mean_difference: float  # fair − twin hypervolume
     p_value: float
     note: str = ""
+    p_holm: float = math.nan  # across every twin test of the page
 
 
-def twin_tests(frame: pd.DataFrame) -> list[TwinTest]:
-    """Every (fair method, twin) pair that has results in a common tier and cell."""
+def twin_tests(frame: pd.DataFrame, twins: dict[str, tuple[str, ...]]) -> list[TwinTest]:
+    """Every (fair method, twin) pair that has results in a common tier and cell. ``twins``:
+    fairness-aware method -> the fairness-unaware methods its claims compare it with
+    (``verdicts.twin_map``: pairs of two different methods; a pair within one method, such as
+    BiFP with and without its penalty, has one hypervolume and is left to the verdicts)."""
+    from statsmodels.stats.multitest import multipletests
     per_seed = pd.DataFrame(
         [{"metric": r.metric, "tier": r.tier, "cell": r.cell, "method": r.method, "seed": s, "hv": v}
          for r in frame.itertuples() for s, v in r.per_seed.items()]
@@ -136,14 +120,14 @@ def twin_tests(frame: pd.DataFrame) -> list[TwinTest]:
     per_seed["order"] = per_seed["tier"].map(tier_rank)
     for (metric, _, tier), sub in per_seed.groupby(["metric", "order", "tier"], sort=True):
         wide = sub.pivot_table(index=["cell", "seed"], columns="method", values="hv")
-        for fair, twins in TWINS.items():
-            for twin in twins:
+        for fair, others in twins.items():
+            for twin in others:
                 if fair in wide and twin in wide and not (paired := wide[[fair, twin]].dropna()).empty:
                     tests.append(_wilcoxon(metric, tier, fair, twin, paired[fair], paired[twin]))
     # a pair with no tier in common: compared across tiers, with the tiers named
     for metric, sub in per_seed.groupby("metric", sort=True):
-        for fair, twins in TWINS.items():
-            for twin in twins:
+        for fair, others in twins.items():
+            for twin in others:
                 if any(t.metric == metric and t.fair == fair and t.twin == twin for t in tests):
                     continue
                 sides = [sub[sub["method"] == m].groupby(["cell", "seed"])["hv"].mean() for m in (fair, twin)]
@@ -155,10 +139,15 @@ def twin_tests(frame: pd.DataFrame) -> list[TwinTest]:
                 test.note = (f"across tiers ({fair} {tiers[0]}, {twin} {tiers[1]}): not like for like"
                              + (f"; {test.note}" if test.note else ""))
                 tests.append(test)
+    tested = [t for t in tests if math.isfinite(t.p_value)]
+    if tested:
+        for t, p in zip(tested, multipletests([t.p_value for t in tested], alpha=ALPHA, method="holm")[1]):
+            t.p_holm = float(p)
     return tests
 
 
 def _wilcoxon(metric: str, tier: str, fair: str, twin: str, a: pd.Series, b: pd.Series) -> TwinTest:
+    from scipy import stats
     diff = a - b
     test = TwinTest(metric, tier, fair, twin, len(diff), float(diff.mean()), math.nan)
     if (diff == 0).all():

@@ -5,6 +5,7 @@
     runs = res.runs("default")                    # one row per suite membership
     tidy = res.metrics("default")                 # one row per run, group and metric
     delta = res.paired("default")                 # per-seed change against dense
+    pairs = res.pairs("fairlrf-vs-truncated-svd", "default")  # the pairs behind a verdict
 
 Every frame is read from the store alone (nothing is recomputed from a model) and the
 database is opened read-only. Runs carry the flags the pages use, the reading side's
@@ -17,7 +18,7 @@ import pandas as pd
 
 from fairsqueeze.measure.metrics import GROUP_KEY
 from fairsqueeze.core.errors import FairsqueezeError
-from fairsqueeze.store.reader import Store
+from fairsqueeze.store.reader import open_store
 
 from .columns import add_derived
 from .data import Results, load
@@ -31,15 +32,17 @@ OVERALL = "all"  # the group of a value over the whole split
 class ResultsReader:
     """Read-only access to one results database; each method returns a new DataFrame."""
 
-    def __init__(self, url: str, split: str = "test"):
-        self.store = Store(url, read_only=True)
+    def __init__(self, url: str, split: str = "test", claims: tuple = ()):
+        self.store = open_store(url)
         self.split = split
+        self.claims = tuple(claims)
         self._loaded: dict[str | None, Results] = {}
 
     def results(self, suite: str | None = None) -> Results:
         """The :class:`Results` the pages render (read once per suite)."""
         if suite not in self._loaded:
             self._loaded[suite] = load(self.store, suite, self.split)
+            self._loaded[suite].claim_files = self.claims
         return self._loaded[suite]
 
     def _done(self, suite: str | None) -> pd.DataFrame:
@@ -98,6 +101,17 @@ class ResultsReader:
 
         return against_dense_table(self.results(suite))
 
+    def pairs(self, claim: str, suite: str | None = None) -> pd.DataFrame:
+        """The pairs behind one verdict row (``claim``: the row's id, or the claim's id when
+        it has one row): cell, configuration, seed, the fair and twin values and their run
+        keys, idle pairs included and marked (``idle``). Every suite when ``suite`` is None."""
+        from . import verdicts
+
+        try:
+            return verdicts.pairs_for(self.results(suite), claim)
+        except KeyError as err:
+            raise FairsqueezeError(err.args[0]) from None
+
     def verdicts(self, suite: str) -> pd.DataFrame:
         """The suite's verdict table, from the verdicts module of the statistics side."""
         try:
@@ -107,6 +121,7 @@ class ResultsReader:
         return verdicts.verdict_table(self.results(suite))
 
 
-def open_results(url: str, split: str = "test") -> ResultsReader:
-    """Open a results database (any SQLAlchemy URL) to read; nothing is ever written."""
-    return ResultsReader(url, split)
+def open_results(url: str, split: str = "test", claims=()) -> ResultsReader:
+    """Open a results database (any SQLAlchemy URL) to read; nothing is ever written.
+    ``claims``: claims files read beside the packaged claims and those installed plugins ship."""
+    return ResultsReader(url, split, claims)

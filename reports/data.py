@@ -2,6 +2,7 @@
 with their metrics and footprint, as plain data frames. Nothing here recomputes a model."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -41,6 +42,8 @@ class Results:
     methods: pd.DataFrame = field(default_factory=pd.DataFrame)
     # task key -> majority-class rates on ``split`` (``chance.majority_rates``); filled on first use
     majority: dict[str, dict] = field(default_factory=dict)
+    # claims files read beside the packaged one and the plugins' (``--claims FILE``)
+    claim_files: tuple = ()
     # tables derived from these results (``derived``), shared by the pages built from them
     _derived: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -82,8 +85,38 @@ class Results:
             self.majority[task_key] = chance.majority_rates(pred["y"], pred["s"])
         return self.majority
 
+    def predictions_of(self, keys: list[str]) -> dict[str, dict[str, np.ndarray]]:
+        """Stored predictions of ``keys`` on ``split`` (runs without any left out)."""
+        if self.predictions_many is not None:
+            return self.predictions_many(keys, self.split)
+        found = {}
+        for key in keys:
+            try:
+                found[key] = self.predictions(key, self.split)
+            except (KeyError, TypeError):
+                continue
+        return found
+
     def failed(self) -> pd.DataFrame:
         return self.runs[self.runs["status"] == "failed"].reset_index(drop=True)
+
+
+PREVIOUS_VERSION = r"@v\d+$"  # a suite redefined with --redefine keeps its old membership as NAME@vN
+
+
+def current_definitions(frame: pd.DataFrame) -> pd.DataFrame:
+    """Runs of the current definition of each suite (memberships of a previous version,
+    ``NAME@vN``, left out) with each (task, model, seed, dense reference, method, params)
+    once: a run shared
+    by two suites or entry labels, or the same configuration stored twice, counts once."""
+    if frame.empty:
+        return frame
+    if "suite" in frame:
+        frame = frame[~frame["suite"].astype(str).str.contains(PREVIOUS_VERSION, regex=True)]
+    config = frame["params"].map(lambda p: json.dumps(p, sort_keys=True, default=str)) if "params" in frame else ""
+    keys = ["task_key", "model", "seed", "method"] + (["dense_key"] if "dense_key" in frame else [])
+    unique = ~frame.assign(_config=config).duplicated(keys + ["_config"]) & ~frame.duplicated("run_key")
+    return frame[unique]
 
 
 def load(store, suite: str | None = None, split: str = "test") -> Results:

@@ -7,14 +7,10 @@ import base64
 import hashlib
 import io
 from dataclasses import dataclass
+import functools
 from pathlib import Path
 from typing import Callable
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib import patheffects  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .columns import DELTA_GAP, DELTA_UTILITY, UTILITY, headline_gap  # noqa: E402
@@ -31,8 +27,20 @@ LABEL_ALL = 30  # up to this many rows, every point is labelled; past it, the po
 # the range a plotted value can take: accuracy and every gap are rates
 FEASIBLE = {UTILITY: (0.0, 1.0), "gap": (0.0, 1.0)}
 
-plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "xtick.labelsize": 9,
-                     "ytick.labelsize": 9, "legend.fontsize": 9, "svg.fonttype": "none"})
+
+
+@functools.cache
+def pyplot():
+    """matplotlib's pyplot on the Agg backend with the pages' fonts, imported when the first
+    figure is drawn: a page command that fails early, or draws nothing, never pays for it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "xtick.labelsize": 9,
+                         "ytick.labelsize": 9, "legend.fontsize": 9, "svg.fonttype": "none"})
+    return plt
 
 
 class Png(str):
@@ -50,6 +58,7 @@ class Png(str):
 
 
 def png_bytes(fig) -> bytes:
+    plt = pyplot()
     buf = io.BytesIO()
     # fixed margins (a "tight" box costs a second draw); light compression: encoding is most of a save
     fig.savefig(buf, format="png", dpi=2 * SCREEN_DPI, pil_kwargs={"compress_level": 2})
@@ -260,6 +269,7 @@ def _covers(rect, points: np.ndarray) -> bool:
 
 def _axes(width: float = 7.4, height: float = 4.4):
     """One plot with room on the right for the legend of methods."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(width, height))
     fig.subplots_adjust(left=0.11, right=0.68, bottom=0.13, top=0.91)
     return fig, ax
@@ -321,6 +331,7 @@ def swept_parameters(comp: Comparison) -> list[str]:
 def ablation_figure(comp: Comparison, param: str, colours: dict[str, str]):
     """The utility and the headline gap against one swept parameter: one line per method
     entry (and per value of any other parameter swept with it), seed CIs as a shaded band."""
+    plt = pyplot()
     gap = headline_gap(comp.num_classes)
     lines: dict[tuple, list[Row]] = {}
     for r in comp.rows:
@@ -360,6 +371,8 @@ def tuning_figure(studies, colours: dict[str, str]):
     a step line (one line style per seed) and the trials the policies selected ringed and
     named. A front of three objectives (with the compression ratio) is drawn as points only:
     its projection onto two axes is not a staircase."""
+    from matplotlib import patheffects
+    plt = pyplot()
     from matplotlib.lines import Line2D
 
     entries: dict[str, list] = {}
@@ -450,3 +463,54 @@ def tuning_figure(studies, colours: dict[str, str]):
 
 def tuning_plot(studies, colours: dict[str, str]) -> str:
     return to_png(tuning_figure(studies, colours))
+
+
+OUTCOME_COLOURS = {"supported": "#1a7f37", "contradicted": "#c62828", "no effect ≥ δ": "#1f5fa8",
+                   "inconclusive": "#8a6d00", "not exercised": "#6e6e6e", "untested": "#9e9e9e"}
+
+
+def forest_figure(row: dict, cells):
+    """One claim row as a forest plot: each cell's estimate with its 95 % interval (seeds
+    as the units), the pooled estimate as a diamond spanning its interval at the level the
+    verdict used, the prediction interval for a new cell, the ±δ band and the claimed side."""
+    plt = pyplot()
+    cells = cells.reset_index(drop=True)
+    k = len(cells)
+    fig, ax = plt.subplots(figsize=(6.4, 1.5 + 0.26 * (k + 2)))
+    delta, colour = float(row["delta"]), OUTCOME_COLOURS.get(row["verdict"], "#444444")
+    ax.axvspan(-delta, delta, color="#dde7f3", zorder=0, label=f"±δ = {delta:g}")
+    ax.axvline(0, color="#555555", lw=0.8, zorder=1)
+    ys = np.arange(k, 0, -1) + 1.0
+    for y, c in zip(ys, cells.itertuples()):
+        if np.isfinite(c.low):
+            ax.plot([c.low, c.high], [y, y], color="#333333", lw=1.2)
+        ax.plot(c.effect, y, "s", color="#333333", ms=4)
+    values = list(cells["effect"]) + list(cells["low"]) + list(cells["high"]) + [-delta, delta]
+    if np.isfinite(row.get("effect", np.nan)):
+        low, high, mid = float(row["low"]), float(row["high"]), float(row["effect"])
+        ax.fill([low, mid, high, mid], [0.5, 0.8, 0.5, 0.2], color=colour, zorder=3,
+                label=f"pooled, level {row['level']:.2g}")
+        values += [low, high]
+        if np.isfinite(row.get("pred_low", np.nan)):
+            ax.plot([row["pred_low"], row["pred_high"]], [-0.1, -0.1], color=colour, lw=1.5, ls="--", zorder=2,
+                    label="95 % prediction interval")
+            values += [row["pred_low"], row["pred_high"]]
+    finite = [v for v in values if np.isfinite(v)]
+    lo, hi = min(finite), max(finite)
+    pad = 0.08 * (hi - lo or 1.0)
+    ax.set_xlim(lo - pad, hi + pad)
+    claimed = -1 if row["direction"] == "lower" else 1
+    ax.annotate("", xy=(0.5 + 0.22 * claimed, 1.03), xytext=(0.5, 1.03), xycoords="axes fraction",
+                arrowprops={"arrowstyle": "->", "color": "#1a7f37"})
+    ax.text(0.5 + 0.24 * claimed, 1.03, "claimed side", transform=ax.transAxes, va="center",
+            ha="right" if claimed < 0 else "left", fontsize=MIN_FONT, color="#1a7f37")
+    names = [f"{c[:28]}… ({n} s)" if len(c) > 29 else f"{c} ({n} s)" for c, n in zip(cells["cell"], cells["seeds"])]
+    ax.set_yticks(list(ys) + [0.5], names + ["pooled"], fontsize=MIN_FONT)
+    ax.set_ylim(-0.4, (ys[0] if k else 1) + 0.8)
+    ax.xaxis.set_major_locator(plt.MaxNLocator(4))
+    ax.set_xlabel(f"Δ {row['metric']} (fair − twin)")
+    ax.set_title(f"{row['id']}: {row['verdict']}", fontsize=9, color=colour, pad=14)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=MIN_FONT, frameon=False)
+    height = 1.5 + 0.26 * (k + 2)
+    fig.subplots_adjust(left=0.33, right=0.7, top=1 - 0.55 / height, bottom=0.55 / height)
+    return fig

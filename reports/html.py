@@ -19,7 +19,8 @@ from .runs import failed_runs
 from .templating import environment
 from .tables import Comparison, Row, cells_html, comparisons
 from .tuning import tuning_sections
-from .verdicts import ALPHA, delta_sections, dense_delta_table, for_export, verdict_table
+from .verdict_page import verdict_context
+from .verdicts import delta_sections, dense_delta_table, evaluation, for_export
 
 FIGURES = "figures"  # beside index.html: the figures of the last build, named by content
 
@@ -100,8 +101,7 @@ def build_report(results: Results, suite: str, out: Path) -> Path:
             )
         )
     export.write_runs(results.runs, tables_dir, exported)
-    verdict_rows = verdict_table(results)
-    export.write_table(for_export(verdict_rows), tables_dir, "verdicts", exported)
+    verdict_view = verdict_context(evaluation(results), out, cache, exported)
     deltas = dense_delta_table(results)
     export.write_table(for_export(deltas.drop(columns="estimate", errors="ignore")), tables_dir, "paired_deltas", exported)
     exported.save()
@@ -114,8 +114,7 @@ def build_report(results: Results, suite: str, out: Path) -> Path:
         colours=colours,
         methods=set(results.runs["method"]),
         tuning=tuning_sections(results, colours),
-        verdicts=verdict_rows.to_dict("records"),
-        verdict_alpha=ALPHA,
+        **verdict_view,
         deltas=delta_sections(deltas),
         run_link=links,
         cells_html=cells_html,

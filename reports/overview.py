@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .columns import UTILITY, headline_gap
+from .columns import DELTA_GAP, DELTA_UTILITY, UTILITY, headline_gap
 from .hypervolume import hypervolume
 from .tables import Comparison, Row
 from .tiers import TIERS, tier_of
@@ -22,9 +22,18 @@ def point_hypervolume(row: Row, comp: Comparison) -> float:
     return hypervolume([row.values[UTILITY].mean], [row.values[gap].mean], comp.num_classes)
 
 
+def equals_dense(row: Row) -> bool:
+    """Every seed of the row has the accuracy and headline gap of its dense model: a twin
+    that changed nothing measurable is no trade-off, whatever its ratio."""
+    values = [v for key in (DELTA_UTILITY, DELTA_GAP) for v in row.values[key].values]
+    return bool(values) and all(v == 0 for v in values)
+
+
 def best_of(rows: list[Row], comp: Comparison) -> Row | None:
-    """The unflagged, non-dense row with the largest positive point hypervolume."""
-    scored = [(point_hypervolume(r, comp), r) for r in rows if r.ranked and r.method != "dense"]
+    """The unflagged, non-dense row with the largest positive point hypervolume; never a row
+    equal to the dense model (``equals_dense``)."""
+    scored = [(point_hypervolume(r, comp), r) for r in rows
+              if r.ranked and r.method != "dense" and not equals_dense(r)]
     scored = [(hv, r) for hv, r in scored if hv > 0]
     return max(scored, key=lambda s: s[0])[1] if scored else None
 

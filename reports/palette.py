@@ -9,10 +9,10 @@ the store alone (no plugin import); a run stored without them falls back to the 
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import pandas as pd
-import seaborn as sns
 
 DENSE_COLOUR = "#000000"
 OTHER_COLOUR = "#888888"  # a method the palette was not told about
@@ -22,10 +22,13 @@ _HUE_OFFSET = 0.06
 _DARK, _LIGHT = 0.38, 0.65  # HUSL lightness of the two shades of a pair
 
 
-def _pairs() -> list[tuple[str, str]]:
+@functools.cache
+def colour_pairs() -> list[tuple[str, str]]:
     """Eleven (dark, light) pairs of equal HUSL saturation: every colour is more than 10
     CIEDE2000 units from any other and stands out on white. Past eleven families' hues the
-    colours repeat."""
+    colours repeat. Computed on first use (seaborn is slow to import)."""
+    import seaborn as sns
+
     out = []
     for step in _HUE_ORDER:
         hue = step / len(_HUE_ORDER) + _HUE_OFFSET
@@ -33,8 +36,6 @@ def _pairs() -> list[tuple[str, str]]:
         out.append((dark, light))
     return out
 
-
-PAIRS = _pairs()
 
 
 def catalogue(runs: pd.DataFrame) -> pd.DataFrame:
@@ -61,6 +62,7 @@ def palette(methods: pd.DataFrame) -> dict[str, str]:
     for family in families:
         members = list(rows.loc[rows["family"] == family, "method"])
         for i, method in enumerate(members):
-            colours[method] = PAIRS[(hue + i // 2) % len(PAIRS)][i % 2]
+            pairs = colour_pairs()
+            colours[method] = pairs[(hue + i // 2) % len(pairs)][i % 2]
         hue += -(-len(members) // 2)
     return colours

@@ -59,7 +59,7 @@ def write_run_pages(results: Results, out: Path, title: str, with_predictions: b
             with path.open(encoding="utf-8") as f:
                 if f.readline() == stamp:
                     continue
-        preds = _predictions(results, [r["run_key"] for r in records if r["status"] == "done"]) if with_predictions else {}
+        preds = results.predictions_of([r["run_key"] for r in records if r["status"] == "done"]) if with_predictions else {}
         sections = Markup("\n".join(run_section(r, results, groups, metrics, footprint, preds) for r in records))
         first = records[0]
         page = template.render(title=title, task=first["task_label"], model=model, sections=sections, count=len(records))
@@ -83,18 +83,6 @@ def _digest(title: str, with_predictions: bool, records: list[dict], split: str)
     params, info, ...) of the page. Metrics, footprint and predictions are keyed by the run
     key, which names the computation, and never change once a run is done."""
     return hashlib.sha256(repr((CODE, title, with_predictions, split, records)).encode()).hexdigest()
-
-
-def _predictions(results: Results, keys: list[str]) -> dict[str, dict[str, np.ndarray]]:
-    if results.predictions_many is not None:
-        return results.predictions_many(keys, results.split)
-    found = {}
-    for key in keys:
-        try:
-            found[key] = results.predictions(key, results.split)
-        except (KeyError, TypeError):
-            continue
-    return found
 
 
 def run_page_list(results: Results, links: RunLinks) -> list[tuple[str, str]]:

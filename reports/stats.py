@@ -1,4 +1,4 @@
-"""Seed statistics: means with 95 % intervals, paired differences, Holm, detectable effects.
+"""Seed statistics: means with 95 % intervals and paired differences against the dense model.
 
 - :func:`estimate`: mean ± Student-t half-width over seeds. With fewer than
   ``MIN_INTERVAL_N`` (3) values there is no interval (t_{0.975,1} = 12.7 says nothing): the
@@ -8,10 +8,8 @@
 - :func:`paired_deltas`: every method cell against the dense model of the same seed
   (Δ = method − dense per seed, then the interval of the mean Δ): seeds move the dense
   model far more than the method, and pairing removes that.
-- :func:`holm`: Holm's step-down adjustment of a family of p-values (SciPy has only
-  Benjamini–Hochberg).
-- :func:`detectable_effect`: the smallest mean paired difference a two-sided paired t-test
-  at level α detects with the given power, from the noncentral t distribution.
+
+The verdicts' statistics, with the (task, model) cell as the unit, are ``evidence``'s.
 """
 from __future__ import annotations
 
@@ -22,7 +20,6 @@ from functools import lru_cache
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, stats
 
 LEVEL = 0.95
 MIN_INTERVAL_N = 3  # fewer seeds than this: per-seed values, never a t-interval
@@ -103,6 +100,7 @@ def estimate(values) -> Estimate:
 
 @lru_cache(maxsize=None)
 def _t(dof: int) -> float:
+    from scipy import stats
     return float(stats.t.ppf(0.5 + LEVEL / 2, dof))
 
 
@@ -147,52 +145,3 @@ def paired_deltas(frame: pd.DataFrame, metrics: list[str], cell: tuple[str, ...]
                          "low": est.mean - est.half_width, "high": est.mean + est.half_width,
                          "n": est.n, "per_seed": per_seed, "estimate": est})
     return pd.DataFrame(rows, columns=columns)
-
-
-def holm(p_values) -> np.ndarray:
-    """Holm-adjusted p-values in the input order: sort ascending, multiply the i-th smallest
-    (i from 0) by (m − i), carry the running maximum, cap at 1. NaN entries stay NaN and do
-    not count towards m."""
-    p = np.asarray(p_values, dtype=float)
-    out = np.full(p.shape, np.nan)
-    finite = np.flatnonzero(np.isfinite(p))
-    m = len(finite)
-    order = finite[np.argsort(p[finite], kind="stable")]
-    running = 0.0
-    for i, idx in enumerate(order):
-        running = max(running, min(1.0, (m - i) * p[idx]))
-        out[idx] = running
-    return out
-
-
-def paired_t(differences) -> tuple[float, float, float, int]:
-    """(mean, half-width of its 95 % interval, two-sided p of the paired t-test, n) of the
-    per-pair differences; NaN where n < 2 or every difference is equal."""
-    d = np.asarray(differences, dtype=float)
-    d = d[np.isfinite(d)]
-    n = len(d)
-    if n < 2:
-        return (float(d.mean()) if n else math.nan), math.nan, math.nan, n
-    sd = d.std(ddof=1)
-    if sd == 0:
-        return float(d.mean()), 0.0, (1.0 if d.mean() == 0 else 0.0), n
-    res = stats.ttest_1samp(d, 0.0)
-    return float(d.mean()), _t(n - 1) * sd / math.sqrt(n), float(res.pvalue), n
-
-
-def detectable_effect(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
-    """Smallest |mean difference| that a two-sided paired t-test on ``n`` pairs with
-    difference sd ``sd`` rejects at level ``alpha`` with probability ``power`` (noncentral t)."""
-    if n < 2 or not math.isfinite(sd):
-        return math.nan
-    if sd == 0:
-        return 0.0
-    df = n - 1
-    crit = stats.t.ppf(1 - alpha / 2, df)
-
-    def shortfall(nc: float) -> float:
-        # the lower tail is negligible (and NaN in SciPy's series) once nc is large
-        return stats.nct.sf(crit, df, nc) + np.nan_to_num(stats.nct.cdf(-crit, df, nc)) - power
-
-    nc = optimize.brentq(shortfall, 0.0, 200.0)
-    return float(nc * sd / math.sqrt(n))

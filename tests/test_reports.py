@@ -13,6 +13,7 @@ import pytest
 from scipy import stats
 
 from synthetic_results import make_results
+from fairsqueeze.reports.verdicts import load_claims, twin_map
 from fairsqueeze.leaderboard import ranking, significance
 from fairsqueeze.reports.hypervolume import hypervolume, reference_point
 from fairsqueeze.measure.metrics import compute_metrics
@@ -23,6 +24,8 @@ from fairsqueeze.reports.tables import comparisons
 from fairsqueeze.reports.terminal import WIDTH, headline_tables
 
 BINARY, MULTI = ("digits: parity / planted", 2), ("faces: age / race", 5)
+
+PACKAGED_TWINS = twin_map(load_claims())  # the packaged claims file's fair -> twin methods
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +160,7 @@ def test_ranking_is_by_tier_and_leaves_flagged_runs_out(results):
     for (_, tier, _), cell in scores.groupby(["metric", "tier", "cell"]):
         ratios = runs[runs["method"].isin(cell["method"])]
         assert (ratios[ratios["tier"] == tier]["compression_ratio"].map(ranking.tier_of) == tier).all()
-    board = ranking.leaderboard_table(scores)
+    board = ranking.leaderboard_table(scores, min_shared=1)  # two cells: the mechanics, not the 5-cell rule
     mid = board[(board["metric"] == "equalized odds") & (board["tier"] == "1.3–1.7")].set_index("method")
     # fairlrf has the largest hypervolume in both cells -> rank 1, wins every comparison
     assert mid.loc["fairlrf", "mean_rank"] == 1 and mid.loc["fairlrf", "win_rate"] == 1
@@ -196,7 +199,7 @@ def test_a_method_alone_in_its_tier_is_listed_not_ranked_and_tiers_sort_by_ratio
     frame = pd.DataFrame({"metric": "m", "tier": [">1.7", "1.05–1.3", "1.05–1.3", "<1.05", "1.3–1.7"],
                           "task_key": "t", "model": "mlp", "method": ["solo", "a", "b", "dense", "c"],
                           "mean": [0.9, 0.5, 0.6, 0.7, 0.4]})
-    board = ranking.leaderboard_table(ranking.scores_frame_from(frame))
+    board = ranking.leaderboard_table(ranking.scores_frame_from(frame), min_shared=1)
     assert board["tier"].tolist() == ["<1.05", "1.05–1.3", "1.05–1.3", "1.3–1.7", ">1.7"]
     solo = board.set_index("method").loc["solo"]
     assert not solo["ranked"] and math.isnan(solo["mean_rank"]) and "alone" in solo["note"]
@@ -218,7 +221,7 @@ def test_cells_on_an_underfit_reference_are_left_out_of_the_ranking(results):
 
 def test_twin_test_pairs_seeds_and_states_p(results):
     scores = ranking.scores_frame(ranking.cell_scores(ranking.usable_runs(results.done())))
-    tests = [t for t in significance.twin_tests(scores) if t.metric == "equalized odds"]
+    tests = [t for t in significance.twin_tests(scores, PACKAGED_TWINS) if t.metric == "equalized odds"]
     pairs = {(t.fair, t.twin) for t in tests}
     assert pairs == {("fairlrf", "slr_w"), ("fairlrf", "truncated_svd")}
     svd = next(t for t in tests if t.twin == "truncated_svd")
@@ -230,7 +233,7 @@ def test_a_twin_pair_in_different_tiers_is_shown_across_tiers_with_a_note():
     rows = [{"metric": "m", "tier": tier, "task_key": f"t{c}", "model": "mlp", "method": method, "mean": hv,
              "per_seed": {s: hv + 0.01 * s for s in range(3)}}
             for c in range(2) for method, tier, hv in (("fairquantize", "1.05–1.3", 0.6), ("int8_ptq", ">1.7", 0.5))]
-    tests = significance.twin_tests(ranking.scores_frame_from(pd.DataFrame(rows)))
+    tests = significance.twin_tests(ranking.scores_frame_from(pd.DataFrame(rows)), PACKAGED_TWINS)
     (test,) = [t for t in tests if t.fair == "fairquantize"]
     assert test.tier == "1.05–1.3 vs >1.7" and test.pairs == 6 and test.mean_difference == pytest.approx(0.1)
     assert "across tiers" in test.note and "not like for like" in test.note
@@ -454,17 +457,19 @@ def test_leaderboard_tiers_in_numeric_order_and_singletons_unranked(results, tmp
 
 
 def test_figures_are_cached_by_what_they_draw(results, tmp_path, monkeypatch):
-    from fairsqueeze.reports import figures
+    from fairsqueeze.reports import figures, verdicts
     from fairsqueeze.reports.html import FIGURES, build_report
 
     first = build_report(results, "s", tmp_path).read_text()
     cached = sorted(p.name for p in (tmp_path / FIGURES).glob("*.png"))
-    assert len(cached) == 2 * 3 + 4  # pareto, delta, cost per table, and the four ablations
+    # pareto, delta, cost per table, the four ablations, and one forest plot per verdict row with cells
+    forests = sum(1 for c in verdicts.evaluation(results).cells.values() if len(c))
+    assert forests >= 1 and len(cached) == 2 * 3 + 4 + forests
 
     def no_drawing(*args, **kwargs):
         raise AssertionError("redrawn")
 
-    for name in ("pareto_figure", "delta_figure", "cost_figure", "ablation_figure"):
+    for name in ("pareto_figure", "delta_figure", "cost_figure", "ablation_figure", "forest_figure"):
         monkeypatch.setattr(figures, name, no_drawing)
     assert build_report(results, "s", tmp_path).read_text() == first  # same data: nothing drawn
     changed = results.metrics.copy()
@@ -510,18 +515,18 @@ def test_figures_read_well_from_their_artists(results):
         for text in [*ax.texts, *ax.get_xticklabels(), *ax.get_yticklabels(), ax.xaxis.label, ax.title,
                      *ax.get_legend().get_texts()]:
             assert text.get_fontsize() * px >= 10, text
-        figures.plt.close(fig)
+        figures.pyplot().close(fig)
 
         fig = figures.ablation_figure(comp, "k" if comp.num_classes == 2 else "sparsity_rate", colours)
         for axis in fig.axes:
             low, high = axis.get_ylim()
             assert 0 <= low < high <= 1  # no negative accuracy, no gap below 0
-        figures.plt.close(fig)
+        figures.pyplot().close(fig)
 
         fig = figures.delta_figure(comp, colours)
         dense = [c for c in fig.axes[0].collections if c.get_gid() == "points:dense"]
         assert dense and np.allclose(dense[0].get_offsets(), 0)  # the dense model is the origin
-        figures.plt.close(fig)
+        figures.pyplot().close(fig)
 
 
 def test_near_chance_by_hand():
@@ -565,10 +570,10 @@ def test_exports_are_rewritten_only_when_what_they_show_changes(results, tmp_pat
     from fairsqueeze.reports.html import build_report
 
     build_report(results, "s", tmp_path)
-    before = {p.name: p.read_bytes() for p in (tmp_path / "tables").iterdir()}
+    before = {p.name: p.read_bytes() for p in (tmp_path / "tables").rglob("*") if p.is_file()}
     monkeypatch.setattr(export, "write_frame", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rewritten")))
     build_report(results, "s", tmp_path)  # nothing changed: nothing written
-    assert {p.name: p.read_bytes() for p in (tmp_path / "tables").iterdir()} == before
+    assert {p.name: p.read_bytes() for p in (tmp_path / "tables").rglob("*") if p.is_file()} == before
     runs = results.runs.copy()
     runs.loc[0, "error"] = "new"
     with pytest.raises(AssertionError, match="rewritten"):  # the run records changed
@@ -612,4 +617,88 @@ def test_point_labels_never_overlap_in_a_dense_cluster():
         assert not (inside & (np.hypot(*(pixels - own).T) > 1e-6)).any(), t.get_text()
     left_out = 13 - len(labels)  # twelve in the cluster and the far one
     assert left_out > 0 and any(f"{left_out} point label(s) left out" in t.get_text() for t in fig.texts)
-    figures.plt.close(fig)
+    figures.pyplot().close(fig)
+
+
+def test_a_compressed_twin_equal_to_the_dense_model_is_never_the_best_trade_off():
+    from fairsqueeze.reports import overview
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        made = make_results(seeds=(0, 1), failed=False)
+    done = made.done()
+    copy = done[done["method"] == "dense"].assign(method="copy", label="copy", entry=99, entry_label="copy",
+                                                  compression_ratio=4.0, run_key=lambda f: f["run_key"] + "c")
+    comp = comparisons(pd.concat([done, copy], ignore_index=True))[0]
+    twin = next(r for r in comp.rows if r.method == "copy")
+    assert overview.equals_dense(twin) and overview.best_of([twin], comp) is None
+    # the same row one seed away from the dense model is a result, and may be the best
+    moved = comparisons(pd.concat([done, copy.assign(accuracy=lambda f: f["accuracy"] + 0.01)], ignore_index=True))[0]
+    assert overview.best_of([next(r for r in moved.rows if r.method == "copy")], moved).method == "copy"
+
+
+def test_a_method_is_ranked_only_on_five_cells_shared_with_a_rival():
+    # "a" and "b" share 6 cells; "c" meets them in one cell only, where it is best
+    rows = [{"metric": "m", "tier": ">1.7", "task_key": f"t{i}", "model": "mlp", "method": m, "mean": v}
+            for i in range(6) for m, v in (("a", 0.6), ("b", 0.5))]
+    rows.append({"metric": "m", "tier": ">1.7", "task_key": "t0", "model": "mlp", "method": "c", "mean": 0.9})
+    board = ranking.leaderboard_table(ranking.scores_frame_from(pd.DataFrame(rows))).set_index("method")
+    assert board.loc["c", "shared_cells"] == 1 and not board.loc["c", "ranked"] and math.isnan(board.loc["c", "mean_rank"])
+    assert "1 cell(s) shared with a rival: ranked from 5" in board.loc["c", "note"]
+    # a: rank 2 in t0 (behind c), rank 1 in the other five -> 7/6; its six cells are counted
+    assert board.loc["a", "ranked"] and board.loc["a", "mean_rank"] == pytest.approx(7 / 6)
+    assert board.loc["a", "shared_cells"] == 6 == board.loc["a", "cells"]
+    # five shared cells are enough, four are not
+    four = [r for r in rows if r["task_key"] not in ("t4", "t5")]
+    assert not ranking.leaderboard_table(ranking.scores_frame_from(pd.DataFrame(four))).set_index("method").loc["a", "ranked"]
+
+
+def test_the_twin_tests_are_holm_corrected_over_the_page():
+    from statsmodels.stats.multitest import multipletests
+
+    from fairsqueeze.leaderboard import significance
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for fair, twins in PACKAGED_TWINS.items():
+        for twin in twins:
+            for c in range(4):
+                for m, shift in ((fair, 0.02), (twin, 0.0)):
+                    rows.append({"metric": "equalized odds", "tier": ">1.7", "cell": f"t{c}/mlp", "method": m,
+                                 "per_seed": {s: 0.5 + shift + rng.normal(0, 0.01) for s in range(5)}})
+    tests = significance.twin_tests(pd.DataFrame(rows), PACKAGED_TWINS)
+    raw = [t.p_value for t in tests]
+    assert len(tests) >= 5 and [t.p_holm for t in tests] == pytest.approx(list(multipletests(raw, method="holm")[1]))
+    assert all(t.p_holm >= t.p_value for t in tests)
+
+
+def test_only_the_current_definition_of_a_suite_counts_and_each_configuration_once():
+    from fairsqueeze.reports.data import current_definitions
+
+    base = {"task_key": "t", "model": "mlp", "seed": 0, "method": "fairprune", "dense_key": "d"}
+    frame = pd.DataFrame([
+        {**base, "suite": "default", "run_key": "new", "params": {"ratio": 0.5, "steps": 1}},
+        {**base, "suite": "default@v1", "run_key": "old", "params": {"ratio": 0.5}},  # before --redefine
+        {**base, "suite": "other", "run_key": "new", "params": {"ratio": 0.5, "steps": 1}},  # shared run
+        {**base, "suite": "other", "run_key": "again", "params": {"steps": 1, "ratio": 0.5}},  # same config twice
+        {**base, "suite": "other", "run_key": "seed1", "seed": 1, "params": {"ratio": 0.5, "steps": 1}},
+    ])
+    kept = current_definitions(frame)
+    assert kept["run_key"].tolist() == ["new", "seed1"]
+
+
+def test_friedman_nemenyi_and_the_cd_diagram_on_six_cells():
+    from fairsqueeze.leaderboard import significance
+
+    # six cells, a always first, b second, c third but for one cell where b and c swap
+    rows = [{"metric": "m", "tier": ">1.7", "task_key": f"t{i}", "model": "mlp", "method": m, "mean": v}
+            for i in range(6) for m, v in (("a", 0.9), ("b", 0.5 if i else 0.3), ("c", 0.4))]
+    result = significance.friedman(ranking.scores_frame_from(pd.DataFrame(rows)), "m", ">1.7")
+    assert result.mean_ranks == pytest.approx({"a": 1.0, "b": 13 / 6, "c": 17 / 6})
+    # CD by hand: q_0.05(3, ∞) / √2 · √(3·4 / 36) = 3.314 / 1.414 · 0.577 = 1.353
+    assert result.critical_difference == pytest.approx(1.3529, abs=1e-3)
+    p = result.nemenyi
+    assert list(p.index) == ["a", "b", "c"] and (p.to_numpy() == p.to_numpy().T).all()
+    assert p.loc["a", "c"] < 0.05 < p.loc["a", "b"]  # rank gaps 1.83 and 1.17 against a CD of 1.35
+    png = significance.cd_diagram(result)
+    assert png and png.width > 300

@@ -73,3 +73,22 @@ def test_runs_carry_the_reading_side_flags_and_a_missing_database_is_one_clear_e
     with pytest.raises(FairsqueezeError, match="no database"):
         fairsqueeze.open_results(f"sqlite:///{tmp_path}/none.db")
     assert not (tmp_path / "none.db").exists()
+
+
+def test_the_pairs_behind_a_verdict_are_the_exported_csv(stored, tmp_path):
+    from fairsqueeze.core.errors import FairsqueezeError
+    from fairsqueeze.reports.html import build_report
+
+    res = fairsqueeze.open_results(f"sqlite:///{stored}")
+    pairs = res.pairs("fairlrf-vs-truncated-svd", "synthetic")
+    # fairlrf at ratio 1.6 between svd's 1.4 and 2.0 on both tasks' seeds; its runs are stored runs
+    assert len(pairs) >= 2 and set(pairs["fair_run"]) <= set(res.runs("synthetic")["run_key"])
+    assert all(set(t.split()) <= set(res.runs("synthetic")["run_key"]) for t in pairs["twin_runs"])
+    assert (pairs["diff"] == pairs["fair"] - pairs["twin"]).all()
+    build_report(res.results("synthetic"), "synthetic", tmp_path)
+    exported = pd.read_csv(tmp_path / "tables" / "pairs" / "fairlrf-vs-truncated-svd.csv")
+    assert exported["fair"].to_numpy() == pytest.approx(pairs["fair"].to_numpy())
+    # a claim split by metric is found by either row id; an unknown one is one clear error
+    assert res.pairs("fairalm-vs-unconstrained:deo", "synthetic").empty
+    with pytest.raises(FairsqueezeError, match="no verdict row 'nope'"):
+        res.pairs("nope", "synthetic")

@@ -1,6 +1,6 @@
 """Seed statistics: per-seed display below 3 seeds, clipped intervals, paired differences
-against the dense model, Holm's adjustment and the detectable effect, each against a hand
-computation or an independent simulation."""
+against the dense model, each against a hand computation (the verdicts' statistics are
+tests/test_evidence.py's)."""
 import math
 
 import numpy as np
@@ -8,8 +8,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from fairsqueeze.reports.stats import (CLIP_MARK, clip_interval, detectable_effect, estimate, estimates, holm,
-                                       metric_bounds, paired_deltas, paired_t)
+from fairsqueeze.reports.stats import CLIP_MARK, clip_interval, estimate, estimates, metric_bounds, paired_deltas
 
 
 def test_two_seeds_show_their_values_never_a_t_interval():
@@ -52,37 +51,6 @@ def test_paired_delta_against_the_dense_model_of_the_same_seed():
     partial = paired_deltas(pd.DataFrame([r for r in rows if not (r["method"] == "dense" and r["seed"] == 3)]),
                             ["accuracy"]).iloc[0]
     assert partial["n"] == 3 and 3 not in partial["per_seed"]
-
-
-def test_holm_against_a_hand_computation():
-    # p sorted: 0.01, 0.02, 0.03, 0.04 (m = 4) -> 0.04, 0.06, 0.06 (running max of 0.06), 0.06 (max of 0.04)
-    adjusted = holm([0.04, 0.01, 0.03, 0.02])
-    assert adjusted == pytest.approx([0.06, 0.04, 0.06, 0.06])
-    # capped at 1; NaN stays out of m: m = 2 here
-    adjusted = holm([0.6, float("nan"), 0.01])
-    assert adjusted[0] == 0.6 and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.02)
-    assert holm([0.3, 0.5, 0.9]) == pytest.approx([0.9, 1.0, 1.0])
-
-
-def test_paired_t_matches_scipy_ttest_rel():
-    rng = np.random.default_rng(3)
-    a, b = rng.normal(0.1, 1, 12), rng.normal(0, 1, 12)
-    mean, half, p, n = paired_t(a - b)
-    assert p == pytest.approx(stats.ttest_rel(a, b).pvalue) and n == 12
-    assert mean - half == pytest.approx(stats.ttest_rel(a, b).confidence_interval().low)
-
-
-def test_the_detectable_effect_is_detected_with_the_stated_power():
-    sd, n = 0.02, 10
-    mde = detectable_effect(sd, n)
-    # large-sample check: (z_{0.975} + z_{0.8}) · sd / √n is a lower bound the t version exceeds a little
-    assert mde > (1.959964 + 0.841621) * sd / math.sqrt(n)
-    # simulation: a true mean difference of mde is rejected by the t-test in about 80 % of designs
-    rng = np.random.default_rng(0)
-    draws = rng.normal(mde, sd, size=(20000, n))
-    rejected = stats.ttest_1samp(draws, 0.0, axis=1).pvalue < 0.05
-    assert rejected.mean() == pytest.approx(0.8, abs=0.015)
-    assert detectable_effect(sd, 40) < mde and math.isnan(detectable_effect(sd, 1))
 
 
 def test_a_report_of_two_seeds_shows_per_seed_values_not_intervals(tmp_path):

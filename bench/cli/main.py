@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("suite", help="suite name as stored, a bundled suite or a suite file")
     report.add_argument("--out", default=None, help="output folder (default results/reports/SUITE)")
     report.add_argument("--split", default="test", choices=["val", "test"])
+    report.add_argument("--claims", action="append", default=[], metavar="FILE",
+                        help="a claims file read beside the packaged claims and the plugins' (repeatable)")
     _add_store(report)
 
     check = sub.add_parser("check-plugin", help="run the conformance checks of a method on a tiny task")
@@ -84,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     board = sub.add_parser("leaderboard", help="write the HTML leaderboard of every stored task and model")
     board.add_argument("--out", default="results/leaderboard", help="output folder (default results/leaderboard)")
+    board.add_argument("--claims", action="append", default=[], metavar="FILE",
+                        help="a claims file read beside the packaged claims and the plugins' (repeatable)")
     _add_store(board)
 
     data = sub.add_parser("data", help="fetch datasets into the data root, or check what is there")
@@ -153,17 +157,17 @@ def cmd_list(args) -> int:
 
 
 def cmd_fronts(args) -> int:
-    from fairsqueeze.store.database import Store
+    from fairsqueeze.store.reader import open_store
     from fairsqueeze.reports.tuning_report import format_fronts
 
-    print(format_fronts(Store(args.db, read_only=True), args.suite))
+    print(format_fronts(open_store(args.db), args.suite))
     return 0
 
 
 def cmd_show(args) -> int:
-    from fairsqueeze.store.database import Store
+    from fairsqueeze.store.reader import open_store
 
-    print_tables(Store(args.db, read_only=True), args.suite, args.split)
+    print_tables(open_store(args.db), args.suite, args.split)
     return 0
 
 
@@ -182,10 +186,11 @@ def cmd_report(args) -> int:
     from fairsqueeze.reports.export import report_folder
     from fairsqueeze.reports.html import build_report
 
-    from fairsqueeze.store.database import Store
+    from fairsqueeze.store.reader import open_store
 
     name = _suite_name(args.suite)
-    results = load(Store(args.db, read_only=True), name, args.split)
+    results = load(open_store(args.db), name, args.split)
+    results.claim_files = tuple(args.claims)
     if results.runs.empty:
         raise FairsqueezeError(f"no runs of suite {name!r} in {args.db}")
     print(f"report: {build_report(results, name, args.out or report_folder(name))}")
@@ -214,9 +219,11 @@ def cmd_leaderboard(args) -> int:
     from fairsqueeze.leaderboard.site import build_leaderboard
     from fairsqueeze.reports.data import load
 
-    from fairsqueeze.store.database import Store
+    from fairsqueeze.store.reader import open_store
 
-    print(f"leaderboard: {build_leaderboard(load(Store(args.db, read_only=True)), args.out)}")
+    results = load(open_store(args.db))
+    results.claim_files = tuple(args.claims)
+    print(f"leaderboard: {build_leaderboard(results, args.out)}")
     return 0
 
 
