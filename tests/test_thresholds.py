@@ -113,3 +113,27 @@ def test_a_multiclass_task_refuses_the_thresholds():
         plan_suite(parse_suite(definition), data_root())
     with pytest.raises(ConfigError, match="unknown step"):
         tiny_suite([{"name": "dense", "post": "platt"}])
+
+
+def test_the_bar_claims_pair_a_fair_method_with_its_thresholded_twin(isolated):
+    from pathlib import Path
+
+    from fairsqueeze.reports.api import open_results
+
+    definition = tiny_suite_definition(
+        ["dense", {"name": "fairprune", "params": {"ratio": 0.3, "scoring_size": 16}},
+         {"name": "magnitude_prune", "params": {"ratio": 0.3}},
+         {"name": "magnitude_prune", "params": {"ratio": 0.3}, "post": "equal_tpr_thresholds"}], seeds=[0, 1])
+    definition["train"].update(epochs=40, patience=2)  # trained to a plateau: an underfit reference leaves the pairs
+    suite = parse_suite(definition)
+    url = f"sqlite:///{isolated}/r.db"
+    Runner(Store(url), data_root(), resolve_device("cpu")).run(suite)
+    bar = Path(__file__).parents[1] / "reports" / "claims_bar.yaml"
+    table = open_results(url, claims=[str(bar)]).verdicts(suite.name).set_index("id")
+    assert table.loc["bar-fairprune-vs-magnitude-thresholds", "pairs"] == 2
+    # the paper's claim still pairs FairPrune with plain magnitude pruning only, not the thresholded runs
+    assert table.loc["fairprune-vs-magnitude", "pairs"] == 2
+    pairs = open_results(url, claims=[str(bar)]).pairs("bar-fairprune-vs-magnitude-thresholds", suite.name)
+    keys = set(Store(url).runs_frame().query("method == 'magnitude_prune+equal_tpr_thresholds'")["key"])
+    twins = {k for runs in pairs["twin_runs"] for k in (runs if isinstance(runs, (list, tuple)) else str(runs).split(","))}
+    assert twins and twins <= keys
