@@ -26,9 +26,11 @@ def test_it_is_bundled_with_five_seeds_and_per_seed_splits():
     assert all(m.options.get("dropout") == 0.5 for m in SUITE.models if m.name == "vgg11_narrow")
 
 
-def test_every_claim_has_both_sides_in_the_suite():
+def test_every_claim_and_every_bar_row_has_both_sides_in_the_suite():
     claims = yaml.safe_load(CLAIMS_FILE.read_text())["claims"]
-    methods = {r.method.name for r in RUNS if r.method.post is None}
+    claims += yaml.safe_load(CLAIMS_FILE.with_name("claims_bar.yaml").read_text())["claims"]
+    # the method name a run is stored under (a post-processed run: NAME+STEP)
+    methods = {r.method.name + (f"+{r.method.post}" if r.method.post else "") for r in RUNS}
     for claim in claims:
         assert {claim["fair"]["method"], claim["twin"]["method"]} <= methods, claim["id"]
 
