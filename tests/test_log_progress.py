@@ -1,5 +1,6 @@
 """Progress lines for logs and one warning line per flag."""
 import io
+import re
 import logging
 import time
 
@@ -52,3 +53,23 @@ def test_the_runner_logs_progress_and_folds_flag_warnings(isolated, monkeypatch,
     assert "suite tiny: 6/6 run(s) done, 0 failed" in capsys.readouterr().err
     flagged = [r.getMessage() for r in caplog.records if "no_effect" in r.getMessage()]
     assert len(flagged) == 1 and flagged[0].startswith("3 run(s) flagged no_effect")
+
+
+def test_the_worker_logs_its_items_trials_included(isolated, monkeypatch, capsys):
+    from fairsqueeze.engine.plan import plan_suite
+    from fairsqueeze.engine.worker import Worker
+    from fairsqueeze.spec.suite import parse_suite
+    from fairsqueeze.testing import tiny_suite_definition
+
+    monkeypatch.setenv("FAIRSQUEEZE_QUIET", "")
+    monkeypatch.setenv("FAIRSQUEEZE_PROGRESS_INTERVAL", "0.01")
+    definition = tiny_suite_definition(["dense", {"name": "truncated_svd", "params": {"layer": "fc2", "k": 4},
+                                                  "tune": {"trials": 3}}], epochs=1)
+    definition["tuning"] = {"trials": 3, "sampler": {"name": "random", "seed": 1}, "policies": ["best_utility"]}
+    suite = parse_suite(definition)
+    runner = Runner(Store(f"sqlite:///{isolated}/r.db"), data_root(), resolve_device("cpu"))
+    Worker(runner).run(plan_suite(suite, data_root()))
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    done, total = re.match(r"suite tiny: (\d+)/(\d+) item\(s\) done, 0 failed", last).groups()
+    assert done == total and int(total) >= 4  # the dense run and 3 trials at least

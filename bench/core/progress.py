@@ -43,15 +43,16 @@ class LogProgress:
     time and an ETA at the mean pace so far. Silent on a terminal (the bar shows it) and
     when quiet."""
 
-    def __init__(self, total: int, name: str, stream=None, interval: float | None = None, enabled: bool | None = None):
+    def __init__(self, total: int, name: str, stream=None, interval: float | None = None, enabled: bool | None = None,
+                 noun: str = "run"):
         import sys
 
-        self.total, self.name = total, name
+        self.total, self.name, self.noun = total, name, noun
         self.stream = stream if stream is not None else sys.stderr
         self.interval = interval if interval is not None else float(os.environ.get(PROGRESS_INTERVAL_ENV) or 30)
         if enabled is None:
             enabled = not is_quiet() and not (hasattr(self.stream, "isatty") and self.stream.isatty())
-        self.enabled = enabled and total > 0
+        self.enabled = enabled
         self.done = self.failed = 0
         self._started = 0.0
         self._stop = None
@@ -65,7 +66,7 @@ class LogProgress:
             eta = _duration(elapsed / self.done * (self.total - self.done))
         else:
             eta = "unknown"
-        return (f"{self.name}: {self.done}/{self.total} run(s) done, {self.failed} failed,"
+        return (f"{self.name}: {self.done}/{self.total} {self.noun}(s) done, {self.failed} failed,"
                 f" {_duration(elapsed)} elapsed, ETA {eta}")
 
     def update(self, done: int = 1, failed: int = 0) -> None:
@@ -91,4 +92,39 @@ class LogProgress:
         if self._thread is not None:
             self._stop.set()
             self._thread.join()
-            print(self.line(), file=self.stream, flush=True)
+            if self.total:
+                print(self.line(), file=self.stream, flush=True)
+
+
+class BarAndLog:
+    """A progress bar for a terminal and :class:`LogProgress` lines for a log, fed together;
+    ``total`` may grow while it runs (a worker learns of selected runs as policies choose them)."""
+
+    def __init__(self, bar, desc: str, unit: str):
+        self.bar = bar  # a progress_bar(...)
+        self.log = LogProgress(bar.total or 0, desc, noun=unit)
+
+    @property
+    def total(self) -> int:
+        return self.log.total
+
+    @total.setter
+    def total(self, value: int) -> None:
+        self.log.total = value
+        self.bar.total = value
+
+    def update(self, n: int = 1, failed: int = 0) -> None:
+        self.bar.update(n)
+        self.log.update(n, failed)
+
+    def refresh(self) -> None:
+        self.bar.refresh()
+
+    def __enter__(self) -> "BarAndLog":
+        self.bar.__enter__()
+        self.log.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.log.__exit__(*exc)
+        self.bar.__exit__(*exc)

@@ -42,7 +42,7 @@ from fairsqueeze.engine.execute import execute_trial
 from fairsqueeze.core.hashing import config_hash
 from fairsqueeze.engine.plan import Plan
 from fairsqueeze.core.registry import create_method
-from fairsqueeze.core.progress import progress_bar
+from fairsqueeze.core.progress import BarAndLog, progress_bar
 from fairsqueeze.engine.runner import RunReport
 from fairsqueeze.store.database import selections  # noqa: F401  (the table lives in the store; readers once imported it from here)
 from fairsqueeze.spec.entries import MethodEntry, RunSpec, Suite
@@ -145,7 +145,8 @@ class Worker:
             self._create_study(name, suite, spec)
         selected = self._selected_runs(studies)
         self._record_membership(selected)
-        with progress_bar(total=0, desc=f"suite {suite.name}", unit="item") as self._bar:
+        bar = progress_bar(total=0, desc=f"suite {suite.name}", unit="item")
+        with BarAndLog(bar, f"suite {suite.name}", "item") as self._bar:
             self._count_pending(plan.runs + list(selected.values()), studies)
             if jobs > 1 and studies:
                 self._studies_in_processes(jobs, report)
