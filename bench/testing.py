@@ -8,7 +8,9 @@
 The method runs through the engine, exactly as in a suite, on a tiny task (the file-less
 ``digits`` parity task, an MLP with layers fc1 (64 -> 32), fc2 (32 -> 16), fc3 (16 -> 2),
 one epoch of dense training, seed 0), twice, into two fresh databases. Each check is named
-and says why it failed; ``fairsqueeze check-plugin NAME`` prints the same lines.
+and says why it failed; ``fairsqueeze check-plugin NAME`` prints the same lines. Without
+parameters, the method's own ``conformance_params`` are used. A method that changed no
+prediction passes with a warning (its parameters may do nothing on the tiny task).
 """
 from __future__ import annotations
 
@@ -77,6 +79,7 @@ class Conformance:
     method: str
     params: dict
     checks: list[Check] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # one line each; they do not fail the check
 
     @property
     def passed(self) -> bool:
@@ -89,7 +92,7 @@ class Conformance:
         return next(c for c in self.checks if c.name == name)
 
     def __str__(self) -> str:
-        return "\n".join(c.line() for c in self.checks)
+        return "\n".join([c.line() for c in self.checks] + [f"WARN {w}" for w in self.warnings])
 
     def assert_ok(self) -> None:
         if not self.passed:
@@ -114,7 +117,7 @@ def state_digest(model: torch.nn.Module) -> str:
 @contextlib.contextmanager
 def _watching(classes: dict[str, type], calls: list[_Call]) -> Iterator[None]:
     """Wrap ``apply`` of each class for the duration: record its input and its test reads."""
-    from fairsqueeze.methods import Outcome
+    from fairsqueeze.methods import Cost, Outcome
 
     from fairsqueeze.datasets.base import test_split_violations
 
@@ -133,6 +136,8 @@ def _watching(classes: dict[str, type], calls: list[_Call]) -> Iterator[None]:
                 call.test_reads = test_split_violations() - call.test_reads
             if not isinstance(outcome, Outcome) or not isinstance(outcome.model, torch.nn.Module):
                 call.returned = f"returned {type(outcome).__name__}, expected an Outcome holding an nn.Module"
+            elif not isinstance(outcome.cost, Cost):
+                call.returned = f"Outcome.cost is a {type(outcome.cost).__name__}, expected a fairsqueeze.methods.Cost"
             return outcome
 
         return apply
@@ -174,7 +179,8 @@ def _scratch(workdir: Path) -> Iterator[None]:
 
 def check_conformance(method_name: str, tiny_params: dict | None = None, *, workdir: str | Path | None = None,
                       device: str = "cpu") -> Conformance:
-    """Run ``method_name`` with ``tiny_params`` on the tiny task and check the plugin contract.
+    """Run ``method_name`` with ``tiny_params`` (default: its class's ``conformance_params``) on
+    the tiny task and check the plugin contract.
 
     Raises :class:`fairsqueeze.core.errors.UnknownName` for a method that is not registered (after
     the ``fairsqueeze.methods`` entry points are loaded). ``workdir`` keeps the two databases
@@ -186,7 +192,7 @@ def check_conformance(method_name: str, tiny_params: dict | None = None, *, work
     from fairsqueeze.core.registry import METHODS
 
     cls = METHODS.get(method_name)
-    params = dict(tiny_params or {})
+    params = dict(getattr(cls, "conformance_params", {}) if tiny_params is None else tiny_params)
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="fairsqueeze-conformance-") as tmp:
             return check_conformance(method_name, params, workdir=tmp, device=device)
@@ -235,7 +241,7 @@ def _run_checks(report: Conformance, entries: list, watched: dict, workdir: Path
             runner.run(plan)
         if db == "a":
             add("accepts_params", True, "")
-            if not _check_first_run(add, name, store, plan, calls):
+            if not _check_first_run(add, report.warnings.append, name, store, plan, calls):
                 return skip_rest("the method did not run")
     first, second = (s.runs_frame().set_index("method").loc[name] for s in stores)
     if second["status"] != "done":
@@ -245,8 +251,8 @@ def _run_checks(report: Conformance, entries: list, watched: dict, workdir: Path
     add("deterministic", not differ, f"a second run with seed {TINY_SEED} differs in {', '.join(differ[:4])}" if differ else "")
 
 
-def _check_first_run(add, name: str, store, plan, calls: list[_Call]) -> bool:
-    """Add the checks of the first run; false when the method did not run to the end."""
+def _check_first_run(add, warn, name: str, store, plan, calls: list[_Call]) -> bool:
+    """Add the checks (and warnings) of the first run; false when the method did not run to the end."""
     own = [c for c in calls if c.method == name]
     row = store.runs_frame().set_index("method").loc[name]
     if not own:
@@ -267,6 +273,9 @@ def _check_first_run(add, name: str, store, plan, calls: list[_Call]) -> bool:
         add("dense_untouched", not changed, "the method changed the shared dense model in place" if changed else "")
     if problem:
         return False
+    if "no_effect" in row["flags"]:
+        details = (row["info"].get("flag_details") or {}).get("no_effect", "")
+        warn(f"the method changed no prediction ({details})")
     task = next(iter(plan.tasks.values()))
     add("valid_outcome", *_outcome_problem(store, row["key"], task))
     fp = store.footprint_frame(keys=[row["key"]]).set_index("name")["value"]

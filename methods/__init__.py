@@ -4,6 +4,6 @@ their modules, listed in :mod:`.builtin` and imported by the plugin loader, not 
 Third-party packages register theirs through the ``fairsqueeze.methods`` entry-point group.
 """
 from fairsqueeze.core.registry import METHODS
-from fairsqueeze.methods.base import Method, MethodContext, Outcome, Predictions, register_method
+from fairsqueeze.methods.base import Cost, Method, MethodContext, Outcome, Predictions, register_method
 
-__all__ = ["METHODS", "Method", "MethodContext", "Outcome", "Predictions", "register_method"]
+__all__ = ["METHODS", "Cost", "Method", "MethodContext", "Outcome", "Predictions", "register_method"]

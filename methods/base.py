@@ -19,7 +19,7 @@ from fairsqueeze.core.errors import ConfigError
 from fairsqueeze.core.params import check_types, normalize_params
 from fairsqueeze.core.registry import METHODS
 from fairsqueeze.measure.groups import DEFAULT_RULE, worse_group
-from fairsqueeze.datasets.base import Split, TaskView
+from fairsqueeze.datasets.base import Split, TaskData, TaskView
 
 def register_method(name: str):
     """Class decorator: make a :class:`Method` subclass available under ``name``."""
@@ -36,18 +36,80 @@ class Predictions:
 
 
 @dataclass
+class Cost:
+    """What a method spent, in three units that are never added together: passes over data by
+    name (in units of the split it ran over; each name ends in ``forward`` or ``backward``),
+    optimizer steps, and seconds of training."""
+
+    passes: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+    seconds: float = 0.0
+
+    def __post_init__(self):
+        for name in self.passes:
+            if not name.endswith(("forward", "backward")):
+                raise ValueError(f"cost: pass {name!r} is neither a forward nor a backward pass"
+                                 " (steps and seconds have their own fields)")
+
+    def __add__(self, other: "Cost") -> "Cost":
+        passes = dict(self.passes)
+        for name, value in other.passes.items():
+            passes[name] = passes.get(name, 0.0) + float(value)
+        return Cost(passes, self.steps + other.steps, self.seconds + other.seconds)
+
+    def prefixed(self, prefix: str) -> "Cost":
+        """The same cost with every pass named ``{prefix}_{name}`` (whose passes they were)."""
+        return Cost({f"{prefix}_{k}": v for k, v in self.passes.items()}, self.steps, self.seconds)
+
+    def as_dict(self) -> dict[str, Any]:
+        """What the store keeps under the run's ``info["cost"]``."""
+        return {"passes": dict(self.passes), "steps": int(self.steps), "seconds": float(self.seconds)}
+
+
+@dataclass
 class Outcome:
     """What a method returns.
 
     ``sparse_storage`` names parameters stored as their nonzeros only (zeroed entries count
     as removed in the footprint); every other parameter is stored dense, zeros included.
-    ``passes`` counts the forward/backward passes over data the method spent, by name.
+    ``cost`` is what the method spent: passes, optimizer steps and seconds, kept apart.
     """
 
     model: nn.Module
     sparse_storage: tuple[str, ...] = ()
-    passes: dict[str, float] = field(default_factory=dict)
+    cost: Cost = field(default_factory=Cost)
     info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What a method may know of a task when a suite is planned, before anything trains."""
+
+    name: str
+    num_classes: int
+    input_shape: tuple[int, ...]
+    groups: tuple[int, ...]  # the sensitive groups (codes >= 0) of the training split
+
+    @property
+    def images(self) -> bool:
+        """Whether the inputs are images (channels, height, width)."""
+        return len(self.input_shape) == 3
+
+    @classmethod
+    def of(cls, task: TaskData | TaskView) -> "TaskInfo":
+        groups = tuple(sorted(int(g) for g in np.unique(task.train.s) if g >= 0))
+        return cls(task.name, int(task.num_classes), tuple(task.input_shape), groups)
+
+
+def two_groups(task: TaskInfo, coded_0_1: bool = False, unprivileged_group: int | None = None) -> str | None:
+    """Why a method that compares two sensitive groups cannot run on ``task`` (None: it can):
+    a task with more or fewer groups, other codes than 0 and 1 where the method needs them, or
+    a chosen unprivileged group the task does not have."""
+    if len(task.groups) != 2 or (coded_0_1 and task.groups != (0, 1)):
+        return f"needs two sensitive groups{' coded 0 and 1' if coded_0_1 else ''}, the task has {list(task.groups)}"
+    if unprivileged_group is not None and unprivileged_group not in task.groups:
+        return f"unprivileged_group {unprivileged_group} is not a group of this task ({list(task.groups)})"
+    return None
 
 
 @dataclass
@@ -144,7 +206,9 @@ class Method(abc.ABC):
 
     registered_name: ClassVar[str]
     family: ClassVar[str] = "other"
-    needs: ClassVar[tuple[str, ...]] = ("dense",)
+    # params that fit the conformance check's tiny model (an MLP 64 -> fc1 32 -> fc2 16 -> fc3)
+    # and keep its run to seconds: what `fairsqueeze check-plugin NAME` uses without --params
+    conformance_params: ClassVar[dict[str, Any]] = {}
 
     @dataclass
     class Params:
@@ -178,6 +242,11 @@ class Method(abc.ABC):
     def validate(self) -> None:
         """Raise ConfigError for invalid parameters; called when a suite is loaded."""
 
+    def supports(self, task: TaskInfo) -> str | None:
+        """Why the method cannot run on ``task`` (binary labels only, images only, two groups
+        only, ...), or None when it can; asked when a suite is planned, before anything trains."""
+        return None
+
     def check_model(self, model: nn.Module) -> None:
         """Raise ConfigError when the parameters do not fit ``model`` (a layer that does not
         exist, a rank above the layer's); called on the untrained model before anything trains."""
@@ -186,6 +255,13 @@ class Method(abc.ABC):
     def apply(self, ctx: MethodContext) -> Outcome:
         """Compress or train ``ctx.model`` and return the outcome."""
 
-    def space(self, trial) -> "Method.Params":
-        """The default search space is the paper's setting only; plugins override this."""
-        return self.Params()
+    def space(self, trial) -> dict[str, Any]:
+        """An Optuna define-by-run search space: the params this method searches, by name, and
+        only those (the engine merges them into the entry's params). A method that does not
+        override it has no search space, and a suite that tunes it is refused when loaded."""
+        raise ConfigError(f"method {self.registered_name!r} has no search space")
+
+    @classmethod
+    def searches(cls) -> bool:
+        """Whether the method has a search space (overrides :meth:`space`)."""
+        return cls.space is not Method.space

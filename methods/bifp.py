@@ -50,6 +50,7 @@ couple the outputs of several convs, which the removal refuses.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,7 +60,7 @@ from fairsqueeze.core.errors import ConfigError
 from fairsqueeze.engine.training import Batch, Trainer
 from fairsqueeze.spec.train import TrainConfig
 
-from .base import Method, MethodContext, Outcome, register_method
+from .base import Method, MethodContext, Outcome, TaskInfo, register_method, two_groups
 from .toolbox.group_surrogates import cell_means, soft_accuracy
 from .toolbox.masks import apply_masks, finalize_masks, remove_filters
 from .toolbox.score_masks import MASKABLE, ScoreMasks
@@ -176,6 +177,7 @@ class BiFP(Method):
     """Bi-level fair pruning: mask scores and weights trained jointly under an accuracy-gap penalty."""
 
     family = "pruning"
+    conformance_params = {"sparsity": 0.5, "epochs": 1, "batch_size": 64, "lr": 0.05}
 
     @dataclass
     class Params:
@@ -225,6 +227,9 @@ class BiFP(Method):
             return p.sparsity
         return min(p.sparsity, lth_sparsity(epoch + 1))
 
+    def supports(self, task: TaskInfo) -> str | None:
+        return two_groups(task, coded_0_1=True)
+
     def apply(self, ctx: MethodContext) -> Outcome:
         self.validate()
         p = self.params
@@ -248,7 +253,7 @@ class BiFP(Method):
                 "fairness_weight": p.fairness_weight, "fair_levels": p.fair_levels,
                 "structured": p.structured, "sparsity": p.sparsity, "train_loss": history,
                 "halves_without_gap": objective.without_gap, **facts}
-        return Outcome(model=model, passes=trainer.cost.as_passes(), info=info)
+        return Outcome(model=model, cost=trainer.cost.as_cost(), info=info)
 
     def finalize(self, ctx: MethodContext, model: nn.Module, masks: dict[str, torch.Tensor]):
         """Apply the final masks for good (structured: remove the filters); facts to report."""
@@ -264,10 +269,8 @@ class BiFP(Method):
             finalize_masks(apply_masks(model, {f"{path}.weight": m for path, m in masks.items()}))
         return model, facts
 
-    def space(self, trial) -> "BiFP.Params":
-        p = self.params
-        return type(p)(**{**vars(p),
-                          "fairness_weight": trial.suggest_float("fairness_weight", 0.1, 10.0, log=True),
-                          "penalty": trial.suggest_categorical("penalty", list(PENALTIES)),
-                          "lr": trial.suggest_float("lr", 1e-3, 1e-1, log=True),
-                          "mask_lr": trial.suggest_float("mask_lr", 1e-3, 1e-1, log=True)})
+    def space(self, trial) -> dict[str, Any]:
+        return {"fairness_weight": trial.suggest_float("fairness_weight", 0.1, 10.0, log=True),
+                "penalty": trial.suggest_categorical("penalty", list(PENALTIES)),
+                "lr": trial.suggest_float("lr", 1e-3, 1e-1, log=True),
+                "mask_lr": trial.suggest_float("mask_lr", 1e-3, 1e-1, log=True)}

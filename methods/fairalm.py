@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +52,7 @@ from fairsqueeze.core.errors import ConfigError
 from fairsqueeze.engine.training import Batch, Trainer
 from fairsqueeze.spec.train import TrainConfig
 
-from .base import Method, MethodContext, Outcome, register_method
+from .base import Method, MethodContext, Outcome, TaskInfo, register_method, two_groups
 from .toolbox.group_surrogates import SURROGATES, cell_means, false_alarm, miss
 from .toolbox.reinit import reinitialise
 
@@ -59,6 +60,8 @@ CONSTRAINTS = ("deo", "fpr", "error_rate")
 INITS = ("scratch", "finetune")
 DUALS = ("alg2", "reference")
 GROUPS = (0, 1)  # s0 and s1 of the paper
+# FairALM's search space (see FairALM.space): η₀ between these, and lr·η₀ at most MAX_LR_ETA0
+MIN_ETA0, MAX_ETA0, MAX_LR_ETA0 = 1e-3, 100.0, 0.2
 
 
 def constrained_classes(constraint: str, num_classes: int) -> list[int]:
@@ -182,6 +185,7 @@ class FairTraining(Method):
     """Shared by FairALM and its baselines: initialisation, the trainer, cost and validation."""
 
     family = "fair-training"
+    conformance_params = {"epochs": 1, "batch_size": 64, "inner_steps": 2}
 
     @dataclass
     class Params:
@@ -218,6 +222,9 @@ class FairTraining(Method):
         """(loss, after_step, on_epoch_end) for the trainer; the default is plain cross-entropy."""
         return None, None, None
 
+    def supports(self, task: TaskInfo) -> str | None:
+        return two_groups(task, coded_0_1=True)
+
     def apply(self, ctx: MethodContext) -> Outcome:
         self.validate()
         groups = sorted(int(g) for g in np.unique(ctx.task.train.s) if g >= 0)
@@ -232,15 +239,13 @@ class FairTraining(Method):
                                    on_epoch_end=on_epoch_end, desc=self.registered_name, **extra)
         history = trainer.fit()
         info = {"train_loss": history, "init": self.params.init, **self.facts(loss)}
-        passes = trainer.cost.as_passes()
-        return Outcome(model=trainer.model, passes=passes, info=info)
+        return Outcome(model=trainer.model, cost=trainer.cost.as_cost(), info=info)
 
     def facts(self, objective) -> dict:
         return {}
 
-    def space(self, trial):
-        p = self.params
-        return type(p)(**{**vars(p), "lr": trial.suggest_float("lr", 1e-3, 1e-1, log=True)})
+    def space(self, trial) -> dict[str, Any]:
+        return {"lr": trial.suggest_float("lr", 1e-3, 1e-1, log=True)}
 
 
 @register_method("unconstrained")
@@ -273,9 +278,7 @@ class L2Penalty(FairTraining):
                 "absent_constraints": obj.absent}
 
     def space(self, trial):
-        p = super().space(trial)
-        p.eta = trial.suggest_float("eta", 1e-3, 1.0, log=True)
-        return p
+        return {**super().space(trial), "eta": trial.suggest_float("eta", 1e-3, 1.0, log=True)}
 
 
 @register_method("fairalm")
@@ -289,6 +292,8 @@ class FairALM(FairTraining):
         eta0: float = 15.0  # η of the chosen dual; the published table: dual "reference", eta0 60
         eta_growth: float = 1.01  # η ← η·growth every epoch
         dual: str = "alg2"  # or "reference": the public code's two multipliers and update order
+        # tuning only: the search space keeps lr·η₀ at or below this (see space)
+        max_lr_eta0: float = MAX_LR_ETA0
 
     def validate(self) -> None:
         super().validate()
@@ -297,6 +302,8 @@ class FairALM(FairTraining):
             raise ConfigError(f"fairalm: dual must be one of {', '.join(DUALS)}, got {p.dual!r}")
         if not (p.eta0 >= 0 and p.eta_growth > 0):
             raise ConfigError("fairalm: eta0 must be >= 0 and eta_growth > 0")
+        if not p.max_lr_eta0 > 0.1 * MIN_ETA0:  # above the product at η₀'s floor and lr's ceiling
+            raise ConfigError(f"fairalm: max_lr_eta0 must be > {0.1 * MIN_ETA0:g}, got {p.max_lr_eta0!r}")
 
     def objective(self, ctx):
         p = self.params
@@ -310,11 +317,18 @@ class FairALM(FairTraining):
                 "multipliers": obj.lam.cpu().tolist()}
 
     def space(self, trial):
-        """The learning rate, η₀ on a log scale from 0.001 to 100 and 1-5 inner steps. The paper's
-        η₀ of 20-80 suit 100 epochs from scratch; a short fine-tune collapses at such values
-        (adult, two epochs: validation accuracy 0.26-0.70 against 0.85 dense), so the range
-        reaches down to where the penalty still leaves the model usable."""
-        p = super().space(trial)
-        p.eta0 = trial.suggest_float("eta0", 1e-3, 100.0, log=True)
-        p.inner_steps = trial.suggest_int("inner_steps", 1, 5)
-        return p
+        """The learning rate, η₀ on a log scale from 0.001 to min(100, ``max_lr_eta0`` / lr) and
+        1-5 inner steps.
+
+        The penalty's gradient is η₀ (plus |λ|) times a cross-entropy's, so lr·η₀ is the step it
+        takes, and that product, not η₀ alone, decides whether training diverges: on adult with
+        momentum 0.9, lr·η₀ of 0.9 or more sends the weights to infinity within the first
+        batches (lr 0.03 with η₀ 30, or lr 0.1 with η₀ 10), while 0.3 trains. ``max_lr_eta0``
+        (0.2) is the paper's largest: lr 0.01 with η₀ 80 in the public code, which weighs by
+        η₀/4, i.e. 20 in Algorithm 2. A short fine-tune needs much smaller penalties than the
+        paper's 100 epochs from scratch (adult, two epochs: validation accuracy 0.26-0.70 at its
+        values against 0.85 dense), so the range reaches down to 0.001."""
+        searched = super().space(trial)
+        ceiling = min(MAX_ETA0, self.params.max_lr_eta0 / searched["lr"])
+        return {**searched, "eta0": trial.suggest_float("eta0", MIN_ETA0, ceiling, log=True),
+                "inner_steps": trial.suggest_int("inner_steps", 1, 5)}

@@ -46,7 +46,7 @@ from fairsqueeze.engine.training import Batch, Trainer
 from fairsqueeze.spec.train import TrainConfig
 from fairsqueeze.core.vision import torchvision
 
-from .base import Method, MethodContext, Outcome, register_method
+from .base import Cost, Method, MethodContext, Outcome, register_method
 from .toolbox.lora import (
     AdapterMessage, LoraSpec, adapter_layout, adapter_parameters, attach, export_adapter, head_path, import_adapter,
     negate_into, resolve_targets, subspace_overlap, unwrap,
@@ -307,13 +307,10 @@ class Auditor:
         self.eval_rows += len(rows)
         return torch.cat(out)
 
-    def passes(self) -> dict[str, float]:
-        total: dict[str, float] = {}
-        for trainer in self.trainers:
-            for key, value in trainer.cost.as_passes().items():
-                total[key] = total.get(key, 0.0) + value
+    def cost(self) -> Cost:
+        total = sum((trainer.cost.as_cost() for trainer in self.trainers), Cost())
         if self.eval_rows:  # adversarial rounds: one pass for the features the adversary fits on
-            total["features_forward"] = self.eval_rows / len(self.data.train)
+            total += Cost({"features_forward": self.eval_rows / len(self.data.train)})
         return total
 
 
@@ -405,6 +402,7 @@ class PrivacySplitLoRA(Method):
     """Shared by the four variants: the privacy split, the sides, the outcome."""
 
     family = "lora"
+    conformance_params = {"epochs": 1, "auditor_epochs": 1, "rank": 2}
 
     @dataclass
     class Params:
@@ -440,8 +438,8 @@ class PrivacySplitLoRA(Method):
         except ConfigError as exc:
             raise ConfigError(f"{self.registered_name}: backbone training: {exc}") from None
 
-    def space(self, trial) -> "PrivacySplitLoRA.Params":
-        return self.Params(**{**self.param_dict(), **self.common_space(trial), **self.own_space(trial)})
+    def space(self, trial) -> dict[str, Any]:
+        return {**self.common_space(trial), **self.own_space(trial)}
 
     def common_space(self, trial) -> dict[str, Any]:
         return {"rank": trial.suggest_categorical("rank", [4, 8, 16]),
@@ -498,12 +496,11 @@ class PrivacySplitLoRA(Method):
         channel = Channel(developer.spec, developer.backbone)
         info = self.exchange(developer, auditor, channel)
         model = developer.adapted_model()
-        passes = {f"developer_{k}": v for k, v in developer.trainer.cost.as_passes().items()}
-        passes.update({f"auditor_{k}": v for k, v in auditor.passes().items()})
+        cost = developer.trainer.cost.as_cost().prefixed("developer") + auditor.cost().prefixed("auditor")
         adapter = sum(p.numel() for p in developer.factors.values())
         info.update(backbone=origin, adapter_params=adapter, messages=len(channel.log),
                     bytes_exchanged=sum(map(len, channel.log)))
-        return Outcome(model=model, passes=passes, info=info)
+        return Outcome(model=model, cost=cost, info=info)
 
 
 @register_method("lora_erm")
@@ -576,6 +573,8 @@ class AdversarialLoRA(PrivacySplitLoRA):
     (lambda_adv) scales its learning rate instead: ``adv_weight * lr``; 0 switches it off.
     The model is the developer's after the last round.
     """
+
+    conformance_params = {**PrivacySplitLoRA.conformance_params, "rounds": 1}
 
     @dataclass
     class Params(PrivacySplitLoRA.Params):

@@ -24,7 +24,6 @@ The scores:
 from __future__ import annotations
 
 import abc
-import dataclasses
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -36,7 +35,7 @@ from torch import nn
 from fairsqueeze.core.errors import ConfigError
 from fairsqueeze.models.base import resolve_layer
 
-from .base import Method, MethodContext, Outcome, checked_beta, parse_beta, register_method
+from .base import Cost, Method, MethodContext, Outcome, TaskInfo, checked_beta, parse_beta, register_method, two_groups
 from .svd import check_ranks, target_layers
 from .toolbox.curvature import ESTIMATORS, features_before, sequential_tail
 from .toolbox.factorize import SOLVERS, FactorizedLinear, replace_module
@@ -79,6 +78,7 @@ class SparseLowRank(Method):
     """Shared procedure; subclasses define :meth:`row_scores`."""
 
     family = "low-rank"
+    conformance_params = {"k": 8}
 
     def validate(self) -> None:
         p = self.params
@@ -119,7 +119,7 @@ class SparseLowRank(Method):
             out["unprivileged_group"] = unprivileged.pop()
         if no_op := self.no_op_reason(plans):
             out["no_op"] = no_op
-        return Outcome(model=ctx.model, sparse_storage=tuple(sparse), passes=passes, info=out)
+        return Outcome(model=ctx.model, sparse_storage=tuple(sparse), cost=Cost(passes), info=out)
 
     def no_op_reason(self, plans) -> str | None:
         """Why the sparsification zeroes nothing (the result then equals truncated SVD), or None."""
@@ -136,12 +136,9 @@ class SparseLowRank(Method):
         sparsity rate sr in [0, 0.9] and the kept fraction rr in [0, 1], both in steps of 0.05
         (the papers use sr 0.4-0.8, rr 0-0.65, and see collapse beyond sr ≈ 0.6); every other
         param stays as the entry gives it."""
-        return dataclasses.replace(
-            self.params,
-            k=trial.suggest_int("k", 1, self.params.k, log=True),
-            sparsity_rate=round(trial.suggest_float("sparsity_rate", 0.0, 0.9, step=0.05), 2),
-            keep_rate=round(trial.suggest_float("keep_rate", 0.0, 1.0, step=0.05), 2),
-        )
+        return {"k": trial.suggest_int("k", 1, self.params.k, log=True),
+                "sparsity_rate": round(trial.suggest_float("sparsity_rate", 0.0, 0.9, step=0.05), 2),
+                "keep_rate": round(trial.suggest_float("keep_rate", 0.0, 1.0, step=0.05), 2)}
 
     @abc.abstractmethod
     def row_scores(self, ctx, path, linear, factorized, keep) -> tuple[RowScores, dict, dict]:
@@ -219,8 +216,6 @@ def _followed_by_relu(model: nn.Module, path: str) -> bool:
 class FairLRF(SparseLowRank):
     """Fairness-oriented sparse SVD: drop the factor rows the unprivileged group needs least."""
 
-    needs = ("dense", "scoring")
-
     @dataclass
     class Params:
         k: int = 64
@@ -249,10 +244,13 @@ class FairLRF(SparseLowRank):
         if p.estimator not in ESTIMATORS:
             raise ConfigError(f"fairlrf: unknown estimator {p.estimator!r} (known: {', '.join(ESTIMATORS)})")
 
+    def supports(self, task: TaskInfo) -> str | None:
+        return two_groups(task, unprivileged_group=self.params.unprivileged_group)
+
     def space(self, trial):
         """The shared low-rank space plus β in [0, 1] (the paper's 5/9 lies inside; β weighs how
         much the privileged group's curvature counts against the unprivileged one's)."""
-        return dataclasses.replace(super().space(trial), beta=round(trial.suggest_float("beta", 0.0, 1.0), 4))
+        return {**super().space(trial), "beta": round(trial.suggest_float("beta", 0.0, 1.0), 4)}
 
     def row_scores(self, ctx, path, linear, factorized, keep):
         p = self.params
@@ -283,7 +281,8 @@ class FairLRF(SparseLowRank):
         inputs = scores["in"][tail, :].sum(0)
         outputs = scores["out"][:, tail].sum(1)
         cost = {**scored.passes, "features_forward": 1.0}
-        facts = {"unprivileged_group": unprivileged, "scoring_rows_per_group": len(sets[0])}
+        facts = {"unprivileged_group": unprivileged, "scoring_rows_per_group": len(sets[0]),
+                 "backward_sweeps": scored.info["backward_sweeps"]}
         return RowScores(inputs=inputs.cpu(), outputs=outputs.cpu()), cost, facts
 
 

@@ -32,7 +32,7 @@ import torch
 
 from fairsqueeze.core.errors import ConfigError
 
-from .base import Method, MethodContext, Outcome, checked_beta, parse_beta, register_method
+from .base import Cost, Method, MethodContext, Outcome, TaskInfo, checked_beta, parse_beta, register_method, two_groups
 from .toolbox.curvature import ESTIMATORS, prunable_weights
 from .toolbox.pruning import SCOPES, PruningResult, filter_layers, prune_filters, prune_weights
 from .toolbox.scores import GroupSaliency, Magnitude, scoring_groups
@@ -56,9 +56,7 @@ class Pruning(Method):
             raise ConfigError(f"{name}: structured pruning ranks channels per layer only (scope: layer)")
 
     def space(self, trial):
-        p = self.params
-        values = {**vars(p), "ratio": trial.suggest_float("ratio", 0.05, 0.9)}
-        return self.Params(**values)
+        return {"ratio": trial.suggest_float("ratio", 0.05, 0.9)}
 
     def apply(self, ctx: MethodContext) -> Outcome:
         self.validate()
@@ -76,7 +74,7 @@ class Pruning(Method):
         info = {**facts, **result.info, **_summary(result)}
         if not any(r.any() for r in result.removed.values()):
             info["no_op"] = f"ratio {p.ratio} removes no unit of any layer"
-        return Outcome(model=ctx.model, passes=result.passes, info=info)
+        return Outcome(model=ctx.model, cost=Cost(result.passes), info=info)
 
     def score(self, ctx: MethodContext):
         """(score object, facts for the run's info)."""
@@ -118,8 +116,6 @@ class MagnitudePruneStructured(MagnitudePrune):
 class FairPrune(Pruning):
     """FairPrune: prune the weights the unprivileged group needs least relative to the privileged one."""
 
-    needs = ("dense", "scoring")
-
     @dataclass
     class Params(_PruneParams):
         beta: float | str = "1/3"  # FairLRF Table 2 (Fitzpatrick); Table 1 (CelebA): 3/7
@@ -139,10 +135,11 @@ class FairPrune(Pruning):
         if p.batch_size < 1:
             raise ConfigError(f"{name}: batch_size must be >= 1")
 
+    def supports(self, task: TaskInfo) -> str | None:
+        return two_groups(task, unprivileged_group=self.params.unprivileged_group)
+
     def space(self, trial):
-        base = super().space(trial)
-        base.beta = trial.suggest_float("beta", 0.0, 1.0)
-        return base
+        return {**super().space(trial), "beta": trial.suggest_float("beta", 0.0, 1.0)}
 
     def score(self, ctx: MethodContext):
         p = self.params

@@ -48,6 +48,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -58,7 +59,7 @@ from fairsqueeze.core.errors import ConfigError
 from fairsqueeze.engine.training import Batch, Trainer
 from fairsqueeze.spec.train import TrainConfig
 
-from .base import Method, MethodContext, Outcome, checked_beta, parse_beta, register_method
+from .base import Cost, Method, MethodContext, Outcome, TaskInfo, checked_beta, parse_beta, register_method, two_groups
 from .toolbox import curvature
 from .toolbox.factorize import replace_module
 from .toolbox.pruning import select_smallest
@@ -95,9 +96,8 @@ class Int8PTQ(Method):
         if p.calibration_rows < 1 or p.batch_size < 1:
             raise ConfigError("int8_ptq: calibration_rows and batch_size must be >= 1")
 
-    def space(self, trial) -> "Int8PTQ.Params":
-        return self.Params(mode=trial.suggest_categorical("mode", ["static", "dynamic"]), backend=self.params.backend,
-                           calibration_rows=self.params.calibration_rows, batch_size=self.params.batch_size)
+    def space(self, trial) -> dict[str, Any]:
+        return {"mode": trial.suggest_categorical("mode", ["static", "dynamic"])}
 
     @torch.no_grad()
     def apply(self, ctx: MethodContext) -> Outcome:
@@ -141,7 +141,7 @@ class Int8PTQ(Method):
         if not modules:
             raise ConfigError("int8_ptq: no layer of this model could be quantized")
         info = {"mode": p.mode, "backend": p.backend, "calibration_rows": rows, "quantized_modules": modules}
-        return Outcome(model=quantized, passes=passes, info=info)
+        return Outcome(model=quantized, cost=Cost(passes), info=info)
 
 
 # =========================================================================== FairQuantize
@@ -314,7 +314,7 @@ class FairQuantize(Method):
     """Progressive, curvature-guided power-of-two quantization with retraining (Guo et al. 2024)."""
 
     family = "quantization"
-    needs = ("dense", "scoring")
+    conformance_params = {"target": 0.1, "epochs": 1, "batch_size": 32, "scoring_size": 64, "curvature_batch_size": 32}
 
     @dataclass
     class Params(RoundingSchedule):
@@ -333,6 +333,9 @@ class FairQuantize(Method):
             raise ConfigError(f"{self.registered_name}: unknown estimator {p.estimator!r} "
                               f"(known: {', '.join(curvature.ESTIMATORS)})")
         self._validate_schedule()
+
+    def supports(self, task: TaskInfo) -> str | None:
+        return two_groups(task, unprivileged_group=getattr(self.params, "unprivileged_group", None))
 
     def _validate_schedule(self) -> None:
         p, who = self.params, self.registered_name
@@ -367,11 +370,9 @@ class FairQuantize(Method):
     def _retraining_alpha(self) -> float:
         return self.params.alpha
 
-    def space(self, trial) -> "FairQuantize.Params":
-        p = self.params
-        beta = trial.suggest_float("beta", 0.0, 1.0)
-        epochs = trial.suggest_int("epochs", 0, max(p.epochs, 1))
-        return FairQuantize.Params(**{**vars(p), "beta": beta, "epochs": epochs})
+    def space(self, trial) -> dict[str, Any]:
+        return {"beta": trial.suggest_float("beta", 0.0, 1.0),
+                "epochs": trial.suggest_int("epochs", 0, max(self.params.epochs, 1))}
 
     def apply(self, ctx: MethodContext) -> Outcome:
         self.validate()
@@ -400,13 +401,12 @@ class FairQuantize(Method):
         score, score_info = self._score(ctx, sets, codecs)
         exact = cumulative_targets(p.step, p.target)
         targets = reference_targets(p.step, p.target) if p.reference_argsort_quirk else exact
-        passes: dict[str, float] = {}
+        cost = Cost()
         steps, clipped, checkpoint = [], 0, None
         for n, t in enumerate(targets):
             model.eval()
             scored = score(model, names)  # passes over the balanced subset
-            _add(passes, {"curvature_forward": scored.passes.get("forward", 0.0),
-                          "curvature_backward": scored.passes.get("backward", 0.0)})
+            cost += Cost(scored.passes).prefixed("curvature")
             quantized_now = 0
             with torch.no_grad():
                 for layer in layers:
@@ -433,14 +433,11 @@ class FairQuantize(Method):
             )
             if p.epochs:
                 trainer.fit(subset)
-            scale = len(subset) / len(train)  # the trainer counts passes over the balanced subset
-            cost = trainer.cost.as_passes()
-            _add(passes, {"train_forward": cost["train_forward"] * scale, "train_backward": cost["train_backward"] * scale,
-                          "train_steps": cost["train_steps"], "train_seconds": cost["train_seconds"]})
+            cost += trainer.cost.as_cost(scale=len(subset) / len(train))  # it counts passes over the subset
         chosen = checkpoint.choose(model) if checkpoint is not None and checkpoint.records else {
             "policy": p.checkpoint, "epoch": None, "validation": []}
         if checkpoint is not None and checkpoint.records:
-            _add(passes, {"validation_forward": float(len(checkpoint.records))})
+            cost += Cost({"validation_forward": float(len(checkpoint.records))})
 
         for layer in layers:
             coded = coded_layer(layer.module, layer.mask, layer.codec)
@@ -461,7 +458,7 @@ class FairQuantize(Method):
             "checkpoint": chosen,
             "scoring_rows_per_group": len(sets[0]),
         }
-        return Outcome(model=model, passes=passes, info=info)
+        return Outcome(model=model, cost=cost, info=info)
 
 
 @register_method("fairquantize_error")
@@ -470,6 +467,8 @@ class FairQuantizeError(FairQuantize):
     checkpoint policy, but the weights with the smallest rounding error (q(w) − w)² go first
     (no curvature, no groups), so a comparison at the same ratio isolates the fair score."""
 
+    conformance_params = {"target": 0.1, "epochs": 1, "batch_size": 32, "scoring_size": 64}
+
     @dataclass
     class Params(RoundingSchedule):
         pass
@@ -477,10 +476,8 @@ class FairQuantizeError(FairQuantize):
     def validate(self) -> None:
         self._validate_schedule()
 
-    def space(self, trial) -> "FairQuantizeError.Params":
-        p = self.params
-        epochs = trial.suggest_int("epochs", 0, max(p.epochs, 1))
-        return FairQuantizeError.Params(**{**vars(p), "epochs": epochs})
+    def space(self, trial) -> dict[str, Any]:
+        return {"epochs": trial.suggest_int("epochs", 0, max(self.params.epochs, 1))}
 
     def _score(self, ctx: MethodContext, sets: dict, codecs: dict) -> tuple[object, dict]:
         return RoundingError(lambda name, w: quantize(codecs[name], w) - w), {"score": "rounding_error"}
@@ -499,8 +496,3 @@ def _balanced_subset(train, sets):
     position = {int(i): r for r, i in enumerate(train.index)}
     rows = np.sort(np.concatenate([[position[int(i)] for i in s.index] for s in sets.values()]))
     return train.subset(rows)
-
-
-def _add(total: dict[str, float], more: dict[str, float]) -> None:
-    for key, value in more.items():
-        total[key] = total.get(key, 0.0) + float(value)

@@ -1,8 +1,8 @@
 """``truncated_svd``: rank-k factorization of chosen linear layers, no fine-tuning."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -37,6 +37,7 @@ class TruncatedSVD(Method):
     """Replace each target layer W (out x in) by U_k S_k V_kᵀ: two real, smaller layers."""
 
     family = "low-rank"
+    conformance_params = {"k": 8}
 
     @dataclass
     class Params:
@@ -51,9 +52,9 @@ class TruncatedSVD(Method):
     def check_model(self, model: nn.Module) -> None:
         check_ranks(model, self.params.layer, self.params.k)
 
-    def space(self, trial) -> "TruncatedSVD.Params":
+    def space(self, trial) -> dict[str, Any]:
         """The rank, from 1 up to the entry's ``k`` (log scale); the other params stay as given."""
-        return dataclasses.replace(self.params, k=trial.suggest_int("k", 1, self.params.k, log=True))
+        return {"k": trial.suggest_int("k", 1, self.params.k, log=True)}
 
     def apply(self, ctx: MethodContext) -> Outcome:
         ranks, info = {}, {}

@@ -40,7 +40,10 @@ DERIVED = {
     "serialized_bytes": ("Bytes written when the model is serialized.", False),
     "latency_s": ("Measured inference latency in seconds (batch, median).", False),
     "apply_s": ("Wall time of the method itself (dense training excluded), seconds.", False),
-    "passes_total": ("Sum of the forward/backward passes the method reports (the run lists each kind).", False),
+    "forward_passes": ("Forward passes over data the method reports, summed over their kinds (the run lists each).", False),
+    "backward_passes": ("Backward passes over data the method reports, summed over their kinds (the run lists each).", False),
+    "steps": ("Optimizer steps the method took.", False),
+    "train_s": ("Seconds the method spent training, by its trainer's clock.", False),
     WORST_CHANGE: ("Lowest per-group accuracy change against the dense model of the same seed.", True),
 }
 
@@ -77,7 +80,10 @@ def comparison_columns(metric_keys, num_classes: int) -> list[Column]:
         _derived("serialized_bytes", "bytes", "cost", 0),
         _derived("latency_s", "latency s", "cost", 4),
         _derived("apply_s", "method s", "cost", 2),
-        _derived("passes_total", "passes", "cost", 1),
+        _derived("forward_passes", "fwd passes", "cost", 1),
+        _derived("backward_passes", "bwd passes", "cost", 1),
+        _derived("steps", "steps", "cost", 0),
+        _derived("train_s", "train s", "cost", 2),
     ]
     for base, short in (("precision", "P"), ("recall", "R"), ("f1", "F1")):
         cols += [_metric(f"{base}[g={g}]", f"{short}[{g}]", "utility", "detail-groups") for g in groups_in(keys, base)]
@@ -102,13 +108,15 @@ def comparison_columns(metric_keys, num_classes: int) -> list[Column]:
 
 def add_derived(frame: pd.DataFrame) -> pd.DataFrame:
     """Per-run columns computed from stored values: the equalized-odds difference, the
-    method's time and passes, and the per-group accuracy change against the dense run of
+    method's time and cost, and the per-group accuracy change against the dense run of
     the same (task, model, seed) in the same frame."""
     frame = frame.copy()
     if "deo" in frame and "fpr_diff" in frame:
         frame[EODDS] = frame[["deo", "fpr_diff"]].max(axis=1, skipna=False)
     frame["apply_s"] = frame["timings"].map(lambda t: (t or {}).get("apply_s", np.nan))
-    frame["passes_total"] = frame["info"].map(_passes_total)
+    costs = [run_cost(info) for info in frame["info"]]
+    for i, key in enumerate(("forward_passes", "backward_passes", "steps", "train_s")):
+        frame[key] = [c[i] for c in costs]
     acc = [f"accuracy[g={g}]" for g in groups_in(frame.columns, "accuracy")]
     dense = frame[frame["method"] == "dense"].drop_duplicates("dense_key").set_index("dense_key")[acc]
     base = dense.reindex(frame["dense_key"]).to_numpy()
@@ -138,7 +146,22 @@ def against_dense(frame: pd.DataFrame, key: str) -> np.ndarray:
     return frame[key].to_numpy(float) - dense.reindex(frame["dense_key"]).to_numpy(float)
 
 
-def _passes_total(info) -> float:
-    passes = (info or {}).get("passes") or {}
-    values = [v for v in passes.values() if isinstance(v, (int, float))]
-    return float(sum(values)) if values else np.nan
+def run_cost(info) -> tuple[float, float, float, float]:
+    """(forward passes, backward passes, optimizer steps, training seconds) of a run's stored
+    cost, each summed over its kinds; NaN where the method reported none. Stores written before
+    the cost was typed kept all four in one ``passes`` dict: they are told apart by name."""
+    info = info or {}
+    if isinstance(info.get("cost"), dict):
+        cost = info["cost"]
+        passes, steps, seconds = cost.get("passes") or {}, [cost.get("steps")], [cost.get("seconds")]
+    else:
+        passes = info.get("passes") or {}
+        steps = [v for k, v in passes.items() if k.endswith("steps")]
+        seconds = [v for k, v in passes.items() if k.endswith("seconds")]
+
+    def total(values) -> float:
+        values = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        return float(sum(values)) if values and any(values) else np.nan
+
+    return (total(v for k, v in passes.items() if k.endswith("forward")),
+            total(v for k, v in passes.items() if k.endswith("backward")), total(steps), total(seconds))

@@ -1,3 +1,4 @@
+import contextlib
 import os
 from pathlib import Path
 
@@ -5,6 +6,7 @@ import pytest
 import torch
 
 from fairsqueeze.cli.plugins import load_plugins
+from fairsqueeze.core.registry import METHODS
 
 load_plugins()  # the test helpers are an entry point of the program, as the command line is
 
@@ -22,6 +24,20 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("FAIRSQUEEZE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("FAIRSQUEEZE_QUIET", "1")
     return tmp_path
+
+
+@pytest.fixture
+def register_plugin():
+    """``register_plugin(name, cls)`` registers a test's method plugin until the test ends, then
+    the registry is as it was (the registry's public context managers)."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(METHODS.restored())
+
+        def register(name: str, cls) -> str:
+            stack.enter_context(METHODS.registered(name, cls))
+            return name
+
+        yield register
 
 
 from pg import postgres_server, postgres_url  # noqa: E402,F401  (fixtures)

@@ -64,7 +64,7 @@ def test_fairness_penalty_shrinks_the_accuracy_gap_of_the_same_pruning():
     assert off.info["penalty"] == "none" and on.info["penalty"] == "abs"
     # the same pruning: identical sparsity and cost
     assert on.info["achieved_sparsity"] == off.info["achieved_sparsity"]
-    assert on.passes["train_steps"] == off.passes["train_steps"] == 10 * 2 * -(-3000 // 128)
+    assert on.cost.steps == off.cost.steps == 10 * 2 * -(-3000 // 128)
 
 
 def test_penalty_switched_off_at_both_levels_is_the_unpenalised_run():

@@ -3,8 +3,9 @@ a valid outcome on a tiny task whose test split is sealed while the method runs,
 in-memory dense model untouched, deterministic. Planted cheating plugins fail the check
 that names what they did, and only that one where the others still hold.
 
-Methods whose default parameters do not fit the tiny model (an MLP with layers
-fc1 32 -> fc2 16 -> fc3) list overrides in ``TINY_PARAMS``.
+Each method runs with its own ``conformance_params`` (what ``fairsqueeze check-plugin NAME``
+uses without ``--params``): params that fit the tiny model (an MLP with layers fc1 32 -> fc2
+16 -> fc3) and keep the check to seconds.
 """
 from dataclasses import dataclass
 
@@ -20,30 +21,13 @@ from fairsqueeze.testing import CHECKS, check_conformance
 
 load_plugins()
 
-LOW_RANK = {"k": 8}
-TINY_PARAMS: dict[str, dict] = {
-    "truncated_svd": LOW_RANK,
-    "slr_w": LOW_RANK,
-    "slr_a": LOW_RANK,
-    "fairlrf": LOW_RANK,
-    "lora_erm": {"epochs": 1, "auditor_epochs": 1, "rank": 2},
-    "lora_unlearn": {"epochs": 1, "auditor_epochs": 1, "rank": 2},
-    "lora_orthogonal": {"epochs": 1, "auditor_epochs": 1, "rank": 2},
-    "lora_adversarial": {"epochs": 1, "rounds": 1, "auditor_epochs": 1, "rank": 2},
-    "fairquantize": {"target": 0.1, "epochs": 1, "batch_size": 32, "scoring_size": 64, "curvature_batch_size": 32},
-    "fairquantize_error": {"target": 0.1, "epochs": 1, "batch_size": 32, "scoring_size": 64},
-    "fairalm": {"epochs": 1, "batch_size": 64, "inner_steps": 2},
-    "unconstrained": {"epochs": 1, "batch_size": 64, "inner_steps": 2},
-    "l2_penalty": {"epochs": 1, "batch_size": 64, "inner_steps": 2},
-    "bifp": {"sparsity": 0.5, "epochs": 1, "batch_size": 64, "lr": 0.05},
-}
-
-
 @pytest.mark.parametrize("name", METHODS.names())
 def test_method_conforms(isolated, name):
-    report = check_conformance(name, TINY_PARAMS.get(name, {}), workdir=isolated)
+    report = check_conformance(name, workdir=isolated)
+    assert report.params == METHODS.get(name).conformance_params
     report.assert_ok()
     assert [c.name for c in report.checks] == list(CHECKS)
+    assert report.warnings == []  # every built-in changes some prediction with its own params
 
 
 class _Planted(Method):
@@ -113,11 +97,8 @@ class ReturnsTheBareModel(_Planted):
         return ctx.model
 
 
-def plant(monkeypatch, plugin) -> str:
-    name = plugin.__name__.lower()
-    monkeypatch.setitem(METHODS._items, name, plugin)
-    monkeypatch.setattr(plugin, "registered_name", name, raising=False)
-    return name
+def plant(register_plugin, plugin) -> str:
+    return register_plugin(plugin.__name__.lower(), plugin)
 
 
 @pytest.mark.parametrize("plugin, failing", [
@@ -128,8 +109,8 @@ def plant(monkeypatch, plugin) -> str:
     (IgnoresTheSeed, {"deterministic"}),
     (ReturnsTheBareModel, {"runs"}),
 ])
-def test_conformance_catches_a_cheating_plugin(isolated, monkeypatch, plugin, failing):
-    report = check_conformance(plant(monkeypatch, plugin), {}, workdir=isolated)
+def test_conformance_catches_a_cheating_plugin(isolated, register_plugin, plugin, failing):
+    report = check_conformance(plant(register_plugin, plugin), {}, workdir=isolated)
     assert not report
     assert {c.name for c in report.checks if c.passed is False} == failing, str(report)
     with pytest.raises(AssertionError, match="does not conform"):
@@ -143,10 +124,21 @@ class Honest(_Planted):
         return Outcome(model=ctx.model)
 
 
-def test_the_planted_shape_conforms_without_its_cheat(isolated, monkeypatch):
+def test_the_planted_shape_conforms_without_its_cheat(isolated, register_plugin):
     """The failures above come from the cheats, not from the planted plugins' shape."""
-    report = check_conformance(plant(monkeypatch, Honest), {}, workdir=isolated)
+    report = check_conformance(plant(register_plugin, Honest), {}, workdir=isolated)
     assert report, str(report)
+
+
+def test_a_method_that_changes_no_prediction_conforms_with_one_warning(isolated, register_plugin, capsys):
+    """The honest plugin returns the dense copy as it is: every check passes, and the command
+    says, in one line, that nothing changed."""
+    name = plant(register_plugin, Honest)
+    assert main(["check-plugin", name]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    warned = [line for line in lines if line.startswith("WARN")]
+    assert len(warned) == 1 and "changed no prediction" in warned[0] and "predictions differ" in warned[0]
+    assert lines[-1] == f"{name}: conforms"
 
 
 def test_refused_parameters_fail_one_check_and_skip_the_rest(isolated):
@@ -155,13 +147,13 @@ def test_refused_parameters_fail_one_check_and_skip_the_rest(isolated):
     assert [c.passed for c in report.checks[1:]] == [None] * (len(CHECKS) - 1)
 
 
-def test_check_plugin_prints_one_line_per_check(isolated, monkeypatch, capsys):
+def test_check_plugin_prints_one_line_per_check(isolated, register_plugin, capsys):
     assert main(["check-plugin", "truncated_svd", "--params", '{"k": 8}']) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[:2] for line in lines[:-1]] == [["PASS", f"{name}:"] for name in CHECKS]
     assert lines[-1] == "truncated_svd: conforms"
 
-    assert main(["check-plugin", plant(monkeypatch, ChangesTheSharedModel)]) == 1
+    assert main(["check-plugin", plant(register_plugin, ChangesTheSharedModel)]) == 1
     out = capsys.readouterr().out
     assert "FAIL dense_untouched: the method changed the shared dense model in place" in out.splitlines()
 

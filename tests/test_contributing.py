@@ -2,7 +2,6 @@
 inside a method, and its out-of-tree package, built and installed from the blocks of the
 file, is found through its entry point and passes the checker (API and command line)."""
 import importlib.util
-import json
 import os
 import re
 import subprocess
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from fairsqueeze.cli.plugins import load_entry_points
+from fairsqueeze.reports.verdicts import all_claims, load_claims
 
 from fairsqueeze.core.registry import METHODS
 from fairsqueeze.methods import Method, Outcome
@@ -37,9 +37,10 @@ def shared_blocks() -> str:
 
 
 @pytest.fixture
-def own_registry(monkeypatch):
+def own_registry():
     """Registrations made by a test are undone afterwards."""
-    monkeypatch.setattr(METHODS, "_items", dict(METHODS._items))
+    with METHODS.restored():
+        yield
 
 
 @pytest.fixture
@@ -55,6 +56,15 @@ def test_contributing_example_conforms(isolated, example_plugin):
     check_conformance(example_plugin, {}, workdir=isolated).assert_ok()
     runs = Store(f"sqlite:///{isolated}/{example_plugin}-a.db").runs_frame().set_index("method")
     assert runs.loc[example_plugin, "info"]["zeros"] == {"fc2": 256}  # half of fc2's 32x16 weights
+
+
+def test_contributing_example_searches_its_sparsity_and_keeps_the_entry_s_layer(example_plugin):
+    import optuna
+
+    from fairsqueeze.engine.trials import suggested_params
+
+    trial = optuna.trial.FixedTrial({"sparsity": 0.25})
+    assert suggested_params(example_plugin, {"sparsity": 0.5, "layer": "fc1"}, trial) == {"sparsity": 0.25, "layer": "fc1"}
 
 
 class SharedBlocks(Method):
@@ -86,7 +96,7 @@ def installed_plugin(tmp_path, monkeypatch, own_registry):
     from its pyproject.toml) into a private site folder that is put on sys.path."""
     project = tmp_path / "my-methods"
     blocks = doc_blocks()
-    for path in ("pyproject.toml", "my_methods/magnitude.py", "tests/test_magnitude.py"):
+    for path in ("pyproject.toml", "my_methods/magnitude.py", "my_methods/claims.yaml", "tests/test_magnitude.py"):
         (project / path).parent.mkdir(parents=True, exist_ok=True)
         (project / path).write_text(blocks[path])
     (project / "my_methods" / "__init__.py").write_text("")
@@ -111,6 +121,9 @@ def test_out_of_tree_plugin_is_discovered_and_conforms(isolated, installed_plugi
     load_entry_points()
     assert "layer_magnitude_prune" in METHODS.names()  # imported through the entry point
     assert METHODS.get("layer_magnitude_prune").__module__ == "my_methods.magnitude"
+    # its claim joins the packaged ones
+    ids = [c.id for c in all_claims()]
+    assert "layer-magnitude-vs-global-magnitude" in ids and len(ids) == len(load_claims()) + 1
 
     # the plugin's own test, as its author runs it
     spec = importlib.util.spec_from_file_location("plugin_test_magnitude", project / "tests" / "test_magnitude.py")
@@ -121,8 +134,7 @@ def test_out_of_tree_plugin_is_discovered_and_conforms(isolated, installed_plugi
     # and from the command line, in a fresh process that sees the installed package
     env = {**os.environ, "PYTHONPATH": str(site), "FAIRSQUEEZE_CACHE": str(isolated / "cli-cache")}
     cli = subprocess.run(
-        [sys.executable, "-m", "fairsqueeze.cli.main", "check-plugin", "layer_magnitude_prune",
-         "--params", json.dumps({"sparsity": 0.3})],
+        [sys.executable, "-m", "fairsqueeze.cli.main", "check-plugin", "layer_magnitude_prune"],  # its own params
         capture_output=True, text=True, env=env, cwd=isolated,
     )
     lines = cli.stdout.splitlines()

@@ -1,10 +1,13 @@
 """Diagonal curvature estimators against independent autograd oracles (float64, tiny nets)."""
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 
 import pytest
 import torch
+from backpack import backpack, extend
+from backpack.extensions import DiagGGNExact
 from torch import nn
 from torch.func import functional_call
 
@@ -15,6 +18,7 @@ from fairsqueeze.methods.toolbox.curvature import (
     per_group_curvature,
     sequential_tail,
 )
+from fairsqueeze.methods.toolbox.factorize import FactorizedLinear
 
 DTYPE = torch.float64
 STRATEGIES = ["auto", "per_sample"]
@@ -112,6 +116,53 @@ def test_bilinear_factor_ggn_equals_hessian(name, strategy):
     head = head.to(DTYPE)
     result = diagonal_curvature(head, (x, y), {name: head.get_parameter(name)}, "ggn_exact", strategy=strategy)
     close(result.diag[name], hessian_diag(head, name, x, y)[0])
+
+
+
+def fairlrf_head(d_in: int = 10, d_out: int = 9, rank: int = 4, classes: int = 5) -> nn.Sequential:
+    """FairLRF's head in miniature: factorised fc2 -> ReLU -> Dropout -> fc3 (eval mode)."""
+    torch.manual_seed(3)
+    fc2 = FactorizedLinear(d_in, d_out, rank, dtype=DTYPE)
+    with torch.no_grad():
+        fc2.scale.uniform_(0.5, 2.0)
+    return nn.Sequential(OrderedDict([("fc2", fc2), ("relu2", nn.ReLU()), ("drop2", nn.Dropout(0.5)),
+                                      ("fc3", nn.Linear(d_out, classes, dtype=DTYPE))])).eval()
+
+
+def backpack_twin(head: nn.Sequential) -> nn.Sequential:
+    """The same function as plain modules BackPACK knows: fc2's scale S folded into ``first``
+    (weight diag(S)·Vᵀ), so our V entry (i, j) has S_i² times the curvature of the folded one."""
+    fc2 = head.fc2
+    first = nn.Linear(fc2.in_features, fc2.rank, bias=False, dtype=DTYPE)
+    second = nn.Linear(fc2.rank, fc2.out_features, dtype=DTYPE)
+    with torch.no_grad():
+        first.weight.copy_(fc2.scale[:, None] * fc2.first.weight)
+        second.weight.copy_(fc2.second.weight)
+        second.bias.copy_(fc2.second.bias)
+    twin = nn.Sequential(first, second, nn.ReLU(), nn.Dropout(0.5), copy.deepcopy(head.fc3)).eval()
+    for p in twin.parameters():
+        p.requires_grad_(p is first.weight or p is second.weight)
+    return extend(twin)
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+def test_ggn_of_fairlrf_factors_equals_backpack_diag_ggn_exact():
+    """The diagonal FairLRF uses, per group, against BackPACK's DiagGGNExact (an independent
+    implementation) on the same head and data, in float64 where both are exact to round-off."""
+    head = fairlrf_head()
+    groups = {0: data(n=16, d_in=10, classes=5, seed=20), 1: data(n=16, d_in=10, classes=5, seed=21)}
+    params = {"in": head.fc2.first.weight, "out": head.fc2.second.weight}
+    ours = per_group_curvature(head, groups, params, "ggn_exact", batch_size=16)
+    twin, loss_fn = backpack_twin(head), extend(nn.CrossEntropyLoss())
+    for group, (x, y) in groups.items():
+        twin.zero_grad(set_to_none=True)
+        with backpack(DiagGGNExact()):
+            loss_fn(twin(x), y).backward()
+        theirs = {"in": twin[0].weight.diag_ggn_exact * head.fc2.scale.detach()[:, None] ** 2,
+                  "out": twin[1].weight.diag_ggn_exact}
+        for key in params:
+            assert theirs[key].abs().max() > 0
+            torch.testing.assert_close(ours[group].diag[key], theirs[key], rtol=1e-10, atol=0)
 
 
 # ---- approximations

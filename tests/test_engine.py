@@ -6,7 +6,6 @@ import pytest
 
 from tiny import tiny_suite
 from fairsqueeze.cli.main import main
-from fairsqueeze.core.registry import METHODS
 from fairsqueeze.methods import Method, Outcome
 from fairsqueeze.measure.metrics import compute_metrics
 from fairsqueeze.engine.reference import checkpoint_path
@@ -63,7 +62,7 @@ def test_dense_reference_is_trained_once_and_reused(isolated):
     assert timings[-1]["dense_cached"] == 1.0
 
 
-def test_failed_runs_are_recorded_and_retried(isolated, monkeypatch):
+def test_failed_runs_are_recorded_and_retried(isolated, register_plugin):
     calls = {"n": 0}
 
     class Flaky(Method):
@@ -79,8 +78,7 @@ def test_failed_runs_are_recorded_and_retried(isolated, monkeypatch):
                 raise RuntimeError("boom")
             return Outcome(model=ctx.model)
 
-    monkeypatch.setitem(METHODS._items, "flaky", Flaky)
-    Flaky.registered_name = "flaky"
+    register_plugin("flaky", Flaky)
     runner = runner_for(isolated)
     suite = tiny_suite(["flaky"])
     report = runner.run(suite)
@@ -92,7 +90,7 @@ def test_failed_runs_are_recorded_and_retried(isolated, monkeypatch):
     assert report.done == 1 and runner.store.runs_frame().iloc[0]["status"] == "done"
 
 
-def test_methods_never_see_the_test_split(isolated, monkeypatch):
+def test_methods_never_see_the_test_split(isolated, register_plugin):
     seen = {}
 
     class Probe(Method):
@@ -108,8 +106,7 @@ def test_methods_never_see_the_test_split(isolated, monkeypatch):
             seen["scoring_rows"] = set().union(*(set(s.index.tolist()) for s in ctx.scoring_sets().values()))
             return Outcome(model=ctx.model)
 
-    monkeypatch.setitem(METHODS._items, "probe", Probe)
-    Probe.registered_name = "probe"
+    register_plugin("probe", Probe)
     runner = runner_for(isolated)
     runner.run(tiny_suite(["probe"]))
     test_rows = set(runner.store.predictions(runner.store.runs_frame().iloc[0]["key"], "test")["index"].tolist())

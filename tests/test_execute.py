@@ -99,10 +99,8 @@ class _ThreadPeek(Method):
 
 
 @pytest.fixture
-def thread_peek(monkeypatch):
-    monkeypatch.setitem(METHODS._items, "thread_peek", _ThreadPeek)
-    _ThreadPeek.registered_name = "thread_peek"
-    return "thread_peek"
+def thread_peek(register_plugin):
+    return register_plugin("thread_peek", _ThreadPeek)
 
 
 def test_the_seal_holds_in_threads_a_method_starts(dense, thread_peek, isolated):

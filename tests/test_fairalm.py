@@ -1,16 +1,24 @@
 """FairALM and its baselines: the constraint pieces, and the effect on a task built to need it."""
+import copy
+import itertools
+from pathlib import Path
+
 import numpy as np
+import optuna
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from fairsqueeze.measure.metrics import compute_metrics
+from fairsqueeze.models import create_model
 from fairsqueeze.core.registry import METHODS
 from fairsqueeze.methods import MethodContext
-from fairsqueeze.methods.fairalm import ALMObjective, group_rates
+from fairsqueeze.methods.fairalm import MAX_ETA0, MAX_LR_ETA0, MIN_ETA0, ALMObjective, group_rates
 from fairsqueeze.methods.toolbox.group_surrogates import false_alarm, miss
 from fairsqueeze.datasets.base import Split, TaskData
 from fairsqueeze.engine.training import Batch
+from fairsqueeze.engine.trials import suggested_params
 
 
 def planted_bias_task(n=2000, seed=0):
@@ -50,9 +58,9 @@ def test_fairalm_reduces_deo_against_its_unconstrained_twin():
     assert fair["deo"] < 0.5 * plain["deo"]
     # not by collapsing: both classes are still predicted and accuracy stays useful
     assert 0.2 < fair_pred.mean() < 0.8 and fair["accuracy"] > 0.7
-    assert outcome.passes["train_steps"] == 4 * 2 * -(-2000 // 128)
+    assert outcome.cost.steps == 4 * 2 * -(-2000 // 128) and outcome.cost.seconds > 0
     # the dual forward pass of Algorithm 2 is counted: inner_steps + 1 forwards per batch
-    assert outcome.passes["train_forward"] == pytest.approx(4 * 3) and outcome.passes["train_backward"] == 4 * 2
+    assert outcome.cost.passes == {"train_forward": pytest.approx(4 * 3), "train_backward": 4 * 2}
 
 
 def test_fairalm_without_dual_step_is_its_twin():
@@ -211,3 +219,52 @@ def test_a_batch_without_a_cell_gives_no_nan_and_leaves_its_multiplier(dual):
     objective(model, Batch(x, y, s, np.arange(6)))
     objective.dual_step(TrainerStub(model))
     assert not torch.allclose(objective.lam, torch.full_like(objective.lam, 0.3))
+
+
+@pytest.fixture(scope="module")
+def adult_finetune():
+    """The ``tuning_cpu`` suite's FairALM entry on adult: the task, a dense MLP trained with the
+    suite's training settings (fewer epochs), and the entry's base params."""
+    from fairsqueeze.datasets.base import build_task, data_root
+    from fairsqueeze.spec.suite import resolve_suite_path
+
+    if not (data_root() / "adult" / "adult.data").exists():
+        pytest.skip(f"adult files not under {data_root()} (set FAIRSQUEEZE_DATA)")
+    suite = yaml.safe_load(Path(resolve_suite_path("tuning_cpu")).read_text())
+    base = next(m["params"] for m in suite["methods"] if isinstance(m, dict) and m["name"] == "fairalm")
+    task = build_task("adult", sensitive="sex")
+    torch.manual_seed(0)
+    dense = create_model("mlp", task.input_shape, task.num_classes, hidden=[128, 64])
+    train = {**suite["train"], "epochs": 3}
+    METHODS.get("unconstrained").from_config({**train, "init": "finetune", "inner_steps": 1}).apply(
+        MethodContext(dense, task.view(), torch.device("cpu"), 0, None, torch.Generator().manual_seed(0)))
+    return task, dense, base
+
+
+def nonfinite_rows(task, dense, params: dict, seed: int = 1) -> int:
+    ctx = MethodContext(copy.deepcopy(dense), task.view(), torch.device("cpu"), seed, None,
+                        torch.Generator().manual_seed(seed))
+    model = METHODS.get("fairalm").from_config(params).apply(ctx).model
+    with torch.no_grad():
+        logits = model.eval()(task.prepare(task.val.x, False))
+    return int((~torch.isfinite(logits)).any(1).sum())
+
+
+def corners(max_lr_eta0: float):
+    """FairALM's search space at the extremes of each of its dimensions (η₀'s ceiling depends on lr)."""
+    for lr, top, inner in itertools.product((1e-3, 1e-1), (False, True), (1, 5)):
+        yield {"lr": lr, "eta0": min(MAX_ETA0, max_lr_eta0 / lr) if top else MIN_ETA0, "inner_steps": inner}
+
+
+def test_fairalm_search_space_extremes_train_without_nan_on_adult(adult_finetune):
+    """Every corner of the tuned space trains to finite outputs; without the bound on lr·η₀ the
+    old space's corner (lr 0.1, η₀ 100) diverges to NaN outputs within the first batches."""
+    task, dense, base = adult_finetune
+    for corner in corners(MAX_LR_ETA0):
+        params = suggested_params("fairalm", base, optuna.trial.FixedTrial(corner))
+        assert params["lr"] * params["eta0"] <= MAX_LR_ETA0 * (1 + 1e-9)
+        assert nonfinite_rows(task, dense, params) == 0, corner
+    unbounded = {**base, "max_lr_eta0": 10.0}
+    (corner,) = [c for c in corners(10.0) if c["lr"] == 0.1 and c["eta0"] > 1 and c["inner_steps"] == 1]
+    assert corner["eta0"] == MAX_ETA0
+    assert nonfinite_rows(task, dense, suggested_params("fairalm", unbounded, optuna.trial.FixedTrial(corner))) == len(task.val)

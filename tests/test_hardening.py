@@ -70,7 +70,7 @@ def test_the_same_suite_twice_gives_identical_stored_metrics(tmp_path, monkeypat
     pd.testing.assert_frame_equal(tables[0], tables[1], check_exact=True)  # bit for bit
 
 
-def test_a_model_that_outputs_nan_fails_its_run_and_the_suite_goes_on(isolated, monkeypatch):
+def test_a_model_that_outputs_nan_fails_its_run_and_the_suite_goes_on(isolated, register_plugin):
     from dataclasses import dataclass
 
     import torch
@@ -92,8 +92,7 @@ def test_a_model_that_outputs_nan_fails_its_run_and_the_suite_goes_on(isolated, 
                 next(ctx.model.parameters())[0, 0] = float("nan")
             return Outcome(model=ctx.model)
 
-    monkeypatch.setitem(METHODS._items, "poison", Poison)
-    Poison.registered_name = "poison"
+    register_plugin("poison", Poison)
     runner = Runner(Store(f"sqlite:///{isolated}/n.db"), isolated / "data", resolve_device("cpu"))
     report = runner.run(tiny_suite(["poison", "dense"]))
     assert report.done == 1 and len(report.failed) == 1

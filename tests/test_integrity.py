@@ -16,7 +16,6 @@ from test_paper_suites import CHEAP, write_fitzpatrick
 from tiny import tiny_suite
 from fairsqueeze.cli.main import main
 from fairsqueeze.core.errors import FairsqueezeError
-from fairsqueeze.core.registry import METHODS
 from fairsqueeze.methods import Method, Outcome
 from fairsqueeze.engine.reference import checkpoint_path, dense_reference
 from fairsqueeze.reports.results import results_tables, suite_runs
@@ -190,10 +189,9 @@ class Nothing(Method):
         return Outcome(model=ctx.model)
 
 
-def test_collapsed_and_no_effect_runs_are_flagged(isolated, monkeypatch, capsys):
+def test_collapsed_and_no_effect_runs_are_flagged(isolated, register_plugin, capsys):
     for name, cls in (("collapse", Collapse), ("nothing", Nothing)):
-        monkeypatch.setitem(METHODS._items, name, cls)
-        cls.registered_name = name
+        register_plugin(name, cls)
     runner = runner_for(isolated)
     report = runner.run(tiny_suite(["dense", "collapse", "nothing"]))
     members = suite_runs(runner.store).set_index("label")

@@ -391,4 +391,4 @@ def test_parameters_are_validated_and_searchable():
     for name in ("lora_erm", "lora_unlearn", "lora_orthogonal", "lora_adversarial"):
         trial = optuna.trial.FixedTrial({"rank": 4, "lr": 3e-4, "strength": 0.5, "orth_weight": 1.0, "adv_weight": 0.1})
         params = METHODS.get(name).from_config({}).space(trial)
-        assert params.rank == 4 and params.lr == 3e-4
+        assert params["rank"] == 4 and params["lr"] == 3e-4

@@ -364,11 +364,12 @@ def test_fairlrf_selects_rows_with_smallest_hessian_fairness_score(fair_model, f
     out = run("fairlrf", fair_model, fair_data, k=K3, sparsity_rate=0.5, keep_rate=rr, beta=beta,
               unprivileged_group=unprivileged, row_score=row_score, layer="fc2")
     assert out.info["layers"]["fc2"] == {"rows_in": 3, "rows_out": 2, "keep": keep,
-                                         "unprivileged_group": unprivileged, "scoring_rows_per_group": 20}
+                                         "unprivileged_group": unprivileged, "scoring_rows_per_group": 20,
+                                         "backward_sweeps": 1.0}  # one vectorized backward call (kept apart from the passes)
     assert zeroed_rows(out.model.fc2, keep) == (rows_in, rows_out)
     assert_factors(out.model.fc2, fair_model.fc2.weight, K3, rows_in, rows_out, keep)
     assert out.sparse_storage == ("fc2.first.weight", "fc2.second.weight")
-    assert out.passes["backward"] == pytest.approx(3.0)  # ggn_exact: one VJP per class and sample
+    assert out.cost.passes["backward"] == pytest.approx(3.0)  # ggn_exact: one VJP per class and sample
 
 
 def test_fairlrf_row_scores_equal_the_hessian_oracle(fair_model, fair_data):
@@ -591,7 +592,7 @@ def test_fairlrf_outside_a_sequential_is_a_config_error():
 
 def test_fairlrf_reports_the_group_it_used_once(fair_model, fair_data):
     out = run("fairlrf", fair_model, fair_data, k=K3, layer="fc1,fc2", unprivileged_group=1)
-    assert "unprivileged_group" not in out.passes and "scoring_rows_per_group" not in out.passes
+    assert "unprivileged_group" not in out.cost.passes and "scoring_rows_per_group" not in out.cost.passes
     reported = {layer["unprivileged_group"] for layer in out.info["layers"].values()}
     assert reported == {1}
 

@@ -1,6 +1,7 @@
 """The wheel is complete: built without a setuptools warning, installed (not editable) into a
 fresh virtual environment, it runs a tiny suite and renders its report from the shipped
-templates. The fresh environment borrows this one's dependencies through a .pth line, which
+templates. The source distribution carries what the tests and the README need, and the
+declared licence's text. The fresh environment borrows this one's dependencies through a .pth line, which
 adds their folder to sys.path without running its .pth files, so this checkout's editable
 install is invisible there."""
 import os
@@ -9,8 +10,10 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tarfile
 import tomllib
 import venv
+import zipfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -33,15 +36,22 @@ def run(cmd: list, **kwargs) -> subprocess.CompletedProcess:
     return done
 
 
+# what a checkout holds beside its sources (the .gitignore's entries and git's own folder)
+NOT_SOURCE = (".git", ".venv", "results", "data", "__pycache__", "*.egg-info", "build", "dist", ".pytest_cache",
+              ".benchmarks", "*.pyc")
+
+
 def source_copy(dest: Path) -> Path:
-    """What the wheel is built from: pyproject.toml, the readme and the package folders it maps."""
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    folders = {Path(d).parts[0] for d in config["tool"]["setuptools"]["package-dir"].values()}
-    for name in folders:
-        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", config["project"]["readme"]):
-        shutil.copy(ROOT / name, dest / name)
+    """What the wheel and the sdist are built from: the checkout without its environment,
+    results, data and caches."""
+    shutil.copytree(ROOT, dest, ignore=shutil.ignore_patterns(*NOT_SOURCE))
     return dest
+
+
+def source_files(folder: str) -> list[str]:
+    """The files under a folder of the checkout, relative to its root."""
+    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / folder).rglob("*")
+                  if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
 
 
 def backend_installed() -> bool:
@@ -65,6 +75,48 @@ def wheel(tmp_path_factory) -> tuple[Path, str]:
     build = run([sys.executable, "-m", "pip", "wheel", "--no-deps", *offline, "-v", "-w", tmp / "dist", src])
     [built] = (tmp / "dist").glob("fairsqueeze-*.whl")
     return built, build.stdout + build.stderr
+
+
+def test_the_wheel_carries_the_licence(wheel):
+    built, _ = wheel
+    names = zipfile.ZipFile(built).namelist()
+    assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)
+
+
+@pytest.fixture(scope="module")
+def sdist(tmp_path_factory) -> tuple[dict[str, bytes], str]:
+    """The sdist's files by path (inside its top folder) and its build log."""
+    tmp = tmp_path_factory.mktemp("sdist")
+    src = source_copy(tmp / "src")
+    build = run([sys.executable, "-c", "import sys; from setuptools import build_meta; print(build_meta.build_sdist(sys.argv[1]))",
+                 tmp / "dist"], cwd=src)
+    [built] = (tmp / "dist").glob("fairsqueeze-*.tar.gz")
+    with tarfile.open(built) as archive:
+        files = {m.name.split("/", 1)[1]: archive.extractfile(m).read() for m in archive.getmembers() if m.isfile()}
+    return files, build.stdout + build.stderr
+
+
+def test_the_sdist_carries_what_the_tests_and_the_readme_need(sdist):
+    files, log = sdist
+    assert "no files found matching" not in log and not BUILD_WARNING.findall(log), log
+    needed = source_files("tests") + source_files("docs") + ["Makefile", "CONTRIBUTING.md", "README.md",
+                                                             "pyproject.toml", "LICENSE"]
+    assert [path for path in needed if path not in files] == []
+    assert {"tests/conftest.py", "tests/tiny.py", "tests/synthetic_results.py", "docs/methods.md"} <= set(files)
+    readme = files["README.md"].decode()
+    links = {link.split("#")[0] for link in re.findall(r"\]\(([^)]+)\)", readme) if "://" not in link}
+    assert links and [link for link in links if link not in files] == []  # every file the README points at
+
+
+def test_the_declared_licence_has_its_text(sdist):
+    files, _ = sdist
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert config["project"]["license"] == "MIT" and config["project"]["license-files"] == ["LICENSE"]
+    text = files["LICENSE"].decode()
+    assert text.startswith("MIT License") and "Copyright (c) 2026 the fairsqueeze authors" in text
+    assert 'THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND' in text
+    metadata = files["PKG-INFO"].decode()
+    assert "License-Expression: MIT" in metadata and "License-File: LICENSE" in metadata
 
 
 def test_the_build_prints_no_setuptools_warning(wheel):

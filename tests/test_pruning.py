@@ -275,7 +275,7 @@ def test_fairprune_method_records_its_choices_and_prunes_each_layer():
     out = METHODS.get("fairprune").from_config({"ratio": 0.5, "beta": "3/7"}).apply(ctx)
     assert out.info["unprivileged_group"] == 1 and out.info["estimator"] == "ggn_exact"
     assert out.info["estimator_kind"].startswith("exact") and out.info["beta"] == pytest.approx(3 / 7)
-    assert out.passes["backward"] == 3.0 and out.sparse_storage == ()
+    assert out.cost.passes["backward"] == 3.0 and out.sparse_storage == ()
     for name, value in out.model.state_dict().items():
         if name.endswith("weight"):
             assert int((value == 0).sum()) == value.numel() // 2, name
@@ -398,11 +398,16 @@ def test_csr_bytes_match_torch_sparse_csr(shape):
 def test_search_space_tunes_ratio_and_beta_and_keeps_the_rest():
     import optuna
 
+    from fairsqueeze.engine.trials import suggested_params
+
     trial = optuna.trial.FixedTrial({"ratio": 0.4, "beta": 0.2})
-    fair = METHODS.get("fairprune").from_config({"steps": 2, "estimator": "ggn_mc"}).space(trial)
-    assert (fair.ratio, fair.beta, fair.steps, fair.estimator) == (0.4, 0.2, 2, "ggn_mc")
-    plain = METHODS.get("magnitude_prune").from_config({"scope": "global"}).space(trial)
-    assert (plain.ratio, plain.scope) == (0.4, "global")
+    fair = METHODS.get("fairprune").from_config({"steps": 2, "estimator": "ggn_mc"})
+    params = suggested_params("fairprune", fair.param_dict(), trial)
+    assert fair.space(trial) == {"ratio": 0.4, "beta": 0.2}  # only what it searched
+    assert (params["ratio"], params["beta"], params["steps"], params["estimator"]) == (0.4, 0.2, 2, "ggn_mc")
+    plain = METHODS.get("magnitude_prune").from_config({"scope": "global"})
+    params = suggested_params("magnitude_prune", plain.param_dict(), trial)
+    assert (params["ratio"], params["scope"]) == (0.4, "global")
 
 
 def test_filter_layers_leave_the_logits_and_residual_streams_alone():

@@ -353,7 +353,7 @@ def test_quantized_codes_stay_frozen_through_retraining(fq_model, fq_data):
         assert torch.equal(coded.dense_weight()[mask], quantize(coded.codec, w0)[mask])
         moved += float((coded.dense_weight().detach()[~mask] - w0[~mask]).abs().max())
     assert moved > 1e-2  # the float weights did train
-    assert out.passes["train_steps"] > 0 and out.info["checkpoint"]["policy"] == "last"
+    assert out.cost.steps > 0 and out.info["checkpoint"]["policy"] == "last"
 
 
 def test_fairquantize_reports_its_choices_and_never_reads_test(fq_model, fq_data):

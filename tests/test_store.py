@@ -51,7 +51,7 @@ def test_runs_record_the_method_family_and_registry_position(isolated):
     runs = store.runs_frame().set_index("method")
     for name in ("dense", "truncated_svd"):
         assert runs.loc[name, "family"] == METHODS.get(name).family
-        assert runs.loc[name, "method_order"] == list(METHODS._items).index(name)
+        assert runs.loc[name, "method_order"] == METHODS.position(name)
 
 
 def test_a_read_only_database_is_one_line(tmp_path, capsys):

@@ -51,7 +51,8 @@ def test_hooks_run_and_cost_is_counted():
     assert calls["after"] == steps and calls["epochs"] == [0, 1, 2] and len(history) == 3
     assert torch.all(model.weight[:, 3] == 0)
     assert trainer.cost.steps == steps
-    assert trainer.cost.as_passes()["train_forward"] == 3.0
+    assert trainer.cost.as_cost().passes == {"train_forward": 3.0, "train_backward": 3.0}
+    assert trainer.cost.as_cost().steps == steps
 
 
 def test_loss_hook_changes_training_and_its_absence_does_not():

@@ -211,7 +211,7 @@ def test_tpe_without_constant_liar_samples_the_same_sequential_trials_with_fewer
     assert their_reads - our_reads == 5 * 3  # with the liar, each TPE trial (5) re-reads for each of its 3 parameters
 
 
-def test_nothing_on_the_tuning_path_reads_the_test_split(isolated, monkeypatch, capfd, caplog):
+def test_nothing_on_the_tuning_path_reads_the_test_split(isolated, register_plugin, capfd, caplog):
     """Trials run with the test split sealed: an ordinary tuning completes every trial without
     a single attempt to read it, while a method that reaches for it fails its trial."""
     from dataclasses import dataclass
@@ -230,7 +230,7 @@ def test_nothing_on_the_tuning_path_reads_the_test_split(isolated, monkeypatch, 
             n: int = 1
 
         def space(self, trial):
-            return self.Params(n=trial.suggest_int("n", 1, 3))
+            return {"n": trial.suggest_int("n", 1, 3)}
 
         def apply(self, ctx):
             try:
@@ -240,8 +240,7 @@ def test_nothing_on_the_tuning_path_reads_the_test_split(isolated, monkeypatch, 
                 seen.append("sealed")
             return Outcome(model=ctx.model)
 
-    monkeypatch.setitem(METHODS._items, "peek", Peek)
-    Peek.registered_name = "peek"
+    register_plugin("peek", Peek)
 
     before = test_split_violations()
     db = f"sqlite:///{isolated}/g.db"
@@ -272,6 +271,60 @@ def test_nothing_on_the_tuning_path_reads_the_test_split(isolated, monkeypatch, 
     assert len(failed) == attempts and "tried to read the test split" in failed[0]
     assert not [r for r in caplog.records if r.exc_info] and "Traceback" not in capfd.readouterr().err
     assert all("Traceback" in t.user_attrs["error"] and "test split" in t.user_attrs["error"] for t in study.trials)
+
+
+class TwoKnobs:
+    """A planted plugin with two params, of which its space searches one."""
+
+    @staticmethod
+    def make(seen: list, with_space: bool):
+        from dataclasses import dataclass
+
+        from fairsqueeze.methods import Method, Outcome
+
+        class Knobs(Method):
+            @dataclass
+            class Params:
+                searched: int = 1
+                fixed: int = 1
+
+            def apply(self, ctx):
+                seen.append((self.params.searched, self.params.fixed))
+                return Outcome(model=ctx.model)
+
+        if with_space:
+            Knobs.space = lambda self, trial: {"searched": trial.suggest_int("searched", 2, 4)}
+        return Knobs
+
+
+def test_a_tuned_method_without_a_search_space_is_refused_with_one_line(isolated, capsys):
+    from fairsqueeze.core.registry import METHODS
+
+    with METHODS.registered("knobs", TwoKnobs.make([], with_space=False)):
+        path = write_suite(isolated, ["dense", {"name": "knobs", "tune": True}], {"trials": 2, "sampler": "random"})
+        assert main(["run", str(path), "--db", f"sqlite:///{isolated}/n.db", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "methods[1].tune" in err and "'knobs' has no search space" in err
+    assert not (isolated / "n.db").exists() or Store(f"sqlite:///{isolated}/n.db").runs_frame().empty
+
+
+def test_a_space_that_searches_one_param_keeps_the_entry_s_others(isolated):
+    """Every trial runs with the searched param from the space and the entry's ``fixed: 7``. The
+    engine used to run what ``space`` returned as the whole params: this plugin's dict then
+    resolves to ``fixed = 1``, the default, which is what the last assertion shows."""
+    import optuna
+
+    from fairsqueeze.core.registry import METHODS, create_method
+
+    seen = []
+    with METHODS.registered("knobs", TwoKnobs.make(seen, with_space=True)):
+        path = write_suite(isolated, [{"name": "knobs", "params": {"fixed": 7}, "tune": True}],
+                           {"trials": 3, "sampler": {"name": "random", "seed": 0}})
+        assert main(["run", str(path), "--db", f"sqlite:///{isolated}/k.db", "--quiet"]) == 0
+        old_engine = create_method("knobs", create_method("knobs", {"fixed": 7}).space(optuna.trial.FixedTrial({"searched": 3})))
+    assert len(seen) == 3  # the trials (each leaves the dense model as it is: flagged, none selected)
+    assert all(fixed == 7 for _, fixed in seen) and all(2 <= searched <= 4 for searched, _ in seen)
+    assert old_engine.params.fixed == 1
 
 
 def test_a_second_worker_on_sqlite_is_refused_with_a_pointer_to_postgresql(isolated, capsys):
@@ -308,20 +361,22 @@ def registered_methods():
 def test_every_method_s_search_space_gives_valid_params_that_fit_the_model(name):
     """Each registered method's space(trial), asked by a real Optuna study, yields params that
     pass the method's own validation and fit the conformance test's tiny MLP."""
-    from dataclasses import asdict
-
     from fairsqueeze.core.registry import METHODS
+    from fairsqueeze.engine.trials import suggested_params
     from fairsqueeze.models.base import create_model
-    from test_conformance import TINY_PARAMS
 
     cls = METHODS.get(name)
-    base = cls.from_config(TINY_PARAMS.get(name, {}))
+    if not cls.searches():  # nothing to search: a suite that tunes it is refused when loaded
+        with pytest.raises(ConfigError, match=rf"methods\[0\].tune: method '{name}' has no search space"):
+            parse_suite(suite_dict([{"name": name, "tune": True}]))
+        return
+    base = cls.from_config(cls.conformance_params)
     model = create_model("mlp", (64,), 2, hidden=[32, 16])
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = []
     for _ in range(12):
         trial = study.ask()
-        params = asdict(base.space(trial))
+        params = suggested_params(name, base.param_dict(), trial)
         method = cls.from_config(params)
         method.check_model(model)
         seen.append(json.dumps(method.param_dict(), sort_keys=True))

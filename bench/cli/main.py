@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-plugin", help="run the conformance checks of a method on a tiny task")
     check.add_argument("name", help="a registered method (entry-point plugins included)")
-    check.add_argument("--params", default="{}", help='the method\'s parameters as JSON, e.g. \'{"rank": 2}\'')
+    check.add_argument("--params", default=None, help='the method\'s parameters as JSON, e.g. \'{"rank": 2}\''
+                                                       " (default: the method's own conformance_params)")
     check.add_argument("--device", default="cpu", help="cpu (default), auto or cuda[:N]")
 
     board = sub.add_parser("leaderboard", help="write the HTML leaderboard of every stored task and model")
@@ -204,10 +205,10 @@ def cmd_check_plugin(args) -> int:
     from fairsqueeze.testing import check_conformance
 
     try:
-        params = json.loads(args.params)
+        params = None if args.params is None else json.loads(args.params)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--params: not valid JSON ({exc})") from None
-    if not isinstance(params, dict):
+    if params is not None and not isinstance(params, dict):
         raise ConfigError(f"--params: expected a JSON object, got {args.params!r}")
     report = check_conformance(args.name, params, device=args.device)
     print(report)

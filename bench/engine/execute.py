@@ -212,7 +212,7 @@ def execute_run(spec: RunSpec, task: TaskData, reference: DenseReference, device
     reference_itself = spec.method.name == "dense" and not spec.method.post
     flags, details = outcome_flags(preds, reference.predictions, is_reference=reference_itself)
     evaluate_seconds = time.perf_counter() - started
-    info = {"passes": outcome.passes, **outcome.info, "dense_train_loss": reference.info["history"][-1:] or None,
+    info = {"cost": outcome.cost.as_dict(), **outcome.info, "dense_train_loss": reference.info["history"][-1:] or None,
             "protect": protected_group(reference, task, spec.method.protect), **(info or {})}
     if thresholds is not None:
         info["post"] = {"step": spec.method.post, **thresholds.info()}

@@ -2,7 +2,8 @@
 
 Planning loads every task the suite needs, refuses tasks that cannot give meaningful
 results, binds each run to the data its task loaded (so keys change when files change),
-and checks every method against an untrained model.
+refuses a method on a task it says it cannot handle, and checks every method against an
+untrained model.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from fairsqueeze.core.errors import ConfigError, DatasetMissing
 from fairsqueeze.core.registry import create_method
 from fairsqueeze.engine.reference import build_untrained
+from fairsqueeze.methods.base import TaskInfo
 from fairsqueeze.spec.entries import RunSpec, Suite
 from fairsqueeze.datasets.base import TaskData, build_task, check_task
 
@@ -80,6 +82,7 @@ def plan_suite(suite: Suite, data_root: Path, skip_missing_data: bool = False) -
     by_model: dict[tuple[str, str], list[RunSpec]] = defaultdict(list)
     for spec in runs + studies:
         by_model[(spec.task.key, spec.model.label)].append(spec)
+    refuse_unsupported(suite.source, runs + studies, tasks, labels)
     for specs in by_model.values():  # parameters that do not fit the model (e.g. k above a layer's rank)
         task = tasks[specs[0].task_instance]
         model = build_untrained(specs[0], task)
@@ -93,6 +96,16 @@ def plan_suite(suite: Suite, data_root: Path, skip_missing_data: bool = False) -
             except ConfigError as exc:
                 raise ConfigError(f"{suite.source}: method {method.label!r} on {specs[0].model.label}: {exc}") from None
     return Plan(suite, runs, tasks, labels, missing, studies)
+
+
+def refuse_unsupported(source: str, specs: list[RunSpec], tasks: dict[str, TaskData], labels: dict[str, str]) -> None:
+    """Raise ConfigError, in one line naming the entry, the task and the method's reason, for a
+    method that says it cannot run on a task of the suite (``Method.supports``)."""
+    infos = {key: TaskInfo.of(task) for key, task in tasks.items()}
+    for spec in {(s.task.key, s.method.label): s for s in specs}.values():
+        reason = create_method(spec.method.name, spec.method.params).supports(infos[spec.task_instance])
+        if reason:
+            raise ConfigError(f"{source}: method {spec.method.label!r} cannot run on task {labels[spec.task.key]}: {reason}")
 
 
 def suite_definition(suite: Suite) -> dict:

@@ -35,6 +35,7 @@ from fairsqueeze.core.errors import ConfigError
 from fairsqueeze.spec.train import TrainConfig
 from fairsqueeze.core.progress import progress_bar
 from fairsqueeze.datasets.base import Split, TaskData, TaskView
+from fairsqueeze.methods.base import Cost
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -79,11 +80,12 @@ class TrainCost:
     epochs: int = 0
     rows_per_epoch: int = field(default=0, repr=False)
 
-    def as_passes(self) -> dict[str, float]:
-        """Counts in passes over the training split (one unit = every row once)."""
+    def as_cost(self, scale: float = 1.0) -> Cost:
+        """The method's cost of this training: passes over the rows it trained on (one unit =
+        every row once; ``scale`` converts them to passes over a larger split), steps, seconds."""
         n = max(self.rows_per_epoch, 1)
-        return {"train_forward": self.forward_rows / n, "train_backward": self.backward_rows / n,
-                "train_steps": float(self.steps), "train_seconds": self.seconds}
+        return Cost({"train_forward": self.forward_rows / n * scale, "train_backward": self.backward_rows / n * scale},
+                    steps=self.steps, seconds=self.seconds)
 
 
 class Trainer:

@@ -8,6 +8,9 @@ from typing import Any
 
 import optuna
 
+from fairsqueeze.core.errors import ConfigError
+from fairsqueeze.core.registry import create_method
+
 
 def derived_seed(*parts: Any) -> int:
     """A 31-bit seed from any parts (stable across processes and machines)."""
@@ -27,6 +30,16 @@ def retried_number(trial: optuna.trial.FrozenTrial) -> int:
 def trial_seed(study_name: str, origin: int) -> int:
     """The seed a trial's method runs with: from the study and the (original) trial number."""
     return derived_seed(study_name, origin)
+
+
+def suggested_params(method: str, entry_params: dict[str, Any], trial) -> dict[str, Any]:
+    """A trial's params: the entry's, with those the method's ``space(trial)`` searched put in
+    their place (checked and resolved like a suite's)."""
+    searched = create_method(method, entry_params).space(trial)
+    if not isinstance(searched, dict):
+        raise ConfigError(f"method {method!r}: space(trial) must return a dict of the params it searched,"
+                          f" got {type(searched).__name__}")
+    return create_method(method, {**entry_params, **searched}, where="space(trial)").param_dict()
 
 
 # -- recording a trial ------------------------------------------------------------------------

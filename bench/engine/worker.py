@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -34,9 +35,10 @@ import traceback
 import uuid
 import warnings
 from concurrent.futures import FIRST_COMPLETED, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import optuna
+from optuna.study._tell import _tell_with_warning  # optuna is pinned (pyproject.toml)
 
 from fairsqueeze.engine.execute import execute_trial
 from fairsqueeze.core.hashing import config_hash
@@ -46,7 +48,7 @@ from fairsqueeze.core.progress import BarAndLog, progress_bar
 from fairsqueeze.engine.runner import RunReport
 from fairsqueeze.store.database import selections  # noqa: F401  (the table lives in the store; readers once imported it from here)
 from fairsqueeze.spec.entries import MethodEntry, RunSpec, Suite
-from fairsqueeze.engine.trials import derived_seed, record, trial_seed
+from fairsqueeze.engine.trials import derived_seed, record, suggested_params, trial_seed
 from fairsqueeze.store.studies import trials_frame
 
 log = logging.getLogger("fairsqueeze")
@@ -59,6 +61,7 @@ def trial_error(exc: BaseException) -> tuple[str, str]:
 MAX_TRIAL_ATTEMPTS = 3  # attempts of one trial slot (a raised or abandoned attempt is retried)
 HEARTBEAT_S = 10  # lease renewal interval; a lease lasts LEASE_BEATS intervals
 LEASE_BEATS = 3
+SHORT_TRIAL_S = 1.0  # after a trial this short, the next keeps the connections opened within this long
 FAIL = optuna.trial.TrialState.FAIL
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -304,7 +307,12 @@ class Worker:
             self.store.put_dense(spec.dense_key, dense_row)
         while (started := self._begin_trial(name, spec, report)) is not None:
             trial, slot, params, seed = started
-            self.store.idle()  # no server connection held while computing
+            # no server connection held while computing, except across a series of short trials
+            # (of any study): reconnecting both engines, and re-preparing their statements on
+            # the new connections, costs as much as Optuna's own ask and tell
+            short = getattr(self, "_last_trial_s", math.inf) < SHORT_TRIAL_S
+            self.store.idle(unless_within=SHORT_TRIAL_S if short else 0.0)
+            computing = time.perf_counter()
             try:
                 result = execute_trial(spec.method.name, params, seed, self.plan.tasks[spec.task_instance], reference,
                                        self.runner.device, spec.method.tune, spec.method.protect)
@@ -312,6 +320,7 @@ class Worker:
                 self._end_trial(name, trial, slot, report, error=trial_error(exc))
             else:
                 self._end_trial(name, trial, slot, report, result=result, params=params, seed=seed)
+            self._last_trial_s = time.perf_counter() - computing
 
     def _next_slot(self, name: str, spec: RunSpec) -> tuple[int, dict | None] | None:
         """The next trial slot to attempt: (slot, params of the attempt it retries or None), or
@@ -319,17 +328,21 @@ class Worker:
         lease expired: it is failed and retried like a raised one."""
         study, tune = self._studies[name], spec.method.tune
         slots = self.store.slots(name)
-        for row in slots[slots["state"] == "running"].itertuples():
+        stale = slots[slots["state"] == "running"]
+        for row in stale.itertuples():
             self._fail_stale(study, name, row)
-        slots = self.store.slots(name)
+        if len(stale):  # read again only when something changed (one read per trial otherwise)
+            slots = self.store.slots(name)
         if (slots["state"] == "complete").sum() >= tune.trials:
             return None
-        for row in slots[slots["state"] == "failed"].itertuples():
+        failed = slots[slots["state"] == "failed"]
+        for row in failed.itertuples():
             if self.store.retry_slot(name, int(row.slot), MAX_TRIAL_ATTEMPTS):
                 return int(row.slot), (study.trials[int(row.trial)].params if row.trial is not None else {})
             self.store.set_slot(name, int(row.slot), "abandoned")
             log.warning("%s: trial slot %d failed %d times; abandoned", name, row.slot, row.attempts)
-        slots = self.store.slots(name)
+        if len(failed):
+            slots = self.store.slots(name)
         if (slots["state"] == "abandoned").sum() >= tune.trials:  # a method that keeps failing ends
             log.error("%s: %d trial slots abandoned; the study stops short of its budget", name, tune.trials)
             return None
@@ -361,7 +374,7 @@ class Worker:
             try:
                 if fixed is None:
                     trial.set_user_attr("slot", slot)
-                params = asdict(create_method(spec.method.name, spec.method.params).space(trial))
+                params = suggested_params(spec.method.name, spec.method.params, trial)
             except Exception as exc:
                 self._end_trial(name, trial, slot, report, error=trial_error(exc))
                 continue
@@ -386,7 +399,9 @@ class Worker:
             self.store.set_slot(name, slot, "failed")
             report.failed_trials += 1
             return
-        study.tell(trial, result.values)
+        # Study.tell, less the copy of the finished trial it reads back and returns (a query
+        # per trial that nothing here uses): what Optuna's own optimize loop calls
+        _tell_with_warning(study, trial, result.values)
         self.store.set_slot(name, slot, "complete")
         report.trials += 1
         self._bar.update(1)

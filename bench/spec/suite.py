@@ -266,6 +266,9 @@ def _method_entries(raw, where, path, tuning: dict | None = None) -> list[Method
     if "tune" in entry:
         if sweep:
             raise where(path + ("tune",), "an entry is either swept or tuned, not both")
+        if not method_class(entry["name"]).searches():
+            raise where(path + ("tune",), f"method {entry['name']!r} has no search space (it does not override"
+                                          " space(trial)): it cannot be tuned")
         try:
             tune = parse_tuning(tuning, entry["tune"])
         except ConfigError as exc:

@@ -322,6 +322,7 @@ def is_database_error(exc: BaseException) -> bool:
 
 
 _SERVER_ENGINES: "weakref.WeakSet[Engine]" = weakref.WeakSet()  # this process's engines on a server
+_LAST_IDLE = -math.inf  # when Store.idle last closed this process's server connections (monotonic)
 
 
 def _close_idle(keep: Engine | None = None) -> None:
@@ -399,11 +400,18 @@ class Store:
         computes or waits (:meth:`idle`), so many workers share a server's connection limit."""
         return {} if self.url.startswith("sqlite") else {"pool_size": 1, "max_overflow": 2}
 
-    def idle(self) -> None:
+    def idle(self, unless_within: float = 0.0) -> None:
         """Close the connections this process keeps open to a server (the store's and Optuna's):
-        called before a computation or a wait."""
-        if self.engine.dialect.name == "postgresql":
+        called before a computation or a wait. ``unless_within``: keep them when this process
+        closed its connections less than that many seconds ago (a series of short trials
+        reconnects once per interval, not once per trial)."""
+        global _LAST_IDLE
+        if self.engine.dialect.name != "postgresql":
+            return
+        now = time.monotonic()
+        if now - _LAST_IDLE >= unless_within:
             _close_idle()
+            _LAST_IDLE = now
 
     @functools.cached_property
     def _heartbeat_engine(self) -> Engine:
@@ -755,8 +763,10 @@ class Store:
 
     # -- trial slots ------------------------------------------------------------------------
     def slots(self, study: str) -> pd.DataFrame:
+        # read once per trial: the rows as pandas.read_sql frames them, without its own queries
         with self.engine.connect() as conn:
-            return pd.read_sql(select(trial_slots).where(trial_slots.c.study == study).order_by(trial_slots.c.slot), conn)
+            result = conn.execute(select(trial_slots).where(trial_slots.c.study == study).order_by(trial_slots.c.slot))
+            return pd.DataFrame.from_records(result.all(), columns=list(result.keys()), coerce_float=True)
 
     def start_slot(self, study: str, slot: int, budget: int) -> bool:
         """Start a new trial position, in one statement: only while the study has fewer than

@@ -124,7 +124,10 @@ class GroupSaliency:
                                  curv[1].diag[name].to(moves[name].device), self.beta)
             for name in names
         }
-        info = {"estimator": self.estimator, "estimator_kind": APPROXIMATIONS[self.estimator]}
+        rows = sum(c.samples for c in curv.values())
+        info = {"estimator": self.estimator, "estimator_kind": APPROXIMATIONS[self.estimator],
+                # reverse-mode calls: the same backward work counted by call, not a further pass
+                "backward_sweeps": sum(c.backward_sweeps * c.samples for c in curv.values()) / rows}
         return Scores(values, passes=scoring_passes(curv), info=info)
 
 
@@ -148,5 +151,4 @@ def scoring_passes(curv: Mapping[int, Curvature]) -> dict[str, float]:
     return {
         "forward": sum(c.forward_passes * c.samples for c in curv.values()) / rows,
         "backward": sum(c.backward_passes * c.samples for c in curv.values()) / rows,
-        "backward_sweeps": sum(c.backward_sweeps * c.samples for c in curv.values()) / rows,
     }

@@ -13,7 +13,8 @@ Targets:
 1. FairLRF's scoring work on the paper's VGG-11 beyond the SVD costs less than 3 full-model
    forward+backward passes over the scoring sets.
 2. Our ``ggn_exact`` curvature is at least as fast as BackPACK's ``DiagGGNExact`` on the same
-   layers and data, and gives the same diagonal.
+   layers and data, and gives the same float32 diagonal on the rows whose ReLU gates float32
+   decides (exactness in float64 is a unit test).
 3. A rank-64 factorized fc2 is at least 10x faster than the dense 4096x4096 fc2 at batch 128.
 
 Inputs are synthetic and file-less: the paper's VGG-11 variant (``vgg11_paper``, 3x112x112,
@@ -344,22 +345,31 @@ def our_diagonals(head: nn.Sequential, features) -> dict[int, dict[str, torch.Te
     return {group: c.diag for group, c in curv.items()}
 
 
-def assert_same_diagonals(ours, theirs, rtol: float) -> dict[str, float]:
-    """Entrywise allclose per group and tensor (float64: exactness); returns the worst relative gaps."""
-    worst = {}
-    for group in ours:
-        for key in ("in", "out"):
-            a, b = ours[group][key], theirs[group][key]
-            torch.testing.assert_close(a, b, rtol=rtol, atol=0.0, msg=lambda m: f"group {group} {key}: {m}")
-            rel = ((a - b).abs() / b.abs()).nan_to_num(0.0, posinf=0.0)
-            worst[f"{group}.{key}"] = float(rel.max())
-    return worst
+def gate_decided_features(head: nn.Sequential, twin: nn.Sequential, features):
+    """Per group, the rows on whose fc2 ReLU gates our head and BackPACK's twin agree.
+
+    Both sides evaluate fc2's pre-activation in float32 in different orders (our U·(S⊙(Vᵀx)),
+    BackPACK's U·((diag(S)Vᵀ)x)). A pre-activation within round-off of zero can then be
+    positive on one side and negative on the other: that unit's gate, so the row's whole
+    contribution through it, is not defined in float32. On the paper's VGG one such row
+    (group 0, unit 2538) moves the norm-relative gap of that group's diagonals from ~1e-7 to
+    3e-4. Everywhere else the two are the same sums in another order, and agree to round-off.
+    """
+    out = {}
+    with torch.no_grad():
+        for group, (x, y) in features.items():
+            ours = head.fc2(x) > 0
+            theirs = twin.second(twin.first(x)) > 0
+            keep = (ours == theirs).all(1)
+            out[group] = (x[keep], y[keep])
+    return out
 
 
 def assert_same_up_to_roundoff(ours, theirs, tolerance: float = 1e-5) -> dict[str, float]:
-    """float32: ||a - b|| / ||b|| per group and tensor. A norm-relative gap is what round-off
-    cannot break: a few tiny entries may differ in relative terms (sums of squares with
-    cancellation evaluated in another order), but they weigh nothing in the norm."""
+    """float32: ||a - b|| / ||b|| per group and tensor. Each entry is a sum of 64·114 squares
+    accumulated in another order on each side; the observed gap is ~1e-7 (about u = 6e-8,
+    float32's unit round-off), and 1e-5 (~170 u) leaves room for other BLAS kernels while a
+    wrong quantity (another estimator, a missed factor S², a wrong group) is off by >= 1e-2."""
     gaps = {}
     for group in ours:
         for key in ("in", "out"):
@@ -376,32 +386,24 @@ def test_curvature_at_least_as_fast_as_backpack(benchmark, paper_vgg, scoring_fe
 
     Timed unit on both sides: the curvature of the two fc2 factor weights for both groups
     (one batch of 64 each), starting from the fc2 inputs; BackPACK's includes its forward,
-    loss and extended backward. Exactness is checked entrywise in float64 (rtol 1e-4); the
-    timed float32 results are compared by their norm-relative gap (<= 1e-5), which float32
-    round-off cannot break: a sum of squares of a quantity with cancellation (e.g.
-    S_j·(v_j·x) for a nearly orthogonal x) differs in its last bits between the two
-    evaluation orders, so a few tiny entries may differ by a relative 1e-4 or more.
+    loss and extended backward. Exactness against BackPACK (float64) is a unit test
+    (``tests/test_curvature.py``); here the float32 results that were timed are compared on
+    the rows where float32 defines them (see :func:`gate_decided_features`).
     """
     needs_timings(benchmark)
-    # exact agreement, float64
-    head64 = our_head(paper_vgg, [f.double() for f in fc2_factors], torch.float64)
-    features64 = {g: (x.double(), y) for g, (x, y) in scoring_features.items()}
-    worst64 = assert_same_diagonals(
-        our_diagonals(head64, features64),
-        backpack_diagonals(backpack_head(head64), head64.fc2.scale, features64),
-        rtol=1e-4,
-    )
-
-    # speed, float32 (what FairLRF runs)
     head = our_head(paper_vgg, fc2_factors)
     twin = backpack_head(head)
     run_backpack = lambda: backpack_diagonals(twin, head.fc2.scale, scoring_features)  # noqa: E731
     run_ours = lambda: our_diagonals(head, scoring_features)  # noqa: E731
     run_backpack()  # warm-up
     backpack_times = timed_rounds(run_backpack, 4)
-    ours = benchmark.pedantic(run_ours, rounds=7, warmup_rounds=1)
+    benchmark.pedantic(run_ours, rounds=7, warmup_rounds=1)
     backpack_times += timed_rounds(run_backpack, 4)
-    worst32 = assert_same_up_to_roundoff(ours, run_backpack())
+
+    decided = gate_decided_features(head, twin, scoring_features)
+    undecided_rows = {g: len(scoring_features[g][0]) - len(decided[g][0]) for g in decided}
+    worst32 = assert_same_up_to_roundoff(our_diagonals(head, decided),
+                                         backpack_diagonals(twin, head.fc2.scale, decided))
 
     ours_s, backpack_s = fastest(benchmark), min(backpack_times)
     benchmark.extra_info.update({
@@ -412,7 +414,7 @@ def test_curvature_at_least_as_fast_as_backpack(benchmark, paper_vgg, scoring_fe
         "backpack_diag_ggn_exact_s": backpack_s,
         "backpack_rounds_s": backpack_times,
         "backpack_over_ours": backpack_s / ours_s,
-        "max_rel_diff_float64": worst64,
+        "rows_with_undecided_gates": undecided_rows,
         "norm_rel_diff_float32": worst32,
     })
     assert ours_s <= backpack_s, (
