@@ -2,7 +2,7 @@
 
 Both sides train the same model from the same weights on the same batches (the trainer's
 shuffle sampler draws the row order; the bare loop draws it the same way) with the same SGD
-settings, and must end with identical weights. The MLP on tabular-sized batches is where the
+settings, and must end with identical weights and epoch losses. The MLP on tabular-sized batches is where the
 trainer's per-step bookkeeping (batch assembly, cost counts, the loss read back) weighs most
 against the arithmetic; the narrow VGG is the image model of the suites. Rounds alternate
 (bare, trainer, bare, ...); each trainer round is compared with the mean of the bare rounds
@@ -40,14 +40,17 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def bare_loop(model: nn.Module, task, cfg: TrainConfig) -> nn.Module:
-    """Plain PyTorch: the same row order, batches, loss and optimizer as the trainer's."""
+def bare_loop(model: nn.Module, task, cfg: TrainConfig) -> tuple[nn.Module, list[float]]:
+    """Plain PyTorch: the same row order, batches, loss and optimizer as the trainer's, and,
+    like any training loop, each epoch's mean loss."""
     rng = np.random.default_rng(SEED)
     split = task.train
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     torch.manual_seed(SEED)
     model.train()
+    history = []
     for _ in range(cfg.epochs):
+        total = 0.0
         order = rng.permutation(len(split))
         for start in range(0, len(order), cfg.batch_size):
             rows = np.sort(order[start:start + cfg.batch_size])
@@ -56,7 +59,9 @@ def bare_loop(model: nn.Module, task, cfg: TrainConfig) -> nn.Module:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-    return model
+            total += loss.item() * len(rows)
+        history.append(total / len(split))
+    return model, history
 
 
 @pytest.mark.benchmark(group="training")
@@ -71,14 +76,15 @@ def test_trainer_step_throughput_against_a_bare_torch_loop(benchmark, name):
 
     def trainer():
         model = copy.deepcopy(initial)
-        Trainer(model, task, cfg, device, SEED).fit()
-        return model
+        return model, Trainer(model, task, cfg, device, SEED).fit()
 
     def bare():
         return bare_loop(copy.deepcopy(initial), task, cfg)
 
-    ours, reference = trainer().state_dict(), bare().state_dict()
-    assert all(torch.equal(ours[k], reference[k]) for k in ours), "the two loops must compute the same training"
+    (ours, our_losses), (reference, bare_losses) = trainer(), bare()
+    assert all(torch.equal(ours.state_dict()[k], v) for k, v in reference.state_dict().items()), \
+        "the two loops must compute the same training"
+    assert our_losses == pytest.approx(bare_losses, rel=1e-12)
 
     bare_times: list[float] = []
 
