@@ -6,8 +6,9 @@ SUITE  ?= default
 ARGS   ?=
 DB     ?=
 DBARG  := $(if $(DB),--db $(DB))
+JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: setup bench report leaderboard test test-all perf check clean
+.PHONY: setup bench verdicts report leaderboard test test-all perf check clean
 
 $(BIN)/fairsqueeze: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +29,16 @@ bench: setup
 	$(BIN)/fairsqueeze data fetch adult compas german || true
 	$(BIN)/fairsqueeze run $(SUITE) --skip-missing-data $(DBARG) $(ARGS); status=$$?; \
 	$(BIN)/fairsqueeze report $(SUITE) $(DBARG) && $(BIN)/fairsqueeze leaderboard $(DBARG) && exit $$status
+
+# The verdict suite (bench/suites/verdicts.yaml): every claim exercised, in about an hour on 2 cores.
+# All cores compute (--jobs); the first seed runs first and each entry that changed no prediction
+# is named (--smoke-check). Then the suite's report and the leaderboard, as for `make bench`, with the
+# post-processing bar's claims (reports/claims_bar.yaml) beside the papers'.
+verdicts: setup
+	$(BIN)/fairsqueeze data fetch adult compas german || true
+	$(BIN)/fairsqueeze run verdicts --jobs $(JOBS) --smoke-check --skip-missing-data $(DBARG) $(ARGS); status=$$?; \
+	$(BIN)/fairsqueeze report verdicts --claims reports/claims_bar.yaml $(DBARG) && \
+	$(BIN)/fairsqueeze leaderboard --claims reports/claims_bar.yaml $(DBARG) && exit $$status
 
 # HTML report of one suite (results/reports/SUITE/index.html) with CSV/JSON/LaTeX/Markdown exports.
 report: setup

@@ -7,7 +7,6 @@ memory-mapped array) that :meth:`TaskData.prepare` turns into float batches.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 import threading
 from dataclasses import dataclass, field

@@ -18,6 +18,7 @@ from torch import nn
 from fairsqueeze.core.errors import ConfigError
 from fairsqueeze.core.params import check_types, normalize_params
 from fairsqueeze.core.registry import METHODS
+from fairsqueeze.measure.groups import DEFAULT_RULE, worse_group
 from fairsqueeze.datasets.base import Split, TaskData, TaskView
 
 def register_method(name: str):
@@ -121,12 +122,13 @@ class MethodContext:
     seed: int
     dense_val: Predictions
     generator: torch.Generator
+    protect: str = DEFAULT_RULE  # the rule that names the protected group (fairsqueeze.measure.groups)
 
     def unprivileged_group(self) -> int:
-        """The group on which the dense model is less accurate on validation (c = 0 in the papers)."""
+        """The group the dense model serves worse on validation by the ``protect`` rule (c = 0
+        in the papers): lower accuracy by default, lower TPR for equal-opportunity claims."""
         p = self.dense_val
-        accuracy = {int(g): float((p.y[p.s == g] == p.y_pred[p.s == g]).mean()) for g in np.unique(p.s[p.s >= 0])}
-        return min(accuracy, key=accuracy.get)
+        return worse_group(p.y, p.y_pred, p.s, self.protect, self.task.num_classes)
 
     def scoring_sets(self, size: int | None = None) -> dict[int, Split]:
         """Balanced per-group samples of the training split (groups with s >= 0).

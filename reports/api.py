@@ -93,6 +93,14 @@ class ResultsReader:
         out = out.merge(dense.rename(columns={"value": "dense"}), on=["dense_key", "metric", "group"], how="inner")
         return out.assign(delta=out["value"] - out["dense"]).drop(columns="dense_key").reset_index(drop=True)
 
+    def against_dense(self, suite: str | None = None) -> pd.DataFrame:
+        """Per finished run, what it did to each group against the dense model of the same
+        seed, from stored predictions: worst-group accuracy, ``accuracy_change[g=G]`` and
+        ``flip_rate[g=G]`` (:mod:`fairsqueeze.reports.against_dense`)."""
+        from .against_dense import against_dense_table
+
+        return against_dense_table(self.results(suite))
+
     def pairs(self, claim: str, suite: str | None = None) -> pd.DataFrame:
         """The pairs behind one verdict row (``claim``: the row's id, or the claim's id when
         it has one row): cell, configuration, seed, the fair and twin values and their run

@@ -72,7 +72,7 @@ def _planned(args):
 
 def cmd_run(args) -> int:
     """Fixed runs in ``--jobs`` processes, then the tuned entries' studies and selected runs."""
-    from fairsqueeze.engine.runner import Runner
+    from fairsqueeze.engine.runner import Runner, RunReport
     from fairsqueeze.store.database import Store, sqlite_single_writer
     from fairsqueeze.datasets.base import data_root
     from fairsqueeze.engine.worker import Worker
@@ -87,7 +87,14 @@ def cmd_run(args) -> int:
         store = Store(args.db)
         _check_definition(store, suite, args)
         runner = Runner(store, data_root(args.data_root), device, args.skip_missing_data)
+        smoke = None
+        if getattr(args, "smoke_check", False) or getattr(args, "refuse_no_op", False):
+            smoke = RunReport()
+            if _smoke_refused(runner, plan, args, smoke):
+                return 2
         report = runner.run(plan, jobs=args.jobs)
+        if smoke is not None:  # the smoke seed's runs count as this call's, not as already done
+            report.absorb(smoke)
         work = Worker(runner).run(plan, jobs=args.jobs) if plan.studies else None
     failed = report.failed + (work.failed if work else [])
     if args.timings:
@@ -113,6 +120,22 @@ def cmd_run(args) -> int:
         _print_failures(runner.store, suite.name, failed)
         return 1
     return 0
+
+
+def _smoke_refused(runner, plan, args, report) -> bool:
+    """The planning check (``--smoke-check`` / ``--refuse-no-op``): the first seed first, then
+    each entry that changed no prediction named on stderr; true when the suite must not go on."""
+    from fairsqueeze.engine.jobs import default_jobs
+    from fairsqueeze.engine.smoke import smoke_check
+
+    no_ops = smoke_check(runner, plan, args.jobs or default_jobs(), report)
+    for no_op in no_ops:
+        print(f"smoke seed {plan.suite.seeds[0]}: {no_op.line()}", file=sys.stderr)
+    if no_ops and args.refuse_no_op:
+        print(f"refusing to run suite {plan.suite.name}: {len(no_ops)} entry(ies) changed no prediction on the"
+              " smoke seed (see above); change them or run without --refuse-no-op", file=sys.stderr)
+        return True
+    return False
 
 
 def timings(report, jobs: int | None) -> dict:

@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="processes computing runs at once (default: the number of cores); this one writes")
     run.add_argument("--timings", default=None, metavar="PATH",
                      help="also write the fixed runs' wall time and its phases (dense, method, evaluation) as JSON")
+    run.add_argument("--smoke-check", action="store_true",
+                     help="run the first seed first and name each entry that changed no prediction (then go on)")
+    run.add_argument("--refuse-no-op", action="store_true",
+                     help="as --smoke-check, but stop (exit 2) when an entry changed no prediction")
     _add_redefine(run)
     _add_store(run)
 

@@ -23,13 +23,15 @@ import torch
 
 from fairsqueeze.measure.biascard import bias_card
 from fairsqueeze.core.errors import FairsqueezeError
-from fairsqueeze.measure.evaluate import predict
+from fairsqueeze.measure.evaluate import predict, predict_scores
+from fairsqueeze.measure.thresholds import GroupThresholds, fit_group_thresholds
+from fairsqueeze.measure.groups import DEFAULT_RULE, worse_group
 from fairsqueeze.measure.footprint import compression_ratio, footprint, measure_latency, serialized_size
 from fairsqueeze.measure.metrics import compute_metrics
 from fairsqueeze.core.registry import create_method, method_identity
 from fairsqueeze.engine.reference import dense_reference
 from fairsqueeze.store.database import RunResult
-from fairsqueeze.spec.entries import RunSpec
+from fairsqueeze.spec.entries import POST_STEPS, RunSpec
 from fairsqueeze.datasets.base import TaskData, build_task, sealed_test_split, test_split_violations
 from fairsqueeze.spec.tuning import TuneSpec
 
@@ -78,7 +80,9 @@ def run_row(spec: RunSpec, task: TaskData, label: str, device: torch.device) -> 
         "task_key": spec.task.key,
         "task_label": label,
         "model": spec.model.label,
-        "method": spec.method.name,
+        # a post-processed run is another procedure: "dense+equal_tpr_thresholds" is neither the
+        # dense reference nor a twin run, and a claim names it to compare against it
+        "method": spec.method.name + (f"+{spec.method.post}" if spec.method.post else ""),
         **method_identity(spec.method.name),
         "params": spec.method.params,
         "seed": spec.seed,
@@ -95,14 +99,16 @@ def run_row(spec: RunSpec, task: TaskData, label: str, device: torch.device) -> 
     }
 
 
-def apply_sealed(method, task, reference: DenseReference, device: torch.device, seed: int):
+def apply_sealed(method, task, reference: DenseReference, device: torch.device, seed: int,
+                 protect: str | None = None):
     """Apply ``method`` to a copy of the dense reference with the test split sealed, seeded by
-    ``seed``. Returns (outcome, seconds in apply)."""
+    ``seed``; ``protect`` names the rule of its protected group. Returns (outcome, seconds in apply)."""
     from fairsqueeze.methods import MethodContext
 
     torch.manual_seed(seed)
     ctx = MethodContext(model=copy.deepcopy(reference.model), task=task.view(), device=device, seed=seed,
-                        dense_val=reference.val_predictions(), generator=torch.Generator().manual_seed(seed))
+                        dense_val=reference.val_predictions(), generator=torch.Generator().manual_seed(seed),
+                        protect=protect or DEFAULT_RULE)
     violations = test_split_violations()
     started = time.perf_counter()
     with sealed_test_split():
@@ -114,14 +120,37 @@ def apply_sealed(method, task, reference: DenseReference, device: torch.device, 
     return outcome, seconds
 
 
-def split_predictions(model, task, splits, device: torch.device) -> dict[str, dict[str, np.ndarray]]:
-    """Per-example predictions (row id, y, y_pred, s) of ``model`` on each named split."""
+def protected_group(reference: DenseReference, task: TaskData, protect: str | None) -> dict:
+    """The group a method of this run protects (if it protects one) and the rule that named it,
+    from the dense model's validation predictions: what the run's info records."""
+    rule = protect or DEFAULT_RULE
+    p = reference.val_predictions()
+    group = worse_group(p.y, p.y_pred, p.s, rule, task.num_classes)
+    return {"rule": rule, "group": group, "group_name": task.group_names.get(group, str(group))}
+
+
+def split_predictions(model, task, splits, device: torch.device,
+                      thresholds: GroupThresholds | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Per-example predictions (row id, y, y_pred, s) of ``model`` on each named split; with
+    ``thresholds``, its positive-class scores cut by each row's group threshold."""
     out = {}
     for name in splits:
         split = getattr(task, name)
-        out[name] = {"index": split.index, "y": split.y, "y_pred": predict(model, split, task.prepare, device),
-                     "s": split.s}
+        if thresholds is None:
+            y_pred = predict(model, split, task.prepare, device)
+        else:
+            y_pred = thresholds.apply(predict_scores(model, split, task.prepare, device), split.s)
+        out[name] = {"index": split.index, "y": split.y, "y_pred": y_pred, "s": split.s}
     return out
+
+
+def post_thresholds(model, task: TaskData, post: str, device: torch.device) -> GroupThresholds:
+    """The per-group thresholds of ``post`` (a POST_STEPS name), chosen on validation only."""
+    if task.num_classes != 2:
+        raise FairsqueezeError(f"post-processing {post!r} needs a binary task; {task.name} has {task.num_classes} classes")
+    with sealed_test_split():
+        scores = predict_scores(model, task.val, task.prepare, device)
+    return fit_group_thresholds(scores, task.val.y, task.val.s, POST_STEPS[post])
 
 
 def outcome_flags(preds: dict, dense_preds: dict[str, np.ndarray], is_reference: bool) -> tuple[list[str], dict]:
@@ -161,9 +190,10 @@ def footprint_row(model, sparse_storage, task: TaskData, dense_fp: dict, device:
     return row
 
 
-def evaluate_outcome(model, sparse_storage, task: TaskData, dense_fp: dict, device):
+def evaluate_outcome(model, sparse_storage, task: TaskData, dense_fp: dict, device,
+                     thresholds: GroupThresholds | None = None):
     """Predictions on val and test, the metrics computed from them, and the footprint."""
-    preds = split_predictions(model, task, EVAL_SPLITS, device)
+    preds = split_predictions(model, task, EVAL_SPLITS, device, thresholds)
     metrics = {split: compute_metrics(p["y"], p["y_pred"], p["s"], num_classes=task.num_classes)
                for split, p in preds.items()}
     return preds, metrics, footprint_row(model, sparse_storage, task, dense_fp, device)
@@ -174,13 +204,18 @@ def execute_run(spec: RunSpec, task: TaskData, reference: DenseReference, device
     """Apply and evaluate one run; raises what the method raised. Returns the result the store
     writes and the flags' explanations (for a log line)."""
     method = create_method(spec.method.name, spec.method.params)
-    outcome, apply_seconds = apply_sealed(method, task, reference, device, spec.method_seed)
+    outcome, apply_seconds = apply_sealed(method, task, reference, device, spec.method_seed, spec.method.protect)
     started = time.perf_counter()
-    preds, metrics, fp_row = evaluate_outcome(outcome.model, outcome.sparse_storage, task, reference.footprint, device)
-    flags, details = outcome_flags(preds, reference.predictions, is_reference=spec.method.name == "dense")
+    thresholds = post_thresholds(outcome.model, task, spec.method.post, device) if spec.method.post else None
+    preds, metrics, fp_row = evaluate_outcome(outcome.model, outcome.sparse_storage, task, reference.footprint, device,
+                                              thresholds)
+    reference_itself = spec.method.name == "dense" and not spec.method.post
+    flags, details = outcome_flags(preds, reference.predictions, is_reference=reference_itself)
     evaluate_seconds = time.perf_counter() - started
     info = {"cost": outcome.cost.as_dict(), **outcome.info, "dense_train_loss": reference.info["history"][-1:] or None,
-            **(info or {})}
+            "protect": protected_group(reference, task, spec.method.protect), **(info or {})}
+    if thresholds is not None:
+        info["post"] = {"step": spec.method.post, **thresholds.info()}
     if details:
         info["flag_details"] = details
     # dense_cached: the run did not wait for its dense model to train (a checkpoint or an earlier run's)
@@ -215,13 +250,13 @@ def score_on_validation(model, sparse_storage, task_view, dense_fp, device, spec
 
 
 def execute_trial(method_name: str, params: dict[str, Any], seed: int, task: TaskData, reference: DenseReference,
-                  device: torch.device, tune: TuneSpec) -> TrialResult:
+                  device: torch.device, tune: TuneSpec, protect: str | None = None) -> TrialResult:
     """Apply the method with a trial's params and seed and score it on validation, with the
     test split sealed for the whole trial (evaluation included)."""
     started = time.perf_counter()
     with sealed_test_split():
         method = create_method(method_name, params)
-        outcome, apply_seconds = apply_sealed(method, task, reference, device, seed)
+        outcome, apply_seconds = apply_sealed(method, task, reference, device, seed, protect)
         evaluated = time.perf_counter()
         result = score_on_validation(outcome.model, outcome.sparse_storage, task.view(), reference.footprint, device,
                                      tune, reference.val_predictions())
@@ -258,12 +293,12 @@ class Computer:
 
     def task(self, spec: RunSpec) -> TaskData:
         """The spec's task, loaded once; refuses data other than what the spec was planned on."""
-        if spec.task.key not in self.tasks:
-            task = build_task(spec.task.name, self.data_root, **spec.task.options)
+        if spec.task_instance not in self.tasks:
+            task = build_task(spec.task.name, self.data_root, **spec.task_options)
             if task.fingerprint != spec.data:
                 raise FairsqueezeError(f"task {spec.task.label}: its data changed since the suite was planned")
-            self.tasks[spec.task.key] = task
-        return self.tasks[spec.task.key]
+            self.tasks[spec.task_instance] = task
+        return self.tasks[spec.task_instance]
 
     def reference(self, spec: RunSpec) -> tuple[DenseReference, dict | None]:
         """The dense reference of ``spec`` and, when this call prepared it, its store row."""

@@ -108,7 +108,7 @@ def trial_in_process(spec: RunSpec, params: dict, seed: int):
         return None, (f"dense reference failed: {type(exc).__name__}: {exc}", traceback.format_exc()), None
     try:
         result = execute_trial(spec.method.name, params, seed, computer.task(spec), reference, computer.device,
-                               spec.method.tune)
+                               spec.method.tune, spec.method.protect)
     except Exception as exc:
         return None, (f"{type(exc).__name__}: {exc}", traceback.format_exc()), dense_row
     return result, None, dense_row

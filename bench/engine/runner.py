@@ -18,11 +18,13 @@ from fairsqueeze.core.errors import FairsqueezeError
 from fairsqueeze.engine.execute import Computed, Computer, run_row
 from fairsqueeze.engine.jobs import compute_in_processes, interleaved
 from fairsqueeze.engine.plan import Plan, plan_suite, suite_definition  # noqa: F401  (plan_suite: the runner's public API)
-from fairsqueeze.core.progress import progress_bar
+from fairsqueeze.core.progress import LogProgress, progress_bar
 from fairsqueeze.store.database import Store
 from fairsqueeze.spec.entries import RunSpec, Suite
 
 log = logging.getLogger("fairsqueeze")
+
+FLAG_MEANING = {"degenerate": "constant predictions on a split or a group", "no_effect": "the dense model's predictions"}
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -42,10 +44,20 @@ class RunReport:
     failed: list[str] = field(default_factory=list)
     missing_tasks: list[str] = field(default_factory=list)
     flagged: dict[str, list[str]] = field(default_factory=dict)  # run key -> flags
+    flag_runs: dict[str, list[str]] = field(default_factory=dict)  # flag -> what each flagged run showed
     # wall seconds by phase: dense (train or load + its predictions), method (apply),
     # evaluation (predictions, metrics, footprint, latency), total (the whole execution);
     # with several jobs the phases add up the processes' times
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("dense", "method", "evaluation", "total"), 0.0))
+
+    def absorb(self, earlier: "RunReport") -> None:
+        """Count an earlier batch of this call (the smoke seed's) as part of this report; its
+        failed runs were retried by this one and count there."""
+        self.done += earlier.done
+        self.skipped -= earlier.done
+        self.flagged.update(earlier.flagged)
+        for name, seconds in earlier.seconds.items():
+            self.seconds[name] += seconds
 
     @property
     def overhead(self) -> float:
@@ -87,7 +99,7 @@ class Runner:
         run key) is stored with a result (e.g. what selected it). A run is written whole when
         it is done, so an interrupt leaves nothing half-written and a rerun computes the rest."""
         self.computer.tasks.update(plan.tasks)
-        for key, task in plan.tasks.items():
+        for key, task in plan.entry_tasks().items():
             self.store.put_task(key, task.name, {**task.summary(), "label": plan.labels[key]})
         info = info or {}
         jobs = min(jobs, len(pending))  # a process more than there are runs would only wait
@@ -95,11 +107,15 @@ class Runner:
             computed = compute_in_processes(pending, jobs, self.data_root, self.device, info, plan.tasks)
         else:
             computed = ((spec, self.computer.run(spec, info.get(spec.key))) for spec in pending)
-        with progress_bar(total=len(pending), desc=f"suite {plan.suite.name}", unit="run") as bar:
+        with (progress_bar(total=len(pending), desc=f"suite {plan.suite.name}", unit="run") as bar,
+              LogProgress(len(pending), f"suite {plan.suite.name}") as lines):
             for spec, outcome in computed:
                 bar.set_postfix_str(f"{spec.task.name}/{spec.model.name}/{spec.method.label}/s{spec.seed}")
                 self.write(spec, outcome, plan, report)
                 bar.update(1)
+                lines.update(failed=int(outcome.result is None))
+        for flag, runs in report.flag_runs.items():  # one line per flag, however many runs have it
+            log.warning("%d run(s) flagged %s (%s); e.g. %s", len(runs), flag, FLAG_MEANING.get(flag, ""), runs[0])
 
     def run_one(self, spec: RunSpec, plan: Plan, info: dict | None = None) -> Computed:
         """Compute one run in this process and write it (what a worker does per run)."""
@@ -116,7 +132,7 @@ class Runner:
             self.store.put_dense(spec.dense_key, computed.dense_row)
         if report is not None:
             report.seconds["dense"] += computed.dense_seconds
-        row = run_row(spec, plan.tasks[spec.task.key], label, self.device)
+        row = run_row(spec, plan.tasks[spec.task_instance], label, self.device)
         self.store.start_run(spec.key, {**row, "started_at": computed.started_at})
         if computed.result is None:
             log.error("run %s (%s/%s/%s) failed: %s", spec.key, spec.task.name, spec.model.name, spec.method.label,
@@ -128,8 +144,12 @@ class Runner:
         result = computed.result
         self.store.finish_run(spec.key, result)
         for flag in result.flags:
-            log.warning("run %s (%s, %s, seed %d) is flagged %s: %s", spec.method.label, label, spec.model.label,
-                        spec.seed, flag, (computed.details or {}).get(flag, ""))
+            what = (f"run {spec.method.label} ({label}, {spec.model.label}, seed {spec.seed}):"
+                    f" {(computed.details or {}).get(flag, '')}")
+            if report is None:
+                log.warning("%s is flagged %s", what, flag)
+            else:  # folded into one line per flag when the batch ends
+                report.flag_runs.setdefault(flag, []).append(what)
         if report is not None:
             report.done += 1
             if result.flags:

@@ -141,9 +141,11 @@ class Trainer:
 
     def column(self, split: Split, name: str, rows: np.ndarray) -> torch.Tensor | None:
         """``split.<name>[rows]`` on the device, or None where the split withholds the column."""
-        if not hasattr(split, name):  # a withheld column raises AttributeError on access
+        values = getattr(split, name, None)  # a withheld column raises AttributeError on access
+        if values is None:
             return None
-        return torch.as_tensor(getattr(split, name)[rows], device=self.device)
+        picked = torch.as_tensor(values[rows])
+        return picked if torch.device(self.device).type == "cpu" else picked.to(self.device)
 
     def epoch_rows(self, split: Split) -> Iterator[np.ndarray]:
         """Row numbers of each batch of one epoch, as the sampler draws them."""

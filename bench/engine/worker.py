@@ -46,7 +46,7 @@ from fairsqueeze.core.errors import FairsqueezeError
 from fairsqueeze.core.hashing import config_hash
 from fairsqueeze.engine.plan import Plan
 from fairsqueeze.core.registry import create_method
-from fairsqueeze.core.progress import progress_bar
+from fairsqueeze.core.progress import BarAndLog, progress_bar
 from fairsqueeze.engine.runner import RunReport
 from fairsqueeze.store.database import selections  # noqa: F401  (the table lives in the store; readers once imported it from here)
 from fairsqueeze.spec.entries import MethodEntry, RunSpec, Suite
@@ -141,7 +141,7 @@ class Worker:
         report = WorkReport(missing_tasks=list(plan.missing_tasks))
         suite = plan.suite
         self.plan = plan
-        for key, task in plan.tasks.items():  # engine bookkeeping, outside any trial
+        for key, task in plan.entry_tasks().items():  # engine bookkeeping, outside any trial
             self.store.put_task(key, task.name, {**task.summary(), "label": plan.labels[key]})
         studies = {study_name(suite, s): s for s in plan.studies}
         self._specs = studies
@@ -150,7 +150,8 @@ class Worker:
             self._create_study(name, suite, spec)
         selected = self._selected_runs(studies)
         self._record_membership(selected)
-        with progress_bar(total=0, desc=f"suite {suite.name}", unit="item") as self._bar:
+        bar = progress_bar(total=0, desc=f"suite {suite.name}", unit="item")
+        with BarAndLog(bar, f"suite {suite.name}", "item") as self._bar:
             self._count_pending(plan.runs + list(selected.values()), studies)
             if jobs > 1 and studies:
                 try:
@@ -250,7 +251,7 @@ class Worker:
             base = studies[row.study]
             entry = MethodEntry(base.method.name, json.loads(row.params), row.label, base.method.models,
                                 base.method.tasks, entry=base.method.entry, entry_label=base.method.label,
-                                sweep={"policy": row.policy}, seed=row.method_seed)
+                                sweep={"policy": row.policy}, seed=row.method_seed, protect=base.method.protect)
             spec = RunSpec(base.task, base.model, entry, base.seed, base.data)
             out[(row.study, row.policy)] = spec
             chosen = self._info.setdefault(spec.key, {"selected": {"study": row.study, "trial": row.trial,
@@ -319,8 +320,8 @@ class Worker:
             self.store.idle(unless_within=SHORT_TRIAL_S if short else 0.0)
             computing = time.perf_counter()
             try:
-                result = execute_trial(spec.method.name, params, seed, self.plan.tasks[spec.task.key], reference,
-                                       self.runner.device, spec.method.tune)
+                result = execute_trial(spec.method.name, params, seed, self.plan.tasks[spec.task_instance], reference,
+                                       self.runner.device, spec.method.tune, spec.method.protect)
             except Exception as exc:
                 self._end_trial(name, trial, slot, report, error=trial_error(exc))
             else:
@@ -479,7 +480,7 @@ class Worker:
             run_key, seed = None, None
             if params is not None:
                 seed = seeds[number]
-                entry = MethodEntry(spec.method.name, params, label, seed=seed)
+                entry = MethodEntry(spec.method.name, params, label, seed=seed, protect=spec.method.protect)
                 run_key = RunSpec(spec.task, spec.model, entry, spec.seed, spec.data).key
             else:
                 log.warning("study %s: no trial qualifies for policy %s", name, policy.label)

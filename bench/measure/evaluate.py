@@ -18,15 +18,9 @@ class NonFiniteOutput(FairsqueezeError):
     """The model produced NaN or infinite logits: its argmax would be an arbitrary class."""
 
 
-@torch.inference_mode()
-def predict(model: nn.Module, split: Split, prepare, device: torch.device, batch_size: int = 512) -> np.ndarray:
-    """Argmax predictions of ``model`` on every row of ``split``, in order.
-
-    Raises :class:`NonFiniteOutput` when a logit is NaN or infinite, rather than returning
-    the arbitrary class argmax would pick.
-    """
+def _logits(model: nn.Module, split: Split, prepare, device: torch.device, batch_size: int):
+    """The model's logits on ``split``, batch by batch, in order; NaN or infinite ones raise."""
     model.to(device).eval()
-    out = []
     for start in range(0, len(split), batch_size):
         x = prepare(split.x[start : start + batch_size], False).to(device)
         logits = model(x)
@@ -34,8 +28,26 @@ def predict(model: nn.Module, split: Split, prepare, device: torch.device, batch
             bad = int((~torch.isfinite(logits)).any(dim=1).sum())
             raise NonFiniteOutput(f"the model produced NaN or infinite outputs on {bad} of {len(x)} rows"
                                   f" (rows {start}..{start + len(x) - 1} of the split)")
-        out.append(logits.argmax(dim=1).cpu())
+        yield logits
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, split: Split, prepare, device: torch.device, batch_size: int = 512) -> np.ndarray:
+    """Argmax predictions of ``model`` on every row of ``split``, in order.
+
+    Raises :class:`NonFiniteOutput` when a logit is NaN or infinite, rather than returning
+    the arbitrary class argmax would pick.
+    """
+    out = [logits.argmax(dim=1).cpu() for logits in _logits(model, split, prepare, device, batch_size)]
     return torch.cat(out).numpy().astype(np.int64) if out else np.zeros(0, dtype=np.int64)
+
+
+@torch.inference_mode()
+def predict_scores(model: nn.Module, split: Split, prepare, device: torch.device, batch_size: int = 512) -> np.ndarray:
+    """The positive-class probability (softmax of class 1) of a binary ``model`` on every row
+    of ``split``: what per-group thresholds cut (``fairsqueeze.measure.thresholds``)."""
+    out = [torch.softmax(logits.float(), dim=1)[:, 1].cpu() for logits in _logits(model, split, prepare, device, batch_size)]
+    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
 
 
 def split_metrics(model: nn.Module, split: Split, prepare, device: torch.device, num_classes: int) -> dict[str, float]:

@@ -12,6 +12,14 @@ from fairsqueeze.spec.train import TrainConfig
 from fairsqueeze.spec.tuning import TuneSpec
 
 
+# A method entry's post-processing step -> the parity its per-group thresholds equalise
+# (fairsqueeze.measure.thresholds)
+POST_STEPS = {"equal_tpr_thresholds": "tpr", "equal_rate_thresholds": "rate"}
+
+# The task option value that draws a task's split with each run's seed (``split_seed: per_seed``)
+PER_SEED = "per_seed"
+
+
 @dataclass(frozen=True)
 class TaskEntry:
     name: str
@@ -20,6 +28,22 @@ class TaskEntry:
     @cached_property
     def key(self) -> str:
         return config_hash({"task": self.name, "options": self.options})
+
+    @property
+    def per_seed(self) -> bool:
+        """Whether each seed draws its own split (the engine passes the run's seed as ``split_seed``)."""
+        return self.options.get("split_seed") == PER_SEED
+
+    def options_for(self, seed: int) -> dict[str, Any]:
+        """The builder's options for a run of ``seed``: the entry's, with the seed as
+        ``split_seed`` when the split is drawn per seed."""
+        return {**self.options, "split_seed": seed} if self.per_seed else self.options
+
+    def instance_key(self, seed: int) -> str:
+        """Key of the loaded data a run of ``seed`` uses: one per entry, or one per (entry,
+        seed) when the split is drawn per seed. The data fingerprint of each instance is part
+        of every run key, so runs on different splits never share a key."""
+        return config_hash({"task": self.key, "split_seed": seed}) if self.per_seed else self.key
 
     @property
     def label(self) -> str:
@@ -53,6 +77,8 @@ class MethodEntry:
     sweep: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     tune: TuneSpec | None = field(default=None, compare=False)  # tuned on validation instead of fixed params
     seed: int | None = None  # the method's seed when it is not the run's (a selected trial's seed)
+    protect: str | None = None  # the protected group's rule (fairsqueeze.measure.groups); None: the default
+    post: str | None = None  # per-group thresholds on the method's model (POST_STEPS), chosen on validation
 
 
 @dataclass(frozen=True)
@@ -67,6 +93,16 @@ class RunSpec:
 
     def bind(self, fingerprint: str) -> "RunSpec":
         return replace(self, data=fingerprint)
+
+    @property
+    def task_instance(self) -> str:
+        """Key of the loaded task this run uses (see :meth:`TaskEntry.instance_key`)."""
+        return self.task.instance_key(self.seed)
+
+    @property
+    def task_options(self) -> dict[str, Any]:
+        """The options the task is built with for this run."""
+        return self.task.options_for(self.seed)
 
     @property
     def dense_key(self) -> str:
@@ -96,6 +132,10 @@ class RunSpec:
                  "version": __version__}
         if self.method.seed is not None:
             ident["method_seed"] = self.method.seed
+        if self.method.protect is not None:  # absent by default, so earlier keys stay valid
+            ident["protect"] = self.method.protect
+        if self.method.post is not None:
+            ident["post"] = self.method.post
         return config_hash(ident)
 
 

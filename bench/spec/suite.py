@@ -15,7 +15,11 @@ Example::
       - {name: truncated_svd, params: {layer: fc1}, sweep: {k: [2, 8]}, models: [mlp]}
 
 A method entry's ``sweep`` expands into one entry per combination (for ablations);
-``models`` / ``tasks`` restrict where an entry runs. Every error names the file, the
+``models`` / ``tasks`` restrict where an entry runs; ``post: equal_tpr_thresholds`` gives the
+method's model per-group decision thresholds chosen on validation; ``protect: tpr`` makes the method protect
+the group with the dense model's lower validation TPR instead of its lower accuracy
+(``fairsqueeze.measure.groups``). A task option ``split_seed: per_seed`` draws the task's
+split with each run's seed instead of one split for every seed. Every error names the file, the
 key path and its line.
 """
 from __future__ import annotations
@@ -31,14 +35,15 @@ import yaml
 from fairsqueeze.core.errors import ConfigError, FairsqueezeError
 from fairsqueeze.core.params import check_options, check_types, finite_number
 from fairsqueeze.core.registry import MODELS, TASKS, create_method, method_class
-from fairsqueeze.spec.entries import MethodEntry, ModelEntry, Suite, TaskEntry, label_of
+from fairsqueeze.measure.groups import DEFAULT_RULE, PROTECT_RULES
+from fairsqueeze.spec.entries import POST_STEPS, MethodEntry, ModelEntry, Suite, TaskEntry, label_of
 from fairsqueeze.spec.train import TrainConfig
 from fairsqueeze.spec.tuning import parse_tuning
 
 TOP_KEYS = {"name", "description", "seeds", "train", "tasks", "models", "methods", "tuning", "needs_gpu"}
 TASK_KEYS = {"name", "options"}
 MODEL_KEYS = {"name", "options", "train", "tasks"}
-METHOD_KEYS = {"name", "params", "sweep", "label", "models", "tasks", "tune"}
+METHOD_KEYS = {"name", "params", "sweep", "label", "models", "tasks", "tune", "protect", "post"}
 FLOAT_FIELDS = {f.name for f in fields(TrainConfig) if f.type in (float, "float")}  # YAML reads 1e-3 as a string
 
 
@@ -252,8 +257,9 @@ def parse_suite(data: Any, where: _Where | None = None, default_name: str = "sui
         options = _options(entry.get("options"), where, ("tasks", i, "options"))
         try:
             spec = TASKS.get(entry["name"])
-            check_options(spec.builder, options, f"task {entry['name']!r}")
-            check_types(options, spec.builder, f"task {entry['name']!r}")
+            built = TaskEntry(entry["name"], options).options_for(0)  # split_seed: per_seed is checked as a seed
+            check_options(spec.builder, built, f"task {entry['name']!r}")
+            check_types(built, spec.builder, f"task {entry['name']!r}")
         except FairsqueezeError as exc:
             raise where(("tasks", i), str(exc)) from None
         tasks.append(TaskEntry(entry["name"], options))
@@ -343,6 +349,17 @@ def _method_entries(raw, where, path, tuning: dict | None = None) -> list[Method
             tune = parse_tuning(tuning, entry["tune"])
         except ConfigError as exc:
             raise where(path + ("tune",), str(exc)) from None
+    protect = entry.get("protect", DEFAULT_RULE)
+    if protect not in PROTECT_RULES:
+        raise where(path + ("protect",), f"unknown rule {protect!r} (known: {', '.join(PROTECT_RULES)})")
+    protect = None if protect == DEFAULT_RULE else protect  # the default leaves the run key as it was
+    post = entry.get("post")
+    if post is not None and post not in POST_STEPS:
+        raise where(path + ("post",), f"unknown step {post!r} (known: {', '.join(POST_STEPS)})")
+    if post is not None and "tune" in entry:
+        raise where(path + ("post",), "a tuned entry cannot be post-processed (its trials score the model alone)")
+    # a default label names what differs from the method alone
+    named = {**params, **({"protect": protect} if protect else {}), **({"post": post} if post else {})}
     out = []
     for combo in combos:
         merged = {**params, **combo}
@@ -351,8 +368,8 @@ def _method_entries(raw, where, path, tuning: dict | None = None) -> list[Method
         except ConfigError as exc:
             raise where(path + ("params",), str(exc).removeprefix("params: ")) from None
         resolved = method.param_dict()
-        base = str(entry.get("label") or label_of(entry["name"], params))
-        label = entry.get("label") or label_of(entry["name"], {**params, **combo})
+        base = str(entry.get("label") or label_of(entry["name"], named))
+        label = entry.get("label") or label_of(entry["name"], {**named, **combo})
         if entry.get("label") and combo:
             label = label_of(entry["label"], combo)
         out.append(
@@ -366,6 +383,8 @@ def _method_entries(raw, where, path, tuning: dict | None = None) -> list[Method
                 entry_label=base,
                 sweep=dict(combo),
                 tune=tune,
+                protect=protect,
+                post=post,
             )
         )
     return out
