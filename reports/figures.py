@@ -469,6 +469,16 @@ OUTCOME_COLOURS = {"supported": "#1a7f37", "contradicted": "#c62828", "no effect
                    "inconclusive": "#8a6d00", "not exercised": "#6e6e6e", "untested": "#9e9e9e"}
 
 
+def _shorten(text: str, most: int) -> str:
+    return text if len(text) <= most else text[:most - 1] + "…"
+
+
+def _cell_name(cell: str) -> str:
+    """A cell's "task · model" shortened part by part, so two models of one task stay apart."""
+    task, _, model = cell.partition(" · ")
+    return f"{_shorten(task, 20)} · {_shorten(model, 14)}" if model else _shorten(cell, 30)
+
+
 def forest_figure(row: dict, cells):
     """One claim row as a forest plot: each cell's estimate with its 95 % interval (seeds
     as the units), the pooled estimate as a diamond spanning its interval at the level the
@@ -504,7 +514,7 @@ def forest_figure(row: dict, cells):
                 arrowprops={"arrowstyle": "->", "color": "#1a7f37"})
     ax.text(0.5 + 0.24 * claimed, 1.03, "claimed side", transform=ax.transAxes, va="center",
             ha="right" if claimed < 0 else "left", fontsize=MIN_FONT, color="#1a7f37")
-    names = [f"{c[:28]}… ({n} s)" if len(c) > 29 else f"{c} ({n} s)" for c, n in zip(cells["cell"], cells["seeds"])]
+    names = [f"{_cell_name(c)} ({n} s)" for c, n in zip(cells["cell"], cells["seeds"])]
     ax.set_yticks(list(ys) + [0.5], names + ["pooled"], fontsize=MIN_FONT)
     ax.set_ylim(-0.4, (ys[0] if k else 1) + 0.8)
     ax.xaxis.set_major_locator(plt.MaxNLocator(4))
