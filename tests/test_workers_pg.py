@@ -198,3 +198,39 @@ def test_twelve_workers_share_a_server_with_ten_connections(tmp_path, monkeypatc
     assert sum(t for _, t in done) == 2 * 2  # each trial once
     for trials in got["studies"].values():
         assert len(trials) == 2
+
+
+def test_a_worker_reads_the_schema_version_only_after_another_has_created_the_tables(postgres_url):
+    """While one worker holds the creation lock with the tables half made (``meta`` without its
+    version row), another starting worker waits for the lock instead of reading the half-made
+    database as an old schema and refusing it."""
+    import threading
+
+    from sqlalchemy import create_engine, text
+
+    from fairsqueeze.store.database import DB_LOCK_KEY, SCHEMA_VERSION, meta, schema
+
+    holder = create_engine(postgres_url).connect()
+    assert holder.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": DB_LOCK_KEY}).scalar()
+    holder.commit()
+    schema.create(holder)  # the first table only, no version row yet
+    holder.commit()
+    opened: list = []
+    other = threading.Thread(target=lambda: opened.append(_open(postgres_url)))
+    other.start()
+    time.sleep(1.0)
+    assert other.is_alive() and not opened  # waiting for the lock, not refusing
+    meta.create_all(holder)
+    holder.execute(schema.insert().values(key="schema_version", value=SCHEMA_VERSION))
+    holder.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": DB_LOCK_KEY})
+    holder.commit()
+    holder.close()
+    other.join(timeout=30)
+    assert isinstance(opened[0], Store), opened
+
+
+def _open(url):
+    try:
+        return Store(url)
+    except Exception as exc:  # returned, so the test shows what a refusing worker said
+        return exc

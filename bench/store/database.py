@@ -406,12 +406,15 @@ class Store:
             self.engine: Engine = create_engine(url, **self.engine_kwargs)
             if self.engine.dialect.name == "postgresql":
                 _connect_with_retry(self.engine)
-            self._check_schema()
             if read_only:
+                self._check_schema()
                 if not inspect(self.engine).has_table(schema.name):
                     raise StoreError(f"--db {shown}: the database holds no fairsqueeze results")
                 return
-            with self.lock():  # workers started together create the tables one at a time
+            # workers started together create the tables one at a time; the version is read
+            # under the same lock, never from tables another worker is still creating
+            with self.lock():
+                self._check_schema()
                 meta.create_all(self.engine)
                 with self.engine.begin() as conn:
                     if conn.execute(select(schema.c.value).where(schema.c.key == "schema_version")).scalar() is None:
