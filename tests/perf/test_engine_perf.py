@@ -16,15 +16,7 @@ from fairsqueeze.measure.evaluate import predict
 from fairsqueeze.models.base import create_model
 from fairsqueeze.datasets.base import build_task
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("one_thread")]
 
 
 def rounds(fn, n: int) -> list[float]:

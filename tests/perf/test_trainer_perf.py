@@ -23,21 +23,13 @@ from fairsqueeze.engine.training import Trainer
 from fairsqueeze.models.base import create_model
 from fairsqueeze.spec.train import TrainConfig
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("one_thread")]
 
 SEED = 0
 CASES = {  # model -> (task options, model options, batch size, epochs per round, rounds)
     "mlp": ({"target": "parity"}, {"hidden": [128, 64]}, 64, 4, 30),
     "vgg11_narrow": ({"target": "parity", "size": 32, "channels": 3}, {}, 128, 1, 8),
 }
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def bare_loop(model: nn.Module, task, cfg: TrainConfig) -> tuple[nn.Module, list[float]]:
