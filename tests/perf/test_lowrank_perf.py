@@ -264,7 +264,7 @@ def test_fairlrf_scoring_costs_under_three_full_passes(benchmark, paper_vgg, sco
             }
             for group, c in curvature.items()
         },
-        "outcome_passes": dict(outcome.passes),
+        "outcome_passes": dict(outcome.cost.passes),
     })
 
     assert layer_info["rows_in"] == layer_info["rows_out"] == math.floor(0.4 * 4096)
