@@ -48,7 +48,6 @@ from fairsqueeze.engine.plan import Plan
 from fairsqueeze.core.registry import create_method
 from fairsqueeze.core.progress import BarAndLog, progress_bar
 from fairsqueeze.engine.runner import RunReport
-from fairsqueeze.store.database import selections  # noqa: F401  (the table lives in the store; readers once imported it from here)
 from fairsqueeze.spec.entries import MethodEntry, RunSpec, Suite
 from fairsqueeze.engine.trials import derived_seed, record, suggested_params, trial_seed
 from fairsqueeze.store.studies import trials_frame
