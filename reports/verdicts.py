@@ -43,6 +43,7 @@ import yaml
 from fairsqueeze.core.errors import FairsqueezeError
 
 from fairsqueeze.measure.biascard import is_underfit
+from fairsqueeze.measure.groups import DEFAULT_RULE, PROTECT_RULES
 from fairsqueeze.measure.metrics import metric_def
 
 from . import evidence
@@ -74,13 +75,25 @@ VERDICT_COLUMNS = ["id", "claim_id", "claim", "source", "verdict", "metric", "di
 
 @dataclass(frozen=True)
 class Side:
+    """One side of a claim: runs of ``method`` with ``params`` (and without ``params_not``)
+    whose protected group was named by the rule ``protect`` (any rule when None)."""
+
     method: str
     params: dict = field(default_factory=dict)
     params_not: dict = field(default_factory=dict)
+    protect: str | None = None
 
-    def selects(self, method: str, params: dict) -> bool:
+    def selects(self, method: str, params: dict, rule: str = DEFAULT_RULE) -> bool:
         return (method == self.method and all(params.get(k) == v for k, v in self.params.items())
-                and all(params.get(k) != v for k, v in self.params_not.items()))
+                and all(params.get(k) != v for k, v in self.params_not.items())
+                and (self.protect is None or rule == self.protect))
+
+
+def protect_rule(info) -> str:
+    """The rule that named a stored run's protected group (runs stored before the rule was
+    recorded used the default)."""
+    found = info.get("protect") if isinstance(info, dict) else None
+    return found.get("rule", DEFAULT_RULE) if isinstance(found, dict) else DEFAULT_RULE
 
 
 @dataclass(frozen=True)
@@ -128,6 +141,10 @@ def load_claims(path: Path | str | None = None) -> list[Claim]:
         delta = c.get("delta")
         if delta is not None and not (isinstance(delta, (int, float)) and delta > 0):
             raise ValueError(f"claim {c['id']}: delta must be a positive number")
+        for side in ("fair", "twin"):
+            rule = c[side].get("protect")
+            if rule is not None and rule not in PROTECT_RULES:
+                raise ValueError(f"claim {c['id']}: {side}.protect must be one of {', '.join(PROTECT_RULES)}")
         claim = Claim(c["id"], c["claim"], c["source"], Side(**c["fair"]), Side(**c["twin"]), metric,
                       c.get("direction", "lower"), match, c.get("accuracy_cost"), delta)
         for _, key, _ in claim.rows():
@@ -247,7 +264,9 @@ def claim_pairs(frame: pd.DataFrame, claim: Claim, kinds: tuple[str, ...] = ("bi
 def _selected(frame: pd.DataFrame, side: Side) -> np.ndarray:
     chosen = (frame["method"] == side.method).to_numpy(copy=True)
     rows = np.flatnonzero(chosen)
-    chosen[rows] = [side.selects(side.method, p) for p in frame["params"].to_numpy()[rows]]
+    infos = frame["info"].to_numpy()[rows] if "info" in frame else [None] * len(rows)
+    chosen[rows] = [side.selects(side.method, p, protect_rule(i))
+                    for p, i in zip(frame["params"].to_numpy()[rows], infos)]
     return chosen
 
 
@@ -367,8 +386,15 @@ def _missing(claim: Claim, frame: pd.DataFrame, runs: pd.DataFrame) -> str:
     if missing:
         return f"not in the suite: {', '.join(missing)}"
     dropped = [m for m in sides if m not in usable_]
-    return (f"every run of {', '.join(dropped)} left out (degenerate, or on an underfit dense reference)"
-            if dropped else "")
+    if dropped:
+        return f"every run of {', '.join(dropped)} left out (degenerate, or on an underfit dense reference)"
+    for side in (claim.fair, claim.twin):
+        if side.protect is not None and not _selected(runs, Side(side.method, protect=side.protect)).any():
+            rules = sorted({protect_rule(i) for i in runs.loc[runs["method"] == side.method, "info"]}) \
+                if "info" in runs else [DEFAULT_RULE]
+            return (f"no run of {side.method} protects the group named by the {side.protect} rule "
+                    f"(its runs: the {', '.join(rules)} rule)")
+    return ""
 
 
 class _Test:

@@ -59,7 +59,11 @@ def make_results(tasks=(("digits: parity / planted", 2),), models=("mlp",), seed
                         "target": "t", "sensitive": "s", "num_classes": k, "model": model, "method": method,
                         "family": "low-rank" if method != "dense" else "dense", "params": params, "seed": sd,
                         "status": "done", "error": None, "flags": ["degenerate"] if flips is None else [],
-                        "info": {"cost": {"passes": {"forward": 1.0, "backward": 2.0}, "steps": 0, "seconds": 0.0}}, "timings": {"apply_s": 0.5 + e},
+                        "info": {"cost": {"passes": {"forward": 1.0, "backward": 2.0}, "steps": 0, "seconds": 0.0},
+                                 # what the engine records; FairLRF protects the lower-TPR group, as its claims ask
+                                 "protect": {"rule": "tpr" if method == "fairlrf" else "accuracy", "group": 0,
+                                             "group_name": "minority <b>"}},
+                        "timings": {"apply_s": 0.5 + e},
                         "dense_key": dense_key,
                     })
                     metrics[key] = compute_metrics(y, y_pred, s, num_classes=k)

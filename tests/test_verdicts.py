@@ -1,15 +1,3 @@
-"""Verdicts on synthetic paired data with a known effect, a reversed one and noise; matching
-by parameters and by compression ratio; runs left out of the pairs; the packaged claims."""
-import numpy as np
-import pandas as pd
-import pytest
-
-from fairsqueeze.reports.verdicts import Claim, Side, claim_pairs, load_claims, verdicts
-
-CELLS = [("adult", 2), ("compas", 2), ("german", 2), ("digits-mlp", 10), ("digits-vgg", 10), ("celeba", 2)]
-SEEDS = range(5)
-
-
 """Verdicts on planted effects (real, reversed, null, tiny, noise with few seeds, cells that
 disagree, no variation, mixed metrics); the pooled numbers against statsmodels; matching by
 parameters and by compression ratio; runs and idle pairs left out; the packaged claims."""
@@ -354,3 +342,42 @@ def test_a_claim_whose_runs_were_all_left_out_says_so_not_that_they_are_missing(
     row = one(frame, dense=dense)
     assert row["verdict"] == "untested" and row["left_out"] == 60
     assert row["note"] == "every run of fair, twin left out (degenerate, or on an underfit dense reference)"
+
+
+def test_a_side_selects_runs_by_the_rule_that_named_their_protected_group():
+    """Fair runs protecting the lower-TPR group lower the gap; the same method protecting the
+    lower-accuracy group raises it. Each rule's row sees its own runs only."""
+    tpr, acc = synthetic(-0.03, seed=1), synthetic(+0.03, seed=2)
+    tpr["info"] = [{"protect": {"rule": "tpr"}} if m == "fair" else {} for m in tpr["method"]]
+    acc = acc[acc["method"] == "fair"].assign(info=[{"protect": {"rule": "accuracy"}}] * int((acc["method"] == "fair").sum()),
+                                              run_key=lambda f: "a" + f["run_key"], label=lambda f: "a" + f["label"])
+    frame = pd.concat([tpr, acc], ignore_index=True)
+    rule = {r: Claim(f"fair-{r}", "c", "s", Side("fair", protect=r), Side("twin"), {"binary": "gap", "multiclass": "gap"},
+                     "lower", ("ratio",), delta=0.01) for r in ("tpr", "accuracy")}
+    assert one(frame, rule["tpr"])["verdict"] == "supported"
+    assert one(frame, rule["accuracy"])["verdict"] == "contradicted"
+    assert one(frame, rule["tpr"])["pairs"] == one(frame, rule["accuracy"])["pairs"] == 30
+    # without a rule both kinds pair: twice the runs, averaged per seed into no effect
+    assert one(frame)["pairs"] == 60 and abs(one(frame)["effect"]) < 0.005
+    # a run stored before the rule was recorded used the default (accuracy)
+    old = tpr.assign(info=[{}] * len(tpr))
+    assert one(old, rule["accuracy"])["verdict"] == "supported"
+    row = one(old, rule["tpr"])
+    assert row["verdict"] == "untested"
+    assert row["note"] == "no run of fair protects the group named by the tpr rule (its runs: the accuracy rule)"
+
+
+def test_a_claim_side_with_an_unknown_protect_rule_is_refused(tmp_path):
+    path = tmp_path / "claims.yaml"
+    path.write_text("claims:\n  - {id: x, claim: c, source: s, fair: {method: fairlrf, protect: fpr},"
+                    " twin: {method: truncated_svd}, metric: eodd}\n")
+    with pytest.raises(ValueError, match="fair.protect must be one of accuracy, tpr"):
+        load_claims(path)
+
+
+def test_the_packaged_equal_opportunity_claims_come_in_both_group_rules():
+    claims = {c.id: c for c in load_claims()}
+    for cid in ("fairlrf-vs-truncated-svd", "fairlrf-vs-slr-w", "fairlrf-vs-slr-a", "fairquantize-vs-curvature-free",
+                "fairquantize-vs-int8-ptq"):
+        assert claims[cid].fair.protect == "tpr" and claims[f"{cid}-paper-rule"].fair.protect == "accuracy"
+        assert claims[cid].metric == claims[f"{cid}-paper-rule"].metric
