@@ -162,13 +162,16 @@ def _points(ax, comp: Comparison, colours: dict[str, str], x: str, y: str, front
     the points; each method's front of unflagged rows as one step line; the dense model a
     black star. Points are labelled by their sweep values: all of them in a small figure,
     those on a front in a crowded one. Returns the points' coordinates, for the limits, and
-    their labels, placed by :func:`place_labels` once the limits are set. One artist per
+    their labels, placed by :func:`place_labels` once the limits are set. The dense model
+    post-processed (``dense+STEP``, e.g. per-group thresholds) is a hollow star: the bar a
+    compression method's fairness is read against. One artist per
     (method, entry, flagged): a figure of a thousand rows draws as fast as one of ten."""
     xs, ys, names = [], [], []
     crowded = len(comp.rows) > LABEL_ALL
     for method, rows in _by_method(comp).items():
         colour = colours.get(method, FLAGGED)
-        dense = method == "dense"
+        dense = method == "dense" or method.startswith("dense+")
+        hollow = method != "dense" and dense
         px = np.array([r.values[x].mean for r in rows], dtype=float)
         py = np.array([r.values[y].mean for r in rows], dtype=float)
         ok = np.isfinite(px) & np.isfinite(py)
@@ -190,7 +193,8 @@ def _points(ax, comp: Comparison, colours: dict[str, str], x: str, y: str, front
                 mask = ok & (entry == e) & (ranked != flagged)
                 if mask.any():
                     ax.scatter(px[mask], py[mask], s=180 if dense else 46, marker=marker,
-                               facecolors="none" if flagged else colour, edgecolors=FLAGGED if flagged else colour,
+                               facecolors="none" if flagged or hollow else colour,
+                               edgecolors=FLAGGED if flagged else colour,
                                linewidths=1.2, zorder=3, gid=f"points:{method}", label="_nolegend_")
         on_front = np.zeros(len(rows), dtype=bool)
         keep = np.flatnonzero(ok & ranked)
@@ -203,7 +207,8 @@ def _points(ax, comp: Comparison, colours: dict[str, str], x: str, y: str, front
                 if text := _short(rows[i]):
                     names.append(PointLabel(float(px[i]), float(py[i]), text + ("" if rows[i].ranked else " (flagged)"),
                                             colour if rows[i].ranked else FLAGGED, not on_front[i]))
-        ax.scatter([], [], marker="*" if dense else "o", s=80 if dense else 40, color=colour, label=method)
+        ax.scatter([], [], marker="*" if dense else "o", s=80 if dense else 40, facecolors="none" if hollow else colour,
+                   edgecolors=colour, label=method)
     return xs, ys, names
 
 
@@ -523,4 +528,44 @@ def forest_figure(row: dict, cells):
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=MIN_FONT, frameon=False)
     height = 1.5 + 0.26 * (k + 2)
     fig.subplots_adjust(left=0.33, right=0.7, top=1 - 0.55 / height, bottom=0.55 / height)
+    return fig
+
+
+CELL_COLOURS = ("#0072b2", "#d55e00", "#009e73", "#cc79a7", "#e69f00", "#56b4e9", "#000000", "#8c564b", "#7f7f7f")
+CELL_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">")
+
+
+def dose_response_figure(row: dict, curves):
+    """One claim row against the compression ratio: per cell, the seeds' mean Δ at each of the
+    fair method's configurations with its 95 % band, on a log axis, beside 0, the ±δ band and
+    the pooled trend per doubling in the title."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    delta = float(row["delta"])
+    ax.axhspan(-delta, delta, color="#dde7f3", zorder=0, label=f"±δ = {delta:g}")
+    ax.axhline(0, color="#555555", lw=0.8, zorder=1)
+    for i, (cell, c) in enumerate(curves.groupby("cell", sort=True)):
+        colour, marker = CELL_COLOURS[i % len(CELL_COLOURS)], CELL_MARKERS[i % len(CELL_MARKERS)]
+        c = c.sort_values("dose")
+        ax.plot(c["dose"], c["effect"], marker=marker, ms=4, lw=1.3, color=colour, label=_cell_name(cell), zorder=3)
+        band = np.isfinite(c["low"].to_numpy(float))
+        if band.sum() >= 2:
+            ax.fill_between(c["dose"][band], c["low"][band], c["high"][band], color=colour, alpha=0.12, lw=0, zorder=2)
+        elif band.any():
+            ax.errorbar(c["dose"][band], c["effect"][band], yerr=[c["effect"][band] - c["low"][band],
+                        c["high"][band] - c["effect"][band]], fmt="none", ecolor=colour, lw=1, zorder=2)
+    ax.set_xscale("log", base=2)
+    from matplotlib.ticker import LogLocator
+    ax.xaxis.set_major_locator(LogLocator(base=2, subs=(1.0, 1.5)))
+    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.3g}×"))
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
+    ax.set_xlabel("compression ratio of the fair run (log scale)")
+    ax.set_ylabel(f"Δ {row['metric']} (fair − twin)")
+    title = f"{row['id']}"
+    if isinstance(row.get("trend"), float) and np.isfinite(row["trend"]):
+        title += (f"\ntrend {row['trend']:+.4f} per doubling [{row['trend_low']:+.4f}, {row['trend_high']:+.4f}]"
+                  f" at level {row['trend_level']:.2g}: {row['trend_reading']}")
+    ax.set_title(title, fontsize=MIN_FONT + 1)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=MIN_FONT, frameon=False)
+    fig.subplots_adjust(left=0.12, right=0.66, top=0.84, bottom=0.15)
     return fig

@@ -53,7 +53,9 @@ def palette(methods: pd.DataFrame) -> dict[str, str]:
     in registry order, take the dark then the light shade of that hue, then of the next."""
     colours = {"dense": DENSE_COLOUR}
     rows = catalogue(methods) if "method" in methods else pd.DataFrame(columns=["method", "family", "method_order"])
-    rows = rows[rows["method"] != "dense"]
+    # the dense model post-processed (dense+STEP) is a reference too: the dense colour, drawn hollow
+    colours.update({m: DENSE_COLOUR for m in rows["method"] if m.startswith("dense+")})
+    rows = rows[(rows["method"] != "dense") & ~rows["method"].str.startswith("dense+")]
     key = rows["method_order"].fillna(math.inf)
     rows = rows.assign(_order=key).sort_values(["_order", "method"])
     first = rows.groupby("family", sort=False)["_order"].min()

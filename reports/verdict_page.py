@@ -1,6 +1,8 @@
 """The verdict table as the first section of the report and of the leaderboard: a line of
 counts per outcome, one row per claim and metric (outcome, pooled effect with its interval,
-δ, cells and pairs, what would decide it), its forest plot, and its pairs as a tidy CSV."""
+δ, cells and pairs, what would decide it, its trend against the compression ratio), its forest
+plot, its dose–response curves where the fair method ran at several ratios, and its pairs as a
+tidy CSV."""
 from __future__ import annotations
 
 import math
@@ -10,7 +12,7 @@ from . import export, figures
 from .verdicts import OUTCOMES, PAIR_COLUMNS, Verdicts, for_export
 
 PAIRS = "pairs"
-TEXT = ("companion", "companion_verdict", "decide", "note", "unit")  # folder under tables/: one CSV per verdict row
+TEXT = ("companion", "companion_verdict", "decide", "note", "unit", "trend_reading")  # folder under tables/: one CSV per verdict row
 
 
 def pairs_name(row_id: str) -> str:
@@ -37,7 +39,13 @@ def verdict_context(found: Verdicts, out: Path, cache: figures.FigureCache, writ
         if len(cells):
             content = (tuple(sorted((k, repr(v)) for k, v in row.items())), cells.to_numpy().tolist())
             plot = cache.get("forest", content, lambda r=row, c=cells: figures.forest_figure(r, c))
-        rows.append({**row, "pairs_csv": f"{tables}/{PAIRS}/{name}.csv", "plot": plot,
+        curves = found.curves.get(row["id"])
+        dose_plot = None
+        if curves is not None and len(curves) and curves.groupby("cell")["dose"].nunique().max() >= 2:
+            content = (tuple(sorted((k, repr(v)) for k, v in row.items())), curves.to_numpy().tolist())
+            dose_plot = cache.get("dose", content, lambda r=row, c=curves: figures.dose_response_figure(r, c))
+        rows.append({**row, "pairs_csv": f"{tables}/{PAIRS}/{name}.csv", "plot": plot, "dose_plot": dose_plot,
+                     "trend_text": _trend(row),
                      "anchor": "v-" + name, "colour": figures.OUTCOME_COLOURS[row["verdict"]],
                      "effect_text": _effect(row), "cost_text": _cost(row)})
     counts = [(o, int((found.table["verdict"] == o).sum()), figures.OUTCOME_COLOURS[o]) for o in OUTCOMES]
@@ -56,6 +64,13 @@ def _effect(row: dict) -> str:
     if _finite(row.get("low")) and row["low"] != row["high"]:
         text += f" [{row['low']:+.4f}, {row['high']:+.4f}]"
     return text
+
+
+def _trend(row: dict) -> str:
+    if not _finite(row.get("trend")):
+        return ""
+    return (f"trend {row['trend']:+.4f} per doubling of the ratio [{row['trend_low']:+.4f}, {row['trend_high']:+.4f}]"
+            f" ({row['doses']} ratios): {row['trend_reading']}")
 
 
 def _cost(row: dict) -> str:

@@ -22,6 +22,8 @@ detectable effect use the level its Holm step actually used. A row is
   model), the share stated;
 - **untested**: no pair (the reason says which side is missing).
 
+Each row also reads as a dose–response curve against the fair run's compression ratio, with
+a test for a trend (``dose_response``; Holm over the rows with a trend, a family of its own).
 Idle pairs, degenerate runs and runs on an underfit dense reference leave the pairs and are
 counted. A claim on the cancelling EOdd also reports a non-cancelling companion
 (``COMPANIONS``) and says when the two disagree.
@@ -46,7 +48,7 @@ from fairsqueeze.measure.biascard import is_underfit
 from fairsqueeze.measure.groups import DEFAULT_RULE, PROTECT_RULES
 from fairsqueeze.measure.metrics import metric_def
 
-from . import evidence
+from . import dose_response, evidence
 from .columns import EODDS, is_binary
 from .data import current_definitions
 from .stats import paired_deltas
@@ -70,7 +72,8 @@ VERDICT_COLUMNS = ["id", "claim_id", "claim", "source", "verdict", "metric", "di
                    "pairs", "idle_pairs", "zero_pairs", "unit", "detectable_effect", "units_needed",
                    "accuracy_limit", "accuracy_cost", "accuracy_cost_low", "accuracy_cost_high", "companion",
                    "companion_effect", "companion_low", "companion_high", "companion_verdict",
-                   "disagreeing_cells", "left_out", "decide", "note"]
+                   "disagreeing_cells", "doses", "trend", "trend_low", "trend_high", "trend_level", "trend_p",
+                   "trend_p_holm", "trend_reading", "left_out", "decide", "note"]
 
 
 @dataclass(frozen=True)
@@ -206,7 +209,7 @@ def underfit_dense_keys(dense: pd.DataFrame) -> set[str]:
     return set(dense.loc[dense["bias_card"].map(is_underfit), "key"])
 
 
-PAIR_COLUMNS = ["cell", "task_key", "model", "config", "seed", "metric", "fair", "twin", "diff", "fair_accuracy",
+PAIR_COLUMNS = ["cell", "task_key", "model", "config", "dose", "seed", "metric", "fair", "twin", "diff", "fair_accuracy",
                 "twin_accuracy", "companion", "fair_companion", "twin_companion", "idle", "fair_run", "twin_runs"]
 
 
@@ -251,7 +254,8 @@ def claim_pairs(frame: pd.DataFrame, claim: Claim, kinds: tuple[str, ...] = ("bi
         # both sides left the dense model's predictions as they were: the pair measures nothing
         idle = ("no_effect" in (f["flags"] or ()) or f.get("run_key") in unchanged) and twin["no_effect"] == 1.0
         rows.append({"cell": f"{f['task_label']} · {f['model']}", "task_key": f["task_key"], "model": f["model"],
-                     "config": f["label"], "seed": int(f["seed"]), "metric": metric, "fair": float(f[metric]),
+                     "config": f["label"], "dose": float(f.get("compression_ratio", math.nan)),
+                     "seed": int(f["seed"]), "metric": metric, "fair": float(f[metric]),
                      "twin": float(twin[metric]), "diff": float(f[metric]) - float(twin[metric]),
                      "fair_accuracy": float(f["accuracy"]), "twin_accuracy": float(twin["accuracy"]),
                      "companion": companion or "",
@@ -336,12 +340,14 @@ def usable(frame: pd.DataFrame, dense: pd.DataFrame | None = None) -> tuple[pd.D
 @dataclass
 class Verdicts:
     """The verdict table (``VERDICT_COLUMNS``, one row per claim and metric), and per row id
-    its pairs (``PAIR_COLUMNS``, idle ones included and marked) and its cells
-    (``evidence.CELL_COLUMNS``)."""
+    its pairs (``PAIR_COLUMNS``, idle ones included and marked), its cells
+    (``evidence.CELL_COLUMNS``) and its dose–response curves (``dose_response.CURVE_COLUMNS``,
+    idle pairs left out)."""
 
     table: pd.DataFrame
     pairs: dict[str, pd.DataFrame]
     cells: dict[str, pd.DataFrame]
+    curves: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
 def evaluate(frame: pd.DataFrame, claims: list[Claim] | None = None, dense: pd.DataFrame | None = None,
@@ -352,7 +358,7 @@ def evaluate(frame: pd.DataFrame, claims: list[Claim] | None = None, dense: pd.D
     predictions equal the dense model's (``unchanged_runs``)."""
     claims = load_claims() if claims is None else claims
     runs, dropped = usable(frame, dense) if not frame.empty else (frame, frame)
-    rows, tests, all_pairs, all_cells = [], [], {}, {}
+    rows, tests, all_pairs, all_cells, all_curves = [], [], {}, {}, {}
     for claim in claims:
         left_out = int(dropped["method"].isin([claim.fair.method, claim.twin.method]).sum()) if len(dropped) else 0
         for row_id, metric, kinds in claim.rows():
@@ -361,13 +367,21 @@ def evaluate(frame: pd.DataFrame, claims: list[Claim] | None = None, dense: pd.D
             rows.append(test.row(row_id, left_out))
             tests.append(test)
             all_pairs[row_id], all_cells[row_id] = pairs, test.cells
+            all_curves[row_id] = dose_response.curves(test.pairs)
     p = np.array([r["p"] for r in rows], dtype=float)
     reject, adjusted, level = evidence.holm_levels(p, alpha)
     for i, test in enumerate(tests):
         rows[i]["p_holm"] = adjusted[i] if np.isfinite(p[i]) else math.nan
         rows[i].update(test.decide(float(level[i]), bool(reject[i])))
+    # the trends: a family of their own, the rows that have one
+    trended = [i for i, t in enumerate(tests) if t.trend is not None and math.isfinite(t.trend.p)]
+    _, adjusted, level = evidence.holm_levels([tests[i].trend.p for i in trended], alpha)
+    for j, i in enumerate(trended):
+        reading, low, high = dose_response.reading(tests[i].trend, tests[i].delta, float(level[j]))
+        rows[i].update(trend=tests[i].trend.effect, trend_low=low, trend_high=high, trend_level=float(level[j]),
+                       trend_p_holm=float(adjusted[j]), trend_reading=reading)
     table = pd.DataFrame(rows, columns=VERDICT_COLUMNS)
-    return Verdicts(table, all_pairs, all_cells)
+    return Verdicts(table, all_pairs, all_cells, all_curves)
 
 
 def verdicts(frame: pd.DataFrame, claims: list[Claim] | None = None, dense: pd.DataFrame | None = None,
@@ -410,6 +424,7 @@ class _Test:
         self.pairs = pairs[~idle]
         self.cells = evidence.cell_effects(self.pairs, "diff")
         self.est = self._pool("diff")
+        self.trend, self.doses = dose_response.trend(self.pairs, evidence.SE_FLOOR * self.delta)
         self.flat = self._flat("diff")
         self.missing = missing
 
@@ -440,7 +455,9 @@ class _Test:
                 "pairs": len(self.pairs), "idle_pairs": self.idle, "zero_pairs": zero,
                 "unit": self.est.unit if self.est is not None else "", "accuracy_limit": c.accuracy_cost,
                 "companion": next((p for p in self.all_pairs["companion"] if p), "") if len(self.all_pairs) else "",
-                "disagreeing_cells": [], "left_out": left_out, "decide": "", "note": ""}
+                "disagreeing_cells": [], "doses": self.doses,
+                "trend_p": self.trend.p if self.trend is not None else math.nan,
+                "left_out": left_out, "decide": "", "note": ""}
 
     def decide(self, level: float, rejected: bool) -> dict[str, Any]:
         out: dict[str, Any] = {"level": level}

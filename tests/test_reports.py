@@ -702,3 +702,38 @@ def test_friedman_nemenyi_and_the_cd_diagram_on_six_cells():
     assert p.loc["a", "c"] < 0.05 < p.loc["a", "b"]  # rank gaps 1.83 and 1.17 against a CD of 1.35
     png = significance.cd_diagram(result)
     assert png and png.width > 300
+
+
+def test_the_dense_model_with_thresholds_is_a_hollow_black_star_on_the_pareto_figure():
+    """The post-processing bar (the dense model plus per-group thresholds) is drawn as the
+    dense model's reference, hollow, never as a method with a front; without it, no such point."""
+    import warnings
+
+    from matplotlib.colors import to_hex
+
+    from synthetic_results import ENTRIES, make_results
+    from fairsqueeze.reports import figures
+
+    entries = ENTRIES + [("dense+equal_tpr_thresholds", "dense+thresholds", {}, {}, (0.15, 0.15), 1.0)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        made = make_results(entries=entries, failed=False)
+    colours = made.colours()
+    assert colours["dense+equal_tpr_thresholds"] == colours["dense"]
+    comp = comparisons(made.done())[0]
+    fig = figures.pareto_figure(comp, colours)
+    ax = fig.axes[0]
+    (bar,) = [c for c in ax.collections if c.get_gid() == "points:dense+equal_tpr_thresholds"]
+    (dense,) = [c for c in ax.collections if c.get_gid() == "points:dense"]
+    assert bar.get_sizes()[0] == dense.get_sizes()[0] == 180  # both stars' size
+    assert not bar.get_facecolor()[:, 3].any() and dense.get_facecolor()[:, 3].min() > 0  # hollow and filled
+    assert to_hex(bar.get_edgecolor()[0]) == to_hex(dense.get_edgecolor()[0])
+    assert not [ln for ln in ax.get_lines() if ln.get_gid() == "front:dense+equal_tpr_thresholds"]
+    assert "dense+equal_tpr_thresholds" in [t.get_text() for t in ax.get_legend().get_texts()]
+    figures.pyplot().close(fig)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = comparisons(make_results(failed=False).done())[0]
+    fig = figures.pareto_figure(plain, colours)
+    assert not [c for c in fig.axes[0].collections if c.get_gid() == "points:dense+equal_tpr_thresholds"]
+    figures.pyplot().close(fig)
