@@ -60,3 +60,31 @@ def headline_tables(comparisons: list[Comparison], split: str = "test", suite: s
     """Every table, then a note on what the columns mean."""
     blocks = [headline_block(comp, split, suite) for comp in comparisons]
     return "\n\n".join(blocks + [NOTE]) if blocks else "no finished runs"
+
+
+VERDICT_NOTE = ("effect: pooled fair − twin with its interval at the row's Holm level; cells · pairs; trend: Δ per "
+                "doubling of the compression ratio; the report has each row's notes and evidence")
+
+
+def verdict_block(table) -> str:
+    """The verdict table in the terminal: one line per row (outcome order as in the report),
+    then a line of counts per outcome."""
+    from .verdicts import OUTCOMES
+    if table.empty:
+        return "verdicts: no claims"
+    order = {o: i for i, o in enumerate(OUTCOMES)}
+    rows = table.assign(_o=table["verdict"].map(order)).sort_values("_o", kind="stable")
+    header = [("claim row", 44, "<"), ("outcome", 13, "<"), ("effect [interval]", 28, "<"), ("cells·pairs", 11, ">"),
+              ("trend", 8, "<")]
+    lines = ["  ".join(f"{name:{align}{width}}" for name, width, align in header)]
+    for r in rows.to_dict("records"):
+        effect = "–"
+        if isinstance(r.get("effect"), float) and math.isfinite(r["effect"]):
+            effect = f"{r['effect']:+.4f}"
+            if math.isfinite(r.get("low", math.nan)) and r["low"] != r["high"]:
+                effect += f" [{r['low']:+.3f}, {r['high']:+.3f}]"
+        trend = r.get("trend_reading") if isinstance(r.get("trend_reading"), str) else ""
+        cells = [_fit(str(r["id"]), 44), str(r["verdict"]), effect, f"{r['cells']}·{r['pairs']}", trend]
+        lines.append("  ".join(f"{c:{align}{width}}" for c, (_, width, align) in zip(cells, header)))
+    counts = ", ".join(f"{int((table['verdict'] == o).sum())} {o}" for o in OUTCOMES if (table["verdict"] == o).any())
+    return "\n".join([f"== verdicts ({counts}) ==", *[line.rstrip()[:WIDTH] for line in lines], VERDICT_NOTE])

@@ -6,11 +6,13 @@ import sys
 import textwrap
 import warnings
 
+import pandas as pd
 import pytest
 
 from synthetic_results import make_results, write_store
 import fairsqueeze
 from fairsqueeze.cli.main import main
+from fairsqueeze.reports.terminal import _fit
 from fairsqueeze.reports.verdicts import load_claims
 from fairsqueeze.store.database import Store
 
@@ -86,6 +88,13 @@ def test_a_claims_file_joins_the_report_and_the_leaderboard(stored, tmp_path, ca
     extra.write_text(CLAIM.format(id="my-fairlrf-claim", source="my notes"))
     assert main(["report", "synthetic", "--db", stored, "--out", str(tmp_path / "r"), "--claims", str(extra)]) == 0
     assert "my-fairlrf-claim" in (tmp_path / "r" / "index.html").read_text()
+    # the command prints the verdict table too, one line per row, the rows of the CSV
+    printed = capsys.readouterr().out
+    csv = pd.read_csv(tmp_path / "r" / "tables" / "verdicts.csv")
+    assert printed.startswith("== verdicts (")
+    for row in csv.itertuples():
+        (line,) = [ln for ln in printed.splitlines() if ln.startswith(f"{_fit(row.id, 44):<44}  ")]
+        assert row.verdict in line and f"{row.cells}·{row.pairs}" in line
     assert main(["leaderboard", "--db", stored, "--out", str(tmp_path / "b"), "--claims", str(extra)]) == 0
     assert "my-fairlrf-claim" in (tmp_path / "b" / "index.html").read_text()
     table = fairsqueeze.open_results(stored, claims=[extra]).verdicts("synthetic")

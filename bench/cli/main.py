@@ -224,7 +224,12 @@ def cmd_report(args) -> int:
     results.claim_files = tuple(args.claims)
     if results.runs.empty:
         raise FairsqueezeError(f"no runs of suite {name!r} in {args.db}")
-    print(f"report: {build_report(results, name, args.out or report_folder(name))}")
+    page = build_report(results, name, args.out or report_folder(name))
+    from fairsqueeze.reports.terminal import verdict_block
+    from fairsqueeze.reports.verdicts import evaluation
+
+    print(verdict_block(evaluation(results).table))  # computed for the page already: read from its cache
+    print(f"report: {page}")
     return 0
 
 
