@@ -9,6 +9,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from fairsqueeze.measure.groups import DEFAULT_RULE
+
 from . import chance
 from .palette import palette
 
@@ -104,16 +106,25 @@ class Results:
 PREVIOUS_VERSION = r"@v\d+$"  # a suite redefined with --redefine keeps its old membership as NAME@vN
 
 
+def protect_rule(info) -> str:
+    """The rule that named a stored run's protected group (its info's ``protect.rule``; runs
+    stored before the rule was recorded used the default)."""
+    found = info.get("protect") if isinstance(info, dict) else None
+    return found.get("rule", DEFAULT_RULE) if isinstance(found, dict) else DEFAULT_RULE
+
+
 def current_definitions(frame: pd.DataFrame) -> pd.DataFrame:
     """Runs of the current definition of each suite (memberships of a previous version,
-    ``NAME@vN``, left out) with each (task, model, seed, dense reference, method, params)
-    once: a run shared
+    ``NAME@vN``, left out) with each (task, model, seed, dense reference, method, params,
+    protect rule) once: a run shared
     by two suites or entry labels, or the same configuration stored twice, counts once."""
     if frame.empty:
         return frame
     if "suite" in frame:
         frame = frame[~frame["suite"].astype(str).str.contains(PREVIOUS_VERSION, regex=True)]
     config = frame["params"].map(lambda p: json.dumps(p, sort_keys=True, default=str)) if "params" in frame else ""
+    if "info" in frame:  # the same params protecting another group are another configuration
+        config = config + "|" + frame["info"].map(protect_rule)
     keys = ["task_key", "model", "seed", "method"] + (["dense_key"] if "dense_key" in frame else [])
     unique = ~frame.assign(_config=config).duplicated(keys + ["_config"]) & ~frame.duplicated("run_key")
     return frame[unique]

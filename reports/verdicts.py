@@ -50,7 +50,7 @@ from fairsqueeze.measure.metrics import metric_def
 
 from . import dose_response, evidence
 from .columns import EODDS, is_binary
-from .data import current_definitions
+from .data import current_definitions, protect_rule
 from .stats import paired_deltas
 
 ALPHA = 0.05
@@ -90,13 +90,6 @@ class Side:
         return (method == self.method and all(params.get(k) == v for k, v in self.params.items())
                 and all(params.get(k) != v for k, v in self.params_not.items())
                 and (self.protect is None or rule == self.protect))
-
-
-def protect_rule(info) -> str:
-    """The rule that named a stored run's protected group (runs stored before the rule was
-    recorded used the default)."""
-    found = info.get("protect") if isinstance(info, dict) else None
-    return found.get("rule", DEFAULT_RULE) if isinstance(found, dict) else DEFAULT_RULE
 
 
 @dataclass(frozen=True)

@@ -381,3 +381,18 @@ def test_the_packaged_equal_opportunity_claims_come_in_both_group_rules():
                 "fairquantize-vs-int8-ptq"):
         assert claims[cid].fair.protect == "tpr" and claims[f"{cid}-paper-rule"].fair.protect == "accuracy"
         assert claims[cid].metric == claims[f"{cid}-paper-rule"].metric
+
+
+def test_runs_that_differ_only_in_their_group_rule_are_two_configurations_not_one():
+    from fairsqueeze.reports.data import current_definitions
+
+    frame = synthetic(-0.03)
+    fair = frame[frame["method"] == "fair"]
+    both = pd.concat([frame.assign(info=[{"protect": {"rule": "tpr"}}] * len(frame)),
+                      fair.assign(info=[{"protect": {"rule": "accuracy"}}] * len(fair), run_key="p" + fair["run_key"])],
+                     ignore_index=True)
+    kept = current_definitions(both)
+    assert len(kept) == len(both)
+    # the same rule stored twice under another key is still one configuration
+    again = pd.concat([both, fair.assign(info=[{"protect": {"rule": "tpr"}}] * len(fair), run_key="q" + fair["run_key"])])
+    assert len(current_definitions(again)) == len(both)
