@@ -1,18 +1,24 @@
 """A claim against the compression ratio: its dose–response curve and a test for a trend.
 
-The dose of a pair is its fair run's compression ratio. A claim made "at equal compression"
-is one point of a curve; the papers plot, and users ask, how the effect moves as the model is
-cut harder. With the cell as the unit, as for the verdict itself (``evidence``):
+The dose of a pair is how much its fair run compressed the dense model (``verdicts``: the
+larger of the stored-size ratio and the ratio of nonzero weights, so that pruning, whose zeros
+are stored dense, and quantization, which keeps every weight in fewer bits, both have one). A
+claim made "at equal compression" is one point of a curve; the papers plot, and users ask, how
+the effect moves as the model is cut harder. With the cell as the unit, as for the verdict
+itself (``evidence``):
 
 - :func:`curves`: per cell and configuration, the dose and the mean Δ over seeds with its 95 %
   Student-t interval (seeds as the units): one line with its band per cell.
-- :func:`trend`: per (cell, seed), the least-squares slope of Δ on log₂ of the dose across the
-  configurations (so a slope is the change of Δ per doubling of the compression ratio); per
-  cell the mean slope over seeds; across cells the same random-effects pooling as the effect.
-  A cell or seed with fewer than two distinct doses has no slope.
-- :func:`reading`: the slope read like an effect, with δ per doubling as the smallest trend
-  of interest: "rises" / "falls" (its interval excludes 0 at the level given), "flat" (TOST
-  inside ±δ), else "unclear".
+- :func:`trend`: per (cell, seed), the least-squares slope of Δ on the position of log(dose)
+  within the cell's range of doses (0 at its lightest compression, 1 at its heaviest), so a
+  slope is the change of Δ from the lightest to the heaviest compression the cell ran; per cell
+  the mean slope over seeds; across cells the same random-effects pooling as the effect. (Per
+  doubling of the ratio would blow up where a method's ratios lie close together, as
+  quantization's 1.08 and 1.17 do.) A cell or seed with fewer than two distinct doses has no
+  slope.
+- :func:`reading`: the slope read like an effect, with δ across the range as the smallest
+  trend of interest: "rises" / "falls" (its interval excludes 0 at the level given), "flat"
+  (TOST inside ±δ), else "unclear".
 
 Holm over the rows that have a trend is a family of its own (``verdicts.evaluate``): the
 trend is a second question about each claim, not a member of the claims' family.
@@ -53,15 +59,20 @@ def curves(pairs: pd.DataFrame, value: str = "diff") -> pd.DataFrame:
 
 def slopes(pairs: pd.DataFrame, value: str = "diff") -> pd.DataFrame:
     """Per (cell, seed) with at least two distinct doses: the least-squares slope of ``value``
-    on log₂(dose) over that seed's pairs, and how many distinct doses it had."""
+    on the position of log(dose) in the cell's range (0 lightest, 1 heaviest) over that seed's
+    pairs, and how many distinct doses it had."""
     if pairs.empty:
         return pd.DataFrame(columns=SLOPE_COLUMNS)
     pairs = pairs.assign(_dose=_doses(pairs))
     pairs = pairs[np.isfinite(pairs["_dose"]) & (pairs["_dose"] > 0) & np.isfinite(pairs[value].to_numpy(float))]
+    log_dose = np.log(pairs["_dose"].to_numpy(float))
+    by_cell = pd.Series(log_dose, index=pairs.index).groupby(pairs["cell"])
+    low, span = by_cell.transform("min"), by_cell.transform("max") - by_cell.transform("min")
+    pairs = pairs.assign(_x=((log_dose - low) / span.where(span > 0)).to_numpy(float))
     rows = []
     for (cell, seed), group in pairs.groupby(["cell", "seed"], sort=True):
-        x = np.log2(group["_dose"].to_numpy(float))
-        if len(np.unique(x)) < 2:
+        x = group["_x"].to_numpy(float)
+        if len(np.unique(x[np.isfinite(x)])) < 2:
             continue
         y = group[value].to_numpy(float)
         slope = float(np.sum((x - x.mean()) * (y - y.mean())) / np.sum((x - x.mean()) ** 2))
@@ -70,8 +81,8 @@ def slopes(pairs: pd.DataFrame, value: str = "diff") -> pd.DataFrame:
 
 
 def trend(pairs: pd.DataFrame, se_floor: float = 0.0, value: str = "diff") -> tuple[evidence.Pooled | None, int]:
-    """The pooled slope per doubling of the compression ratio (None where no cell has two
-    seeds with a slope), and the most distinct doses a cell had."""
+    """The pooled change of Δ from the lightest to the heaviest compression of each cell (None
+    where no cell has two seeds with a slope), and the most distinct doses a cell had."""
     found = slopes(pairs, value)
     if found.empty:
         return None, (1 if len(pairs) else 0)

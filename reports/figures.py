@@ -536,9 +536,9 @@ CELL_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">")
 
 
 def dose_response_figure(row: dict, curves):
-    """One claim row against the compression ratio: per cell, the seeds' mean Δ at each of the
-    fair method's configurations with its 95 % band, on a log axis, beside 0, the ±δ band and
-    the pooled trend per doubling in the title."""
+    """One claim row against the compression: per cell, the seeds' mean Δ at each of the fair
+    method's configurations with its 95 % band, on a log axis, beside 0, the ±δ band and the
+    pooled trend (the change from each cell's lightest to its heaviest compression) in the title."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     delta = float(row["delta"])
@@ -559,11 +559,11 @@ def dose_response_figure(row: dict, curves):
     ax.xaxis.set_major_locator(LogLocator(base=2, subs=(1.0, 1.5)))
     ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.3g}×"))
     ax.xaxis.set_minor_formatter(plt.NullFormatter())
-    ax.set_xlabel("compression ratio of the fair run (log scale)")
+    ax.set_xlabel("compression of the fair run (stored size or nonzero weights, log scale)")
     ax.set_ylabel(f"Δ {row['metric']} (fair − twin)")
     title = f"{row['id']}"
     if isinstance(row.get("trend"), float) and np.isfinite(row["trend"]):
-        title += (f"\ntrend {row['trend']:+.4f} per doubling [{row['trend_low']:+.4f}, {row['trend_high']:+.4f}]"
+        title += (f"\nlightest → heaviest: {row['trend']:+.4f} [{row['trend_low']:+.4f}, {row['trend_high']:+.4f}]"
                   f" at level {row['trend_level']:.2g}: {row['trend_reading']}")
     ax.set_title(title, fontsize=MIN_FONT + 1)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=MIN_FONT, frameon=False)

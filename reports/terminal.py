@@ -62,8 +62,8 @@ def headline_tables(comparisons: list[Comparison], split: str = "test", suite: s
     return "\n\n".join(blocks + [NOTE]) if blocks else "no finished runs"
 
 
-VERDICT_NOTE = ("effect: pooled fair − twin with its interval at the row's Holm level; cells · pairs; trend: Δ per "
-                "doubling of the compression ratio; the report has each row's notes and evidence")
+VERDICT_NOTE = ("effect: pooled fair − twin with its interval at the row's Holm level; cells · pairs; trend: how Δ "
+                "moves from the lightest to the heaviest compression; the report has each row's notes and evidence")
 
 
 def verdict_block(table) -> str:

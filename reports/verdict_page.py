@@ -69,8 +69,8 @@ def _effect(row: dict) -> str:
 def _trend(row: dict) -> str:
     if not _finite(row.get("trend")):
         return ""
-    return (f"trend {row['trend']:+.4f} per doubling of the ratio [{row['trend_low']:+.4f}, {row['trend_high']:+.4f}]"
-            f" ({row['doses']} ratios): {row['trend_reading']}")
+    return (f"trend from the lightest to the heaviest compression {row['trend']:+.4f} [{row['trend_low']:+.4f}, "
+            f"{row['trend_high']:+.4f}] ({row['doses']} ratios): {row['trend_reading']}")
 
 
 def _cost(row: dict) -> str:

@@ -229,6 +229,7 @@ def claim_pairs(frame: pd.DataFrame, claim: Claim, kinds: tuple[str, ...] = ("bi
     frame = with_companions(frame)
     cell = ["task_key", "model", "seed"]
     fair = frame[_selected(frame, claim.fair)].sort_values(cell, kind="stable")
+    dense_nonzeros = _dense_nonzeros(frame)
     twins = {key: _Twins(runs, unchanged) for key, runs in frame[_selected(frame, claim.twin)].groupby(cell, sort=False)}
     rows = []
     for f in fair.to_dict("records"):
@@ -247,7 +248,7 @@ def claim_pairs(frame: pd.DataFrame, claim: Claim, kinds: tuple[str, ...] = ("bi
         # both sides left the dense model's predictions as they were: the pair measures nothing
         idle = ("no_effect" in (f["flags"] or ()) or f.get("run_key") in unchanged) and twin["no_effect"] == 1.0
         rows.append({"cell": f"{f['task_label']} · {f['model']}", "task_key": f["task_key"], "model": f["model"],
-                     "config": f["label"], "dose": float(f.get("compression_ratio", math.nan)),
+                     "config": f["label"], "dose": _dose(f, dense_nonzeros),
                      "seed": int(f["seed"]), "metric": metric, "fair": float(f[metric]),
                      "twin": float(twin[metric]), "diff": float(f[metric]) - float(twin[metric]),
                      "fair_accuracy": float(f["accuracy"]), "twin_accuracy": float(twin["accuracy"]),
@@ -256,6 +257,25 @@ def claim_pairs(frame: pd.DataFrame, claim: Claim, kinds: tuple[str, ...] = ("bi
                      "twin_companion": float(twin[companion]) if companion else math.nan,
                      "idle": bool(idle), "fair_run": f.get("run_key", ""), "twin_runs": twin["runs"]})
     return pd.DataFrame(rows, columns=PAIR_COLUMNS)
+
+
+def _dense_nonzeros(frame: pd.DataFrame) -> dict[str, float]:
+    """The dense reference's stored nonzero weights by ``dense_key`` (from its own run)."""
+    if "nonzeros" not in frame or "dense_key" not in frame:
+        return {}
+    dense = frame[frame["method"] == "dense"].drop_duplicates("dense_key")
+    return dict(zip(dense["dense_key"], dense["nonzeros"].astype(float)))
+
+
+def _dose(run: dict, dense_nonzeros: dict[str, float]) -> float:
+    """How much a run compressed its dense model: the larger of the stored-size ratio (the
+    papers' compression ratio) and the ratio of nonzero weights. Pruning's zeros are stored
+    dense (ratio 1) but remove weights; quantization keeps every weight in fewer bits."""
+    ratio = float(run.get("compression_ratio", math.nan))
+    dense, mine = dense_nonzeros.get(run.get("dense_key")), run.get("nonzeros")
+    if dense and mine and np.isfinite([dense, mine]).all() and mine > 0:
+        return float(np.nanmax([ratio, dense / float(mine)]))
+    return ratio
 
 
 def _selected(frame: pd.DataFrame, side: Side) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Dose–response: per-cell curves against hand computation, the trend's slopes against numpy's
-least squares and its pooling against statsmodels; a planted trend, its reverse, none, and a
-single dose; the verdict row, its Holm family and the page's figure."""
+least squares on the position of log dose in the cell's range and its pooling against
+statsmodels; a planted trend, its reverse, none, and a single dose; the dose of a pruned run;
+the verdict row, its Holm family and the page's figure."""
 import math
 
 import numpy as np
@@ -16,23 +17,29 @@ DOSES = (1.5, 2.0, 4.0)
 CELLS = [f"cell{i}" for i in range(6)]
 
 
+def position(d, doses):
+    return (math.log(d) - math.log(min(doses))) / (math.log(max(doses)) - math.log(min(doses))) if len(doses) > 1 else 0.0
+
+
 def planted_pairs(slope, noise=0.002, doses=DOSES, seeds=range(5), seed=0):
-    """Δ = a cell's offset + ``slope`` · log₂(dose) + noise, per cell, seed and dose."""
+    """Δ = a cell's offset + ``slope`` · (position of log dose between the lightest and the
+    heaviest) + noise, per cell, seed and dose."""
     rng = np.random.default_rng(seed)
     rows = []
     for c, cell in enumerate(CELLS):
         for s in seeds:
             for d in doses:
                 rows.append({"cell": cell, "seed": s, "config": f"fair({d})", "dose": d,
-                             "diff": 0.01 * c + slope * math.log2(d) + rng.normal(0, noise)})
+                             "diff": 0.01 * c + slope * position(d, doses) + rng.normal(0, noise)})
     return pd.DataFrame(rows)
 
 
-def test_each_seeds_slope_is_the_least_squares_slope_on_log2_of_the_dose():
+def test_each_seeds_slope_is_the_least_squares_slope_on_the_position_of_log_dose_in_its_cells_range():
     pairs = planted_pairs(-0.02)
     found = dose_response.slopes(pairs).set_index(["cell", "seed"])
     for (cell, seed), group in pairs.groupby(["cell", "seed"]):
-        expected = np.polyfit(np.log2(group["dose"]), group["diff"], 1)[0]
+        x = (np.log(group["dose"]) - np.log(1.5)) / (np.log(4.0) - np.log(1.5))  # by hand: 0, 0.29, 1
+        expected = np.polyfit(x, group["diff"], 1)[0]
         assert found.loc[(cell, seed), "slope"] == pytest.approx(expected, rel=1e-12)
         assert found.loc[(cell, seed), "doses"] == 3
 
@@ -82,7 +89,7 @@ def test_a_curve_point_is_the_mean_over_seeds_with_its_student_t_interval():
 
 def frame_with_trend(slope, seed=0):
     """Runs of a dense model, a fair method at three ratios and its twin at the same ratios
-    (matched by ``ratio``), the fair side's gap moving by ``slope`` per doubling."""
+    (matched by ``ratio``), the fair side's gap moving by ``slope`` from the lightest to the heaviest."""
     rng = np.random.default_rng(seed)
     rows = []
     for c, cell in enumerate(CELLS):
@@ -93,7 +100,7 @@ def frame_with_trend(slope, seed=0):
                          "compression_ratio": 1.0, "run_key": f"d-{cell}-{s}"})
             for d in DOSES:
                 twin = 0.1 + 0.02 * math.log2(d) + rng.normal(0, 0.002)
-                for method, gap in (("twin", twin), ("fair", twin + slope * math.log2(d) + rng.normal(0, 0.002))):
+                for method, gap in (("twin", twin), ("fair", twin + slope * position(d, DOSES) + rng.normal(0, 0.002))):
                     rows.append({**common, "method": method, "label": f"{method}({d})", "params": {"ratio": d},
                                  "gap": gap, "accuracy": 0.8, "compression_ratio": d, "run_key": f"{method}-{cell}-{s}-{d}"})
     return pd.DataFrame(rows)
@@ -129,9 +136,20 @@ def test_the_page_draws_a_dose_response_figure_for_a_row_with_several_ratios(tmp
     ctx = verdict_context(found, tmp_path, figures.FigureCache(tmp_path / "figures", "figures"))
     (row,) = ctx["verdicts"]
     assert row["dose_plot"] is not None and (tmp_path / row["dose_plot"].src).is_file()
-    assert "per doubling" in row["trend_text"] and row["trend_text"].endswith("falls")
+    assert "lightest to the heaviest" in row["trend_text"] and row["trend_text"].endswith("falls")
     one_ratio = frame_with_trend(-0.02)
     one_ratio = one_ratio[one_ratio["compression_ratio"].isin([1.0, 2.0])]
     (row,) = verdict_context(evaluate(one_ratio, [claim()]), tmp_path / "b",
                              figures.FigureCache(tmp_path / "b" / "figures", "figures"))["verdicts"]
     assert row["dose_plot"] is None and row["trend_text"] == ""
+
+
+def test_a_pruned_runs_dose_is_its_nonzero_ratio_and_a_quantized_runs_its_size_ratio():
+    """Pruning stores its zeros dense (size ratio 1); its dose is the dense model's nonzero
+    weights over its own. Quantization keeps every weight; its dose is the size ratio."""
+    from fairsqueeze.reports.verdicts import _dose
+
+    dense = {"d": 1000.0}
+    assert _dose({"compression_ratio": 1.0, "nonzeros": 250, "dense_key": "d"}, dense) == 4.0
+    assert _dose({"compression_ratio": 1.17, "nonzeros": 1000, "dense_key": "d"}, dense) == 1.17
+    assert _dose({"compression_ratio": 1.5}, {}) == 1.5  # no footprint counts: the size ratio
