@@ -376,7 +376,7 @@ def evaluate(frame: pd.DataFrame, claims: list[Claim] | None = None, dense: pd.D
         left_out = int(dropped["method"].isin([claim.fair.method, claim.twin.method]).sum()) if len(dropped) else 0
         for row_id, metric, kinds in claim.rows():
             pairs = claim_pairs(runs, claim, kinds, unchanged)
-            test = _Test(claim, metric, pairs, _missing(claim, frame, runs))
+            test = _Test(claim, metric, pairs, _missing(claim, frame, runs, kinds))
             rows.append(test.row(row_id, left_out))
             tests.append(test)
             all_pairs[row_id], all_cells[row_id] = pairs, test.cells
@@ -403,9 +403,14 @@ def verdicts(frame: pd.DataFrame, claims: list[Claim] | None = None, dense: pd.D
     return evaluate(frame, claims, dense, alpha).table
 
 
-def _missing(claim: Claim, frame: pd.DataFrame, runs: pd.DataFrame) -> str:
-    """Why a claim has no pair, where a side is absent: not in the results at all, or every
-    run of it left out (degenerate, or on an underfit dense reference)."""
+def _missing(claim: Claim, frame: pd.DataFrame, runs: pd.DataFrame, kinds: tuple[str, ...] = ("binary", "multiclass")) -> str:
+    """Why a claim row has no pair, where that is plain: no cell of the row's kind, a side not
+    in the results at all, every run of it left out (degenerate, or on an underfit dense
+    reference), or no run of it with the rule the side selects."""
+    if "num_classes" in frame and len(frame) and len(kinds) == 1:
+        present = {"binary" if is_binary(int(k)) else "multiclass" for k in frame["num_classes"].dropna().unique()}
+        if kinds[0] not in present:
+            return f"no {kinds[0]} cell in these results (this row's metric is for {kinds[0]} cells)"
     stored = set(frame["method"]) if "method" in frame else set()
     usable_ = set(runs["method"]) if "method" in runs else set()
     sides = (claim.fair.method, claim.twin.method)

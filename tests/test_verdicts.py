@@ -396,3 +396,12 @@ def test_runs_that_differ_only_in_their_group_rule_are_two_configurations_not_on
     # the same rule stored twice under another key is still one configuration
     again = pd.concat([both, fair.assign(info=[{"protect": {"rule": "tpr"}}] * len(fair), run_key="q" + fair["run_key"])])
     assert len(current_definitions(again)) == len(both)
+
+
+def test_a_row_for_multiclass_cells_says_there_is_none_rather_than_no_like_for_like_configurations():
+    claim = Claim("c", "c", "s", Side("fair"), Side("twin"), {"binary": "gap", "multiclass": "gap2"}, "lower", ("ratio",),
+                  delta=0.01)
+    binary_only = synthetic(-0.03, cells=[c for c in CELLS if c[1] == 2])
+    table = verdicts(binary_only, [claim]).set_index("id")
+    assert table.loc["c:gap", "verdict"] == "supported"
+    assert table.loc["c:gap2", "note"] == "no multiclass cell in these results (this row's metric is for multiclass cells)"

@@ -85,5 +85,5 @@ def test_each_fair_method_protects_the_group_its_claims_metric_measures_and_the_
 
 
 def test_it_spreads_over_nine_cells_tabular_and_image():
-    cells = {(t.label, m.name) for t in SUITE.tasks for m in SUITE.models if m.tasks is None or t.name in m.tasks}
+    cells = {(t.key, m.name) for t in SUITE.tasks for m in SUITE.models if m.tasks is None or t.name in m.tasks}
     assert len(cells) == 9 and {m for _, m in cells} == {"mlp", "vgg11_narrow"}
