@@ -484,6 +484,22 @@ def _cell_name(cell: str) -> str:
     return f"{_shorten(task, 20)} · {_shorten(model, 14)}" if model else _shorten(cell, 30)
 
 
+def _bare(text: str) -> str:
+    """A label without its options in parentheses: "adult: income / race (split=…)" → "adult: income / race"."""
+    return text.split(" (", 1)[0].split("(", 1)[0].strip() or text
+
+
+def _cell_names(cells) -> list[str]:
+    """Names for a figure's cells: task and model without their options where that keeps every
+    cell apart (the sensitive attribute stays readable), else :func:`_cell_name`."""
+    cells = list(cells)
+    bare = []
+    for cell in cells:
+        task, _, model = cell.partition(" · ")
+        bare.append(_shorten(f"{_bare(task)} · {_bare(model)}" if model else _bare(task), 40))
+    return bare if len(set(bare)) == len(set(cells)) else [_cell_name(c) for c in cells]
+
+
 def forest_figure(row: dict, cells):
     """One claim row as a forest plot: each cell's estimate with its 95 % interval (seeds
     as the units), the pooled estimate as a diamond spanning its interval at the level the
@@ -519,7 +535,7 @@ def forest_figure(row: dict, cells):
                 arrowprops={"arrowstyle": "->", "color": "#1a7f37"})
     ax.text(0.5 + 0.24 * claimed, 1.03, "claimed side", transform=ax.transAxes, va="center",
             ha="right" if claimed < 0 else "left", fontsize=MIN_FONT, color="#1a7f37")
-    names = [f"{_cell_name(c)} ({n} s)" for c, n in zip(cells["cell"], cells["seeds"])]
+    names = [f"{name} ({n} s)" for name, n in zip(_cell_names(cells["cell"]), cells["seeds"])]
     ax.set_yticks(list(ys) + [0.5], names + ["pooled"], fontsize=MIN_FONT)
     ax.set_ylim(-0.4, (ys[0] if k else 1) + 0.8)
     ax.xaxis.set_major_locator(plt.MaxNLocator(4))
@@ -540,23 +556,32 @@ def dose_response_figure(row: dict, curves):
     method's configurations with its 95 % band, on a log axis, beside 0, the ±δ band and the
     pooled trend (the change from each cell's lightest to its heaviest compression) in the title."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    fig, ax = plt.subplots(figsize=(7.6, 3.8))
     delta = float(row["delta"])
     ax.axhspan(-delta, delta, color="#dde7f3", zorder=0, label=f"±δ = {delta:g}")
     ax.axhline(0, color="#555555", lw=0.8, zorder=1)
-    for i, (cell, c) in enumerate(curves.groupby("cell", sort=True)):
+    groups = list(curves.groupby("cell", sort=True))
+    names = dict(zip([cell for cell, _ in groups], _cell_names(cell for cell, _ in groups)))
+    for i, (cell, c) in enumerate(groups):
         colour, marker = CELL_COLOURS[i % len(CELL_COLOURS)], CELL_MARKERS[i % len(CELL_MARKERS)]
         c = c.sort_values("dose")
-        ax.plot(c["dose"], c["effect"], marker=marker, ms=4, lw=1.3, color=colour, label=_cell_name(cell), zorder=3)
+        ax.plot(c["dose"], c["effect"], marker=marker, ms=4, lw=1.3, color=colour, label=names[cell], zorder=3)
         band = np.isfinite(c["low"].to_numpy(float))
         if band.sum() >= 2:
             ax.fill_between(c["dose"][band], c["low"][band], c["high"][band], color=colour, alpha=0.12, lw=0, zorder=2)
         elif band.any():
             ax.errorbar(c["dose"][band], c["effect"][band], yerr=[c["effect"][band] - c["low"][band],
                         c["high"][band] - c["effect"][band]], fmt="none", ecolor=colour, lw=1, zorder=2)
+    # the points decide the limits: a band over 2 seeds (t with 1 degree of freedom) is cut at
+    # the axes rather than squeezing every curve into a line
+    effects = curves["effect"].to_numpy(float)
+    low, high = min(effects.min(), -delta), max(effects.max(), delta)
+    pad = 0.12 * (high - low)
+    ax.set_ylim(low - pad, high + pad)
     ax.set_xscale("log", base=2)
     from matplotlib.ticker import LogLocator
-    ax.xaxis.set_major_locator(LogLocator(base=2, subs=(1.0, 1.5)))
+    wide = curves["dose"].max() / curves["dose"].min() > 6
+    ax.xaxis.set_major_locator(LogLocator(base=2, subs=(1.0,) if wide else (1.0, 1.5)))
     ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.3g}×"))
     ax.xaxis.set_minor_formatter(plt.NullFormatter())
     ax.set_xlabel("compression of the fair run (stored size or nonzero weights, log scale)")
@@ -567,5 +592,5 @@ def dose_response_figure(row: dict, curves):
                   f" at level {row['trend_level']:.2g}: {row['trend_reading']}")
     ax.set_title(title, fontsize=MIN_FONT + 1)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=MIN_FONT, frameon=False)
-    fig.subplots_adjust(left=0.12, right=0.66, top=0.84, bottom=0.15)
+    fig.subplots_adjust(left=0.1, right=0.6, top=0.84, bottom=0.15)
     return fig

@@ -153,3 +153,14 @@ def test_a_pruned_runs_dose_is_its_nonzero_ratio_and_a_quantized_runs_its_size_r
     assert _dose({"compression_ratio": 1.0, "nonzeros": 250, "dense_key": "d"}, dense) == 4.0
     assert _dose({"compression_ratio": 1.17, "nonzeros": 1000, "dense_key": "d"}, dense) == 1.17
     assert _dose({"compression_ratio": 1.5}, {}) == 1.5  # no footprint counts: the size ratio
+
+
+def test_figure_cell_names_keep_the_sensitive_attribute_and_fall_back_when_two_would_collide():
+    from fairsqueeze.reports.figures import _cell_names
+
+    cells = ["adult: income / race (split=random, split_seed=per_seed) · mlp(hidden=[128, 64])",
+             "adult: income / sex (split=random, split_seed=per_seed) · mlp(hidden=[128, 64])"]
+    assert _cell_names(cells) == ["adult: income / race · mlp", "adult: income / sex · mlp"]
+    same = ["adult: income / sex (split=random) · mlp(hidden=[128, 64])", "adult: income / sex (split=upstream) · mlp(hidden=[64])"]
+    names = _cell_names(same)
+    assert len(set(names)) == 2 and all("(" in n for n in names)
