@@ -507,7 +507,7 @@ def forest_figure(row: dict, cells):
     plt = pyplot()
     cells = cells.reset_index(drop=True)
     k = len(cells)
-    fig, ax = plt.subplots(figsize=(6.4, 1.5 + 0.26 * (k + 2)))
+    fig, ax = plt.subplots(figsize=(7.8, 1.5 + 0.26 * (k + 2)))
     delta, colour = float(row["delta"]), OUTCOME_COLOURS.get(row["verdict"], "#444444")
     ax.axvspan(-delta, delta, color="#dde7f3", zorder=0, label=f"±δ = {delta:g}")
     ax.axvline(0, color="#555555", lw=0.8, zorder=1)
@@ -543,7 +543,7 @@ def forest_figure(row: dict, cells):
     ax.set_title(f"{row['id']}: {row['verdict']}", fontsize=9, color=colour, pad=14)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=MIN_FONT, frameon=False)
     height = 1.5 + 0.26 * (k + 2)
-    fig.subplots_adjust(left=0.33, right=0.7, top=1 - 0.55 / height, bottom=0.55 / height)
+    fig.subplots_adjust(left=0.41, right=0.75, top=1 - 0.55 / height, bottom=0.55 / height)
     return fig
 
 
