@@ -131,6 +131,7 @@ def test_report_in_the_browser(pages, width):
 
 @pytest.mark.parametrize("width", [1400, 800])
 def test_leaderboard_in_the_browser(pages, width):
+    expect = pytest.importorskip("playwright.sync_api").expect
     _, board, out = pages
     with chromium_page(width, 900) as page:
         page.goto(board.as_uri())
@@ -161,7 +162,9 @@ def test_leaderboard_in_the_browser(pages, width):
         page.select_option("#board .controls select[data-filter-attr='metric']", "equal opportunity")
         page.click(f"{rows} >> nth=0 >> td >> nth={col} >> a")
         cell_anchor = page.evaluate("location.hash")
-        assert page.locator(cell_anchor).is_visible() and page.locator(cell_anchor).get_attribute("data-metric") == "equal opportunity"
+        # the page unhides the row on hashchange, which the browser fires after the click returns
+        expect(page.locator(cell_anchor)).to_be_visible()
+        assert page.locator(cell_anchor).get_attribute("data-metric") == "equal opportunity"
         run_link = page.locator(f"{cell_anchor} td a").first
         target = run_link.get_attribute("href")
         run_link.click()
