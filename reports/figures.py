@@ -23,6 +23,9 @@ MIN_FONT = 8  # points: 8 pt at 100 dpi is 11 CSS px
 MARKERS = "osD^vP<>Xph"  # one per entry of a method, in entry order
 FLAGGED = "#888888"
 MIN_SPAN = 0.02  # the narrowest axis range, in metric units
+LEGEND_ROW_IN = 0.2  # inches per legend row at 9 pt
+NOTE_IN = 0.45  # inches: the two lines of the "labels left out" note and a gap above them
+NOTE_BOTTOM = 0.03  # figure fraction under the note
 LABEL_ALL = 30  # up to this many rows, every point is labelled; past it, the points on a front
 # the range a plotted value can take: accuracy and every gap are rates
 FEASIBLE = {UTILITY: (0.0, 1.0), "gap": (0.0, 1.0)}
@@ -280,11 +283,24 @@ def _axes(width: float = 7.4, height: float = 4.4):
     return fig, ax
 
 
+def _fit_legend(ax) -> None:
+    """Make the figure taller when its legend of methods, one row each beside the plot, would
+    run past the note under it (a suite of 25 methods)."""
+    fig = ax.figure
+    rows = len(ax.get_legend_handles_labels()[1]) + 1  # the entries and the title
+    width, height = fig.get_size_inches()
+    # from the figure's top: the margin above the plot, the legend, the note, NOTE_BOTTOM under it
+    needed = (LEGEND_ROW_IN * rows + NOTE_IN) / (fig.subplotpars.top - NOTE_BOTTOM)
+    if needed > height:
+        fig.set_size_inches(width, needed)
+
+
 def _finish(ax, title: str, xlabel: str, ylabel: str, xs, ys, xbounds, ybounds, names=()) -> None:
+    _fit_legend(ax)  # before the labels are placed: their overlap test works in display units
     ax.set_xlim(*feasible_limits(xs, xbounds))
     ax.set_ylim(*feasible_limits(ys, ybounds))
     if left_out := place_labels(ax, list(names), xs, ys):
-        ax.figure.text(0.695, 0.03, f"{left_out} point label(s) left out\nwhere they would overlap", fontsize=MIN_FONT,
+        ax.figure.text(0.695, NOTE_BOTTOM, f"{left_out} point label(s) left out\nwhere they would overlap", fontsize=MIN_FONT,
                        color="#555555", va="bottom")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

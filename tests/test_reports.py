@@ -620,6 +620,40 @@ def test_point_labels_never_overlap_in_a_dense_cluster():
     figures.pyplot().close(fig)
 
 
+def test_a_long_legend_of_methods_never_runs_into_the_left_out_note():
+    """A suite of 25 methods, each with a few labelled points in one cluster: the figure grows
+    so that the legend's last row stays above the "labels left out" note and inside the
+    figure; a figure of two methods keeps its size."""
+    from fairsqueeze.reports import figures
+    from fairsqueeze.reports.stats import Estimate
+    from fairsqueeze.reports.tables import Comparison, Row
+
+    def row(label, method, sweep, acc, gap):
+        values = {"accuracy": Estimate(acc, 0.0, 3), "eodds_diff": Estimate(gap, 0.0, 3)}
+        return Row(label, method, "f", 1, method, sweep, [(0, label)], {}, values)
+
+    def drawn(methods):
+        rng = np.random.default_rng(1)
+        rows = [row("dense", "dense", {}, 0.9, 0.30)]
+        rows += [row(f"{m}{i}", m, {"ratio": 0.1 * i}, 0.80 + 0.002 * rng.random(), 0.20 + 0.002 * rng.random())
+                 for m in methods for i in range(3)]
+        colours = {"dense": "#000000", **{m: f"C{i % 10}" for i, m in enumerate(methods)}}
+        fig = figures.pareto_figure(Comparison("t", "task", "m", 2, [], rows), colours)
+        fig.canvas.draw()
+        return fig
+
+    small = drawn(["prune"])
+    assert tuple(small.get_size_inches()) == (7.4, 4.4)
+    figures.pyplot().close(small)
+    fig = drawn([f"method_with_a_long_name_{i:02d}" for i in range(24)])
+    renderer = fig.canvas.get_renderer()
+    legend = fig.axes[0].get_legend().get_window_extent(renderer)
+    note = next(t for t in fig.texts if "left out" in t.get_text()).get_window_extent(renderer)
+    assert len(fig.axes[0].get_legend().get_texts()) == 25
+    assert fig.get_size_inches()[1] > 4.4 and legend.y0 > note.y1 and legend.y0 > 0
+    figures.pyplot().close(fig)
+
+
 def test_a_compressed_twin_equal_to_the_dense_model_is_never_the_best_trade_off():
     from fairsqueeze.reports import overview
 
