@@ -24,6 +24,7 @@ MARKERS = "osD^vP<>Xph"  # one per entry of a method, in entry order
 FLAGGED = "#888888"
 MIN_SPAN = 0.02  # the narrowest axis range, in metric units
 LEGEND_ROW_IN = 0.2  # inches per legend row at 9 pt
+LEGEND_CHARS = 26  # the longest legend line kept whole beside a 7.4-inch plot at 9 pt
 NOTE_IN = 0.45  # inches: the two lines of the "labels left out" note and a gap above them
 NOTE_BOTTOM = 0.03  # figure fraction under the note
 LABEL_ALL = 30  # up to this many rows, every point is labelled; past it, the points on a front
@@ -211,8 +212,14 @@ def _points(ax, comp: Comparison, colours: dict[str, str], x: str, y: str, front
                     names.append(PointLabel(float(px[i]), float(py[i]), text + ("" if rows[i].ranked else " (flagged)"),
                                             colour if rows[i].ranked else FLAGGED, not on_front[i]))
         ax.scatter([], [], marker="*" if dense else "o", s=80 if dense else 40, facecolors="none" if hollow else colour,
-                   edgecolors=colour, label=method)
+                   edgecolors=colour, label=legend_name(method))
     return xs, ys, names
+
+
+def legend_name(method: str) -> str:
+    """A method's legend entry: a post-processing step goes on a second line when the name
+    would not fit beside the plot (``truncated_svd`` / ``+equal_tpr_thresholds``)."""
+    return method.replace("+", "\n+") if len(method) > LEGEND_CHARS else method
 
 
 @dataclass(frozen=True)
@@ -287,7 +294,7 @@ def _fit_legend(ax) -> None:
     """Make the figure taller when its legend of methods, one row each beside the plot, would
     run past the note under it (a suite of 25 methods)."""
     fig = ax.figure
-    rows = len(ax.get_legend_handles_labels()[1]) + 1  # the entries and the title
+    rows = sum(label.count("\n") + 1 for label in ax.get_legend_handles_labels()[1]) + 1  # the entries, the title
     width, height = fig.get_size_inches()
     # from the figure's top: the margin above the plot, the legend, the note, NOTE_BOTTOM under it
     needed = (LEGEND_ROW_IN * rows + NOTE_IN) / (fig.subplotpars.top - NOTE_BOTTOM)

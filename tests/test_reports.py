@@ -645,12 +645,15 @@ def test_a_long_legend_of_methods_never_runs_into_the_left_out_note():
     small = drawn(["prune"])
     assert tuple(small.get_size_inches()) == (7.4, 4.4)
     figures.pyplot().close(small)
-    fig = drawn([f"method_with_a_long_name_{i:02d}" for i in range(24)])
+    # a post-processed twin's long name takes two lines rather than run off the figure's edge
+    fig = drawn([f"method_name_{i:02d}" for i in range(23)] + ["truncated_svd+equal_tpr_thresholds"])
     renderer = fig.canvas.get_renderer()
     legend = fig.axes[0].get_legend().get_window_extent(renderer)
     note = next(t for t in fig.texts if "left out" in t.get_text()).get_window_extent(renderer)
     assert len(fig.axes[0].get_legend().get_texts()) == 25
+    assert "truncated_svd\n+equal_tpr_thresholds" in {t.get_text() for t in fig.axes[0].get_legend().get_texts()}
     assert fig.get_size_inches()[1] > 4.4 and legend.y0 > note.y1 and legend.y0 > 0
+    assert legend.x1 <= fig.bbox.x1
     figures.pyplot().close(fig)
 
 
