@@ -24,6 +24,7 @@ MARKERS = "osD^vP<>Xph"  # one per entry of a method, in entry order
 FLAGGED = "#888888"
 MIN_SPAN = 0.02  # the narrowest axis range, in metric units
 LEGEND_ROW_IN = 0.2  # inches per legend row at 9 pt
+TITLE_CHARS = 52  # the longest title kept on one line over the plot
 LEGEND_CHARS = 26  # the longest legend line kept whole beside a 7.4-inch plot at 9 pt
 NOTE_IN = 0.45  # inches: the two lines of the "labels left out" note and a gap above them
 NOTE_BOTTOM = 0.03  # figure fraction under the note
@@ -303,6 +304,9 @@ def _fit_legend(ax) -> None:
 
 
 def _finish(ax, title: str, xlabel: str, ylabel: str, xs, ys, xbounds, ybounds, names=()) -> None:
+    if len(title) > TITLE_CHARS:  # it would run past the figure's left edge: the model goes below
+        title = title.replace(" · ", "\n")
+        ax.figure.subplots_adjust(top=0.86)
     _fit_legend(ax)  # before the labels are placed: their overlap test works in display units
     ax.set_xlim(*feasible_limits(xs, xbounds))
     ax.set_ylim(*feasible_limits(ys, ybounds))

@@ -655,6 +655,14 @@ def test_a_long_legend_of_methods_never_runs_into_the_left_out_note():
     assert fig.get_size_inches()[1] > 4.4 and legend.y0 > note.y1 and legend.y0 > 0
     assert legend.x1 <= fig.bbox.x1
     figures.pyplot().close(fig)
+    # a long task and model label: the title keeps inside the figure too
+    long = Comparison("t", "compas: two_year_recid / sex (split_seed=per_seed)", "mlp(hidden=[128, 64])", 2, [],
+                      [row("dense", "dense", {}, 0.9, 0.30), row("p", "prune", {"ratio": 0.5}, 0.8, 0.2)])
+    fig = figures.pareto_figure(long, {"dense": "#000000", "prune": "C0"})
+    fig.canvas.draw()
+    title = fig.axes[0].title.get_window_extent(fig.canvas.get_renderer())
+    assert title.x0 >= 0 and title.x1 <= fig.bbox.x1 and title.y1 <= fig.bbox.y1
+    figures.pyplot().close(fig)
 
 
 def test_a_compressed_twin_equal_to_the_dense_model_is_never_the_best_trade_off():
