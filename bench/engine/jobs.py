@@ -126,8 +126,11 @@ def process_pool(jobs: int, data_root: Path, device: torch.device,
     try:
         yield pool
     except BaseException:  # an interrupt or an error here: stop the computations, do not wait for them
+        # SIGKILL, not SIGTERM: a process forked a moment ago still has this process's SIGTERM
+        # handler until its initializer runs, and would print that handler's traceback. A job
+        # process holds nothing to save: only this process writes the store.
         for process in list((pool._processes or {}).values()):
-            process.terminate()
+            process.kill()
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
