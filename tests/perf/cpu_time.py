@@ -17,5 +17,3 @@ def children_cpu_seconds() -> float:
     used = resource.getrusage(resource.RUSAGE_CHILDREN)
     return used.ru_utime + used.ru_stime
 
-
-MAX_CPU_RATIO = 1.5  # the parallel side's CPU time over the serial side's

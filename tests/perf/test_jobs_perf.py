@@ -35,8 +35,9 @@ from fairsqueeze.spec.suite import load_suite
 from fairsqueeze.datasets.base import data_root
 from fairsqueeze.engine.training import Trainer
 
-from cpu_time import MAX_CPU_RATIO, children_cpu_seconds
+from cpu_time import children_cpu_seconds
 
+MAX_CPU_RATIO = 1.5  # the --jobs 2 run's CPU time over the serial run's
 BENCH_BUDGET_S = 600  # make bench: run, report and leaderboard
 RESUME_ROUNDS = 3
 
