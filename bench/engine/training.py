@@ -113,6 +113,7 @@ class Trainer:
         self.task = task
         self.cfg = cfg
         self.device = device
+        self.on_cpu = torch.device(device).type == "cpu"  # batches need no copy: read once, not per step
         self.seed = seed
         self.loss_fn = loss
         self.after_step = after_step
@@ -132,8 +133,9 @@ class Trainer:
     # -- data ------------------------------------------------------------------------------
     def batch(self, split: Split, rows: np.ndarray, train: bool = True) -> Batch:
         rows = np.sort(rows)  # sorted reads are memmap-friendly
+        x = self.task.prepare(split.x[rows], train)
         return Batch(
-            x=self.task.prepare(split.x[rows], train).to(self.device),
+            x=x if self.on_cpu else x.to(self.device),
             y=self.column(split, "y", rows),
             s=self.column(split, "s", rows),
             rows=rows,
@@ -144,8 +146,8 @@ class Trainer:
         values = getattr(split, name, None)  # a withheld column raises AttributeError on access
         if values is None:
             return None
-        picked = torch.as_tensor(values[rows])
-        return picked if torch.device(self.device).type == "cpu" else picked.to(self.device)
+        picked = torch.from_numpy(values[rows])
+        return picked if self.on_cpu else picked.to(self.device)
 
     def epoch_rows(self, split: Split) -> Iterator[np.ndarray]:
         """Row numbers of each batch of one epoch, as the sampler draws them."""
@@ -174,7 +176,7 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         self.count(len(batch), forward=1, backward=1)
-        return float(loss.detach())
+        return loss.item()
 
     def count(self, rows: int, forward: int = 1, backward: int = 1, steps: int = 1) -> None:
         self.cost.forward_rows += forward * rows

@@ -105,6 +105,15 @@ class Lease:
 
 
 @dataclass
+class Slot:
+    """A trial slot's row (see the module's docstring)."""
+
+    state: str  # running, complete, failed or abandoned
+    trial: int | None  # the Optuna trial number of its latest attempt
+    attempts: int
+
+
+@dataclass
 class WorkReport:
     runs: int = 0
     trials: int = 0
@@ -129,6 +138,7 @@ class Worker:
         self._studies: dict[str, optuna.Study] = {}
         self._info: dict[str, dict] = {}  # selected run key -> what selected it
         self._members: dict = {}
+        self._slots: dict[str, dict[int, Slot]] = {}  # study -> its slots, while this worker leases it
         self._counted: set[str] = set()  # run keys already in the progress bar's total
         self._bar = progress_bar(disable=True)
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are logged in one line below
@@ -297,6 +307,7 @@ class Worker:
         if lease is None:
             return None
         with lease:
+            self._read_slots(name)
             self._run_study(name, spec, report)
             self._select(suite, name, spec, self._studies[name])
             self._finished_studies.add(name)
@@ -327,42 +338,53 @@ class Worker:
                 self._end_trial(name, trial, slot, report, result=result, params=params, seed=seed)
             self._last_trial_s = time.perf_counter() - computing
 
+    def _read_slots(self, name: str) -> None:
+        """Read a study's slots once its lease is taken: while this worker holds the lease, only
+        it changes them, so the trials that follow keep the rows here instead of reading them."""
+        self._slots[name] = {int(r.slot): Slot(r.state, None if r.trial is None else int(r.trial), int(r.attempts))
+                             for r in self.store.slots(name).itertuples()}
+
+    def _set_slot(self, name: str, slot: int, state: str, trial: int | None = None) -> None:
+        self.store.set_slot(name, slot, state, trial)
+        row = self._slots[name][slot]
+        row.state = state
+        row.trial = row.trial if trial is None else trial
+
     def _next_slot(self, name: str, spec: RunSpec) -> tuple[int, dict | None] | None:
         """The next trial slot to attempt: (slot, params of the attempt it retries or None), or
         None when the study has its budget. A running slot found here belongs to a worker whose
         lease expired: it is failed and retried like a raised one."""
-        study, tune = self._studies[name], spec.method.tune
-        slots = self.store.slots(name)
-        stale = slots[slots["state"] == "running"]
-        for row in stale.itertuples():
-            self._fail_stale(study, name, row)
-        if len(stale):  # read again only when something changed (one read per trial otherwise)
-            slots = self.store.slots(name)
-        if (slots["state"] == "complete").sum() >= tune.trials:
+        study, tune, slots = self._studies[name], spec.method.tune, self._slots[name]
+        for slot, row in sorted(slots.items()):
+            if row.state == "running":
+                self._fail_stale(study, name, slot, row)
+        states = [row.state for row in slots.values()]
+        if states.count("complete") >= tune.trials:
             return None
-        failed = slots[slots["state"] == "failed"]
-        for row in failed.itertuples():
-            if self.store.retry_slot(name, int(row.slot), MAX_TRIAL_ATTEMPTS):
-                return int(row.slot), (study.trials[int(row.trial)].params if row.trial is not None else {})
-            self.store.set_slot(name, int(row.slot), "abandoned")
-            log.warning("%s: trial slot %d failed %d times; abandoned", name, row.slot, row.attempts)
-        if len(failed):
-            slots = self.store.slots(name)
-        if (slots["state"] == "abandoned").sum() >= tune.trials:  # a method that keeps failing ends
+        for slot, row in sorted(slots.items()):
+            if row.state != "failed":
+                continue
+            if self.store.retry_slot(name, slot, MAX_TRIAL_ATTEMPTS):
+                row.state, row.attempts = "running", row.attempts + 1
+                return slot, (study.trials[row.trial].params if row.trial is not None else {})
+            self._set_slot(name, slot, "abandoned")
+            log.warning("%s: trial slot %d failed %d times; abandoned", name, slot, row.attempts)
+        if [row.state for row in slots.values()].count("abandoned") >= tune.trials:  # a method that keeps failing ends
             log.error("%s: %d trial slots abandoned; the study stops short of its budget", name, tune.trials)
             return None
         slot = len(slots)
         if not self.store.start_slot(name, slot, tune.trials):
             return None  # the budget is reached (or another worker took the slot)
+        slots[slot] = Slot("running", None, 1)
         return slot, None
 
-    def _fail_stale(self, study: optuna.Study, name: str, row) -> None:
+    def _fail_stale(self, study: optuna.Study, name: str, slot: int, row: "Slot") -> None:
         if row.trial is not None:
-            frozen = study.trials[int(row.trial)]
+            frozen = study.trials[row.trial]
             if frozen.state == optuna.trial.TrialState.RUNNING:
-                study.tell(int(row.trial), state=FAIL)
-        log.warning("%s: trial slot %d was left running by a worker that stopped; retrying it", name, row.slot)
-        self.store.set_slot(name, int(row.slot), "failed")
+                study.tell(row.trial, state=FAIL)
+        log.warning("%s: trial slot %d was left running by a worker that stopped; retrying it", name, slot)
+        self._set_slot(name, slot, "failed")
 
     def _begin_trial(self, name: str, spec: RunSpec, report: WorkReport):
         """Ask the study for the next attempt: (trial, slot, params, method seed), or None when
@@ -375,7 +397,7 @@ class Worker:
             if fixed is not None:
                 study.enqueue_trial(fixed, user_attrs={"slot": slot}, skip_if_exists=False)
             trial = study.ask()
-            self.store.set_slot(name, slot, "running", trial.number)
+            self._set_slot(name, slot, "running", trial.number)
             try:
                 if fixed is None:
                     trial.set_user_attr("slot", slot)
@@ -401,13 +423,13 @@ class Worker:
             trial.set_user_attr("error", trace)
             log.warning("%s: trial %d (slot %d) failed: %s", name, trial.number, slot, line)
             study.tell(trial, state=FAIL)
-            self.store.set_slot(name, slot, "failed")
+            self._set_slot(name, slot, "failed")
             report.failed_trials += 1
             return
         # Study.tell, less the copy of the finished trial it reads back and returns (a query
         # per trial that nothing here uses): what Optuna's own optimize loop calls
         _tell_with_warning(study, trial, result.values)
-        self.store.set_slot(name, slot, "complete")
+        self._set_slot(name, slot, "complete")
         report.trials += 1
         self._bar.update(1)
 
@@ -441,6 +463,7 @@ class Worker:
                 lease = self._claim(name)
                 if lease is not None:
                     held.enter_context(lease)
+                    self._read_slots(name)
                     launch(name)
             while running:
                 done, _ = wait(running, return_when=FIRST_COMPLETED)

@@ -13,7 +13,7 @@ Targets (the issue's):
    and heartbeats, sampling, storing the trial, slot bookkeeping, selection) is at most twice
    Optuna's own cost per trial for the same studies (same storage, samplers, search spaces
    and trial records, a no-op objective), over the bundled CPU tuning suite (every family)
-   on adult, one seed. Its share of the method + evaluation time is recorded too: the cheap
+   on adult, one seed: the median over 3 paired rounds. Its share of the method + evaluation time is recorded too: the cheap
    methods' trials take 10-100 ms, less than Optuna's own ask and tell, so a share of a few
    percent is out of reach for them whatever the engine does.
 
@@ -156,6 +156,7 @@ def optuna_alone(plan, url: str) -> dict[str, float]:
     from fairsqueeze.engine.trials import record, suggested_params
 
     storage = Store(url).optuna_storage()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # as the worker sets it
     seconds: dict[str, float] = {}
     for i, spec in enumerate(plan.studies):
         tune = spec.method.tune
@@ -187,27 +188,12 @@ def cpu_tuning_suite_on_adult(tmp_path: Path) -> Path:
     return path
 
 
-def test_per_trial_overhead_outside_method_and_evaluation(benchmark, postgres_server, perf_env):
-    """The overhead of every study visit (lease, Optuna's ask, suggest and tell, slot bookkeeping,
-    sampling, storing the trial, selection) beyond the trials' own method + evaluation time,
-    per trial, against Optuna's own cost per trial for the same studies (no-op objective),
-    measured side by side: the reference runs before and after the worker and is averaged,
-    so a change in the machine's load between them weighs on both sides alike. Recorded per
-    method family too, with the overhead's share of the method + evaluation time."""
-    import torch
-
-    from fairsqueeze.spec.suite import load_suite
-
-    torch.set_num_threads(1)
-    path = cpu_tuning_suite_on_adult(perf_env)
-    url = postgres_server.new_database()
-    plan = plan_suite(load_suite(str(path)), data_root())
+def worker_round(plan, url: str, computer) -> dict[str, dict[str, float]]:
+    """One worker doing the plan on a fresh database, with the dense references of ``computer``
+    (loaded before the clock starts). Per method label: trials, their method + evaluation
+    seconds ("work") and the seconds of the study visits around them ("visits")."""
     worker = Worker(Runner(Store(url), data_root(), resolve_device("cpu")))
-    worker.runner.computer.tasks.update(plan.tasks)
-    for spec in plan.studies:  # dense references loaded (and trained) before the clock starts
-        worker.runner.computer.reference(spec)
-
-    alone_before = optuna_alone(plan, postgres_server.new_database())
+    worker.runner.computer = computer
     visits: dict[str, float] = {}
     original = Worker._do_study
 
@@ -219,10 +205,9 @@ def test_per_trial_overhead_outside_method_and_evaluation(benchmark, postgres_se
 
     Worker._do_study = timed
     try:
-        benchmark.pedantic(worker.run, args=(plan,), rounds=1, iterations=1)
+        worker.run(plan)
     finally:
         Worker._do_study = original
-
     rows: dict[str, dict[str, float]] = {}
     for summary in optuna.get_all_study_summaries(storage=url):
         study = optuna.load_study(study_name=summary.study_name, storage=url)
@@ -232,30 +217,67 @@ def test_per_trial_overhead_outside_method_and_evaluation(benchmark, postgres_se
             if "result" in t.user_attrs:
                 seconds = t.user_attrs["result"]["seconds"]
                 row["work"] += seconds["apply"] + seconds["evaluate"]
-            else:  # a failed trial (e.g. a diverged FairALM) records no timing: its whole span counts as work
+            else:  # a failed trial records no timing: its whole span counts as work
                 row["work"] += (t.datetime_complete - t.datetime_start).total_seconds()
             row["trials"] += 1
-    alone_after = optuna_alone(plan, postgres_server.new_database())
-    alone = {label: (alone_before[label] + alone_after[label]) / 2 for label in alone_before}
+    return rows
+
+
+def test_per_trial_overhead_outside_method_and_evaluation(benchmark, postgres_server, perf_env):
+    """The overhead of every study visit (lease, Optuna's ask, suggest and tell, slot bookkeeping,
+    sampling, storing the trial, selection) beyond the trials' own method + evaluation time,
+    per trial, against Optuna's own cost per trial for the same studies (no-op objective),
+    measured side by side in PAIRED_ROUNDS rounds: each round runs the reference, the worker
+    and the reference again (averaged), each on a fresh database, and gives one ratio; the
+    median of the rounds is asserted, so a slow spell of the host moves one round, not the
+    verdict (a single round moved between 1.4x and 2.1x with the host). Recorded per method
+    family too, with the overhead's share of the method + evaluation time."""
+    import torch
+
+    from fairsqueeze.spec.suite import load_suite
+    from fairsqueeze.engine.execute import Computer
+
+    torch.set_num_threads(1)
+    path = cpu_tuning_suite_on_adult(perf_env)
+    plan = plan_suite(load_suite(str(path)), data_root())
+    computer = Computer(resolve_device("cpu"), data_root(), plan.tasks)
+    for spec in plan.studies:  # dense references loaded (and trained) before the clock starts
+        computer.reference(spec)
+    rounds = []
+
+    def measure():
+        for _ in range(PAIRED_ROUNDS):
+            before = optuna_alone(plan, postgres_server.new_database())
+            rows = worker_round(plan, postgres_server.new_database(), computer)
+            after = optuna_alone(plan, postgres_server.new_database())
+            rounds.append((rows, {label: (before[label] + after[label]) / 2 for label in before}))
+
+    benchmark.pedantic(measure, rounds=1, iterations=1)
+    ratios, per_round = [], []
+    for rows, alone in rounds:
+        n = sum(r["trials"] for r in rows.values())
+        work = sum(r["work"] for r in rows.values())
+        overhead_ms = 1000 * (sum(r["visits"] for r in rows.values()) - work) / n
+        alone_ms = 1000 * sum(alone.values()) / n
+        ratios.append(overhead_ms / alone_ms)
+        per_round.append({"trials": n, "method_and_evaluation_s": work, "overhead_ms_per_trial": overhead_ms,
+                          "optuna_alone_ms_per_trial": alone_ms, "overhead": (overhead_ms * n / 1000) / work})
+    ratio = float(np.median(ratios))
+    middle = rounds[ratios.index(sorted(ratios)[len(ratios) // 2])]  # the median round, shown per method
     lines = []
-    for label, row in rows.items():
+    for label, row in middle[0].items():
         n = row["trials"]
         row.update(work_ms_per_trial=1000 * row["work"] / n, overhead_ms_per_trial=1000 * (row["visits"] - row["work"]) / n,
-                   optuna_alone_ms_per_trial=1000 * alone[label] / n, overhead=(row["visits"] - row["work"]) / row["work"])
+                   optuna_alone_ms_per_trial=1000 * middle[1][label] / n, overhead=(row["visits"] - row["work"]) / row["work"])
         lines.append(f"  {label:<16} {row['work_ms_per_trial']:8.0f} ms {row['overhead_ms_per_trial']:6.0f} ms"
                      f" {100 * row['overhead']:7.1f} % {row['optuna_alone_ms_per_trial']:6.0f} ms")
-    work = sum(r["work"] for r in rows.values())
-    overhead = (sum(r["visits"] for r in rows.values()) - work) / work
-    n_trials = sum(r["trials"] for r in rows.values())
-    overhead_ms = 1000 * (sum(r["visits"] for r in rows.values()) - work) / n_trials
-    alone_ms = 1000 * sum(alone.values()) / n_trials
-    benchmark.extra_info.update({"trials": n_trials, "method_and_evaluation_s": work, "overhead": overhead,
-                                 "overhead_ms_per_trial": overhead_ms, "optuna_alone_ms_per_trial": alone_ms,
-                                 "overhead_over_optuna": overhead_ms / alone_ms,
-                                 "optuna_alone_before_after_s": [sum(alone_before.values()), sum(alone_after.values())],
-                                 "per_method": rows, "load_avg_1min": os.getloadavg()[0]})
-    print(f"\n{n_trials} trials, overhead {overhead_ms:.0f} ms per trial against {alone_ms:.0f} ms for Optuna alone"
-          f" ({overhead_ms / alone_ms:.2f}x), {100 * overhead:.1f} % of method + evaluation time ({work:.0f} s);"
-          f" per trial:\n  {'method':<16} {'work':>11} {'overhead':>9} {'share':>9} {'Optuna alone':>9}\n"
-          + "\n".join(lines))
-    assert overhead_ms <= MAX_OVERHEAD_OVER_OPTUNA * alone_ms
+    shown = per_round[ratios.index(sorted(ratios)[len(ratios) // 2])]
+    benchmark.extra_info.update({**shown, "overhead_over_optuna": ratio, "round_ratios": ratios,
+                                 "rounds": per_round, "paired_rounds": PAIRED_ROUNDS, "per_method": middle[0],
+                                 "load_avg_1min": os.getloadavg()[0]})
+    print(f"\n{shown['trials']} trials a round; overhead over Optuna alone per round"
+          f" {', '.join(f'{x:.2f}' for x in ratios)}, median {ratio:.2f}x; the median round:"
+          f" {shown['overhead_ms_per_trial']:.0f} ms per trial against {shown['optuna_alone_ms_per_trial']:.0f} ms,"
+          f" {100 * shown['overhead']:.1f} % of method + evaluation time; per trial:\n"
+          f"  {'method':<16} {'work':>11} {'overhead':>9} {'share':>9} {'Optuna alone':>9}\n" + "\n".join(lines))
+    assert ratio <= MAX_OVERHEAD_OVER_OPTUNA, benchmark.extra_info
