@@ -348,7 +348,8 @@ class Worker:
         self.store.set_slot(name, slot, state, trial)
         row = self._slots[name][slot]
         row.state = state
-        row.trial = row.trial if trial is None else trial
+        if trial is not None:
+            row.trial = trial
 
     def _next_slot(self, name: str, spec: RunSpec) -> tuple[int, dict | None] | None:
         """The next trial slot to attempt: (slot, params of the attempt it retries or None), or
@@ -358,8 +359,7 @@ class Worker:
         for slot, row in sorted(slots.items()):
             if row.state == "running":
                 self._fail_stale(study, name, slot, row)
-        states = [row.state for row in slots.values()]
-        if states.count("complete") >= tune.trials:
+        if sum(row.state == "complete" for row in slots.values()) >= tune.trials:
             return None
         for slot, row in sorted(slots.items()):
             if row.state != "failed":
@@ -369,7 +369,7 @@ class Worker:
                 return slot, (study.trials[row.trial].params if row.trial is not None else {})
             self._set_slot(name, slot, "abandoned")
             log.warning("%s: trial slot %d failed %d times; abandoned", name, slot, row.attempts)
-        if [row.state for row in slots.values()].count("abandoned") >= tune.trials:  # a method that keeps failing ends
+        if sum(row.state == "abandoned" for row in slots.values()) >= tune.trials:  # a method that keeps failing ends
             log.error("%s: %d trial slots abandoned; the study stops short of its budget", name, tune.trials)
             return None
         slot = len(slots)
@@ -378,7 +378,7 @@ class Worker:
         slots[slot] = Slot("running", None, 1)
         return slot, None
 
-    def _fail_stale(self, study: optuna.Study, name: str, slot: int, row: "Slot") -> None:
+    def _fail_stale(self, study: optuna.Study, name: str, slot: int, row: Slot) -> None:
         if row.trial is not None:
             frozen = study.trials[row.trial]
             if frozen.state == optuna.trial.TrialState.RUNNING:

@@ -263,7 +263,8 @@ def test_per_trial_overhead_outside_method_and_evaluation(benchmark, postgres_se
         per_round.append({"trials": n, "method_and_evaluation_s": work, "overhead_ms_per_trial": overhead_ms,
                           "optuna_alone_ms_per_trial": alone_ms, "overhead": (overhead_ms * n / 1000) / work})
     ratio = float(np.median(ratios))
-    middle = rounds[ratios.index(sorted(ratios)[len(ratios) // 2])]  # the median round, shown per method
+    median = int(np.argsort(ratios)[len(ratios) // 2])  # the median round, shown in detail
+    middle, shown = rounds[median], per_round[median]
     lines = []
     for label, row in middle[0].items():
         n = row["trials"]
@@ -271,7 +272,6 @@ def test_per_trial_overhead_outside_method_and_evaluation(benchmark, postgres_se
                    optuna_alone_ms_per_trial=1000 * middle[1][label] / n, overhead=(row["visits"] - row["work"]) / row["work"])
         lines.append(f"  {label:<16} {row['work_ms_per_trial']:8.0f} ms {row['overhead_ms_per_trial']:6.0f} ms"
                      f" {100 * row['overhead']:7.1f} % {row['optuna_alone_ms_per_trial']:6.0f} ms")
-    shown = per_round[ratios.index(sorted(ratios)[len(ratios) // 2])]
     benchmark.extra_info.update({**shown, "overhead_over_optuna": ratio, "round_ratios": ratios,
                                  "rounds": per_round, "paired_rounds": PAIRED_ROUNDS, "per_method": middle[0],
                                  "load_avg_1min": os.getloadavg()[0]})
